@@ -1,0 +1,62 @@
+"""Language backbones: the tiny pretrained pair (instruct substitute + reasoner) and any local HF LM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from r1v import hookimpl
+from r1v.interfaces import LanguageBackbone
+from r1v.weights import load_into
+
+from . import tiny as tiny_parts
+
+
+def tiny_lm(variant: str, pretrained: str | None = "builtin", attn_implementation: str = "sdpa") -> LanguageBackbone:
+    """A tiny Qwen2 LM; 'instruct' answers directly, 'reasoner' writes ``<think>`` chains first."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tok = tiny_parts.tokenizer()
+    config = Qwen2Config(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id, **tiny_parts.LM)  # fmt: skip
+    config._attn_implementation = attn_implementation
+    model = Qwen2ForCausalLM(config)
+    if pretrained:
+        path = tiny_parts.HERE / tiny_parts.WEIGHTS[variant] if pretrained == "builtin" else Path(pretrained)
+        load_into(model, path, f"backbone 'tiny_{variant}'")
+    style = "r1" if variant == "reasoner" else "direct"
+    return LanguageBackbone(model, tok, tiny_parts.template(style), reasoning=variant == "reasoner")
+
+
+def tiny_instruct(pretrained: str | None = "builtin", attn_implementation: str = "sdpa") -> LanguageBackbone:
+    """Tiny Qwen2 'instruct' LM (the substitute for alignment): scene text + question → answer."""
+    return tiny_lm("instruct", pretrained, attn_implementation)
+
+
+def tiny_reasoner(pretrained: str | None = "builtin", attn_implementation: str = "sdpa") -> LanguageBackbone:
+    """Tiny Qwen2 'reasoner' LM (the R1-distill stand-in): scene text + question → <think> → answer."""
+    return tiny_lm("reasoner", pretrained, attn_implementation)
+
+
+def hf(path: str, dtype: str = "bfloat16", reasoning: bool = True, chat_template: str | None = None,
+       attn_implementation: str = "sdpa") -> LanguageBackbone:  # fmt: skip
+    """Any Hugging Face causal LM from a local folder (config.json + safetensors + tokenizer)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not Path(path, "config.json").is_file():
+        raise FileNotFoundError(f"backbone 'hf': {path} is not a model folder (no config.json there)")
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, local_files_only=True, dtype=getattr(torch, dtype), attn_implementation=attn_implementation
+    )
+    if chat_template and Path(chat_template).is_file():
+        chat_template = Path(chat_template).read_text()
+    return LanguageBackbone(model, tok, chat_template or tok.chat_template, reasoning=reasoning)
+
+
+@hookimpl
+def register_backbones(register):
+    register("tiny_instruct", tiny_instruct)
+    register("tiny_reasoner", tiny_reasoner)
+    register("hf", hf, "any local Hugging Face causal LM folder (e.g. DeepSeek-R1-Distill-Qwen-32B)")

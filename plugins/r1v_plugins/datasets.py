@@ -1,0 +1,28 @@
+"""Datasets: the bundled synthetic visual-reasoning tasks and users' JSONL files."""
+
+from __future__ import annotations
+
+from r1v import hookimpl
+from r1v.data.datasets import JsonlDataset, SyntheticDataset
+from r1v.data.synthetic import TASKS
+
+
+def synthetic_dataset(split: str, n_train: int = 4000, n_val: int = 128, seed: int = 0, image_size: int = 64,
+                      tasks: list[str] | None = None) -> SyntheticDataset:  # fmt: skip
+    """Bundled synthetic scenes (counting, colours, positions, arithmetic), generated on the fly."""
+    return SyntheticDataset(n_train if split == "train" else n_val, split, seed, image_size, tuple(tasks or TASKS))
+
+
+def jsonl_dataset(split: str, train: str, val: str | None = None, image_root: str | None = None,
+                  on_bad_sample: str = "skip", require_reasoning: bool = False) -> JsonlDataset | None:  # fmt: skip
+    """Your data: JSONL rows (images, question or messages, answer, optional reasoning)."""
+    path = train if split == "train" else val
+    if path is None:
+        return None
+    return JsonlDataset(path, image_root, on_bad_sample, require_reasoning)
+
+
+@hookimpl
+def register_datasets(register):
+    register("synthetic", synthetic_dataset)
+    register("jsonl", jsonl_dataset)

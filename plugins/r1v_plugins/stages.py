@@ -1,0 +1,18 @@
+"""Training stages as plugins: ``stage.name`` picks the LightningModule."""
+
+from __future__ import annotations
+
+from r1v import hookimpl
+
+
+def sft_stage(cfg):
+    """Supervised next-token training on completions (align: adapter + substitute LM; sft: reasoning)."""
+    from r1v.stages.sft import SFTStage
+
+    return SFTStage(cfg)
+
+
+@hookimpl
+def register_stages(register):
+    register("align", sft_stage, "adapter alignment with a substitute LM (R1V step 1): SFT on direct answers")
+    register("sft", sft_stage, "supervised fine-tuning on R1-format reasoning chains")

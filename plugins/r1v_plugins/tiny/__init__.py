@@ -1,0 +1,48 @@
+"""The embedded tiny parts: architecture presets, tokenizer and chat templates, shipped weights.
+
+Weights and the tokenizer are produced by ``python tools/pretrain_tiny.py`` (deterministic for a
+given torch version and thread count); ``MANIFEST.json`` records their SHA-256 and the command.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).parent
+SPECIAL_TOKENS = {
+    "bos_token": "<｜begin▁of▁sentence｜>",
+    "eos_token": "<｜end▁of▁sentence｜>",
+    "pad_token": "<｜▁pad▁｜>",
+}
+ROLE_TOKENS = ["<｜User｜>", "<｜Assistant｜>"]
+# Architecture presets (timm/torchtune style: numbers live in Python, not in YAML).
+VISION = {"image_size": 64, "patch_size": 8, "hidden_size": 64, "depth": 4, "num_heads": 4, "mlp_ratio": 2.0}
+LM = {"hidden_size": 96, "intermediate_size": 256, "num_hidden_layers": 3, "num_attention_heads": 4,
+      "num_key_value_heads": 2, "max_position_embeddings": 512, "rope_theta": 10000.0,
+      "tie_word_embeddings": True, "rms_norm_eps": 1e-6}  # fmt: skip
+WEIGHTS = {"vision": "vision.safetensors", "instruct": "lm_instruct.safetensors", "reasoner": "lm_reasoner.safetensors"}
+
+
+def template(style: str) -> str:
+    """Jinja chat template: 'r1' (generation prompt pre-fills ``<think>\\n``) or 'direct'."""
+    return (HERE / f"chat_{style}.jinja").read_text()
+
+
+def tokenizer() -> Any:
+    """The tiny byte-level BPE tokenizer (built offline by tools/pretrain_tiny.py)."""
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(HERE / "tokenizer.json"), **SPECIAL_TOKENS)
+    tok.padding_side = "right"
+    return tok
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def manifest() -> dict[str, Any]:
+    return json.loads((HERE / "MANIFEST.json").read_text())

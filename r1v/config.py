@@ -1,0 +1,150 @@
+"""Config composition helpers: where conf/ lives, plugin config options, and validation that turns
+every mistake into one line naming the group, key or option and what is allowed."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from r1v.registry import Registry, RegistryError, did_you_mean
+
+# config node -> (registry kind, keys that are not factory knobs)
+PLUGIN_NODES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "model.vision": ("vision", ("name",)),
+    "model.adapter": ("adapter", ("name",)),
+    "model.backbone": ("backbone", ("name",)),
+    "data": ("dataset", ("name", "loader")),
+}
+ADAPTER_FIXED = ("vision_hidden", "llm_hidden")
+DATASET_FIXED = ("split",)
+
+
+class ConfigError(ValueError):
+    """An override or config value that cannot be used (one line)."""
+
+
+def conf_dir() -> str:
+    """conf/ as installed (``r1v.conf``), or the source tree's when running from a checkout."""
+    try:
+        path = Path(str(resources.files("r1v.conf")))
+        if (path / "config.yaml").is_file():
+            return str(path)
+    except ModuleNotFoundError:
+        pass
+    return str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def register_plugin_configs(registry: Registry) -> None:
+    """Let plugins add Hydra options (``register_configs`` hook) to the ConfigStore, once."""
+    from hydra.core.config_store import ConfigStore
+
+    if getattr(registry, "_configs_registered", False):
+        return
+    registry.pm.hook.register_configs(config_store=ConfigStore.instance())
+    registry._configs_registered = True  # type: ignore[attr-defined]
+
+
+def _node(cfg: Mapping[str, Any], dotted: str) -> Mapping[str, Any] | None:
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def validate(cfg: Mapping[str, Any], registry: Registry) -> None:
+    """Every plugin name resolves and every knob binds to its factory, before anything is built."""
+    for dotted, (kind, reserved) in PLUGIN_NODES.items():
+        node = _node(cfg, dotted)
+        if node is None:
+            raise ConfigError(f"config: '{dotted}' is missing; choose a {kind} option")
+        if "name" not in node:
+            raise ConfigError(f"config: {dotted}.name is missing (known {kind}: {', '.join(registry.names(kind))})")
+        try:
+            entry = registry.get(kind, str(node["name"]))
+        except RegistryError as e:
+            raise ConfigError(f"{dotted}.name: {e}") from None
+        fixed = ADAPTER_FIXED if kind == "adapter" else DATASET_FIXED if kind == "dataset" else ()
+        knobs = {k: v for k, v in node.items() if k not in reserved}
+        try:
+            entry.check_knobs(knobs, where=dotted, fixed=fixed)
+        except RegistryError as e:
+            raise ConfigError(str(e)) from None
+    try:
+        registry.get("stage", str(cfg["stage"]["name"]))
+    except RegistryError as e:
+        raise ConfigError(f"stage.name: {e}") from None
+    for key, node in (cfg.get("rewards") or {}).items():
+        try:
+            entry = registry.get("reward", str(node.get("name", key)))
+            entry.check_knobs({k: v for k, v in node.items() if k not in ("name", "weight")}, where=f"rewards.{key}")
+        except RegistryError as e:
+            raise ConfigError(f"rewards.{key}: {e}") from None
+
+
+def _first_of_sweep(override: str) -> str:
+    """'stage.lr=1e-3,3e-3' -> 'stage.lr=1e-3' (pre-checking composes one job of a sweep)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    (parsed,) = OverridesParser.create().parse_overrides([override])
+    if parsed.is_sweep_override():
+        first = next(iter(parsed.sweep_string_iterator()))
+        return f"{parsed.get_key_element()}={first}"
+    return override
+
+
+def precheck_overrides(overrides: list[str]) -> None:
+    """Compose once with the user's overrides and translate Hydra's multi-line errors to one line."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+
+    try:
+        mine = [_first_of_sweep(o) for o in overrides]
+    except HydraException as e:
+        raise ConfigError(f"override: cannot parse {overrides}: {str(e).splitlines()[0]}") from None
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=conf_dir(), version_base=None):
+        loader = GlobalHydra.instance().config_loader()
+        groups = sorted(g for g in loader.list_groups("") if g != "hydra")
+        for o in mine:
+            key = o.split("=", 1)[0].lstrip("+~")
+            if key in groups:
+                value = o.split("=", 1)[1]
+                options = loader.get_group_options(key)
+                for v in value.strip("[]").split(","):
+                    if v and v != "null" and v not in options:
+                        raise ConfigError(f"override {key}={v}: no option '{v}' in config group '{key}' "
+                                          f"(options: {', '.join(options)}){did_you_mean(v, options)}")  # fmt: skip
+        try:
+            compose("config", overrides=mine)
+        except HydraException as e:
+            raise ConfigError(_explain(e, mine, groups)) from None
+    GlobalHydra.instance().clear()
+
+
+def _explain(err: Exception, overrides: list[str], groups: list[str]) -> str:
+    from hydra import compose
+
+    msg = str(err)
+    for o in overrides:
+        key = o.split("=", 1)[0]
+        if f"'{key}'" not in msg and f"'{o}'" not in msg:
+            continue
+        if key.startswith("+"):
+            break
+        base = compose("config", overrides=[x for x in overrides if x.split("=", 1)[0] != key])
+        parent, _, leaf = key.rpartition(".")
+        node = _node(base, parent) if parent else base
+        if node is None:
+            roots = sorted([*base.keys(), *groups])
+            top = key.split(".")[0]
+            return f"override {o}: no config group or key '{top}' (known: {', '.join(roots)}){did_you_mean(top, roots)}"
+        keys = sorted(node.keys())
+        where = parent or "the top level"
+        return (f"override {o}: '{leaf}' is not a key of {where} (keys: {', '.join(keys)}){did_you_mean(leaf, keys)}; "
+                f"to add a new key write +{o}")  # fmt: skip
+    return "config: " + " ".join(msg.split())

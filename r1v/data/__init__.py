@@ -1,0 +1,1 @@
+"""Datasets, image preprocessing, chat templates and collation."""

@@ -1,0 +1,135 @@
+"""Datasets of Samples: the bundled synthetic tasks and users' JSONL files, validated up front.
+
+JSONL schema (one object per line; the same schema ``python -m r1v data synth`` writes)::
+
+    {"id": "optional", "images": ["rel/or/abs.png", ...], "question": "<image>\\n...",
+     "answer": "3", "reasoning": "optional worked chain", "meta": {...}}
+
+``messages`` ([{"role": "user", "content": ...}]) may stand in for ``question``. Image paths are
+relative to ``image_root`` (default: the JSONL file's folder). A bad row (missing field, missing or
+corrupt image, wrong placeholder count) is skipped and counted (``on_bad_sample=skip``) or stops the
+run before training (``on_bad_sample=error``), naming file, line and field.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from torch.utils.data import Dataset
+
+from r1v.data import synthetic
+from r1v.interfaces import IMAGE_PLACEHOLDER, Sample
+
+log = logging.getLogger(__name__)
+BAD_SAMPLE_POLICIES = ("skip", "error")
+
+
+class DataError(ValueError):
+    """Bad input data (one line: file, line, field, what is allowed)."""
+
+
+class SyntheticDataset(Dataset):
+    """Samples generated on the fly; sample i of a split is always the same."""
+
+    def __init__(self, n: int, split: str, seed: int = 0, image_size: int = 64,
+                 tasks: tuple[str, ...] | list[str] = synthetic.TASKS) -> None:  # fmt: skip
+        unknown = [t for t in tasks if t not in synthetic.TASKS]
+        if unknown:
+            raise DataError(f"data.tasks: unknown task '{unknown[0]}' (known: {', '.join(synthetic.TASKS)})")
+        if n <= 0:
+            raise DataError(f"data: the synthetic {split} split is empty (n={n}); set a positive size")
+        self.n, self.split, self.seed, self.image_size, self.tasks = n, split, seed, image_size, tuple(tasks)
+        self.skipped: Counter[str] = Counter()
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> Sample:
+        return synthetic.generate(i, self.split, self.seed, self.image_size, self.tasks)[0]
+
+
+class JsonlDataset(Dataset):
+    """Rows of a JSONL file, validated when built; images are decoded when a sample is read."""
+
+    def __init__(self, path: str | Path, image_root: str | Path | None = None, on_bad_sample: str = "skip",
+                 require_reasoning: bool = False) -> None:  # fmt: skip
+        if on_bad_sample not in BAD_SAMPLE_POLICIES:
+            raise DataError(f"data.on_bad_sample: '{on_bad_sample}' is not allowed (use skip or error)")
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise DataError(f"data: file {self.path} does not exist")
+        self.root = Path(image_root) if image_root else self.path.parent
+        self.rows: list[dict[str, Any]] = []
+        self.skipped: Counter[str] = Counter()
+        first_reason: dict[str, str] = {}
+        with self.path.open() as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    self.rows.append(self._check(line, lineno, require_reasoning))
+                except DataError as e:
+                    if on_bad_sample == "error":
+                        raise
+                    kind = str(e).split(": ", 2)[1] if str(e).count(": ") >= 2 else str(e)
+                    self.skipped[kind] += 1
+                    first_reason.setdefault(kind, str(e))
+        if self.skipped:
+            log.warning("data: skipped %d bad rows of %s: %s", sum(self.skipped.values()), self.path,
+                        "; ".join(first_reason.values()))  # fmt: skip
+        if not self.rows:
+            extra = f" ({sum(self.skipped.values())} bad rows skipped: {next(iter(first_reason.values()))})" \
+                if first_reason else ""  # fmt: skip
+            raise DataError(f"data: {self.path} has no usable samples{extra}")
+
+    def _check(self, line: str, lineno: int, require_reasoning: bool) -> dict[str, Any]:
+        where = f"{self.path}:{lineno}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: invalid JSON: {e.msg}") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: not a JSON object: expected an object with question and answer")
+        if "question" not in row and "messages" in row:
+            users = [m.get("content", "") for m in row["messages"] if m.get("role") == "user"]
+            row["question"] = "\n".join(users)
+        for field in ("question", "answer"):
+            if row.get(field) in (None, ""):
+                raise DataError(f"{where}: missing field '{field}': every row needs question (or messages) and answer")
+        if require_reasoning and not row.get("reasoning"):
+            raise DataError(f"{where}: missing field 'reasoning': stage.target=reasoning needs a worked chain")
+        images = row.get("images") or ([row["image"]] if row.get("image") else [])
+        paths = []
+        for rel in images:
+            p = Path(rel) if Path(rel).is_absolute() else self.root / rel
+            if not p.is_file():
+                raise DataError(f"{where}: missing image: {p} does not exist")
+            try:
+                with Image.open(p) as im:
+                    im.verify()
+            except Exception as e:
+                raise DataError(f"{where}: corrupt image: {p} cannot be read ({type(e).__name__})") from None
+            paths.append(str(p))
+        n_ph = str(row["question"]).count(IMAGE_PLACEHOLDER)
+        if n_ph > len(paths):
+            raise DataError(f"{where}: placeholder count: {n_ph} {IMAGE_PLACEHOLDER} in the question "
+                            f"but {len(paths)} images")  # fmt: skip
+        return {"id": str(row.get("id", f"{self.path.stem}-{lineno}")), "question": str(row["question"]),
+                "answer": str(row["answer"]), "reasoning": row.get("reasoning"), "images": paths,
+                "meta": row.get("meta") or {}}  # fmt: skip
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> Sample:
+        r = self.rows[i]
+        images = []
+        for p in r["images"]:
+            with Image.open(p) as im:
+                images.append(im.convert("RGB"))
+        return Sample(r["id"], r["question"], r["answer"], images, r["reasoning"], r["meta"])

@@ -1,0 +1,55 @@
+"""Image preprocessing: InternVL dynamic tiling and normalisation.
+
+``tile_image`` picks the grid (i, j) with 1 ≤ i·j ≤ max_tiles whose aspect ratio is closest to the
+image's (on a tie it prefers the larger grid when the image is big enough to fill it), resizes to
+(S·i, S·j), cuts i·j tiles row-major and, when there is more than one tile, appends a thumbnail.
+"""
+
+from __future__ import annotations
+
+import torch
+from PIL import Image
+from torchvision.transforms import functional as TF
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def candidate_grids(max_tiles: int) -> list[tuple[int, int]]:
+    grids = {(i, j) for n in range(1, max_tiles + 1) for i in range(1, n + 1) for j in range(1, n + 1)
+             if 1 <= i * j <= max_tiles}  # fmt: skip
+    return sorted(grids, key=lambda g: g[0] * g[1])
+
+
+def choose_grid(width: int, height: int, tile: int, max_tiles: int) -> tuple[int, int]:
+    """(columns, rows) as InternVL's find_closest_aspect_ratio."""
+    aspect = width / height
+    best, best_diff = (1, 1), float("inf")
+    for cols, rows in candidate_grids(max_tiles):
+        diff = abs(aspect - cols / rows)
+        if diff < best_diff:
+            best, best_diff = (cols, rows), diff
+        elif diff == best_diff and width * height > 0.5 * tile * tile * cols * rows:
+            best = (cols, rows)
+    return best
+
+
+def tile_image(image: Image.Image, tile: int, max_tiles: int = 1, use_thumbnail: bool = True) -> list[Image.Image]:
+    image = image.convert("RGB")
+    cols, rows = choose_grid(image.width, image.height, tile, max_tiles)
+    resized = image.resize((tile * cols, tile * rows), Image.BICUBIC)
+    tiles = [resized.crop((c * tile, r * tile, (c + 1) * tile, (r + 1) * tile))
+             for r in range(rows) for c in range(cols)]  # fmt: skip
+    if use_thumbnail and len(tiles) > 1:
+        tiles.append(image.resize((tile, tile), Image.BICUBIC))
+    return tiles
+
+
+def to_tensor(tiles: list[Image.Image]) -> torch.Tensor:
+    """Tiles -> normalised (n_tiles, 3, S, S) float tensor."""
+    return torch.stack([TF.normalize(TF.to_tensor(t), IMAGENET_MEAN, IMAGENET_STD) for t in tiles])
+
+
+def preprocess(image: Image.Image, tile: int, max_tiles: int = 1, use_thumbnail: bool = True) -> torch.Tensor:
+    """One image -> (n_tiles, 3, tile, tile)."""
+    return to_tensor(tile_image(image, tile, max_tiles, use_thumbnail))

@@ -1,0 +1,103 @@
+"""Turn Samples into model inputs: chat template, image-token expansion, labels, padding.
+
+The prompt is the chat template's generation prompt (for R1-style backbones it ends with the
+pre-filled ``<think>\\n``); the completion is what follows it and is the only part with labels:
+``reasoning\\n</think>\\n\\n\\boxed{answer}`` for reasoning targets, ``\\boxed{answer}`` for
+direct ones, then EOS.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from r1v.data.images import preprocess
+from r1v.interfaces import IMAGE_PLACEHOLDER, IMG_CONTEXT, IMG_END, IMG_START, THINK_CLOSE, Sample
+
+IGNORE = -100
+
+
+def boxed(answer: str) -> str:
+    return f"\\boxed{{{answer}}}"
+
+
+@dataclass
+class Processor:
+    tokenizer: Any
+    chat_template: str | None
+    image_size: int
+    tokens_per_tile: int
+    max_tiles: int = 1
+    use_thumbnail: bool = True
+    reasoning: bool = True  # backbone writes <think> chains (R1 format)
+
+    def images(self, sample: Sample) -> tuple[torch.Tensor | None, list[int]]:
+        """All tiles of the sample's images (n_tiles, 3, S, S) and the tile count per image."""
+        if not sample.images:
+            return None, []
+        per_image = [preprocess(im, self.image_size, self.max_tiles, self.use_thumbnail) for im in sample.images]
+        return torch.cat(per_image), [t.shape[0] for t in per_image]
+
+    def prompt(self, question: str, tiles_per_image: list[int]) -> str:
+        content = question
+        missing = len(tiles_per_image) - content.count(IMAGE_PLACEHOLDER)
+        if missing > 0:  # images without a placeholder go first, one per line
+            content = f"{IMAGE_PLACEHOLDER}\n" * missing + content
+        elif missing < 0:
+            raise ValueError(f"the question has {content.count(IMAGE_PLACEHOLDER)} {IMAGE_PLACEHOLDER} "
+                             f"placeholders but the sample has {len(tiles_per_image)} images")  # fmt: skip
+        text = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": content}], chat_template=self.chat_template, tokenize=False,
+            add_generation_prompt=True,
+        )  # fmt: skip
+        for n in tiles_per_image:  # expand in order
+            text = text.replace(IMAGE_PLACEHOLDER, IMG_START + IMG_CONTEXT * (self.tokens_per_tile * n) + IMG_END, 1)
+        return text
+
+    def completion(self, sample: Sample, target: str) -> str:
+        if target == "reasoning" and self.reasoning:
+            if not sample.reasoning:
+                raise ValueError(f"sample {sample.id}: field 'reasoning' is empty but stage.target=reasoning")
+            return f"{sample.reasoning}\n{THINK_CLOSE}\n\n{boxed(sample.answer)}"
+        if self.reasoning:  # a reasoner still closes its (empty) thought before a direct answer
+            return f"{THINK_CLOSE}\n\n{boxed(sample.answer)}"
+        return boxed(sample.answer)
+
+    def encode(self, sample: Sample, target: str | None = "answer") -> dict[str, Any]:
+        """One sample -> ids (prompt + completion + EOS), labels on the completion only, tiles."""
+        pixels, tiles = self.images(sample)
+        prompt_ids = self.tokenizer(self.prompt(sample.question, tiles), add_special_tokens=False)["input_ids"]
+        out: dict[str, Any] = {"id": sample.id, "pixel_values": pixels, "prompt_len": len(prompt_ids)}
+        if target is None:  # generation: prompt only
+            out["input_ids"], out["labels"] = prompt_ids, [IGNORE] * len(prompt_ids)
+            return out
+        text = self.completion(sample, target) + self.tokenizer.eos_token
+        completion_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        out["input_ids"] = prompt_ids + completion_ids
+        out["labels"] = [IGNORE] * len(prompt_ids) + completion_ids
+        return out
+
+    def decode_completion(self, ids: list[int]) -> str:
+        """Generated ids -> text up to EOS; ``</think>`` stays (some tokenizers mark it special)."""
+        tok = self.tokenizer
+        if tok.eos_token_id in ids:
+            ids = ids[: ids.index(tok.eos_token_id)]
+        return tok.decode([i for i in ids if i != tok.pad_token_id], skip_special_tokens=False)
+
+    def collate(self, encoded: list[dict[str, Any]], padding_side: str = "right") -> dict[str, Any]:
+        """Pad to the longest; right for training, left for generation. Tiles are concatenated."""
+        width = max(len(e["input_ids"]) for e in encoded)
+        pad_id = self.tokenizer.pad_token_id
+        ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
+        labels = torch.full((len(encoded), width), IGNORE, dtype=torch.long)
+        mask = torch.zeros((len(encoded), width), dtype=torch.long)
+        for b, e in enumerate(encoded):
+            n = len(e["input_ids"])
+            sl = slice(width - n, width) if padding_side == "left" else slice(0, n)
+            ids[b, sl], labels[b, sl], mask[b, sl] = torch.tensor(e["input_ids"]), torch.tensor(e["labels"]), 1
+        tiles = [e["pixel_values"] for e in encoded if e["pixel_values"] is not None]
+        pixels = torch.cat(tiles) if tiles else None
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels, "pixel_values": pixels,
+                "ids": [e["id"] for e in encoded]}  # fmt: skip

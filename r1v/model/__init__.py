@@ -1,0 +1,1 @@
+"""The VisionLanguageModel glue, its builder and freeze policy."""

@@ -1,0 +1,1 @@
+"""Training stages: one LightningModule per training family."""

@@ -1,0 +1,200 @@
+"""Supervised stages (``align``, ``sft``): next-token loss on the completion only.
+
+``align`` is R1V's adapter initialisation with a substitute LM (default target: the direct answer,
+trainable: the adapter); ``sft`` trains on R1-format reasoning chains. Both share this module; the
+stage config chooses target, trainable parts and optimisation. The model is built in
+``configure_model`` (idempotent) so DeepSpeed ZeRO-3 can shard it at construction.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from safetensors.torch import save_file
+from torch.utils.data import DataLoader, Dataset
+
+from r1v.answers import equivalent, extract_answer
+from r1v.data.processor import Processor
+from r1v.data.sampler import ResumableSampler
+from r1v.interfaces import Sample
+from r1v.model.build import PARTS, apply_freeze, build
+from r1v.registry import get_registry
+from r1v.weights import to_cpu_contiguous
+
+log = logging.getLogger(__name__)
+
+
+class Collator:
+    """Encodes samples in the loader workers; a sample that cannot be encoded is skipped and counted."""
+
+    def __init__(self, processor: Processor, target: str | None, padding_side: str = "right") -> None:
+        self.processor, self.target, self.padding_side = processor, target, padding_side
+
+    def __call__(self, samples: list[Sample]) -> dict[str, Any]:
+        encoded, skipped = [], 0
+        for s in samples:
+            try:
+                encoded.append(self.processor.encode(s, self.target))
+            except (ValueError, OSError) as e:
+                skipped += 1
+                log.warning("skipping sample %s: %s", getattr(s, "id", "?"), e)
+        if not encoded:
+            return {"skipped": skipped, "empty": True}
+        batch = self.processor.collate(encoded, self.padding_side)
+        batch["skipped"] = skipped
+        return batch
+
+
+class SFTStage(L.LightningModule):
+    def __init__(self, cfg: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.cfg = dict(cfg)
+        self.stage = dict(cfg["stage"])
+        self.save_hyperparameters({"config": self.cfg})
+        self.model: torch.nn.Module | None = None
+        self.processor: Processor | None = None
+        self.trainable: list[str] = []
+        self.strict_loading = False  # checkpoints hold trainable weights only
+        self.datasets: dict[str, Dataset | None] = {"train": None, "val": None}
+        self.batches_done = 0  # batches trained in the current epoch (for exact mid-epoch resume)
+        self._resume_pos: tuple[int, int] | None = None
+        self.skipped = 0
+
+    # -- model ---------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        self.model, self.processor = build(self.cfg["model"], get_registry())
+        self.trainable = apply_freeze(self.model, list(self.stage["trainable"]))
+        if self.cfg.get("checkpoint"):
+            load_trainable(self.model, self.cfg["checkpoint"])
+
+    def train(self, mode: bool = True) -> SFTStage:
+        super().train(mode)
+        if self.model is not None:  # frozen parts stay in eval mode (no dropout, fixed norms)
+            for part in PARTS:
+                module = getattr(self.model, part)
+                if not any(p.requires_grad for p in module.parameters()):
+                    module.eval()
+        return self
+
+    # -- data ----------------------------------------------------------------------------------
+    def attach_data(self, train: Dataset, val: Dataset | None) -> None:
+        self.datasets = {"train": train, "val": val}
+
+    def train_dataloader(self) -> DataLoader:
+        ds = self.datasets["train"]
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self._trainer else (1, 0)
+        sampler = ResumableSampler(len(ds), seed=int(self.cfg["seed"]), rank=rank, world_size=world)
+        if self._resume_pos:
+            sampler.resume_at(*self._resume_pos)
+        return DataLoader(ds, batch_size=int(self.stage["batch_size"]), sampler=sampler, drop_last=False,
+                          collate_fn=Collator(self.processor, self.stage["target"]),
+                          num_workers=int(self.cfg["data"].get("loader", {}).get("num_workers", 0)))  # fmt: skip
+
+    def val_dataloader(self) -> DataLoader | list:
+        ds = self.datasets["val"]
+        if ds is None:
+            return []
+        return DataLoader(ds, batch_size=int(self.stage["batch_size"]), shuffle=False,
+                          collate_fn=lambda s: s)  # fmt: skip
+
+    # -- steps ---------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        self.batches_done += 1
+        self.skipped += batch["skipped"]
+        if batch.get("empty"):
+            return None
+        out = self.model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["labels"])
+        n_tokens = int((batch["labels"] != -100).sum())
+        self.log("train/loss", out.loss, prog_bar=True, batch_size=len(batch["ids"]))
+        self.log("train/answer_tokens", float(n_tokens), reduce_fx="sum", batch_size=len(batch["ids"]))
+        self.log("train/skipped_samples", float(self.skipped), batch_size=1)
+        return out.loss
+
+    def validation_step(self, samples: list[Sample], batch_idx: int) -> None:
+        collate = Collator(self.processor, self.stage["target"])
+        batch = collate(samples)
+        if batch.get("empty"):
+            return
+        batch = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        out = self.model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["labels"])
+        self.log("val/loss", out.loss, prog_bar=True, batch_size=len(samples))
+        if batch_idx * len(samples) < int(self.stage.get("val_generate", 0)):
+            engine = get_registry().build("rollout", "hf")
+            texts = engine.generate(self.model, self.processor, samples, int(self.stage["max_new_tokens"]),
+                                    greedy=True)  # fmt: skip
+            acc = sum(equivalent(extract_answer(t), s.answer) for t, s in zip(texts, samples, strict=True))
+            self.log("val/accuracy", acc / len(samples), prog_bar=True, batch_size=len(samples))
+
+    def on_train_epoch_start(self) -> None:
+        if self._resume_pos and self._resume_pos[0] == self.current_epoch:
+            self.batches_done = self._resume_pos[1] // int(self.stage["batch_size"])
+        else:
+            self.batches_done = 0
+
+    # -- optimisation --------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        from transformers import get_cosine_schedule_with_warmup
+
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=float(self.stage["lr"]), weight_decay=float(self.stage["weight_decay"]),
+                                betas=tuple(self.stage.get("betas", (0.9, 0.999))))  # fmt: skip
+        total = int(self.trainer.estimated_stepping_batches)
+        warmup = int(float(self.stage["warmup_ratio"]) * total)
+        sched = get_cosine_schedule_with_warmup(opt, warmup, total)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # -- checkpoints: trainable weights, data position, RNG --------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        keep = {f"model.{n}" for n in self.trainable}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        consumed = self.batches_done * int(self.stage["batch_size"])
+        checkpoint["r1v"] = {
+            "trainable": self.trainable,
+            "data_position": {"epoch": self.current_epoch, "consumed": consumed},
+            "skipped": self.skipped,
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("r1v", {})
+        self.configure_model()
+        unknown = sorted(set(checkpoint["state_dict"]) - {f"model.{n}" for n, _ in self.model.named_parameters()})
+        if unknown:
+            raise RuntimeError(f"checkpoint holds weights this model does not have, e.g. {unknown[0]}")
+        pos = state.get("data_position")
+        if pos:
+            self._resume_pos = (int(pos["epoch"]), int(pos["consumed"]))
+        self.skipped = int(state.get("skipped", 0))
+        if "rng" in state:
+            torch.set_rng_state(state["rng"]["torch"])
+            random.setstate(state["rng"]["python"])
+
+    def export_trainable(self, path: Path) -> None:
+        """Trainable weights as safetensors (the stage's product; load with ``checkpoint=``)."""
+        state = {n: p for n, p in self.model.named_parameters() if n in set(self.trainable)}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_file(to_cpu_contiguous(state), str(tmp))
+        tmp.replace(path)
+
+
+def load_trainable(model: torch.nn.Module, checkpoint: str) -> None:
+    """Load a previous stage's weights (``checkpoint=<run folder | .safetensors | .ckpt>``) on top."""
+    from r1v.weights import load_into
+
+    path = Path(checkpoint)
+    if path.is_dir():
+        path = path / "final" / "trainable.safetensors"
+    if path.suffix == ".ckpt":
+        state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+        model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()}, strict=False)
+        return
+    load_into(model, path, f"checkpoint {checkpoint}", strict=False)

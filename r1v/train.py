@@ -1,0 +1,134 @@
+"""``python -m r1v.train [GROUP=OPTION] [KEY=VALUE] [-m]``: train one stage of an R1V-style VLM.
+
+With no arguments: adapter alignment of the tiny model on the bundled synthetic data, on CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from r1v.config import ConfigError, conf_dir, precheck_overrides, register_plugin_configs, validate
+from r1v.registry import RegistryError, get_registry
+from r1v.runs import default_run_name
+
+log = logging.getLogger("r1v.train")
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, RegistryError, FileNotFoundError)
+
+if not OmegaConf.has_resolver("r1v_run_name"):
+    OmegaConf.register_new_resolver("r1v_run_name", default_run_name)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from r1v.data.datasets import DataError
+    from r1v.model.build import ModelConfigError
+    from r1v.runs import RunError
+
+    return (*USER_ERRORS, DataError, ModelConfigError, RunError)
+
+
+def build_datasets(cfg: dict[str, Any], registry: Any) -> tuple[Any, Any]:
+    data = cfg["data"]
+    knobs = {k: v for k, v in data.items() if k not in ("name", "loader")}
+    if cfg["stage"].get("target") == "reasoning" and data["name"] == "jsonl":
+        knobs["require_reasoning"] = True
+    entry = registry.get("dataset", data["name"])
+    return entry.factory(split="train", **knobs), entry.factory(split="val", **knobs)
+
+
+def build_trainer(cfg: dict[str, Any], run_dir: Path) -> Any:
+    from hydra.utils import instantiate
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+
+    from r1v.runs import AtomicCheckpointIO, checkpoint_dir
+
+    stage = cfg["stage"]
+    loggers = [instantiate(spec, save_dir=str(run_dir)) for spec in (cfg.get("logger") or {}).values()]
+    callbacks = [
+        ModelCheckpoint(dirpath=checkpoint_dir(run_dir), filename="step{step:06d}", auto_insert_metric_name=False,
+                        every_n_train_steps=int(stage["ckpt_every"]), save_top_k=1, save_last=True),
+        LearningRateMonitor(logging_interval="step"),
+    ]  # fmt: skip
+    trainer_cfg = dict(cfg["trainer"])
+    plugins = [] if "strategy" in trainer_cfg else [AtomicCheckpointIO()]
+    return instantiate(
+        trainer_cfg, _convert_="all", default_root_dir=str(run_dir), max_steps=int(stage["max_steps"]),
+        val_check_interval=int(stage["val_every"]), check_val_every_n_epoch=None,
+        accumulate_grad_batches=int(stage["accumulate_grad_batches"]),
+        gradient_clip_val=stage.get("gradient_clip_val"), logger=loggers or False, callbacks=callbacks,
+        plugins=plugins, num_sanity_val_steps=0,
+    )  # fmt: skip
+
+
+def run(cfg: DictConfig, run_dir: Path) -> Path:
+    """Validate, build data and model, train; returns the run folder."""
+    import lightning as L
+
+    from r1v.runs import provenance, resolve_resume, write_json_atomic
+
+    registry = get_registry()
+    container: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    validate(container, registry)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt = resolve_resume(container.get("resume"), run_dir)
+    L.seed_everything(int(container["seed"]), workers=True, verbose=False)
+    train_ds, val_ds = build_datasets(container, registry)
+    module = registry.get("stage", container["stage"]["name"]).factory(container)
+    module.attach_data(train_ds, val_ds)
+    strategy = (container["trainer"].get("strategy") or {})
+    if int(strategy.get("stage", 0)) != 3:  # build now: width mismatches surface before any training
+        module.configure_model()
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    choices = {"vision": container["model"]["vision"]["name"], "adapter": container["model"]["adapter"]["name"],
+               "backbone": container["model"]["backbone"]["name"], "dataset": container["data"]["name"],
+               "stage": container["stage"]["name"]}  # fmt: skip
+    for key, node in (container.get("rewards") or {}).items():
+        choices[f"reward:{key}"] = node.get("name", key)
+    prov = provenance(registry, {k.split(":")[0]: v for k, v in choices.items()})
+    prov["components"] = {k: {"name": v, "provider": registry.get(k.split(":")[0], v).provider}
+                          for k, v in choices.items()}  # fmt: skip
+    prov["resumed_from"] = str(ckpt) if ckpt else None
+    write_json_atomic(run_dir / "run.json", prov)
+    trainer = build_trainer(container, run_dir)
+    trainer.fit(module, ckpt_path=str(ckpt) if ckpt else None)
+    if trainer.is_global_zero:
+        module.export_trainable(run_dir / "final" / "trainable.safetensors")
+        log.info("run %s finished: %s", container["run"], run_dir)
+    return run_dir
+
+
+@hydra.main(config_path=conf_dir(), config_name="config", version_base=None)
+def _hydra_main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        run(cfg, run_dir)
+    except _user_errors() as e:
+        print(f"r1v: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Register plugin configs, pre-check overrides (one-line errors), then hand over to Hydra."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        registry = get_registry()
+        register_plugin_configs(registry)
+        if not any(a in ("--help", "-h", "--hydra-help", "--info", "--shell-completion", "-sc") for a in argv):
+            overrides = [a for a in argv if "=" in a and not a.startswith("-") and not a.startswith("hydra")]
+            precheck_overrides(overrides)
+    except (ConfigError, RegistryError) as e:
+        print(f"r1v: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    sys.argv = [sys.argv[0], *argv]
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

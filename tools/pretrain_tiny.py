@@ -1,0 +1,180 @@
+"""Pre-train the embedded tiny parts on the synthetic task family, deterministically.
+
+    python tools/pretrain_tiny.py            # writes plugins/r1v_plugins/tiny/{tokenizer.json, *.safetensors, MANIFEST.json}
+
+Mirrors R1V's ingredients at toy scale:
+  * a vision encoder whose features carry colour, shape and position (trained to classify the
+    contents of each cell of the 3×3 grid from its patch features);
+  * an "instruct" LM (the alignment substitute): ``<img>scene text</img>`` + question → ``\\boxed{answer}``;
+  * a "reasoner" LM (the R1-distill stand-in): the same prompt pre-filled with ``<think>\\n`` →
+    worked reasoning → ``</think>`` → ``\\boxed{answer}``.
+Both LMs share one byte-level BPE tokenizer that already holds the image and chat special tokens.
+Deterministic for a given torch version and thread count (seeded, single data order).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
+
+from r1v.data import synthetic  # noqa: E402
+from r1v.data.images import preprocess  # noqa: E402
+from r1v.interfaces import IMG_CONTEXT, IMG_END, IMG_START, THINK_CLOSE, THINK_OPEN  # noqa: E402
+from r1v.weights import to_cpu_contiguous  # noqa: E402
+from r1v_plugins import tiny  # noqa: E402
+
+OUT = tiny.HERE
+CLASSES = [None] + [(c, s) for c in synthetic.COLORS for s in synthetic.SHAPES]  # 13 cell classes
+
+
+def answer_text(answer: str) -> str:
+    return f"\\boxed{{{answer}}}"
+
+
+def lm_texts(n: int, seed: int) -> list[tuple[str, str, str]]:
+    """(scene text, question, reasoning/answer...) rows for LM training."""
+    rows = []
+    for i in range(n):
+        rng = random.Random(f"lm/{seed}/{i}")
+        scene = synthetic.random_scene(rng)
+        q, why, ans = synthetic.make_question(scene, synthetic.TASKS[i % len(synthetic.TASKS)], rng)
+        rows.append((synthetic.describe(scene), q, why, ans))
+    return rows
+
+
+def build_tokenizer(rows) -> None:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    specials = [*tiny.SPECIAL_TOKENS.values(), *tiny.ROLE_TOKENS, THINK_OPEN, THINK_CLOSE, IMG_START, IMG_END,
+                IMG_CONTEXT]  # fmt: skip
+    trainer = trainers.BpeTrainer(vocab_size=640, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    corpus = [f"{d} {q} {w} {answer_text(a)} The answer is" for d, q, w, a in rows]
+    tok.train_from_iterator(corpus, trainer)
+    tok.save(str(OUT / "tokenizer.json"))
+
+
+def pretrain_vision(steps: int, batch: int, seed: int) -> None:
+    from r1v_plugins.vision import tiny as tiny_vision
+
+    torch.manual_seed(seed)
+    enc = tiny_vision(pretrained=None)
+    head = torch.nn.Linear(enc.hidden_size, len(CLASSES))
+    params = list(enc.parameters()) + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=2e-3, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
+    g = enc.grid_size
+    for step in range(steps):
+        xs, ys = [], []
+        for b in range(batch):
+            sample, scene = synthetic.generate(step * batch + b, "train", seed=1000 + seed)
+            xs.append(preprocess(sample.images[0], enc.image_size))
+            y = torch.zeros(9, dtype=torch.long)
+            for o in scene:
+                y[o.cell] = CLASSES.index((o.color, o.shape))
+            ys.append(y)
+        x, y = torch.cat(xs), torch.stack(ys)
+        feats = enc(x)  # (B,g,g,C)
+        cells = F.adaptive_avg_pool2d(feats.permute(0, 3, 1, 2), 3)  # (B,C,3,3)
+        logits = head(cells.flatten(2).transpose(1, 2))  # (B,9,13)
+        loss = F.cross_entropy(logits.reshape(-1, len(CLASSES)), y.reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == steps - 1:
+            acc = (logits.argmax(-1) == y).float().mean().item()
+            print(f"vision step {step} loss {loss.item():.3f} cell-acc {acc:.3f}", flush=True)
+    assert g * g == 64
+    from safetensors.torch import save_file
+
+    save_file(to_cpu_contiguous(enc.state_dict()), str(OUT / tiny.WEIGHTS["vision"]))
+
+
+def pretrain_lm(variant: str, rows, steps: int, batch: int, seed: int) -> None:
+    from r1v_plugins.backbones import tiny_lm
+
+    torch.manual_seed(seed)
+    bb = tiny_lm(variant, pretrained=None)
+    model, tok = bb.model, bb.tokenizer
+    examples = []
+    for d, q, why, ans in rows:
+        msgs = [{"role": "user", "content": f"{IMG_START}{d}{IMG_END}\n{q}"}]
+        prompt = tok.apply_chat_template(msgs, chat_template=bb.chat_template, tokenize=False,
+                                         add_generation_prompt=True)  # fmt: skip
+        completion = (f"{why}\n{THINK_CLOSE}\n\n" if bb.reasoning else "") + answer_text(ans) + tok.eos_token
+        p = tok(prompt, add_special_tokens=False)["input_ids"]
+        c = tok(completion, add_special_tokens=False)["input_ids"]
+        examples.append((p + c, [-100] * len(p) + c))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.05)
+    order = random.Random(seed)
+    model.train()
+    for step in range(steps):
+        chunk = [examples[order.randrange(len(examples))] for _ in range(batch)]
+        width = max(len(ids) for ids, _ in chunk)
+        ids = torch.full((batch, width), tok.pad_token_id)
+        labels = torch.full((batch, width), -100)
+        mask = torch.zeros(batch, width, dtype=torch.long)
+        for b, (x, y) in enumerate(chunk):
+            ids[b, : len(x)], labels[b, : len(y)], mask[b, : len(x)] = torch.tensor(x), torch.tensor(y), 1
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == steps - 1:
+            print(f"{variant} step {step} loss {loss.item():.4f}", flush=True)
+    from safetensors.torch import save_file
+
+    state = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}  # tied to embeddings
+    save_file(to_cpu_contiguous(state), str(OUT / tiny.WEIGHTS[variant]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--vision-steps", type=int, default=1200)
+    ap.add_argument("--lm-steps", type=int, default=2500)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--only", choices=["tokenizer", "vision", "instruct", "reasoner"], nargs="*")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    only = set(args.only or ["tokenizer", "vision", "instruct", "reasoner"])
+    t0 = time.time()
+    rows = lm_texts(20000, args.seed)
+    if "tokenizer" in only:
+        build_tokenizer(rows)
+    if "vision" in only:
+        pretrain_vision(args.vision_steps, 64, args.seed)
+    for variant in ("instruct", "reasoner"):
+        if variant in only:
+            pretrain_lm(variant, rows, args.lm_steps, 48, args.seed)
+    files = ["tokenizer.json", *tiny.WEIGHTS.values()]
+    manifest = {
+        "command": "python tools/pretrain_tiny.py " + " ".join(sys.argv[1:]),
+        "torch": torch.__version__, "threads": args.threads, "seconds": round(time.time() - t0),
+        "sha256": {f: tiny.sha256(OUT / f) for f in files if (OUT / f).exists()},
+    }  # fmt: skip
+    (OUT / "MANIFEST.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    print(json.dumps(manifest, indent=2))
+
+
+if __name__ == "__main__":
+    main()
