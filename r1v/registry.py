@@ -74,7 +74,7 @@ class Registry:
         for kind, hook_name in hookspecs.KIND_HOOKS.items():
             hook = getattr(pm.hook, hook_name)
             # Call each implementation on its own so every entry knows who registered it.
-            for impl in reversed(hook.get_hookimpls()):
+            for impl in hook.get_hookimpls():  # registration order: built-ins first
                 provider = providers.get(impl.plugin_name, impl.plugin_name)
                 impl.function(register=self._registrar(kind, provider))
 
@@ -133,6 +133,8 @@ def _providers(pm: pluggy.PluginManager) -> dict[str, str]:
     from r1v import __version__
 
     out = {}
+    for name, plugin in pm.list_name_plugin():  # plugins registered in code: module or class name
+        out[name] = getattr(plugin, "__name__", None) or type(plugin).__qualname__
     for plugin, dist in pm.list_plugin_distinfo():
         out[pm.get_name(plugin) or ""] = f"{dist.project_name} {dist.version}"
     for name, _ in pm.list_name_plugin():

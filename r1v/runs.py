@@ -122,11 +122,8 @@ def _version(dist: str) -> str | None:
 def provenance(registry: Any, choices: dict[str, str]) -> dict[str, Any]:
     """What produced a run: code version, libraries, plugin providers, command, host."""
     used = {}
-    for kind, name in choices.items():
-        try:
-            used[kind] = {"name": name, "provider": registry.get(kind, name).provider}
-        except LookupError:
-            continue
+    for key, name in choices.items():  # key: a kind, or "kind:slot" (rewards)
+        used[key] = {"name": name, "provider": registry.get(key.split(":")[0], name).provider}
     return {
         "time": datetime.now().isoformat(timespec="seconds"),
         "argv": sys.argv,

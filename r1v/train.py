@@ -62,6 +62,7 @@ def build_trainer(cfg: dict[str, Any], run_dir: Path) -> Any:
         accumulate_grad_batches=int(stage["accumulate_grad_batches"]),
         gradient_clip_val=stage.get("gradient_clip_val"), logger=loggers or False, callbacks=callbacks,
         plugins=plugins, num_sanity_val_steps=0,
+        use_distributed_sampler=False,  # ResumableSampler shards by rank itself; Lightning's wrapper would reshuffle
     )  # fmt: skip
 
 
@@ -89,15 +90,13 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
                "stage": container["stage"]["name"]}  # fmt: skip
     for key, node in (container.get("rewards") or {}).items():
         choices[f"reward:{key}"] = node.get("name", key)
-    prov = provenance(registry, {k.split(":")[0]: v for k, v in choices.items()})
-    prov["components"] = {k: {"name": v, "provider": registry.get(k.split(":")[0], v).provider}
-                          for k, v in choices.items()}  # fmt: skip
+    prov = provenance(registry, choices)
     prov["resumed_from"] = str(ckpt) if ckpt else None
     write_json_atomic(run_dir / "run.json", prov)
     trainer = build_trainer(container, run_dir)
     trainer.fit(module, ckpt_path=str(ckpt) if ckpt else None)
+    module.export_trainable(run_dir / "final" / "trainable.safetensors")  # every rank: gathers under ZeRO-3
     if trainer.is_global_zero:
-        module.export_trainable(run_dir / "final" / "trainable.safetensors")
         log.info("run %s finished: %s", container["run"], run_dir)
     return run_dir
 

@@ -18,7 +18,6 @@ import argparse
 import json
 import random
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -150,26 +149,29 @@ def pretrain_lm(variant: str, rows, steps: int, batch: int, seed: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--vision-steps", type=int, default=1200)
-    ap.add_argument("--lm-steps", type=int, default=2500)
+    ap.add_argument("--vision-steps", type=int, default=1500)
+    ap.add_argument("--lm-steps", type=int, default=3000, help="instruct LM steps")
+    ap.add_argument("--reasoner-steps", type=int, default=2500, help="reasoner LM steps (longer sequences)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", choices=["tokenizer", "vision", "instruct", "reasoner"], nargs="*")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     only = set(args.only or ["tokenizer", "vision", "instruct", "reasoner"])
-    t0 = time.time()
-    rows = lm_texts(20000, args.seed)
+    rows = lm_texts(40000, args.seed)
     if "tokenizer" in only:
-        build_tokenizer(rows)
+        build_tokenizer(rows[:20000])  # the shipped tokenizer saw the first 20k rows
     if "vision" in only:
         pretrain_vision(args.vision_steps, 64, args.seed)
-    for variant in ("instruct", "reasoner"):
-        if variant in only:
-            pretrain_lm(variant, rows, args.lm_steps, 48, args.seed)
+    if "instruct" in only:
+        pretrain_lm("instruct", rows, args.lm_steps, 64, args.seed)
+    if "reasoner" in only:
+        pretrain_lm("reasoner", rows, args.reasoner_steps, 64, args.seed)
     files = ["tokenizer.json", *tiny.WEIGHTS.values()]
     manifest = {
-        "command": "python tools/pretrain_tiny.py " + " ".join(sys.argv[1:]),
-        "torch": torch.__version__, "threads": args.threads, "seconds": round(time.time() - t0),
+        # The full command (--only regenerates a subset with the same result for those files).
+        "command": f"python tools/pretrain_tiny.py --seed {args.seed} --vision-steps {args.vision_steps} "
+                   f"--lm-steps {args.lm_steps} --reasoner-steps {args.reasoner_steps} --threads {args.threads}",
+        "torch": torch.__version__, "threads": args.threads, 
         "sha256": {f: tiny.sha256(OUT / f) for f in files if (OUT / f).exists()},
     }  # fmt: skip
     (OUT / "MANIFEST.json").write_text(json.dumps(manifest, indent=2) + "\n")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
 from r1v import hookimpl
 from r1v.interfaces import LanguageBackbone
-from r1v.weights import load_into
+from r1v.weights import load_into, skip_hf_init
 
 from . import tiny as tiny_parts
 
@@ -21,7 +22,8 @@ def tiny_lm(variant: str, pretrained: str | None = "builtin", attn_implementatio
     config = Qwen2Config(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                          pad_token_id=tok.pad_token_id, **tiny_parts.LM)  # fmt: skip
     config._attn_implementation = attn_implementation
-    model = Qwen2ForCausalLM(config)
+    with skip_hf_init() if pretrained else nullcontext():  # weights are loaded right below
+        model = Qwen2ForCausalLM(config)
     if pretrained:
         path = tiny_parts.HERE / tiny_parts.WEIGHTS[variant] if pretrained == "builtin" else Path(pretrained)
         load_into(model, path, f"backbone 'tiny_{variant}'")

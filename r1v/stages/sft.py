@@ -22,10 +22,10 @@ from torch.utils.data import DataLoader, Dataset
 from r1v.answers import equivalent, extract_answer
 from r1v.data.processor import Processor
 from r1v.data.sampler import ResumableSampler
-from r1v.interfaces import Sample
+from r1v.interfaces import RewardInput, Sample
 from r1v.model.build import PARTS, apply_freeze, build
 from r1v.registry import get_registry
-from r1v.weights import to_cpu_contiguous
+from r1v.weights import full_state
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,20 @@ class SFTStage(L.LightningModule):
                                     greedy=True)  # fmt: skip
             acc = sum(equivalent(extract_answer(t), s.answer) for t, s in zip(texts, samples, strict=True))
             self.log("val/accuracy", acc / len(samples), prog_bar=True, batch_size=len(samples))
+            for key, parts in score_rewards(self.rewards(), samples, texts).items():
+                self.log(f"val/reward/{key}", parts, batch_size=len(samples))
+
+    def rewards(self) -> dict[str, tuple[float, Any]]:
+        """The configured rewards (``reward=[...]``), built once: key -> (weight, callable)."""
+        if not hasattr(self, "_rewards"):
+            reg = get_registry()
+            self._rewards = {
+                key: (float(node.get("weight", 1.0)),
+                      reg.build("reward", node.get("name", key),
+                                **{k: v for k, v in node.items() if k not in ("name", "weight")}))
+                for key, node in (self.cfg.get("rewards") or {}).items()
+            }  # fmt: skip
+        return self._rewards
 
     def on_train_epoch_start(self) -> None:
         if self._resume_pos and self._resume_pos[0] == self.current_epoch:
@@ -178,12 +192,36 @@ class SFTStage(L.LightningModule):
             random.setstate(state["rng"]["python"])
 
     def export_trainable(self, path: Path) -> None:
-        """Trainable weights as safetensors (the stage's product; load with ``checkpoint=``)."""
-        state = {n: p for n, p in self.model.named_parameters() if n in set(self.trainable)}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file(to_cpu_contiguous(state), str(tmp))
-        tmp.replace(path)
+        """Trainable weights as safetensors (the stage's product; load with ``checkpoint=``).
+
+        Collective under ZeRO-3 (the parameters are gathered): call on every rank; rank 0 writes.
+        """
+        with full_state(self.model, set(self.trainable)) as state:
+            if self.trainer.is_global_zero if self._trainer else True:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(f".{path.name}.tmp")
+                save_file(state, str(tmp))
+                tmp.replace(path)
+
+
+def score_rewards(rewards: Mapping[str, tuple[float, Any]], samples: list[Sample], texts: list[str]) -> dict[str, float]:
+    """Mean of every reward part over the samples, plus the weighted ``total``.
+
+    A reward that raises on a sample counts as 0 for it and is logged, never a dead run.
+    """
+    sums: dict[str, float] = {"total": 0.0}
+    for s, text in zip(samples, texts, strict=True):
+        x = RewardInput(prompt=s.question, completion=text, answer=s.answer, images=s.images, extra=s.meta)
+        for key, (weight, fn) in rewards.items():
+            try:
+                parts = fn(x)
+            except Exception as e:  # a broken reward must not kill training
+                log.warning("reward %s failed on sample %s: %s", key, s.id, e)
+                parts = {key: 0.0}
+            for part, value in parts.items():
+                sums[part] = sums.get(part, 0.0) + float(value)
+            sums["total"] += weight * float(parts.get(key, sum(parts.values())))
+    return {k: v / max(len(samples), 1) for k, v in sums.items()}
 
 
 def load_trainable(model: torch.nn.Module, checkpoint: str) -> None:

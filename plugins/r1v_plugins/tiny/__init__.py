@@ -20,7 +20,7 @@ SPECIAL_TOKENS = {
 ROLE_TOKENS = ["<｜User｜>", "<｜Assistant｜>"]
 # Architecture presets (timm/torchtune style: numbers live in Python, not in YAML).
 VISION = {"image_size": 64, "patch_size": 8, "hidden_size": 64, "depth": 4, "num_heads": 4, "mlp_ratio": 2.0}
-LM = {"hidden_size": 96, "intermediate_size": 256, "num_hidden_layers": 3, "num_attention_heads": 4,
+LM = {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 4, "num_attention_heads": 4,
       "num_key_value_heads": 2, "max_position_embeddings": 512, "rope_theta": 10000.0,
       "tie_word_embeddings": True, "rms_norm_eps": 1e-6}  # fmt: skip
 WEIGHTS = {"vision": "vision.safetensors", "instruct": "lm_instruct.safetensors", "reasoner": "lm_reasoner.safetensors"}

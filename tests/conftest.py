@@ -1,0 +1,75 @@
+"""Shared fixtures: offline hub, the registry, the tiny model, and one trained default run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: int = 600,
+            module: str = "r1v.train") -> subprocess.CompletedProcess:  # fmt: skip
+    """``python -m <module> args`` in ``cwd``; returns the completed process (text output)."""
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def registry():
+    from r1v.registry import get_registry
+
+    return get_registry()
+
+
+@pytest.fixture(scope="session")
+def compose():
+    """compose(*overrides) -> resolved plain-dict config (the same tree r1v.train builds)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    import r1v.train  # noqa: F401  (registers the run-name resolver)
+    from r1v.config import conf_dir, register_plugin_configs
+    from r1v.registry import get_registry
+
+    register_plugin_configs(get_registry())
+
+    def _compose(*overrides: str) -> dict:
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=conf_dir(), version_base=None):
+            cfg = hydra_compose("config", overrides=list(overrides))
+        return OmegaConf.to_container(cfg, resolve=True)
+
+    return _compose
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm(registry, compose):
+    """The default tiny model (pretrained parts, random adapter) and its processor, in eval mode."""
+    import torch
+
+    from r1v.model.build import build
+
+    torch.manual_seed(0)
+    model, processor = build(compose()["model"], registry)
+    return model.eval(), processor
+
+
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory):
+    """One short run of the default job (align, tiny, synthetic), shared by the integration tests."""
+    cwd = tmp_path_factory.mktemp("default-run")
+    proc = run_cli(["run=default", "stage.max_steps=60", "stage.val_every=30", "stage.ckpt_every=30",
+                    "stage.val_generate=32", "logger=csv", "trainer.log_every_n_steps=1",
+                    "trainer.enable_progress_bar=false"], cwd)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return cwd / "runs" / "default"

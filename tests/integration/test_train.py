@@ -1,0 +1,121 @@
+"""End to end: the default job learns, runs resume exactly, sweeps fan out, bad input gets one line."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.slow
+FAST = ["stage.batch_size=4", "data.n_train=40", "data.n_val=4", "stage.val_generate=0", "logger=csv",
+        "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false"]  # fmt: skip
+
+
+def losses(run_dir: Path, key: str = "train/loss") -> dict[int, float]:
+    with open(run_dir / "metrics.csv") as f:
+        return {int(r["step"]): float(r[key]) for r in csv.DictReader(f) if r.get(key)}
+
+
+def test_default_run_learns_and_writes_its_folder(default_run):
+    train = list(losses(default_run).values())
+    assert len(train) >= 8 and all(math.isfinite(x) for x in train)
+    first, last = sum(train[:3]) / 3, sum(train[-3:]) / 3
+    assert last < 0.6 * first, f"loss did not fall enough: {first:.3f} -> {last:.3f}"
+    assert losses(default_run, "val/accuracy"), "validation accuracy was not logged"
+    prov = json.loads((default_run / "run.json").read_text())
+    assert prov["components"]["vision"] == {"name": "tiny", "provider": "r1v 0.1.0"}
+    assert prov["versions"]["torch"] and "argv" in prov
+    assert (default_run / "config.yaml").is_file() and (default_run / "checkpoints" / "last.ckpt").is_file()
+    weights = load_file(str(default_run / "final" / "trainable.safetensors"))
+    assert weights and all(k.startswith("adapter.") for k in weights)
+
+
+def test_aligned_adapter_lets_the_lm_read_images(default_run, tiny_vlm, registry):
+    """The trained adapter answers held-out image questions far better than the random one."""
+    from r1v.data.synthetic import generate
+    from r1v.stages.sft import load_trainable
+
+    model, proc = tiny_vlm
+    samples = [generate(i, "val")[0] for i in range(48)]
+    engine = registry.build("rollout", "hf")
+
+    def accuracy() -> float:
+        from r1v.answers import equivalent, extract_answer
+
+        texts = engine.generate(model, proc, samples, max_new_tokens=12, greedy=True)
+        return sum(equivalent(extract_answer(t), s.answer) for t, s in zip(texts, samples, strict=True)) / len(samples)
+
+    before = {k: v.clone() for k, v in model.adapter.state_dict().items()}
+    try:
+        untrained = accuracy()
+        load_trainable(model, str(default_run))
+        trained = accuracy()
+    finally:
+        model.adapter.load_state_dict(before)
+    assert trained >= untrained + 0.15, f"accuracy {untrained:.2f} -> {trained:.2f}"
+
+
+def test_resume_continues_exactly(tmp_path):
+    common = [*FAST, "stage.val_every=1000", "stage.ckpt_every=6"]
+    straight = run_cli(["run=straight", "stage.max_steps=12", *common], tmp_path)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    first = run_cli(["run=split", "stage.max_steps=6", *common], tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    again = run_cli(["run=split", "stage.max_steps=12", *common], tmp_path)
+    assert again.returncode == 2 and "already has checkpoints" in again.stderr and "resume=auto" in again.stderr
+    resumed = run_cli(["run=split", "stage.max_steps=12", "resume=auto", *common], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = losses(tmp_path / "runs" / "straight"), losses(tmp_path / "runs" / "split")
+    assert sorted(b) == sorted(a) and len(a) == 12  # mid-epoch (10 batches/epoch) and across the boundary
+    for step in a:
+        assert b[step] == pytest.approx(a[step], abs=1e-5), f"step {step}: {a[step]} vs {b[step]}"
+
+
+def test_multirun_sweep_gives_each_job_a_folder(tmp_path):
+    proc = run_cli(["-m", "run=sweep", "stage.lr=1e-3,3e-3", "stage.max_steps=2", "stage.val_every=1000", *FAST],
+                   tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    jobs = sorted(p for p in (tmp_path / "runs" / "sweep").iterdir() if p.is_dir() and p.name[0].isdigit())
+    assert len(jobs) == 2
+    lrs = [json.loads(json.dumps(__import__("yaml").safe_load((j / "config.yaml").read_text())))["stage"]["lr"]
+           for j in jobs]  # fmt: skip
+    assert sorted(lrs) == [1e-3, 3e-3]
+    assert all((j / "metrics.csv").is_file() and (j / "final" / "trainable.safetensors").is_file() for j in jobs)
+
+
+def one_error_line(proc) -> str:
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    lines = [x for x in proc.stderr.splitlines() if x.startswith("r1v: error:")]
+    assert len(lines) == 1, proc.stderr[-2000:]
+    return lines[0]
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["stage.lrr=1e-3"], "did you mean 'lr'"),
+    (["vision=tinyy"], "no option 'tinyy' in config group 'vision'"),
+    (["model.backbone.name=tiny_reasonr"], "did you mean 'tiny_reasoner'"),
+    (["adapter.in_features=32"], "expects vision features of width 32 but vision 'tiny' produces width 64"),
+])  # fmt: skip
+def test_bad_config_gets_one_clear_line(tmp_path, args, expected):
+    assert expected in one_error_line(run_cli([*args, *FAST], tmp_path))
+
+
+def test_bad_data_is_refused_or_skipped(tmp_path):
+    from r1v.data.synthetic import write_jsonl
+
+    path = write_jsonl(tmp_path / "data", 12, "train")
+    rows = path.read_text().splitlines()
+    rows[4] = json.dumps({k: v for k, v in json.loads(rows[4]).items() if k != "answer"})
+    path.write_text("\n".join(rows) + "\n")
+    data = ["data=jsonl", f"data.train={path}", "stage.max_steps=2", "stage.val_every=1000"]
+    line = one_error_line(run_cli([*data, "data.on_bad_sample=error", *FAST], tmp_path))
+    assert f"{path}:5: missing field 'answer'" in line
+    ok = run_cli([*data, "run=skip", *FAST], tmp_path)
+    assert ok.returncode == 0 and "skipped 1 bad rows" in ok.stderr + ok.stdout

@@ -1,0 +1,124 @@
+"""Synthetic generator, tiling, JSONL validation (bad rows), processor formatting, resumable sampler."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from r1v.data.datasets import DataError, JsonlDataset, SyntheticDataset
+from r1v.data.images import choose_grid, tile_image
+from r1v.data.sampler import ResumableSampler
+from r1v.data.synthetic import generate, write_jsonl
+
+
+def test_generator_is_deterministic_and_splits_differ():
+    a, scene_a = generate(7, "train", seed=3)
+    b, scene_b = generate(7, "train", seed=3)
+    assert scene_a == scene_b and a.question == b.question and a.answer == b.answer
+    assert a.images[0].tobytes() == b.images[0].tobytes()
+    questions = {generate(i, "train")[0].meta["scene"] for i in range(50)}
+    held_out = {generate(i, "val")[0].meta["scene"] for i in range(50)}
+    assert len(questions) > 40 and len(questions & held_out) < 5
+
+
+def test_answers_follow_from_the_scene():
+    for i in range(100):
+        s, scene = generate(i, "train")
+        if s.meta["task"] == "count_all":
+            assert s.answer == str(len(scene))
+        assert s.answer in s.reasoning
+
+
+@pytest.mark.parametrize(("size", "max_tiles", "grid", "n"), [
+    ((64, 64), 1, (1, 1), 1), ((128, 64), 4, (2, 1), 3), ((64, 192), 6, (1, 3), 4), ((256, 256), 4, (2, 2), 5),
+])  # fmt: skip
+def test_dynamic_tiling(size, max_tiles, grid, n):
+    from PIL import Image
+
+    assert choose_grid(*size, tile=64, max_tiles=max_tiles) == grid
+    assert len(tile_image(Image.new("RGB", size), 64, max_tiles)) == n
+
+
+@pytest.fixture()
+def data_dir(tmp_path):
+    write_jsonl(tmp_path, 6, "train")
+    return tmp_path
+
+
+def rewrite(path, edit):
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    edit(rows)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_jsonl_round_trip(data_dir):
+    ds = JsonlDataset(data_dir / "train.jsonl")
+    assert len(ds) == 6
+    s = ds[0]
+    assert s.images[0].size == (64, 64) and s.answer == generate(0, "train")[0].answer
+
+
+@pytest.mark.parametrize(("breakage", "message"), [
+    ("no_answer", "missing field 'answer'"),
+    ("missing_image", "missing image"),
+    ("corrupt_image", "corrupt image"),
+])  # fmt: skip
+def test_bad_rows_are_skipped_and_counted_or_refused(data_dir, breakage, message):
+    path = data_dir / "train.jsonl"
+    if breakage == "no_answer":
+        rewrite(path, lambda rows: rows[2].pop("answer"))
+    elif breakage == "missing_image":
+        (data_dir / json.loads(path.read_text().splitlines()[2])["images"][0]).unlink()
+    else:
+        (data_dir / json.loads(path.read_text().splitlines()[2])["images"][0]).write_bytes(b"\x89PNG\r\n garbage")
+    ds = JsonlDataset(path, on_bad_sample="skip")
+    assert len(ds) == 5 and sum(ds.skipped.values()) == 1
+    with pytest.raises(DataError) as e:
+        JsonlDataset(path, on_bad_sample="error")
+    assert f"train.jsonl:3: {message}" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_empty_dataset_refuses_to_start(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(DataError, match="has no usable samples"):
+        JsonlDataset(tmp_path / "empty.jsonl")
+    with pytest.raises(DataError, match="is empty"):
+        SyntheticDataset(0, "train")
+
+
+def test_all_rows_bad_says_why(data_dir):
+    rewrite(data_dir / "train.jsonl", lambda rows: [r.pop("answer") for r in rows])
+    with pytest.raises(DataError, match=r"no usable samples \(6 bad rows skipped: .*missing field 'answer'"):
+        JsonlDataset(data_dir / "train.jsonl")
+
+
+def test_bad_policy_and_missing_file(tmp_path):
+    with pytest.raises(DataError, match="on_bad_sample: 'ignore' is not allowed"):
+        JsonlDataset(tmp_path / "x.jsonl", on_bad_sample="ignore")
+    with pytest.raises(DataError, match="does not exist"):
+        JsonlDataset(tmp_path / "x.jsonl")
+
+
+def test_reasoner_prompt_is_prefilled_and_completion_is_r1_format(registry, compose):
+    from r1v.model.build import build
+
+    _, proc = build(compose("model=tiny_reasoner")["model"], registry)
+    s, _ = generate(0, "train")
+    prompt = proc.prompt(s.question, [1])
+    assert prompt.endswith("<｜Assistant｜><think>\n") and prompt.count("<IMG_CONTEXT>") == 16
+    assert proc.completion(s, "reasoning") == f"{s.reasoning}\n</think>\n\n\\boxed{{{s.answer}}}"
+
+
+def test_sampler_resumes_mid_epoch_without_repeats():
+    full = ResumableSampler(20, seed=1)
+    full.set_epoch(2)
+    order = list(full)
+    resumed = ResumableSampler(20, seed=1)
+    resumed.resume_at(2, 8)
+    resumed.set_epoch(2)
+    assert list(resumed) == order[8:]
+    resumed.set_epoch(3)
+    assert sorted(resumed) == list(range(20))  # next epoch is whole again
+    ranks = [list(ResumableSampler(20, seed=1, rank=r, world_size=2)) for r in (0, 1)]
+    assert not set(ranks[0]) & set(ranks[1])

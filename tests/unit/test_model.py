@@ -1,0 +1,124 @@
+"""The VLM glue: pixel shuffle, splicing, batch independence, KV cache, freeze policy, width checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from r1v.data.synthetic import generate
+from r1v.interfaces import IMG_CONTEXT, Sample
+from r1v.model.build import ModelConfigError, apply_freeze, build
+from r1v_plugins.adapters import MLPAdapter, pixel_shuffle
+
+
+def test_pixel_shuffle_shapes_and_versions():
+    x = torch.arange(2 * 4 * 4 * 3, dtype=torch.float).reshape(2, 4, 4, 3)
+    v1, v2 = pixel_shuffle(x, 0.5, "v1"), pixel_shuffle(x, 0.5, "v2")
+    assert v1.shape == v2.shape == (2, 2, 2, 12)
+    assert torch.equal(v1.transpose(1, 2), v2)  # the two versions differ by a transpose of the grid
+    # v2 keeps row-major order: output (0, 1) holds input row 0, columns 2..3
+    assert torch.equal(v2[0, 0, 1, :6], torch.cat([x[0, 0, 2], x[0, 0, 3]]))
+
+
+def test_r1v_adapter_matches_internvl_layout():
+    a = MLPAdapter(in_features=3200, llm_hidden=5120, downsample_ratio=0.5)
+    names = {n: tuple(p.shape) for n, p in a.named_parameters()}
+    assert names == {"0.weight": (12800,), "0.bias": (12800,), "1.weight": (5120, 12800), "1.bias": (5120,),
+                     "3.weight": (5120, 5120), "3.bias": (5120,)}  # fmt: skip
+    assert sum(p.numel() for p in a.parameters()) == pytest.approx(92.3e6, rel=0.01)  # ≈ 0.092B as R1V
+
+
+def sample(i: int, n_images: int = 1, size: tuple[int, int] = (64, 64)) -> Sample:
+    s, _ = generate(i, "val")
+    img = s.images[0].resize(size)
+    return Sample(s.id, "<image>\n" * (n_images - 1) + s.question, s.answer, [img] * n_images, s.reasoning)
+
+
+def test_image_tokens_are_spliced_in_order(tiny_vlm):
+    model, proc = tiny_vlm
+    proc.max_tiles = 4
+    try:
+        s = sample(0, n_images=2, size=(128, 64))
+        s.images[1] = s.images[1].resize((64, 64))
+        enc = proc.encode(s, "answer")  # a wide image: 2 tiles + thumbnail; then a square one: 1 tile
+    finally:
+        proc.max_tiles = 1
+    assert enc["pixel_values"].shape == (4, 3, 64, 64)
+    ids = torch.tensor([enc["input_ids"]])
+    assert int((ids == model.img_context_id).sum()) == 4 * model.tokens_per_tile == 64
+    with torch.no_grad():
+        embeds = model.embed(ids, enc["pixel_values"])
+        expected = model.encode_images(enc["pixel_values"]).reshape(-1, embeds.shape[-1])
+    assert torch.allclose(embeds[0][ids[0] == model.img_context_id], expected)
+    text_pos = ids[0] != model.img_context_id
+    plain = model.backbone.get_input_embeddings()(ids)
+    assert torch.equal(embeds[0][text_pos], plain[0][text_pos])
+
+
+def test_outputs_do_not_depend_on_other_samples(tiny_vlm):
+    model, proc = tiny_vlm
+    samples = [sample(1), sample(2, n_images=2), Sample("t", "no image here?", "1")]
+    encoded = [proc.encode(s, "answer") for s in samples]
+    batch = proc.collate(encoded)
+    with torch.no_grad():
+        together = model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"]).logits
+        for b, e in enumerate(encoded):
+            alone = proc.collate([e])
+            single = model(alone["input_ids"], alone["attention_mask"], alone["pixel_values"]).logits
+            n = len(e["input_ids"])
+            torch.testing.assert_close(together[b, :n], single[0], atol=1e-4, rtol=1e-4)
+
+
+def test_loss_is_on_answer_tokens_only(tiny_vlm):
+    model, proc = tiny_vlm
+    enc = proc.encode(sample(3), "answer")
+    labelled = [t for t, lab in zip(enc["input_ids"], enc["labels"], strict=True) if lab != -100]
+    assert proc.tokenizer.decode(labelled) == f"\\boxed{{{sample(3).answer}}}" + proc.tokenizer.eos_token
+    assert enc["labels"][: enc["prompt_len"]] == [-100] * enc["prompt_len"]
+
+
+def test_kv_cache_generation_equals_no_cache_forward(tiny_vlm):
+    model, proc = tiny_vlm
+    samples = [sample(4), sample(5, n_images=2)]
+    batch = proc.collate([proc.encode(s, None) for s in samples], padding_side="left")
+    with torch.no_grad():
+        cached = model.generate(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
+                                max_new_tokens=8, do_sample=False, eos_token_id=None,
+                                pad_token_id=proc.tokenizer.pad_token_id)  # fmt: skip
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        for step in range(8):  # recompute the whole sequence every step, no cache
+            logits = model(ids, mask, batch["pixel_values"], use_cache=False).logits
+            nxt = logits[:, -1].argmax(-1, keepdim=True)
+            assert torch.equal(nxt[:, 0], cached[:, step]), f"step {step} differs"
+            ids, mask = torch.cat([ids, nxt], 1), torch.cat([mask, torch.ones_like(nxt)], 1)
+
+
+def test_freeze_policy_only_adapter_gets_gradients(registry, compose):
+    model, proc = build(compose()["model"], registry)
+    names = apply_freeze(model, ["adapter"])
+    assert names and all(n.startswith("adapter.") for n in names)
+    batch = proc.collate([proc.encode(sample(6), "answer")])
+    model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["labels"]).loss.backward()
+    for n, p in model.named_parameters():
+        assert (p.grad is not None) == n.startswith("adapter."), n
+    with pytest.raises(Exception, match="matches no parameter"):
+        apply_freeze(model, ["adaptor"])
+    assert len(apply_freeze(model, ["backbone.model.layers.0.*"])) > 0
+
+
+def test_adapter_width_mismatch_names_both_sizes(registry, compose):
+    cfg = compose("model.adapter.in_features=32")["model"]
+    with pytest.raises(ModelConfigError) as e:
+        build(cfg, registry)
+    msg = str(e.value)
+    assert "width 32" in msg and "width 64" in msg and "\n" not in msg
+
+
+def test_image_without_slots_is_an_error(tiny_vlm):
+    model, proc = tiny_vlm
+    batch = proc.collate([proc.encode(Sample("t", "text only", "1"), "answer")])
+    with pytest.raises(ValueError, match="do not fill"):
+        model.embed(batch["input_ids"], torch.zeros(1, 3, 64, 64))
+    assert IMG_CONTEXT in proc.tokenizer.get_vocab()
+    assert isinstance(Image.new("RGB", (1, 1)), Image.Image)
