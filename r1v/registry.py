@@ -85,8 +85,7 @@ class Registry:
             old = self._entries[kind].get(name)
             if old is not None:
                 raise RegistryError(
-                    f"{kind} '{name}' is registered twice: by {old.provider} and by {provider}; "
-                    "rename one of them"
+                    f"{kind} '{name}' is registered twice: by {old.provider} and by {provider}; rename one of them"
                 )
             doc = description or (inspect.getdoc(factory) or "").split("\n")[0]
             self._entries[kind][name] = Entry(kind, name, factory, provider, doc, meta)

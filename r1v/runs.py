@@ -130,8 +130,19 @@ def provenance(registry: Any, choices: dict[str, str]) -> dict[str, Any]:
         "host": socket.gethostname(),
         "python": platform.python_version(),
         "git_commit": _git_commit(),
-        "versions": {d: _version(d) for d in ("r1v", "torch", "transformers", "lightning", "timm", "hydra-core",
-                                              "deepspeed", "pluggy")},  # fmt: skip
+        "versions": {
+            d: _version(d)
+            for d in (
+                "r1v",
+                "torch",
+                "transformers",
+                "lightning",
+                "timm",
+                "hydra-core",
+                "deepspeed",
+                "pluggy",
+            )
+        },
         "components": used,
         "plugins": sorted({e.provider for e in registry.entries()}),
     }

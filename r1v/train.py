@@ -28,8 +28,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from r1v.data.datasets import DataError
     from r1v.model.build import ModelConfigError
     from r1v.runs import RunError
+    from r1v.weights import WeightsError
 
-    return (*USER_ERRORS, DataError, ModelConfigError, RunError)
+    return (*USER_ERRORS, DataError, ModelConfigError, RunError, WeightsError)
 
 
 def build_datasets(cfg: dict[str, Any], registry: Any) -> tuple[Any, Any]:
@@ -81,7 +82,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     train_ds, val_ds = build_datasets(container, registry)
     module = registry.get("stage", container["stage"]["name"]).factory(container)
     module.attach_data(train_ds, val_ds)
-    strategy = (container["trainer"].get("strategy") or {})
+    strategy = container["trainer"].get("strategy") or {}
     if int(strategy.get("stage", 0)) != 3:  # build now: width mismatches surface before any training
         module.configure_model()
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)

@@ -12,6 +12,10 @@ from safetensors.torch import load_file
 from torch import nn
 
 
+class WeightsError(ValueError):
+    """A weights file that does not fit the model (one line: file, tensor, shapes)."""
+
+
 def gathered(module: nn.Module, modifier_rank: int | None = None) -> Any:
     """Context in which DeepSpeed ZeRO-3 partitioned parameters of ``module`` are whole.
 
@@ -62,7 +66,7 @@ def load_into(module: nn.Module, path: str | Path, what: str, strict: bool = Tru
         own = module.state_dict()
         for key, tensor in state.items():
             if key in own and own[key].shape != tensor.shape:
-                raise ValueError(
+                raise WeightsError(
                     f"{what}: {path} holds {key} of shape {tuple(tensor.shape)} but the model expects "
                     f"{tuple(own[key].shape)}"
                 )
@@ -72,7 +76,7 @@ def load_into(module: nn.Module, path: str | Path, what: str, strict: bool = Tru
             module.tie_weights()
             missing = [k for k in missing if k not in tied]
     if strict and (missing or unexpected):
-        raise ValueError(
+        raise WeightsError(
             f"{what}: {path} does not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
 

@@ -1,6 +1,6 @@
 """Pre-train the embedded tiny parts on the synthetic task family, deterministically.
 
-    python tools/pretrain_tiny.py            # writes plugins/r1v_plugins/tiny/{tokenizer.json, *.safetensors, MANIFEST.json}
+    python tools/pretrain_tiny.py    # writes tokenizer.json, *.safetensors, MANIFEST.json in plugins/r1v_plugins/tiny/
 
 Mirrors R1V's ingredients at toy scale:
   * a vision encoder whose features carry colour, shape and position (trained to classify the
@@ -26,11 +26,12 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
 
+from r1v_plugins import tiny  # noqa: E402
+
 from r1v.data import synthetic  # noqa: E402
 from r1v.data.images import preprocess  # noqa: E402
 from r1v.interfaces import IMG_CONTEXT, IMG_END, IMG_START, THINK_CLOSE, THINK_OPEN  # noqa: E402
 from r1v.weights import to_cpu_contiguous  # noqa: E402
-from r1v_plugins import tiny  # noqa: E402
 
 OUT = tiny.HERE
 CLASSES = [None] + [(c, s) for c in synthetic.COLORS for s in synthetic.SHAPES]  # 13 cell classes
@@ -171,7 +172,7 @@ def main() -> None:
         # The full command (--only regenerates a subset with the same result for those files).
         "command": f"python tools/pretrain_tiny.py --seed {args.seed} --vision-steps {args.vision_steps} "
                    f"--lm-steps {args.lm_steps} --reasoner-steps {args.reasoner_steps} --threads {args.threads}",
-        "torch": torch.__version__, "threads": args.threads, 
+        "torch": torch.__version__, "threads": args.threads,
         "sha256": {f: tiny.sha256(OUT / f) for f in files if (OUT / f).exists()},
     }  # fmt: skip
     (OUT / "MANIFEST.json").write_text(json.dumps(manifest, indent=2) + "\n")

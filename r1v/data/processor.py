@@ -96,7 +96,11 @@ class Processor:
         for b, e in enumerate(encoded):
             n = len(e["input_ids"])
             sl = slice(width - n, width) if padding_side == "left" else slice(0, n)
-            ids[b, sl], labels[b, sl], mask[b, sl] = torch.tensor(e["input_ids"]), torch.tensor(e["labels"]), 1
+            ids[b, sl], labels[b, sl], mask[b, sl] = (
+                torch.tensor(e["input_ids"]),
+                torch.tensor(e["labels"]),
+                1,
+            )
         tiles = [e["pixel_values"] for e in encoded if e["pixel_values"] is not None]
         pixels = torch.cat(tiles) if tiles else None
         return {"input_ids": ids, "attention_mask": mask, "labels": labels, "pixel_values": pixels,

@@ -204,7 +204,9 @@ class SFTStage(L.LightningModule):
                 tmp.replace(path)
 
 
-def score_rewards(rewards: Mapping[str, tuple[float, Any]], samples: list[Sample], texts: list[str]) -> dict[str, float]:
+def score_rewards(
+    rewards: Mapping[str, tuple[float, Any]], samples: list[Sample], texts: list[str]
+) -> dict[str, float]:
     """Mean of every reward part over the samples, plus the weighted ``total``.
 
     A reward that raises on a sample counts as 0 for it and is logged, never a dead run.

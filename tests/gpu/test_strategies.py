@@ -17,7 +17,8 @@ from tests.conftest import run_cli
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 COMMON = ["stage.max_steps=6", "stage.val_every=6", "stage.val_generate=8", "stage.ckpt_every=6",
-          "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false", "trainer.devices=1", "logger=csv"]  # fmt: skip
+          "trainer.log_every_n_steps=1", "trainer.enable_progress_bar=false", "trainer.devices=1",
+          "logger=csv"]  # fmt: skip
 
 
 def train_losses(run_dir) -> list[float]:

@@ -11,7 +11,10 @@ from r1v.config import ConfigError, conf_dir, precheck_overrides, validate
 
 CONF = Path(conf_dir())
 PLUGIN_GROUPS = ("vision", "adapter", "backbone", "data", "reward", "stage")
-REQUIRED = {"backbone/hf": ["model.backbone.path=/nonexistent"], "data/jsonl": ["data.train=/nonexistent.jsonl"]}
+REQUIRED = {
+    "backbone/hf": ["model.backbone.path=/nonexistent"],
+    "data/jsonl": ["data.train=/nonexistent.jsonl"],
+}
 
 
 def options() -> list[str]:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 from PIL import Image
+from r1v_plugins.adapters import MLPAdapter, pixel_shuffle
 
 from r1v.data.synthetic import generate
 from r1v.interfaces import IMG_CONTEXT, Sample
 from r1v.model.build import ModelConfigError, apply_freeze, build
-from r1v_plugins.adapters import MLPAdapter, pixel_shuffle
 
 
 def test_pixel_shuffle_shapes_and_versions():
@@ -71,7 +71,7 @@ def test_outputs_do_not_depend_on_other_samples(tiny_vlm):
 
 
 def test_loss_is_on_answer_tokens_only(tiny_vlm):
-    model, proc = tiny_vlm
+    _, proc = tiny_vlm
     enc = proc.encode(sample(3), "answer")
     labelled = [t for t, lab in zip(enc["input_ids"], enc["labels"], strict=True) if lab != -100]
     assert proc.tokenizer.decode(labelled) == f"\\boxed{{{sample(3).answer}}}" + proc.tokenizer.eos_token

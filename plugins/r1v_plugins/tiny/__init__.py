@@ -23,7 +23,11 @@ VISION = {"image_size": 64, "patch_size": 8, "hidden_size": 64, "depth": 4, "num
 LM = {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 4, "num_attention_heads": 4,
       "num_key_value_heads": 2, "max_position_embeddings": 512, "rope_theta": 10000.0,
       "tie_word_embeddings": True, "rms_norm_eps": 1e-6}  # fmt: skip
-WEIGHTS = {"vision": "vision.safetensors", "instruct": "lm_instruct.safetensors", "reasoner": "lm_reasoner.safetensors"}
+WEIGHTS = {
+    "vision": "vision.safetensors",
+    "instruct": "lm_instruct.safetensors",
+    "reasoner": "lm_reasoner.safetensors",
+}
 
 
 def template(style: str) -> str:
