@@ -120,9 +120,14 @@ def precheck_overrides(overrides: list[str]) -> None:
                         raise ConfigError(f"override {key}={v}: no option '{v}' in config group '{key}' "
                                           f"(options: {', '.join(options)}){did_you_mean(v, options)}")  # fmt: skip
         try:
-            compose("config", overrides=mine)
+            cfg = compose("config", overrides=mine)
         except HydraException as e:
             raise ConfigError(_explain(e, mine, groups)) from None
+        from omegaconf import OmegaConf
+
+        missing = sorted(OmegaConf.missing_keys(cfg))
+        if missing:
+            raise ConfigError(f"config: {', '.join(missing)} must be set (add {missing[0]}=...)")
     GlobalHydra.instance().clear()
 
 

@@ -69,10 +69,15 @@ def build_trainer(cfg: dict[str, Any], run_dir: Path) -> Any:
 
 def run(cfg: DictConfig, run_dir: Path) -> Path:
     """Validate, build data and model, train; returns the run folder."""
+    import warnings
+
     import lightning as L
 
     from r1v.runs import provenance, resolve_resume, write_json_atomic
 
+    # Lightning's notes about our own files in the run folder and a torch deprecation: noise here.
+    warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
     registry = get_registry()
     container: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     validate(container, registry)

@@ -105,3 +105,9 @@ def test_unknown_knob_in_config(compose, registry):
     with pytest.raises(ConfigError) as e:
         validate(cfg, registry)
     assert "has no option 'hiden'" in one_line(e) and "did you mean 'hidden'" in str(e.value)
+
+
+def test_required_value_must_be_set():
+    with pytest.raises(ConfigError) as e:
+        precheck_overrides(["data=jsonl"])
+    assert "data.train must be set (add data.train=...)" in one_line(e)
