@@ -28,6 +28,27 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """Build a composition on the meta device: parameters per part, trainable count, per-GPU memory plan."""
+    from r1v.inspect import inspect
+
+    print("\n".join(inspect(args.overrides)))
+    return 0
+
+
+def _inspect_epilog() -> str:
+    from r1v.planner import KNOBS
+
+    knobs = "\n".join(f"  planner.{k:<15} {v}" for k, v in KNOBS.items())
+    return (
+        "Overrides are those of python -m r1v.train (group=option, key=value); planner.<knob>=value sets the\n"
+        "memory planner (formulas and assumptions: r1v/planner.py):\n"
+        f"{knobs}\n\nExamples:\n"
+        "  python -m r1v inspect model=r1v38b trainer=deepspeed_z3 stage=align\n"
+        "  python -m r1v inspect model=r1v38b planner.gpus=1 planner.seq_len=8192 planner.ckpt=backbone"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m r1v", description=__doc__)
     sub = parser.add_subparsers(dest="verb", required=True)
@@ -42,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-size", type=int, default=64)
     p.set_defaults(func=cmd_data_synth)
+    p = sub.add_parser("inspect", help=cmd_inspect.__doc__, description=cmd_inspect.__doc__,
+                       epilog=_inspect_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("overrides", nargs="*", help="Hydra overrides (key=value) and planner.<knob>=value")
+    p.set_defaults(func=cmd_inspect)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

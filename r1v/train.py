@@ -42,14 +42,17 @@ def build_datasets(cfg: dict[str, Any], registry: Any) -> tuple[Any, Any]:
     return entry.factory(split="train", **knobs), entry.factory(split="val", **knobs)
 
 
-def build_trainer(cfg: dict[str, Any], run_dir: Path) -> Any:
+def build_trainer(cfg: dict[str, Any], run_dir: Path, resume_step: int | None = None) -> Any:
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
     from r1v.runs import AtomicCheckpointIO, checkpoint_dir
 
     stage = cfg["stage"]
-    loggers = [instantiate(spec, save_dir=str(run_dir)) for spec in (cfg.get("logger") or {}).values()]
+    loggers = []
+    for spec in (cfg.get("logger") or {}).values():
+        extra = {"resume_step": resume_step} if spec["_target_"].endswith("RunCSVLogger") else {}
+        loggers.append(instantiate(spec, save_dir=str(run_dir), **extra))
     callbacks = [
         ModelCheckpoint(dirpath=checkpoint_dir(run_dir), filename="step{step:06d}", auto_insert_metric_name=False,
                         every_n_train_steps=int(stage["ckpt_every"]), save_top_k=1, save_last=True),
@@ -73,7 +76,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
 
     import lightning as L
 
-    from r1v.runs import provenance, resolve_resume, write_json_atomic
+    from r1v.runs import checkpoint_step, provenance, resolve_resume, write_json_atomic
 
     # Lightning's notes about our own files in the run folder and a torch deprecation: noise here.
     warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
@@ -99,7 +102,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     prov = provenance(registry, choices)
     prov["resumed_from"] = str(ckpt) if ckpt else None
     write_json_atomic(run_dir / "run.json", prov)
-    trainer = build_trainer(container, run_dir)
+    trainer = build_trainer(container, run_dir, resume_step=checkpoint_step(ckpt) if ckpt else None)
     trainer.fit(module, ckpt_path=str(ckpt) if ckpt else None)
     module.export_trainable(run_dir / "final" / "trainable.safetensors")  # every rank: gathers under ZeRO-3
     if trainer.is_global_zero:

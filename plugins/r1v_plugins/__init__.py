@@ -6,6 +6,7 @@ BUILTIN_MODULES = [
     "r1v_plugins.internvit",
     "r1v_plugins.adapters",
     "r1v_plugins.backbones",
+    "r1v_plugins.qwen2",
     "r1v_plugins.rewards",
     "r1v_plugins.length",
     "r1v_plugins.rollout",

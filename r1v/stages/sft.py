@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from r1v.answers import equivalent, extract_answer
 from r1v.data.processor import Processor
 from r1v.data.sampler import ResumableSampler
+from r1v.faults import maybe_die
 from r1v.interfaces import RewardInput, Sample
 from r1v.model.build import PARTS, apply_freeze, build
 from r1v.registry import get_registry
@@ -146,6 +147,9 @@ class SFTStage(L.LightningModule):
                 for key, node in (self.cfg.get("rewards") or {}).items()
             }  # fmt: skip
         return self._rewards
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        maybe_die("before_step", self.global_step)
 
     def on_train_epoch_start(self) -> None:
         if self._resume_pos and self._resume_pos[0] == self.current_epoch:

@@ -1,0 +1,202 @@
+"""``python -m r1v inspect [key=value ...] [planner.<knob>=value ...]``: what a composition is, without weights.
+
+Composes the Hydra config exactly as ``python -m r1v.train`` would, builds the model on the meta device
+(no memory, no weights read; a 38B model in seconds), applies the stage's freeze policy, and prints the
+parameters per part (vision, adapter, backbone), the total, the trainable count, and the per-GPU memory
+plan of :mod:`r1v.planner`. ``planner.*`` overrides are planner knobs, taken off before composing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from torch import nn
+
+from r1v import planner
+from r1v.model.build import PARTS
+
+PLANNER_PREFIX = "planner."
+
+
+def split_overrides(args: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """Hydra overrides and ``planner.<knob>`` values (knob -> raw string)."""
+    hydra, knobs = [], {}
+    for arg in args:
+        if arg.startswith(PLANNER_PREFIX):
+            key, sep, value = arg[len(PLANNER_PREFIX) :].partition("=")
+            if not sep:
+                raise ValueError(f"override {arg}: expected planner.<knob>=<value>")
+            knobs[key] = value
+        else:
+            hydra.append(arg)
+    return hydra, knobs
+
+
+def compose(overrides: list[str]) -> dict[str, Any]:
+    """The resolved config of ``python -m r1v.train <overrides>`` (one-line errors, validated names and knobs)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    import r1v.train  # noqa: F401  (registers the run-name resolver)
+    from r1v.config import conf_dir, precheck_overrides, register_plugin_configs, validate
+    from r1v.registry import get_registry
+
+    registry = get_registry()
+    register_plugin_configs(registry)
+    precheck_overrides(overrides)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=conf_dir(), version_base=None):
+        cfg = OmegaConf.to_container(hydra_compose("config", overrides=overrides), resolve=True)
+    GlobalHydra.instance().clear()
+    validate(cfg, registry)
+    return cfg
+
+
+def build_on_meta(cfg: dict[str, Any]) -> nn.Module:
+    """The VLM with the stage's trainable set, on the meta device (shapes only)."""
+    import torch
+
+    from r1v.model.build import apply_freeze, build
+    from r1v.registry import get_registry
+
+    with torch.device("meta"):
+        vlm, _ = build(cfg["model"], get_registry())
+    apply_freeze(vlm, list(cfg["stage"].get("trainable") or ["all"]))
+    return vlm
+
+
+def count(module: nn.Module) -> tuple[int, int]:
+    """(parameters, trainable parameters); tied parameters count once."""
+    params = list(module.parameters())
+    return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
+
+
+def largest_block(module: nn.Module) -> int:
+    """Parameters of the largest element of any layer list, or of any single Linear/Embedding."""
+    best = 0
+    for m in module.modules():
+        if isinstance(m, nn.ModuleList):
+            best = max([best, *(count(child)[0] for child in m)])
+        elif isinstance(m, (nn.Linear, nn.Embedding)):
+            best = max(best, count(m)[0])
+    return best
+
+
+def _layer_list(module: nn.Module) -> nn.ModuleList | None:
+    lists = [m for m in module.modules() if isinstance(m, nn.ModuleList)]
+    return max(lists, key=len, default=None)
+
+
+def _vision_part(vision: nn.Module, tiles: int) -> planner.Part:
+    """Encoder layers as transformer layers with a GELU MLP (width read off the layer's output Linear)."""
+    layers, h = _layer_list(vision), int(vision.hidden_size)
+    ffn = 4 * h
+    if layers is not None and len(layers):
+        widths = [m.in_features for m in layers[0].modules() if isinstance(m, nn.Linear) and m.out_features == h]
+        ffn = max([w for w in widths if w != h], default=ffn)
+    total, trainable = count(vision)
+    tokens = tiles * (int(vision.grid_size) ** 2 + 1)  # patches + CLS per tile
+    return planner.Part("vision", total, trainable, len(layers or []), planner.transformer_layer_bytes(h, h, ffn, 2),
+                        h, tokens, largest_block(vision))  # fmt: skip
+
+
+def _adapter_part(vlm: nn.Module, tiles: int) -> planner.Part:
+    adapter = vlm.adapter
+    linears = [m for m in adapter.modules() if isinstance(m, nn.Linear)]
+    wide = linears[0].in_features if linears else int(adapter.in_features)
+    hidden = linears[0].out_features if linears else int(adapter.out_features)
+    total, trainable = count(adapter)
+    return planner.Part("adapter", total, trainable, 1, planner.adapter_bytes(wide, hidden), wide,
+                        tiles * vlm.tokens_per_tile, largest_block(adapter))  # fmt: skip
+
+
+def _backbone_part(backbone: nn.Module) -> planner.Part:
+    c = backbone.config
+    h, heads = int(c.hidden_size), int(c.num_attention_heads)
+    head_dim = int(getattr(c, "head_dim", None) or h // heads)
+    kv = int(getattr(c, "num_key_value_heads", None) or heads) * head_dim
+    out = backbone.get_output_embeddings()
+    vocab = int(out.weight.shape[0]) if out is not None else int(c.vocab_size)
+    total, trainable = count(backbone)
+    act = planner.transformer_layer_bytes(h, kv, int(c.intermediate_size), 4)  # SwiGLU: 4 MLP-wide tensors
+    return planner.Part("backbone", total, trainable, int(c.num_hidden_layers), act, h, None, largest_block(backbone),
+                        vocab, kv)  # fmt: skip
+
+
+def model_parts(vlm: nn.Module, tiles_per_sample: int) -> list[planner.Part]:
+    """Planner inputs read off the built model, in forward order."""
+    return [_vision_part(vlm.vision, tiles_per_sample), _adapter_part(vlm, tiles_per_sample),
+            _backbone_part(vlm.backbone)]  # fmt: skip
+
+
+def default_settings(cfg: dict[str, Any]) -> tuple[planner.Settings, dict[str, str]]:
+    """Planner settings from the config (trainer strategy and devices, model tiling, stage), and their sources."""
+    trainer, stage, model = cfg.get("trainer") or {}, cfg.get("stage") or {}, cfg["model"]
+    sources: dict[str, str] = {}
+    strategy = trainer.get("strategy")
+    zero = int(strategy.get("stage", 0)) if isinstance(strategy, dict) else 0
+    sources["zero"] = "trainer.strategy.stage" if isinstance(strategy, dict) and "stage" in strategy else "default"
+    devices = trainer.get("devices")
+    gpus = int(devices) if isinstance(devices, int) else 8
+    sources["gpus"] = "trainer.devices" if isinstance(devices, int) else f"default; trainer.devices={devices}"
+    max_tiles = int(model.get("max_tiles", 1))
+    tiles = max_tiles + (1 if model.get("use_thumbnail", True) and max_tiles > 1 else 0)
+    rl = "grpo" in str(stage.get("name", "")) or "group_size" in stage
+    rl_knobs = {}
+    if rl:  # RL knobs the stage may carry (names of the GRPO stage to come; planner.* overrides them)
+        rl_knobs = dict(group_size=int(stage.get("group_size", 8)),
+                        completion_len=int(stage.get("max_completion_tokens", 8192)),
+                        beta=float(stage.get("beta", stage.get("kl_coef", 0.0)) or 0.0))  # fmt: skip
+    return planner.Settings(zero=zero, gpus=gpus, tiles=tiles, rl=rl, **rl_knobs), sources
+
+
+def dtype_notes(vlm: nn.Module, s: planner.Settings) -> list[str]:
+    """A note when parts are built wider than the bf16 the plan assumes (DeepSpeed casts; plain DDP does not)."""
+    first = {p: next(getattr(vlm, p).parameters()) for p in PARTS}
+    wide = {p: t for p, t in first.items() if t.element_size() > s.weight_bytes}
+    if not wide:
+        return []
+    extra = sum(count(getattr(vlm, p))[0] * (t.element_size() - s.weight_bytes) for p, t in wide.items())
+    built = ", ".join(f"{p} {str(t.dtype).removeprefix('torch.')}" for p, t in wide.items())
+    return [f"note: built as {built}; the plan counts bf16 weights (DeepSpeed bf16 casts the model; plain DDP "
+            f"keeps them as built: +{extra / planner.GIB:.1f} GiB per GPU)"]  # fmt: skip
+
+
+def human(n: float) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e9:.3f}B" if n >= 1e7 else f"{n / 1e6:.2f}M"
+
+
+def inspect(args: Sequence[str]) -> list[str]:
+    """Compose, build on meta, freeze per stage, count and plan; returns the printed lines."""
+    start = time.perf_counter()
+    overrides, knobs = split_overrides(args)
+    planner.parse_knobs(knobs, planner.Settings())  # a bad knob fails before anything is composed or built
+    cfg = compose(overrides)
+    vlm = build_on_meta(cfg)
+    seconds = time.perf_counter() - start
+    base, sources = default_settings(cfg)
+    settings = planner.parse_knobs(knobs, base)
+    for key in knobs:
+        sources[key] = f"planner.{key}"
+    parts = model_parts(vlm, settings.images * settings.tiles)
+    model = cfg["model"]
+    names = ", ".join(f"{p} {model[p]['name']}" for p in PARTS)
+    stage = cfg["stage"]
+    lines = [
+        f"model {model.get('preset', '?')} ({names}); built on the meta device in {seconds:.1f} s",
+        f"stage {stage.get('name')}: trainable {list(stage.get('trainable') or ['all'])}",
+        f"{'part':<10}{'parameters':>18}{'':>10}{'trainable':>18}",
+    ]
+    for p in parts:
+        lines.append(f"{p.name:<10}{p.params:>18,}{human(p.params):>10}{p.trainable:>18,}")
+    total, trainable = count(vlm)
+    share = 100 * trainable / total if total else 0.0
+    lines.append(f"{'total':<10}{total:>18,}{human(total):>10}{trainable:>18,}  ({human(trainable)}, {share:.2f}%)")
+    lines += dtype_notes(vlm, settings)
+    lines.append("")
+    lines += planner.report(parts, settings, sources)
+    return lines

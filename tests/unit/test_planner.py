@@ -1,0 +1,130 @@
+"""Memory planner: hand-computed per-GPU bytes for small cases, strategy advice for R1V-38B, knob parsing."""
+
+from __future__ import annotations
+
+import pytest
+
+from r1v import planner
+from r1v.planner import Part, Settings, estimate, recommend
+
+
+def test_one_billion_trainable_zero3_on_8_gpus():
+    est = estimate([Part("lm", params=10**9, trainable=10**9)], Settings(zero=3, gpus=8, overhead_gib=0))
+    assert est.weights == 2 * 10**9 / 8  # bf16, sharded
+    assert est.gradients == 4 * 10**9 / 8  # fp32 gradient partitions
+    assert est.optimizer == 12 * 10**9 / 8  # fp32 master + m + v
+    assert est.activations == est.rollout == est.reference == 0
+    assert est.total == 2.25e9
+
+
+@pytest.mark.parametrize(("zero", "weights", "states"), [(0, 2e9, 16e9), (2, 2e9, 2e9), (3, 2.5e8, 2e9)])
+def test_what_each_strategy_shards(zero, weights, states):
+    est = estimate([Part("lm", params=10**9, trainable=10**9)], Settings(zero=zero, gpus=8, overhead_gib=0))
+    assert (est.weights, est.gradients + est.optimizer) == (weights, states)
+
+
+def small_model() -> list[Part]:
+    return [
+        Part("vision", params=10**8, trainable=0, layers=4, act_bytes=300, hidden=30, tokens=1000, largest_block=10**6),
+        Part("adapter", params=10**6, trainable=10**6, layers=1, act_bytes=50, hidden=20, tokens=256),
+        Part("backbone", params=10**9, trainable=0, layers=10, act_bytes=1000, hidden=100, largest_block=10**7,
+             vocab=5000, kv_dim=64),
+    ]  # fmt: skip
+
+
+def test_activations_logits_and_zero3_gather_by_hand():
+    s = Settings(zero=3, gpus=8, micro_batch=2, seq_len=1000, overhead_gib=0)
+    est = estimate(small_model(), s)
+    assert est.weights == (10**8 + 10**6 + 10**9) * 2 / 8 + 2 * 10**7 * 2  # shards + 2 gathered largest blocks
+    assert est.gradients == 10**6 * 4 / 8 and est.optimizer == 10**6 * 12 / 8
+    # frozen vision before the trainable adapter keeps nothing; the frozen backbone after it must pass gradients
+    assert "vision" not in est.per_part_activations
+    assert est.per_part_activations["adapter"] == 1 * (2 * 256) * 50
+    assert est.per_part_activations["backbone"] == 10 * (2 * 1000) * 1000
+    assert est.logits == 2 * 1000 * 5000 * 4 * 2  # fp32 logits and their gradient
+    assert est.activations == 25_600 + 20_000_000 + 80_000_000
+
+
+def test_checkpointing_keeps_layer_inputs_plus_one_layer():
+    s = Settings(zero=0, gpus=1, micro_batch=2, seq_len=1000, overhead_gib=0, ckpt=("backbone",))
+    est = estimate(small_model(), s)
+    assert est.per_part_activations["backbone"] == 10 * 2000 * 2 * 100 + 2000 * 1000
+    assert est.weights == (10**8 + 10**6 + 10**9) * 2  # one GPU: no gather buffer
+
+
+def test_rl_rollout_cache_and_reference_by_hand():
+    s = Settings(zero=3, gpus=8, micro_batch=2, overhead_gib=0, rl=True, group_size=4, prompt_len=100,
+                 completion_len=400, beta=0.1)  # fmt: skip
+    est = estimate(small_model(), s)
+    assert est.rollout == 2 * 10 * 64 * 2 * 4 * (100 + 400)  # K and V, layers, kv width, bf16, G sequences
+    assert est.reference == (10**8 + 10**6 + 10**9) * 2 / 8  # a frozen copy, sharded like the policy
+    assert est.logits == 2 * 500 * 5000 * 4 * 2
+    trainable_only = estimate(small_model(), Settings(**{**s.__dict__, "reference": "trainable"}))
+    assert trainable_only.reference == 10**6 * 2 / 8
+    assert estimate(small_model(), Settings(**{**s.__dict__, "beta": 0.0})).reference == 0
+
+
+def test_qwen2_32b_layer_activation_constant():
+    assert planner.transformer_layer_bytes(5120, 1024, 27648, 4) == 327_680 == 64 * 5120
+
+
+@pytest.fixture(scope="module")
+def r1v38b_parts(compose):
+    from r1v.inspect import build_on_meta, model_parts
+
+    def parts(*overrides: str) -> list[Part]:
+        return model_parts(build_on_meta(compose("model=r1v38b", *overrides)), tiles_per_sample=13)
+
+    return parts
+
+
+def test_adapter_only_r1v38b_on_one_gpu_is_not_zero3(r1v38b_parts):
+    parts = r1v38b_parts("stage=align")
+    s = Settings(zero=3, gpus=1, seq_len=16384, tiles=13)
+    rec = recommend(parts, s)
+    print(rec.text)
+    assert rec.zero in (0, 2) and rec.ckpt  # the frozen bf16 trunk (≈77 GB) fits whole; activations need ckpt
+    weights = estimate(parts, s).weights
+    assert weights == pytest.approx(38.39e9 * 2, rel=0.005)
+
+
+def test_full_finetune_r1v38b_on_8_gpus_needs_zero3(r1v38b_parts):
+    parts = r1v38b_parts("stage=align", "stage.trainable=[all]")
+    rec = recommend(parts, Settings(zero=2, gpus=8, seq_len=8192, tiles=13))
+    print(rec.text)
+    assert rec.zero == 3 and "DDP and ZeRO-2 do not fit" in rec.text
+
+
+def test_report_prints_every_input(r1v38b_parts):
+    lines = planner.report(r1v38b_parts(), Settings(zero=3, gpus=8, tiles=13), {"zero": "trainer.strategy.stage"})
+    text = "\n".join(lines)
+    print(text)
+    needles = ("ZeRO-3 (from trainer.strategy.stage) on 8 GPU(s)", "bf16 weights (2 B)", "gradients 4 B", "AdamW 12 B",
+               "micro-batch 1", "16384 tokens", "13 tile(s)", "checkpointing vision off", "weights", "gradients",
+               "optimizer", "activations", "rollout KV", "total", "recommended")  # fmt: skip
+    for needle in needles:
+        assert needle in text, needle
+
+
+def test_knob_parsing():
+    s = planner.parse_knobs({"gpus": "4", "ckpt": "[vision,backbone]", "rl": "true", "gpu_gb": "80"}, Settings())
+    assert (s.gpus, s.ckpt, s.rl, s.gpu_gb) == (4, ("vision", "backbone"), True, 80.0)
+    assert planner.parse_knobs({"ckpt": "all"}, Settings()).ckpt == planner.CHECKPOINTABLE
+    with pytest.raises(ValueError, match="did you mean 'seq_len'"):
+        planner.parse_knobs({"seqlen": "3"}, Settings())
+    with pytest.raises(ValueError, match=r"planner\.zero=1: use one of 0, 2, 3"):
+        planner.parse_knobs({"zero": "1"}, Settings())
+    with pytest.raises(ValueError, match="'adapter' cannot be checkpointed"):
+        planner.parse_knobs({"ckpt": "adapter"}, Settings())
+
+
+def test_settings_read_from_the_config():
+    from r1v.inspect import default_settings
+
+    cfg = {"model": {"max_tiles": 12, "use_thumbnail": True}, "stage": {"name": "grpo", "group_size": 16, "beta": 0.04},
+           "trainer": {"devices": 4, "strategy": {"stage": 2}}}  # fmt: skip
+    s, sources = default_settings(cfg)
+    assert (s.zero, s.gpus, s.tiles, s.rl, s.group_size, s.beta) == (2, 4, 13, True, 16, 0.04)
+    assert sources == {"zero": "trainer.strategy.stage", "gpus": "trainer.devices"}
+    s, _ = default_settings({"model": {"max_tiles": 1}, "stage": {"name": "align"}, "trainer": {"devices": "auto"}})
+    assert (s.zero, s.gpus, s.tiles, s.rl) == (0, 8, 1, False)
