@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from r1v.registry import RegistryError, get_registry
 
@@ -49,6 +50,90 @@ def _inspect_epilog() -> str:
     )
 
 
+SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def parse_size(text: str) -> int:
+    """'5GB', '500MB', '2GiB', '123456' -> bytes."""
+    t = text.strip().upper()
+    number = t.rstrip("KMGIB")
+    try:
+        return int(float(number) * SIZE_UNITS[t[len(number) :]])
+    except (KeyError, ValueError):
+        raise ValueError(f"--shard-size {text}: expected bytes or a size like 5GB, 500MB, 2GiB") from None
+
+
+def export_source(source: Path) -> tuple[Path | None, Path | None]:
+    """(run folder, trainable weights) for a run or a checkpoint in one; (None, None) for an InternVL folder."""
+    if source.is_dir() and (source / "config.yaml").is_file():
+        weights = source / "final" / "trainable.safetensors"
+        if not weights.is_file():
+            raise FileNotFoundError(f"export: run folder {source} has no final/trainable.safetensors (unfinished? "
+                                    f"give one of its checkpoints, e.g. {source}/checkpoints/last.ckpt)")  # fmt: skip
+        return source, weights
+    if source.is_file() and source.suffix in (".safetensors", ".ckpt"):
+        run = next((p for p in source.parents if (p / "config.yaml").is_file()), None)
+        if run is None:
+            raise FileNotFoundError(f"export: checkpoint {source} is not inside a run folder (no config.yaml above "
+                                    f"it), so the model it belongs to is unknown")  # fmt: skip
+        return run, source
+    if source.is_dir() and (source / "config.json").is_file():
+        return None, None
+    raise FileNotFoundError(
+        f"export: {source} is neither a run folder (config.yaml + final/trainable.safetensors), "
+        f"a checkpoint inside one (.safetensors, .ckpt), nor an InternVL-chat folder (config.json)"
+    )
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a finished run (rebuilt from its config.yaml, trained weights loaded), a checkpoint inside a run,
+    or an InternVL-chat folder (re-export, e.g. to re-shard) as a Skywork-R1V / InternVL-chat folder."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from r1v.model.build import build
+    from r1v.model.internvl import build_from_folder, export_folder, read_config
+    from r1v.stages.sft import load_trainable
+
+    source = Path(args.source)
+    run, weights = export_source(source)
+    size = parse_size(args.shard_size)
+    if run is None:
+        source_folder: str | None = str(source)
+        model, processor = build_from_folder(source)
+    else:
+        cfg = OmegaConf.to_container(OmegaConf.load(run / "config.yaml"), resolve=True)
+        torch.manual_seed(int(cfg.get("seed", 0)))
+        model, processor = build(cfg["model"], get_registry())
+        if weights.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(weights), framework="pt") as f:
+                unknown = sorted(set(f.keys()) - set(model.state_dict()))
+            if unknown:
+                raise ValueError(f"export: {weights} holds weights the run's model does not have, e.g. {unknown[0]}")
+        load_trainable(model, str(weights))
+        source_folder = cfg["model"].get("internvl")
+    out = export_folder(model, processor.tokenizer, args.out, read_config(source_folder) if source_folder else None,
+                        size, chat_template=processor.chat_template, max_tiles=processor.max_tiles,
+                        use_thumbnail=processor.use_thumbnail, source_folder=source_folder,
+                        overwrite=args.overwrite)  # fmt: skip
+    print(out)
+    return 0
+
+
+EXPORT_EPILOG = """\
+The output holds config.json (the source folder's, vocab size etc. updated; generated from the model when
+the run was composed from parts), model.safetensors or model-0000i-of-0000n.safetensors + index with
+InternVL key names (vision_model.*, mlp1.*, language_model.*), and the tokenizer with the chat template.
+Only InternViT -> mlp -> Qwen2 models have this layout. Written to OUT.tmp-XXXX, then renamed.
+
+Examples:
+  python -m r1v export runs/sft-r1v runs/sft-r1v/internvl
+  python -m r1v export runs/sft-r1v/checkpoints/last.ckpt out/step-last
+  python -m r1v export /models/Skywork-R1V-38B /models/Skywork-R1V-38B-2GB --shard-size 2GB"""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m r1v", description=__doc__)
     sub = parser.add_subparsers(dest="verb", required=True)
@@ -67,10 +152,18 @@ def main(argv: list[str] | None = None) -> int:
                        epilog=_inspect_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("overrides", nargs="*", help="Hydra overrides (key=value) and planner.<knob>=value")
     p.set_defaults(func=cmd_inspect)
+    p = sub.add_parser("export", help="write a run or checkpoint as a Skywork-R1V / InternVL-chat folder",
+                       description=" ".join(cmd_export.__doc__.split()), epilog=EXPORT_EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("source", help="a run folder, a checkpoint inside one (.safetensors/.ckpt), or an InternVL folder")
+    p.add_argument("out", help="the folder to write (must not exist, unless --overwrite)")
+    p.add_argument("--shard-size", default="5GB", help="largest weight file (default 5GB; e.g. 2GB, 500MB)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (atomically)")
+    p.set_defaults(func=cmd_export)
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (RegistryError, ValueError, FileNotFoundError) as e:
+    except (RegistryError, ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"r1v: error: {e}", file=sys.stderr)
         return 2
 

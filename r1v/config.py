@@ -149,8 +149,10 @@ def _explain(err: Exception, overrides: list[str], groups: list[str]) -> str:
             if top in groups:  # a group whose options live elsewhere (vision -> model.vision)
                 homes = [f"{k}.{top}" for k, v in base.items() if isinstance(v, Mapping) and top in v]
                 if homes:
-                    return (f"override {o}: '{top}' is a config group (choose with {top}=OPTION); its settings "
-                            f"live under {homes[0]}: write {homes[0]}{key[len(top):]}={o.split('=', 1)[1]}")
+                    return (
+                        f"override {o}: '{top}' is a config group (choose with {top}=OPTION); its settings "
+                        f"live under {homes[0]}: write {homes[0]}{key[len(top) :]}={o.split('=', 1)[1]}"
+                    )
             roots = sorted({*base.keys(), *groups})
             return f"override {o}: no config group or key '{top}' (known: {', '.join(roots)}){did_you_mean(top, roots)}"
         keys = sorted(node.keys())

@@ -143,8 +143,13 @@ def default_settings(cfg: dict[str, Any]) -> tuple[planner.Settings, dict[str, s
     devices = trainer.get("devices")
     gpus = int(devices) if isinstance(devices, int) else 8
     sources["gpus"] = "trainer.devices" if isinstance(devices, int) else f"default; trainer.devices={devices}"
-    max_tiles = int(model.get("max_tiles", 1))
-    tiles = max_tiles + (1 if model.get("use_thumbnail", True) and max_tiles > 1 else 0)
+    max_tiles, thumbnail = model.get("max_tiles", 1), model.get("use_thumbnail", True)
+    if model.get("internvl"):  # null tiling knobs: the checkpoint folder's
+        from r1v.model.internvl import folder_tiling, read_config
+
+        max_tiles, thumbnail = folder_tiling(read_config(model["internvl"]), max_tiles, thumbnail)
+    max_tiles = int(max_tiles)
+    tiles = max_tiles + (1 if thumbnail and max_tiles > 1 else 0)
     rl = "grpo" in str(stage.get("name", "")) or "group_size" in stage
     rl_knobs = {}
     if rl:  # RL knobs the stage may carry (names of the GRPO stage to come; planner.* overrides them)
@@ -185,6 +190,8 @@ def inspect(args: Sequence[str]) -> list[str]:
     parts = model_parts(vlm, settings.images * settings.tiles)
     model = cfg["model"]
     names = ", ".join(f"{p} {model[p]['name']}" for p in PARTS)
+    if model.get("internvl"):  # the parts come from the folder
+        names = f"internvl {model['internvl']}"
     stage = cfg["stage"]
     lines = [
         f"model {model.get('preset', '?')} ({names}); built on the meta device in {seconds:.1f} s",

@@ -94,13 +94,15 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     if int(strategy.get("stage", 0)) != 3:  # build now: width mismatches surface before any training
         module.configure_model()
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    choices = {"vision": container["model"]["vision"]["name"], "adapter": container["model"]["adapter"]["name"],
-               "backbone": container["model"]["backbone"]["name"], "dataset": container["data"]["name"],
-               "stage": container["stage"]["name"]}  # fmt: skip
+    model = container["model"]
+    parts = {} if model.get("internvl") else {p: model[p]["name"] for p in ("vision", "adapter", "backbone")}
+    choices = {**parts, "dataset": container["data"]["name"], "stage": container["stage"]["name"]}
     for key, node in (container.get("rewards") or {}).items():
         choices[f"reward:{key}"] = node.get("name", key)
     prov = provenance(registry, choices)
     prov["resumed_from"] = str(ckpt) if ckpt else None
+    if model.get("internvl"):  # the parts come from this folder (model.vision/adapter/backbone were ignored)
+        prov["internvl"] = str(model["internvl"])
     write_json_atomic(run_dir / "run.json", prov)
     trainer = build_trainer(container, run_dir, resume_step=checkpoint_step(ckpt) if ckpt else None)
     trainer.fit(module, ckpt_path=str(ckpt) if ckpt else None)

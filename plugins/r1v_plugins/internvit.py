@@ -13,9 +13,14 @@ dims before the split into heads; here through ``scaled_dot_product_attention``)
 (``hidden_states[select_layer]``, the list holding the embeddings then every layer's output). Module
 names equal the published keys: a checkpoint's ``vision_model.<key>`` is ``<key>`` here, and a file
 whose keys carry the ``vision_model.`` prefix (a full InternVL/R1V file) loads too, its other keys ignored.
+``from_config`` builds one from the ``vision_config`` of an InternVL-chat ``config.json`` (see
+:mod:`r1v.model.internvl`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -201,6 +206,35 @@ def build(preset: str, pretrained: str | None, select_layer: int, image_size: in
     enc = InternViT(**spec, select_layer=select_layer, tile_size=image_size)
     if pretrained:
         load_into(enc, pretrained, f"vision '{preset}'")
+    return enc
+
+
+# InternVisionConfig's defaults (OpenGVLab configuration_intern_vit.py), for fields a config.json leaves out.
+CONFIG_DEFAULTS: dict[str, Any] = dict(num_channels=3, patch_size=14, image_size=224, qkv_bias=False, hidden_size=3200,
+                                       num_attention_heads=25, intermediate_size=12800, qk_normalization=True,
+                                       num_hidden_layers=48, hidden_act="gelu", norm_type="rms_norm",
+                                       layer_norm_eps=1e-6)  # fmt: skip
+
+
+def from_config(config: Mapping[str, Any], select_layer: int = -1, image_size: int | None = None) -> InternViT:
+    """An InternViT with explicit dimensions: the ``vision_config`` of an InternVL-chat ``config.json``
+    (InternVisionConfig fields; absent ones take that class's defaults), random weights.
+
+    ``layer_norm_eps`` applies to every norm (norm1/norm2 and q_norm/k_norm), as in InternVL;
+    ``image_size`` is the tile side fed to the model (InternVL's ``force_image_size``), default the config's.
+    """
+    c = {**CONFIG_DEFAULTS, **config}
+    if c["hidden_act"] != "gelu" or int(c["num_channels"]) != 3:
+        raise ValueError(f"InternViT: hidden_act '{c['hidden_act']}' / num_channels {c['num_channels']} are not "
+                         f"supported (gelu, 3 channels)")  # fmt: skip
+    enc = InternViT(image_size=int(c["image_size"]), patch_size=int(c["patch_size"]), hidden_size=int(c["hidden_size"]),
+                    depth=int(c["num_hidden_layers"]), num_heads=int(c["num_attention_heads"]),
+                    mlp_size=int(c["intermediate_size"]), qkv_bias=bool(c["qkv_bias"]),
+                    qk_normalization=bool(c["qk_normalization"]), norm=str(c["norm_type"]),
+                    select_layer=select_layer, tile_size=image_size)  # fmt: skip
+    for module in enc.modules():
+        if isinstance(module, RMSNorm | nn.LayerNorm):
+            module.eps = float(c["layer_norm_eps"])
     return enc
 
 

@@ -44,7 +44,15 @@ def ensure_special_tokens(backbone: LanguageBackbone) -> None:
 
 
 def build(model_cfg: Mapping[str, Any], registry: Registry) -> tuple[VisionLanguageModel, Processor]:
-    """Compose encoder → adapter → backbone by registry name; checks that the widths fit."""
+    """Compose encoder → adapter → backbone by registry name; checks that the widths fit.
+
+    With ``model.internvl=<folder>`` the whole model comes from an InternVL-chat / Skywork-R1V checkpoint
+    folder instead (:func:`r1v.model.internvl.build_from_folder`); the part nodes are then ignored.
+    """
+    if model_cfg.get("internvl"):
+        from r1v.model.internvl import build_from_model_node
+
+        return build_from_model_node(model_cfg, registry)
     vcfg, acfg, bcfg = (model_cfg[p] for p in PARTS)
     vision = registry.build("vision", vcfg["name"], **knobs(vcfg))
     backbone: LanguageBackbone = registry.build("backbone", bcfg["name"], **knobs(bcfg))
@@ -61,13 +69,20 @@ def build(model_cfg: Mapping[str, Any], registry: Registry) -> tuple[VisionLangu
             f"adapter '{acfg['name']}' produces width {adapter.out_features} but backbone '{bcfg['name']}' "
             f"has hidden size {backbone.hidden_size}"
         )
+    return assemble(vision, adapter, backbone, int(model_cfg.get("max_tiles", 1)),
+                    bool(model_cfg.get("use_thumbnail", True)))  # fmt: skip
+
+
+def assemble(vision: nn.Module, adapter: nn.Module, backbone: LanguageBackbone, max_tiles: int = 1,
+             use_thumbnail: bool = True) -> tuple[VisionLanguageModel, Processor]:  # fmt: skip
+    """The parts → the model and its Processor (special tokens added first); shared by every build path."""
     ensure_special_tokens(backbone)
     img_context_id = backbone.tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
     vlm = VisionLanguageModel(vision, adapter, backbone.model, img_context_id)
     processor = Processor(
         tokenizer=backbone.tokenizer, chat_template=backbone.chat_template, image_size=vision.image_size,
-        tokens_per_tile=vlm.tokens_per_tile, max_tiles=int(model_cfg.get("max_tiles", 1)),
-        use_thumbnail=bool(model_cfg.get("use_thumbnail", True)), reasoning=backbone.reasoning,
+        tokens_per_tile=vlm.tokens_per_tile, max_tiles=max_tiles, use_thumbnail=use_thumbnail,
+        reasoning=backbone.reasoning,
     )  # fmt: skip
     return vlm, processor
 

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 PKG_DIR = REPO / "examples" / "r1v-example-plugin"
 PROVIDER = "r1v-example-plugin 0.1.0"
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("example_plugin")]  # install once, on one worker
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,6 @@ def losses(run_dir: Path, key: str = "train/loss") -> dict[int, float]:
         return {int(r["step"]): float(r[key]) for r in csv.DictReader(f) if r.get(key)}
 
 
-@pytest.mark.xdist_group("default_run")  # one worker trains the shared run once
 def test_default_run_learns_and_writes_its_folder(default_run):
     train = list(losses(default_run).values())
     assert len(train) >= 8 and all(math.isfinite(x) for x in train)
@@ -37,7 +36,6 @@ def test_default_run_learns_and_writes_its_folder(default_run):
     assert weights and all(k.startswith("adapter.") for k in weights)
 
 
-@pytest.mark.xdist_group("default_run")
 def test_aligned_adapter_lets_the_lm_read_images(default_run, tiny_vlm, registry):
     """The trained adapter answers held-out image questions far better than the random one."""
     from r1v.data.synthetic import generate

@@ -14,6 +14,7 @@ PLUGIN_GROUPS = ("vision", "adapter", "backbone", "data", "reward", "stage")
 REQUIRED = {
     "backbone/hf": ["model.backbone.path=/nonexistent"],
     "data/jsonl": ["data.train=/nonexistent.jsonl"],
+    "model/internvl_chat": ["model.internvl=/nonexistent"],
 }
 
 
