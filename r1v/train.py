@@ -87,12 +87,12 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = resolve_resume(container.get("resume"), run_dir)
     L.seed_everything(int(container["seed"]), workers=True, verbose=False)
-    train_ds, val_ds = build_datasets(container, registry)
-    module = registry.get("stage", container["stage"]["name"]).factory(container)
-    module.attach_data(train_ds, val_ds)
-    strategy = container["trainer"].get("strategy") or {}
-    if int(strategy.get("stage", 0)) != 3:  # build now: width mismatches surface before any training
-        module.configure_model()
+    stage = registry.get("stage", container["stage"]["name"]).factory(container)
+    if not hasattr(stage, "run_stage"):  # a Lightning stage: data first (bad rows surface before the model)
+        stage.attach_data(*build_datasets(container, registry))
+        strategy = container["trainer"].get("strategy") or {}
+        if int(strategy.get("stage", 0)) != 3:  # build now: width mismatches surface before any training
+            stage.configure_model()
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     model = container["model"]
     parts = {} if model.get("internvl") else {p: model[p]["name"] for p in ("vision", "adapter", "backbone")}
@@ -104,9 +104,13 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     if model.get("internvl"):  # the parts come from this folder (model.vision/adapter/backbone were ignored)
         prov["internvl"] = str(model["internvl"])
     write_json_atomic(run_dir / "run.json", prov)
+    if hasattr(stage, "run_stage"):  # a stage that runs once, outside Lightning (e.g. reassemble)
+        stage.run_stage(run_dir)
+        log.info("run %s finished: %s", container["run"], run_dir)
+        return run_dir
     trainer = build_trainer(container, run_dir, resume_step=checkpoint_step(ckpt) if ckpt else None)
-    trainer.fit(module, ckpt_path=str(ckpt) if ckpt else None)
-    module.export_trainable(run_dir / "final" / "trainable.safetensors")  # every rank: gathers under ZeRO-3
+    trainer.fit(stage, ckpt_path=str(ckpt) if ckpt else None)
+    stage.export_trainable(run_dir / "final" / "trainable.safetensors")  # every rank: gathers under ZeRO-3
     if trainer.is_global_zero:
         log.info("run %s finished: %s", container["run"], run_dir)
     return run_dir

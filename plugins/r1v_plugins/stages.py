@@ -12,7 +12,15 @@ def sft_stage(cfg):
     return SFTStage(cfg)
 
 
+def reassemble_stage(cfg):
+    """R1V re-assembly: a trained adapter in front of another backbone and its tokenizer (no training)."""
+    from r1v.stages.reassemble import Reassemble
+
+    return Reassemble(cfg)
+
+
 @hookimpl
 def register_stages(register):
     register("align", sft_stage, "adapter alignment with a substitute LM (R1V step 1): SFT on direct answers")
     register("sft", sft_stage, "supervised fine-tuning on R1-format reasoning chains")
+    register("reassemble", reassemble_stage)

@@ -6,12 +6,14 @@ import fnmatch
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import nn
 
 from r1v.data.processor import Processor
 from r1v.interfaces import IMG_CONTEXT, IMG_END, IMG_START, THINK_CLOSE, THINK_OPEN, LanguageBackbone
 from r1v.model.vlm import VisionLanguageModel
 from r1v.registry import Registry, RegistryError, did_you_mean
+from r1v.weights import gathered
 
 PARTS = ("vision", "adapter", "backbone")
 RESERVED = ("name",)  # keys of a plugin config node that are not factory knobs
@@ -37,10 +39,15 @@ def ensure_special_tokens(backbone: LanguageBackbone) -> None:
         tok.pad_token = tok.eos_token
     if not missing:
         return
-    tok.add_special_tokens({"additional_special_tokens": missing})
-    old = backbone.model.get_input_embeddings().weight.shape[0]
+    tok.add_tokens(missing, special_tokens=True)  # never split; the tokenizer's special-token map is kept
+    emb = backbone.model.get_input_embeddings()
+    old = emb.weight.shape[0]
     if len(tok) > old:
-        backbone.model.resize_token_embeddings(len(tok), mean_resizing=True)
+        backbone.model.resize_token_embeddings(len(tok), mean_resizing=False)
+        with gathered(backbone.model, modifier_rank=0), torch.no_grad():  # new rows: the mean row, deterministic
+            for layer in {backbone.model.get_input_embeddings(), backbone.model.get_output_embeddings()} - {None}:
+                if not layer.weight.is_meta:
+                    layer.weight[old:] = layer.weight[:old].mean(0)
 
 
 def build(model_cfg: Mapping[str, Any], registry: Registry) -> tuple[VisionLanguageModel, Processor]:

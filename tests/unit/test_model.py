@@ -122,3 +122,29 @@ def test_image_without_slots_is_an_error(tiny_vlm):
         model.embed(batch["input_ids"], torch.zeros(1, 3, 64, 64))
     assert IMG_CONTEXT in proc.tokenizer.get_vocab()
     assert isinstance(Image.new("RGB", (1, 1)), Image.Image)
+
+
+def test_missing_image_tokens_are_added_with_mean_embeddings():
+    """Re-assembly onto a tokenizer without image tokens: they are added, rows = mean (deterministic)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    from r1v.interfaces import IMG_END, IMG_START, LanguageBackbone
+    from r1v.model.build import ensure_special_tokens
+
+    vocab = {w: i for i, w in enumerate(["<eos>", "<pad>", "how", "many", "?"])}
+    raw = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<eos>", pad_token="<pad>")
+    cfg = Qwen2Config(vocab_size=5, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                      num_key_value_heads=1, tie_word_embeddings=False)  # fmt: skip
+    lm = Qwen2ForCausalLM(cfg)
+    mean_in, mean_out = lm.get_input_embeddings().weight.mean(0), lm.get_output_embeddings().weight.mean(0)
+    bb = LanguageBackbone(lm, tok, None)
+    ensure_special_tokens(bb)
+    assert len(tok) == 10 and lm.get_input_embeddings().weight.shape[0] == 10
+    for t in (IMG_START, IMG_END, IMG_CONTEXT):
+        row = tok.convert_tokens_to_ids(t)
+        assert row >= 5 and tok.tokenize(f"how {t} many") == ["how", t, "many"]
+        torch.testing.assert_close(lm.get_input_embeddings().weight[row], mean_in)
+        torch.testing.assert_close(lm.get_output_embeddings().weight[row], mean_out)
