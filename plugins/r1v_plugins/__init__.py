@@ -4,6 +4,7 @@ entry point), like pytest's own plugins."""
 BUILTIN_MODULES = [
     "r1v_plugins.vision",
     "r1v_plugins.internvit",
+    "r1v_plugins.hf_vision",
     "r1v_plugins.adapters",
     "r1v_plugins.backbones",
     "r1v_plugins.qwen2",

@@ -45,11 +45,20 @@ def tile_image(image: Image.Image, tile: int, max_tiles: int = 1, use_thumbnail:
     return tiles
 
 
-def to_tensor(tiles: list[Image.Image]) -> torch.Tensor:
+def to_tensor(tiles: list[Image.Image], mean: tuple[float, ...] = IMAGENET_MEAN,
+              std: tuple[float, ...] = IMAGENET_STD) -> torch.Tensor:  # fmt: skip
     """Tiles -> normalised (n_tiles, 3, S, S) float tensor."""
-    return torch.stack([TF.normalize(TF.to_tensor(t), IMAGENET_MEAN, IMAGENET_STD) for t in tiles])
+    return torch.stack([TF.normalize(TF.to_tensor(t), mean, std) for t in tiles])
 
 
-def preprocess(image: Image.Image, tile: int, max_tiles: int = 1, use_thumbnail: bool = True) -> torch.Tensor:
-    """One image -> (n_tiles, 3, tile, tile)."""
-    return to_tensor(tile_image(image, tile, max_tiles, use_thumbnail))
+def preprocess(
+    image: Image.Image,
+    tile: int,
+    max_tiles: int = 1,
+    use_thumbnail: bool = True,
+    mean: tuple[float, ...] = IMAGENET_MEAN,
+    std: tuple[float, ...] = IMAGENET_STD,
+) -> torch.Tensor:
+    """One image -> (n_tiles, 3, tile, tile): InternVL dynamic tiling, then normalisation with the
+    encoder's statistics (ImageNet for InternViT and the tiny ViT; SigLIP and CLIP bring their own)."""
+    return to_tensor(tile_image(image, tile, max_tiles, use_thumbnail), mean, std)

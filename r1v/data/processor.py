@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from r1v.data.images import preprocess
+from r1v.data.images import IMAGENET_MEAN, IMAGENET_STD, preprocess
 from r1v.interfaces import IMAGE_PLACEHOLDER, IMG_CONTEXT, IMG_END, IMG_START, THINK_CLOSE, Sample
 
 IGNORE = -100
@@ -32,12 +32,15 @@ class Processor:
     max_tiles: int = 1
     use_thumbnail: bool = True
     reasoning: bool = True  # backbone writes <think> chains (R1 format)
+    image_mean: tuple[float, ...] = IMAGENET_MEAN
+    image_std: tuple[float, ...] = IMAGENET_STD
 
     def images(self, sample: Sample) -> tuple[torch.Tensor | None, list[int]]:
         """All tiles of the sample's images (n_tiles, 3, S, S) and the tile count per image."""
         if not sample.images:
             return None, []
-        per_image = [preprocess(im, self.image_size, self.max_tiles, self.use_thumbnail) for im in sample.images]
+        tiling = (self.image_size, self.max_tiles, self.use_thumbnail, self.image_mean, self.image_std)
+        per_image = [preprocess(im, *tiling) for im in sample.images]
         return torch.cat(per_image), [t.shape[0] for t in per_image]
 
     def prompt(self, question: str, tiles_per_image: list[int]) -> str:

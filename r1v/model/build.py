@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from r1v.data.images import IMAGENET_MEAN, IMAGENET_STD
 from r1v.data.processor import Processor
 from r1v.interfaces import IMG_CONTEXT, IMG_END, IMG_START, THINK_CLOSE, THINK_OPEN, LanguageBackbone
 from r1v.model.vlm import VisionLanguageModel
@@ -90,6 +91,8 @@ def assemble(vision: nn.Module, adapter: nn.Module, backbone: LanguageBackbone, 
         tokenizer=backbone.tokenizer, chat_template=backbone.chat_template, image_size=vision.image_size,
         tokens_per_tile=vlm.tokens_per_tile, max_tiles=max_tiles, use_thumbnail=use_thumbnail,
         reasoning=backbone.reasoning,
+        image_mean=tuple(getattr(vision, "image_mean", IMAGENET_MEAN)),  # the encoder's own statistics
+        image_std=tuple(getattr(vision, "image_std", IMAGENET_STD)),
     )  # fmt: skip
     return vlm, processor
 

@@ -15,6 +15,8 @@ REQUIRED = {
     "backbone/hf": ["model.backbone.path=/nonexistent"],
     "data/jsonl": ["data.train=/nonexistent.jsonl"],
     "model/internvl_chat": ["model.internvl=/nonexistent"],
+    "vision/siglip": ["model.vision.pretrained=/nonexistent"],
+    "vision/clip": ["model.vision.pretrained=/nonexistent"],
 }
 
 
