@@ -80,7 +80,7 @@ def checkpoint_step(path: Path) -> int | None:
     """The global step a checkpoint file was saved at (None for a DeepSpeed checkpoint folder)."""
     if not path.is_file():
         return None
-    return int(torch.load(path, map_location="cpu", weights_only=False).get("global_step", 0))
+    return int(torch.load(path, map_location="cpu", weights_only=True).get("global_step", 0))  # no pickled code
 
 
 def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:

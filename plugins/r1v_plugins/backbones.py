@@ -52,9 +52,22 @@ def hf(path: str, dtype: str = "bfloat16", reasoning: bool = True, chat_template
     model = AutoModelForCausalLM.from_pretrained(
         path, local_files_only=True, dtype=getattr(torch, dtype), attn_implementation=attn_implementation
     )
-    if chat_template and Path(chat_template).is_file():
-        chat_template = Path(chat_template).read_text()
-    return LanguageBackbone(model, tok, chat_template or tok.chat_template, reasoning=reasoning)
+    template = read_template(chat_template) or tok.chat_template
+    if not template:
+        from r1v.model.build import ModelConfigError
+
+        raise ModelConfigError(f"backbone 'hf': the tokenizer in {path} has no chat template; "
+                               "set model.backbone.chat_template=/path/to/template.jinja")  # fmt: skip
+    return LanguageBackbone(model, tok, template, reasoning=reasoning)
+
+
+def read_template(value: str | None) -> str | None:
+    """A Jinja chat template given inline or as a path to a file."""
+    if not value or "{{" in value or "{%" in value:
+        return value
+    if not Path(value).is_file():
+        raise FileNotFoundError(f"chat template file {value} does not exist")
+    return Path(value).read_text()
 
 
 @hookimpl

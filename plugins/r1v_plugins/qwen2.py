@@ -197,7 +197,9 @@ def load_tokenizer(name: str, tokenizer: str | None, pretrained: str | None) -> 
 
 def pick_template(preset: Preset, tok: Any, chat_template: str | None) -> str:
     if chat_template:
-        return Path(chat_template).read_text() if Path(chat_template).is_file() else chat_template
+        from r1v_plugins.backbones import read_template
+
+        return read_template(chat_template)
     own = getattr(tok, "chat_template", None)
     if preset.template == "tokenizer" and isinstance(own, str) and own:
         return own

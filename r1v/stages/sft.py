@@ -238,7 +238,7 @@ def load_trainable(model: torch.nn.Module, checkpoint: str) -> None:
     if path.is_dir():
         path = path / "final" / "trainable.safetensors"
     if path.suffix == ".ckpt":
-        state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]  # never unpickle code
         model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()}, strict=False)
         return
     load_into(model, path, f"checkpoint {checkpoint}", strict=False)
