@@ -126,7 +126,7 @@ EXPORT_EPILOG = """\
 The output holds config.json (the source folder's, vocab size etc. updated; generated from the model when
 the run was composed from parts), model.safetensors or model-0000i-of-0000n.safetensors + index with
 InternVL key names (vision_model.*, mlp1.*, language_model.*), and the tokenizer with the chat template.
-Only InternViT -> mlp -> Qwen2 models have this layout. Written to OUT.tmp-XXXX, then renamed.
+Only InternViT -> mlp -> Qwen2 models have this layout. Written to OUT.tmp-<random>, then renamed.
 
 Examples:
   python -m r1v export runs/sft-r1v runs/sft-r1v/internvl

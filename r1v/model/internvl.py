@@ -10,7 +10,7 @@ Reading is safetensors only (``safe_open``: no pickle, never the folder's remote
 are checked from the file headers before any tensor is read; tensors then stream one at a time into the
 parts (memory: the model plus one tensor), which are built without random init when every weight is loaded.
 ``dtype='auto'`` keeps the stored dtype, so exporting an imported folder writes bit-identical tensors.
-Export writes into ``<out>.tmp-XXXX`` beside the target and renames it into place: never a half folder.
+Export writes into ``<out>.tmp-<random>`` beside the target and renames it into place: never a half folder.
 """
 
 from __future__ import annotations
@@ -353,7 +353,7 @@ def export_folder(model: VisionLanguageModel, tokenizer: Any, out_dir: str | Pat
     """Write ``model`` as an InternVL-chat folder: config.json, safetensors shards (+ index), tokenizer.
 
     ``chat_template`` is saved with the tokenizer; ``source_folder``'s remote code and generation config are
-    copied. Atomic: written beside ``out_dir`` as ``<name>.tmp-XXXX``, then renamed into place.
+    copied. Atomic: written beside ``out_dir`` as ``<name>.tmp-<random>``, then renamed into place.
     """
     out = Path(out_dir)
     if out.exists() and not overwrite:
