@@ -82,6 +82,45 @@ class Processor:
         out["labels"] = [IGNORE] * len(prompt_ids) + completion_ids
         return out
 
+    def pack(self, encoded: list[dict[str, Any]], max_tokens: int, attn: str = "sdpa") -> dict[str, Any]:
+        """Pack samples into rows of at most ``max_tokens`` (first fit, in order), without leakage:
+        positions restart at 0 for every sample and a block-diagonal causal mask (B, 1, L, L) keeps
+        samples from attending to each other. Tiles stay in token order (row by row, sample by sample).
+        A sample longer than ``max_tokens`` gets a row of its own."""
+        rows: list[list[dict[str, Any]]] = []
+        for e in encoded:
+            n = len(e["input_ids"])
+            row = next((r for r in rows if sum(len(x["input_ids"]) for x in r) + n <= max_tokens), None)
+            if row is None:
+                rows.append([e])
+            else:
+                row.append(e)
+        width = max(sum(len(x["input_ids"]) for x in r) for r in rows)
+        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)
+        positions = torch.zeros((len(rows), width), dtype=torch.long)
+        seq = torch.full((len(rows), width), -1, dtype=torch.long)  # which sample each token belongs to
+        order = []
+        for b, row in enumerate(rows):
+            start = 0
+            for k, e in enumerate(row):
+                n = len(e["input_ids"])
+                ids[b, start : start + n] = torch.tensor(e["input_ids"])
+                labels[b, start : start + n] = torch.tensor(e["labels"])
+                positions[b, start : start + n] = torch.arange(n)
+                seq[b, start : start + n] = k
+                start += n
+                order.append(e)
+        causal = torch.ones(width, width, dtype=torch.bool).tril()
+        mask = (seq[:, :, None] == seq[:, None, :]) & (seq[:, None, :] >= 0) & causal  # (B, L, L)
+        mask |= torch.eye(width, dtype=torch.bool)  # padding queries see themselves (no all-masked rows)
+        mask = mask[:, None]  # (B, 1, L, L)
+        if attn == "eager":  # eager attention adds the mask to the scores
+            mask = torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min)
+        tiles = [e["pixel_values"] for e in order if e["pixel_values"] is not None]
+        return {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "labels": labels,
+                "pixel_values": torch.cat(tiles) if tiles else None, "ids": [e["id"] for e in order]}  # fmt: skip
+
     def decode_completion(self, ids: list[int]) -> str:
         """Generated ids -> text up to EOS; ``</think>`` stays (some tokenizers mark it special)."""
         tok = self.tokenizer

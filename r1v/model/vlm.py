@@ -56,12 +56,17 @@ class VisionLanguageModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> Any:
-        """Causal-LM output; ``loss`` is the mean over tokens whose label is not -100 (answers)."""
+        """Causal-LM output; ``loss`` is the mean over tokens whose label is not -100 (answers).
+
+        ``attention_mask`` is (B, L) for padded batches or a (B, 1, L, L) mask with ``position_ids`` for
+        packed ones (see ``Processor.pack``).
+        """
         embeds = self.embed(input_ids, pixel_values)
-        position_ids = None
-        if attention_mask is not None:  # positions count real tokens only, so padding never shifts them
+        if position_ids is None and attention_mask is not None and attention_mask.ndim == 2:
+            # positions count real tokens only, so padding never shifts them
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         return self.backbone(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
                              labels=labels, **kwargs)  # fmt: skip

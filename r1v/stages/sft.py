@@ -34,8 +34,10 @@ log = logging.getLogger(__name__)
 class Collator:
     """Encodes samples in the loader workers; a sample that cannot be encoded is skipped and counted."""
 
-    def __init__(self, processor: Processor, target: str | None, padding_side: str = "right") -> None:
+    def __init__(self, processor: Processor, target: str | None, padding_side: str = "right",
+                 pack_max_tokens: int | None = None, attn: str = "sdpa") -> None:  # fmt: skip
         self.processor, self.target, self.padding_side = processor, target, padding_side
+        self.pack_max_tokens, self.attn = pack_max_tokens, attn  # packing: rows of up to this many tokens
 
     def __call__(self, samples: list[Sample]) -> dict[str, Any]:
         encoded, skipped = [], 0
@@ -47,7 +49,10 @@ class Collator:
                 log.warning("skipping sample %s: %s", getattr(s, "id", "?"), e)
         if not encoded:
             return {"skipped": skipped, "empty": True}
-        batch = self.processor.collate(encoded, self.padding_side)
+        if self.pack_max_tokens:
+            batch = self.processor.pack(encoded, self.pack_max_tokens, self.attn)
+        else:
+            batch = self.processor.collate(encoded, self.padding_side)
         batch["skipped"] = skipped
         return batch
 
@@ -96,8 +101,14 @@ class SFTStage(L.LightningModule):
         if self._resume_pos:
             sampler.resume_at(*self._resume_pos)
         return DataLoader(ds, batch_size=int(self.stage["batch_size"]), sampler=sampler, drop_last=False,
-                          collate_fn=Collator(self.processor, self.stage["target"]),
+                          collate_fn=self.train_collator(),
                           num_workers=int(self.cfg["data"].get("loader", {}).get("num_workers", 0)))  # fmt: skip
+
+    def train_collator(self) -> Collator:
+        """Padded batches, or packed rows with ``stage.packing=true`` (no cross-sample attention)."""
+        pack = int(self.stage.get("pack_max_tokens", 0)) if self.stage.get("packing") else None
+        attn = getattr(self.model.backbone.config, "_attn_implementation", "sdpa") or "sdpa"
+        return Collator(self.processor, self.stage["target"], pack_max_tokens=pack, attn=attn)
 
     def val_dataloader(self) -> DataLoader | list:
         ds = self.datasets["val"]
@@ -112,7 +123,8 @@ class SFTStage(L.LightningModule):
         self.skipped += batch["skipped"]
         if batch.get("empty"):
             return None
-        out = self.model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["labels"])
+        out = self.model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["labels"],
+                         position_ids=batch.get("position_ids"))  # fmt: skip
         n_tokens = int((batch["labels"] != -100).sum())
         self.log("train/loss", out.loss, prog_bar=True, batch_size=len(batch["ids"]))
         self.log("train/answer_tokens", float(n_tokens), reduce_fx="sum", batch_size=len(batch["ids"]))

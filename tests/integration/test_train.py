@@ -80,6 +80,16 @@ def test_resume_after_kill_continues_exactly(tmp_path):
         assert b[step] == pytest.approx(a[step], abs=1e-6), f"step {step}: {a[step]} vs {b[step]}"
 
 
+def test_packed_training_runs_and_learns(tmp_path):
+    packing = ["stage.packing=true", "stage.pack_max_tokens=256", "stage.batch_size=8"]  # 8 samples → ~3 rows
+    args = ["run=packed", *packing, "stage.max_steps=8", "stage.val_every=1000", "trainer.log_every_n_steps=1",
+            *FAST[1:]]  # FAST without its batch size  # fmt: skip
+    proc = run_cli(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    train = list(losses(tmp_path / "runs" / "packed").values())
+    assert len(train) == 8 and train[-1] < train[0]
+
+
 def test_multirun_sweep_gives_each_job_a_folder(tmp_path):
     proc = run_cli(["-m", "run=sweep", "stage.lr=1e-3,3e-3", "stage.max_steps=2", "stage.val_every=1000", *FAST],
                    tmp_path)  # fmt: skip

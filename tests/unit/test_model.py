@@ -148,3 +148,34 @@ def test_missing_image_tokens_are_added_with_mean_embeddings():
         assert row >= 5 and tok.tokenize(f"how {t} many") == ["how", t, "many"]
         torch.testing.assert_close(lm.get_input_embeddings().weight[row], mean_in)
         torch.testing.assert_close(lm.get_output_embeddings().weight[row], mean_out)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_samples_do_not_leak(tiny_vlm, attn):
+    """Each sample's logits in a packed row equal its logits alone: no attention or position leakage."""
+    model, proc = tiny_vlm
+    long_answer = Sample("t", "no image here?", "one two three four five six seven")  # more answer tokens
+    samples = [sample(10), sample(11, n_images=2), long_answer, sample(12)]
+    encoded = [proc.encode(s, "answer") for s in samples]
+    lengths = [len(e["input_ids"]) for e in encoded]
+    packed = proc.pack(encoded, max_tokens=lengths[0] + lengths[1] + lengths[2], attn=attn)
+    assert packed["input_ids"].shape[0] == 2 and packed["attention_mask"].shape[1] == 1
+    old = model.backbone.config._attn_implementation
+    model.backbone.config._attn_implementation = attn
+    try:
+        with torch.no_grad():
+            out = model(packed["input_ids"], packed["attention_mask"], packed["pixel_values"], packed["labels"],
+                        position_ids=packed["position_ids"])  # fmt: skip
+            starts = [(0, 0), (0, lengths[0]), (0, lengths[0] + lengths[1]), (1, 0)]
+            losses = []
+            for (row, start), e in zip(starts, encoded, strict=True):
+                alone = proc.collate([e])
+                ref = model(alone["input_ids"], alone["attention_mask"], alone["pixel_values"], alone["labels"])
+                n = len(e["input_ids"])
+                torch.testing.assert_close(out.logits[row, start : start + n], ref.logits[0], atol=1e-4, rtol=1e-4)
+                losses.append((ref.loss, int((alone["labels"] != -100).sum())))  # every answer token is a target
+    finally:
+        model.backbone.config._attn_implementation = old
+    # the packed loss is the token-weighted mean of the samples' losses
+    expected = sum(loss * n for loss, n in losses) / sum(n for _, n in losses)
+    torch.testing.assert_close(out.loss, expected, atol=1e-4, rtol=1e-4)
