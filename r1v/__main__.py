@@ -66,7 +66,9 @@ def parse_size(text: str) -> int:
 def export_source(source: Path) -> tuple[Path | None, Path | None]:
     """(run folder, trainable weights) for a run or a checkpoint in one; (None, None) for an InternVL folder."""
     if source.is_dir() and (source / "config.yaml").is_file():
-        weights = source / "final" / "trainable.safetensors"
+        from r1v.runs import trained_weights
+
+        weights = trained_weights(source)
         if not weights.is_file():
             raise FileNotFoundError(f"export: run folder {source} has no final/trainable.safetensors (unfinished? "
                                     f"give one of its checkpoints, e.g. {source}/checkpoints/last.ckpt)")  # fmt: skip

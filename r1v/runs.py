@@ -67,6 +67,17 @@ def checkpoint_dir(run_dir: Path) -> Path:
     return run_dir / "checkpoints"
 
 
+def trained_weights(run_dir: Path) -> Path:
+    """A finished run's product: its trainable weights, which ``checkpoint=<run folder>`` starts from."""
+    return run_dir / "final" / "trainable.safetensors"
+
+
+def weights_of(checkpoint: str | Path) -> Path:
+    """``checkpoint=`` as a weights path: a run folder means its trained weights, a file itself."""
+    path = Path(checkpoint)
+    return trained_weights(path) if path.is_dir() else path
+
+
 def check_checkpoint(path: Path) -> Path:
     """Refuse a missing or truncated checkpoint by name, before Lightning half-loads it."""
     if not path.exists():

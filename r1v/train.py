@@ -76,7 +76,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
 
     import lightning as L
 
-    from r1v.runs import checkpoint_step, provenance, resolve_resume, write_json_atomic
+    from r1v.runs import checkpoint_step, provenance, resolve_resume, trained_weights, write_json_atomic
 
     # Lightning's notes about our own files in the run folder and a torch deprecation: noise here.
     warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
@@ -110,7 +110,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
         return run_dir
     trainer = build_trainer(container, run_dir, resume_step=checkpoint_step(ckpt) if ckpt else None)
     trainer.fit(stage, ckpt_path=str(ckpt) if ckpt else None)
-    stage.export_trainable(run_dir / "final" / "trainable.safetensors")  # every rank: gathers under ZeRO-3
+    stage.export_trainable(trained_weights(run_dir))  # every rank: gathers under ZeRO-3
     if trainer.is_global_zero:
         log.info("run %s finished: %s", container["run"], run_dir)
     return run_dir

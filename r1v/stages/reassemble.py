@@ -24,7 +24,7 @@ from safetensors import safe_open
 
 from r1v.model.build import ModelConfigError, build
 from r1v.registry import get_registry
-from r1v.runs import write_json_atomic
+from r1v.runs import trained_weights, weights_of, write_json_atomic
 from r1v.weights import full_state
 
 log = logging.getLogger(__name__)
@@ -37,9 +37,7 @@ class ReassembleError(ModelConfigError):
 def checkpoint_file(checkpoint: str | None) -> Path:
     if not checkpoint:
         raise ReassembleError("stage=reassemble needs checkpoint=<align run folder or adapter .safetensors>")
-    path = Path(checkpoint)
-    if path.is_dir():
-        path = path / "final" / "trainable.safetensors"
+    path = weights_of(checkpoint)
     if not path.is_file():
         raise ReassembleError(f"checkpoint {checkpoint}: no trained weights at {path}")
     return path
@@ -81,7 +79,7 @@ class Reassemble:
         if skipped:
             log.warning("reassemble: %d weights of the old backbone were left behind (e.g. %s)", len(skipped),
                         skipped[0])  # fmt: skip
-        out = run_dir / "final" / "trainable.safetensors"
+        out = trained_weights(run_dir)
         out.parent.mkdir(parents=True, exist_ok=True)
         with full_state(model, set(carried)) as state:
             from safetensors.torch import save_file

@@ -132,16 +132,16 @@ class SFTStage(L.LightningModule):
         return out.loss
 
     def validation_step(self, samples: list[Sample], batch_idx: int) -> None:
-        collate = Collator(self.processor, self.stage["target"])
-        batch = collate(samples)
+        batch = Collator(self.processor, self.stage["target"])(samples)
         if batch.get("empty"):
             return
         batch = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
         out = self.model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["labels"])
         self.log("val/loss", out.loss, prog_bar=True, batch_size=len(samples))
         if batch_idx * len(samples) < int(self.stage.get("val_generate", 0)):
-            engine = get_registry().build("rollout", "hf")
-            texts = engine.generate(self.model, self.processor, samples, int(self.stage["max_new_tokens"]),
+            if not hasattr(self, "_engine"):  # built once, on first use
+                self._engine = get_registry().build("rollout", "hf")
+            texts = self._engine.generate(self.model, self.processor, samples, int(self.stage["max_new_tokens"]),
                                     greedy=True)  # fmt: skip
             acc = sum(equivalent(extract_answer(t), s.answer) for t, s in zip(texts, samples, strict=True))
             self.log("val/accuracy", acc / len(samples), prog_bar=True, batch_size=len(samples))
@@ -244,11 +244,10 @@ def score_rewards(
 
 def load_trainable(model: torch.nn.Module, checkpoint: str) -> None:
     """Load a previous stage's weights (``checkpoint=<run folder | .safetensors | .ckpt>``) on top."""
+    from r1v.runs import weights_of
     from r1v.weights import load_into
 
-    path = Path(checkpoint)
-    if path.is_dir():
-        path = path / "final" / "trainable.safetensors"
+    path = weights_of(checkpoint)
     if path.suffix == ".ckpt":
         state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]  # never unpickle code
         model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()}, strict=False)
