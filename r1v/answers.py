@@ -1,14 +1,23 @@
-"""Answer extraction and a light equivalence check shared by rewards and evaluation.
+"""Answer extraction and equivalence, shared by rewards, error sets, distillation and evaluation.
 
-Issue #5 replaces ``equivalent`` with math-verify for symbolic answers; the extraction rules (last
-``\\boxed{}``, then an "Answer:" line) are R1V's.
+Extraction follows R1V: the last ``\\boxed{}`` after ``</think>``, else the last "Answer:" line.
+Equivalence is math-verify's (symbolic: ``\\frac12`` = ``0.5``, ``x=3`` = ``3``, ``1,000`` = ``1000``,
+units dropped) behind two guards that string comparison handles better: normalised equality first
+(cheap, and the common case), and plain words ("red", option letters) never go to the symbolic
+parser, which would read ``red`` as the product ``r·e·d`` and call it equal to ``der``.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import re
+import threading
 
+log = logging.getLogger(__name__)
 _ANSWER_LINE = re.compile(r"answer\s*(?:is)?\s*[:：]\s*(.+)", re.IGNORECASE)
+_WORDS = re.compile(r"^\(?[a-z][a-z\s\-']*\)?$")  # words or an option letter, no digits or LaTeX
+_MATH_TIMEOUT_S = 5
 
 
 def last_boxed(text: str) -> str | None:
@@ -35,16 +44,34 @@ def extract_answer(completion: str) -> str | None:
 
 
 def normalize(ans: str) -> str:
-    return re.sub(r"\s+", " ", ans.strip().strip(".").strip("$").lower())
+    text = re.sub(r"\\text\{([^{}]*)\}", r"\1", ans)  # \text{red} -> red
+    return re.sub(r"\s+", " ", text.strip().strip(".").strip("$").strip().lower())
 
 
 def equivalent(predicted: str | None, truth: str) -> bool:
+    """Whether a predicted final answer matches the ground truth (see the module docstring)."""
     if predicted is None:
         return False
     a, b = normalize(predicted), normalize(truth)
-    if a == b:
+    if a == b or a.strip("()") == b.strip("()"):
         return True
+    if _WORDS.match(a) or _WORDS.match(b):
+        return False
+    return _math_equal(a, b)
+
+
+@functools.lru_cache(maxsize=65536)
+def _math_equal(predicted: str, truth: str) -> bool:
+    from math_verify import parse, verify
+
+    # math-verify's timeouts use signal.alarm, which only the main thread may set (loader workers
+    # and reward threads get no timeout; their callers bound the time).
+    main = threading.current_thread() is threading.main_thread()
+    timeout = _MATH_TIMEOUT_S if main else None
     try:
-        return abs(float(a) - float(b)) < 1e-9
-    except ValueError:
+        gold = parse(f"${truth}$", parsing_timeout=timeout)
+        pred = parse(f"${predicted}$", parsing_timeout=timeout)
+        return bool(gold and pred and verify(gold, pred, timeout_seconds=timeout))
+    except Exception as e:  # a parser failure is "not shown equal", never a crash
+        log.debug("math-verify could not compare %r and %r: %s", predicted, truth, e)
         return False

@@ -17,6 +17,14 @@ PLUGIN_NODES: dict[str, tuple[str, tuple[str, ...]]] = {
     "model.backbone": ("backbone", ("name",)),
     "data": ("dataset", ("name", "loader")),
 }
+# plugin nodes that only some configs have (checked when present)
+OPTIONAL_PLUGIN_NODES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "distill.length": ("length", ("name",)),
+    "distill.reviser": ("reviser", ("name",)),
+    "distill.rollout": ("rollout", ("name",)),
+    "stage.rm.scorer": ("scorer", ("name",)),
+}
+SCORER_GROUPS = ("vision", "text", "integration")
 ADAPTER_FIXED = ("vision_hidden", "llm_hidden")
 DATASET_FIXED = ("split",)
 
@@ -55,10 +63,21 @@ def _node(cfg: Mapping[str, Any], dotted: str) -> Mapping[str, Any] | None:
     return node
 
 
+def _plugin_nodes(cfg: Mapping[str, Any]) -> list[tuple[str, str, tuple[str, ...], Any]]:
+    nodes = [(d, k, r, _node(cfg, d)) for d, (k, r) in PLUGIN_NODES.items()]
+    nodes += [(d, k, r, n) for d, (k, r) in OPTIONAL_PLUGIN_NODES.items() if (n := _node(cfg, d)) is not None]
+    for part, node in ((_node(cfg, "distill") or {}).get("scorers") or {}).items():
+        where = f"distill.scorers.{part}"
+        if not isinstance(node, Mapping) or node.get("group") not in SCORER_GROUPS:
+            raise ConfigError(f"{where}.group: must be one of {', '.join(SCORER_GROUPS)} "
+                              f"(got {node.get('group') if isinstance(node, Mapping) else node!r})")  # fmt: skip
+        nodes.append((where, "scorer", ("name", "group"), node))
+    return nodes
+
+
 def validate(cfg: Mapping[str, Any], registry: Registry) -> None:
     """Every plugin name resolves and every knob binds to its factory, before anything is built."""
-    for dotted, (kind, reserved) in PLUGIN_NODES.items():
-        node = _node(cfg, dotted)
+    for dotted, kind, reserved, node in _plugin_nodes(cfg):
         if node is None:
             raise ConfigError(f"config: '{dotted}' is missing; choose a {kind} option")
         if "name" not in node:

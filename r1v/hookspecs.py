@@ -34,6 +34,8 @@ KIND_HOOKS: dict[str, str] = {
     "rollout": "register_rollout_engines",
     "dataset": "register_datasets",
     "stage": "register_stages",
+    "scorer": "register_scorers",
+    "reviser": "register_revisers",
 }
 
 
@@ -63,13 +65,17 @@ def register_rewards(register: Any) -> None:
 
 @hookspec
 def register_length_controllers(register: Any) -> None:
-    """Register length controllers (DRLC penalties, overlong shaping, budgets)."""
+    """Register length controllers: factory(**knobs) -> object with either or both of
+    ``sampling_params(scores: Mapping[str, float]) -> dict`` (per-sample sampling knobs from the
+    sample's normalised difficulty scores ``vision``, ``text``, ``integration``, e.g. DRLC's
+    ``{"repetition_penalty": P}``) and ``__call__(length: int) -> float`` (reward shaping)."""
 
 
 @hookspec
 def register_rollout_engines(register: Any) -> None:
-    """Register rollout engines: factory(**knobs) -> object with
-    ``generate(model, batch, max_new_tokens, temperature, top_p) -> completion ids``."""
+    """Register rollout engines: factory(**knobs) -> object with ``generate(model, processor,
+    samples, max_new_tokens, greedy=False, sample_params=None) -> list[str]`` completions, where
+    ``sample_params`` optionally gives per-sample sampling knobs (e.g. ``repetition_penalty``)."""
 
 
 @hookspec
@@ -80,6 +86,21 @@ def register_datasets(register: Any) -> None:
 @hookspec
 def register_stages(register: Any) -> None:
     """Register training stages: factory(cfg) -> lightning.LightningModule."""
+
+
+@hookspec
+def register_scorers(register: Any) -> None:
+    """Register sample scorers (QDAM/VTIA parts, reward-model scores for iterative SFT):
+    factory(**knobs) -> object with ``scale`` ("0-1", "0-5" or "unbounded") and
+    ``score(samples: list[Sample], ctx: r1v.interfaces.ScoreContext) -> list[float]``. Raise to fail;
+    the caller retries sample by sample and counts failures."""
+
+
+@hookspec
+def register_revisers(register: Any) -> None:
+    """Register chain revisers for distillation: factory(**knobs) -> object with
+    ``revise(samples, wrong_chains, ctx) -> list[str | None]``: a corrected ``<think>`` chain per
+    sample (ending in its answer), or None to drop it."""
 
 
 @hookspec

@@ -28,6 +28,7 @@ class Sample:
     images: list[Image.Image] = field(default_factory=list)
     reasoning: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    image_paths: list[str] = field(default_factory=list)  # where the images came from (absolute), if files
 
 
 @runtime_checkable
@@ -77,3 +78,15 @@ class RewardInput:
     answer: str | None
     images: list[Image.Image] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ScoreContext:
+    """What model-based scorers and revisers may use: the current model (eval mode), its processor,
+    a rollout engine and the generation budget. Heuristic scorers ignore it."""
+
+    model: Any = None
+    processor: Any = None
+    engine: Any = None
+    max_new_tokens: int = 128
+    batch_size: int = 32

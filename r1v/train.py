@@ -26,11 +26,13 @@ if not OmegaConf.has_resolver("r1v_run_name"):
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from r1v.data.datasets import DataError
+    from r1v.judge import JudgeError
     from r1v.model.build import ModelConfigError
     from r1v.runs import RunError
+    from r1v.scoring import ScoringError
     from r1v.weights import WeightsError
 
-    return (*USER_ERRORS, DataError, ModelConfigError, RunError, WeightsError)
+    return (*USER_ERRORS, DataError, ModelConfigError, RunError, WeightsError, ScoringError, JudgeError)
 
 
 def build_datasets(cfg: dict[str, Any], registry: Any) -> tuple[Any, Any]:

@@ -12,5 +12,8 @@ BUILTIN_MODULES = [
     "r1v_plugins.length",
     "r1v_plugins.rollout",
     "r1v_plugins.datasets",
+    "r1v_plugins.scorers",
+    "r1v_plugins.revisers",
+    "r1v_plugins.judge",
     "r1v_plugins.stages",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -9,6 +10,29 @@ import torch
 from r1v import hookimpl
 from r1v.data.processor import Processor
 from r1v.interfaces import Sample
+
+PER_SAMPLE_KNOBS = ("repetition_penalty",)
+
+
+class PerSampleRepetitionPenalty:
+    """CTRL's repetition penalty with one factor per batch row (DRLC gives every sample its own P).
+
+    For each row b and every token already generated in it: a positive logit is divided by P_b, a
+    negative one multiplied by P_b — the rule of transformers' ``RepetitionPenaltyLogitsProcessor``,
+    row-wise. With ``inputs_embeds`` (images spliced) ``input_ids`` holds only generated tokens, so the
+    prompt is not penalised.
+    """
+
+    def __init__(self, penalties: torch.Tensor) -> None:
+        self.penalties = penalties  # (B,)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if input_ids.shape[1] == 0:
+            return scores
+        p = self.penalties.to(scores.device, scores.dtype)[:, None]  # (B, 1)
+        seen = torch.gather(scores, 1, input_ids)  # (B, t)
+        seen = torch.where(seen < 0, seen * p, seen / p)
+        return scores.scatter(1, input_ids, seen)
 
 
 class HFGenerate:
@@ -19,16 +43,31 @@ class HFGenerate:
 
     @torch.no_grad()
     def generate(self, model: Any, processor: Processor, samples: list[Sample], max_new_tokens: int,
-                 greedy: bool = False) -> list[str]:  # fmt: skip
+                 greedy: bool = False,
+                 sample_params: Sequence[Mapping[str, float]] | None = None) -> list[str]:  # fmt: skip
+        """Completions for ``samples``; ``sample_params[i]`` may set sample i's ``repetition_penalty``."""
+        from transformers import LogitsProcessorList
+
         batch = processor.collate([processor.encode(s, target=None) for s in samples], padding_side="left")
         device = next(model.parameters()).device
-        sampling = {} if greedy else {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
+        sampling = {} if greedy else {"temperature": self.temperature, "top_p": self.top_p}
+        extra: dict[str, Any] = {"repetition_penalty": self.repetition_penalty}
+        if sample_params is not None:
+            if len(sample_params) != len(samples):
+                raise ValueError(f"sample_params has {len(sample_params)} entries for {len(samples)} samples")
+            unknown = sorted({k for p in sample_params for k in p} - set(PER_SAMPLE_KNOBS))
+            if unknown:
+                raise ValueError(f"rollout 'hf' cannot set '{unknown[0]}' per sample (it can: "
+                                 f"{', '.join(PER_SAMPLE_KNOBS)})")  # fmt: skip
+            penalties = torch.tensor([float(p.get("repetition_penalty", self.repetition_penalty))
+                                      for p in sample_params])  # fmt: skip
+            extra = {"logits_processor": LogitsProcessorList([PerSampleRepetitionPenalty(penalties)])}
         out = model.generate(
             batch["input_ids"].to(device), batch["attention_mask"].to(device),
             None if batch["pixel_values"] is None else batch["pixel_values"].to(device),
-            max_new_tokens=max_new_tokens, do_sample=not greedy, repetition_penalty=self.repetition_penalty,
+            max_new_tokens=max_new_tokens, do_sample=not greedy,
             pad_token_id=processor.tokenizer.pad_token_id, eos_token_id=processor.tokenizer.eos_token_id,
-            **{k: v for k, v in sampling.items() if k != "do_sample"},
+            **sampling, **extra,
         )  # fmt: skip
         return [processor.decode_completion(row) for row in out.tolist()]
 

@@ -19,8 +19,24 @@ def reassemble_stage(cfg):
     return Reassemble(cfg)
 
 
+def distill_stage(cfg):
+    """R1V AL-CoTD: QDAM/VTIA scores, DRLC penalty, self-distilled <think> chains, revision of wrong ones."""
+    from r1v.stages.distill import Distill
+
+    return Distill(cfg)
+
+
+def iterative_sft_stage(cfg):
+    """R1V iterative SFT: T rounds on {RM score ≥ τ_t} ∪ {answered wrongly by the previous round}."""
+    from r1v.stages.iterative import IterativeSFT
+
+    return IterativeSFT(cfg)
+
+
 @hookimpl
 def register_stages(register):
     register("align", sft_stage, "adapter alignment with a substitute LM (R1V step 1): SFT on direct answers")
     register("sft", sft_stage, "supervised fine-tuning on R1-format reasoning chains")
     register("reassemble", reassemble_stage)
+    register("distill", distill_stage)
+    register("iterative_sft", iterative_sft_stage)

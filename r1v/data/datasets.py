@@ -114,7 +114,7 @@ class JsonlDataset(Dataset):
                     im.verify()
             except Exception as e:
                 raise DataError(f"{where}: corrupt image: {p} cannot be read ({type(e).__name__})") from None
-            paths.append(str(p))
+            paths.append(str(p.resolve()))
         n_ph = str(row["question"]).count(IMAGE_PLACEHOLDER)
         if n_ph > len(paths):
             raise DataError(f"{where}: placeholder count: {n_ph} {IMAGE_PLACEHOLDER} in the question "
@@ -132,4 +132,25 @@ class JsonlDataset(Dataset):
         for p in r["images"]:
             with Image.open(p) as im:
                 images.append(im.convert("RGB"))
-        return Sample(r["id"], r["question"], r["answer"], images, r["reasoning"], r["meta"])
+        return Sample(r["id"], r["question"], r["answer"], images, r["reasoning"], r["meta"], list(r["images"]))
+
+
+class OverlayDataset(Dataset):
+    """A view of ``base``: the samples at ``indices``, with some reasoning chains replaced.
+
+    What an iterative-SFT round trains on (its selected subset, chains re-distilled or not) without
+    copying samples or images.
+    """
+
+    def __init__(self, base: Dataset, indices: list[int], reasoning: dict[int, str] | None = None) -> None:
+        self.base, self.indices, self.reasoning = base, list(indices), dict(reasoning or {})
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> Sample:
+        j = self.indices[i]
+        sample = self.base[j]
+        if j in self.reasoning:
+            sample.reasoning = self.reasoning[j]
+        return sample
