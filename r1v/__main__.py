@@ -10,9 +10,19 @@ from r1v.registry import RegistryError, get_registry
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    """List every registered component: kind, name, providing package, description."""
+    """List every registered component: kind, name, providing package, description (and knobs)."""
+    import inspect
+
     reg = get_registry()
     rows = [(e.kind, e.name, e.provider, e.description) for e in reg.entries(args.kind)]
+    if getattr(args, "knobs", False):  # the factory's keyword arguments and defaults: what a config node may set
+
+        def knobs(e) -> str:
+            params = inspect.signature(e.factory).parameters.values()
+            return ", ".join(p.name if p.default is p.empty else f"{p.name}={p.default!r}" for p in params
+                             if p.name in e.knobs())  # fmt: skip
+
+        rows = [(k, n, p, f"{d}  [{knobs(e)}]") for (k, n, p, d), e in zip(rows, reg.entries(args.kind), strict=True)]
     widths = [max(len(r[i]) for r in [("KIND", "NAME", "PROVIDER", ""), *rows]) for i in range(3)]
     print(f"{'KIND':<{widths[0]}}  {'NAME':<{widths[1]}}  {'PROVIDER':<{widths[2]}}  DESCRIPTION")
     for kind, name, provider, desc in rows:
@@ -141,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="verb", required=True)
     p = sub.add_parser("plugins", help=cmd_plugins.__doc__, description=cmd_plugins.__doc__)
     p.add_argument("--kind", help="only this kind (vision, adapter, backbone, reward, ...)")
+    p.add_argument("--knobs", action="store_true", help="also list each factory's knobs and defaults")
     p.set_defaults(func=cmd_plugins)
     data = sub.add_parser("data", help="data utilities").add_subparsers(dest="data_verb", required=True)
     p = data.add_parser("synth", help=cmd_data_synth.__doc__, description=cmd_data_synth.__doc__)

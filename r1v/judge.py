@@ -43,7 +43,14 @@ class ChatEndpoint:
         req = urllib.request.Request(f"{self.url}{path}", data=data, headers=headers,
                                      method="POST" if body is not None else "GET")  # fmt: skip
         with urllib.request.urlopen(req, timeout=timeout or self.timeout_s) as resp:
-            return json.loads(resp.read().decode() or "null")
+            body = resp.read().decode(errors="replace")
+        try:
+            return json.loads(body or "null")
+        except json.JSONDecodeError:
+            raise JudgeError(
+                f"judge endpoint {self.url}{path} did not answer JSON (is it an OpenAI-compatible "
+                f"API? reply starts {body[:60]!r})"
+            ) from None
 
     def check(self) -> None:
         """Fail fast: the endpoint answers (``GET /models``; a 404 there still proves it is up)."""

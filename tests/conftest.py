@@ -64,22 +64,39 @@ def tiny_vlm(registry, compose):
     return model.eval(), processor
 
 
-@pytest.fixture(scope="session")
-def default_run(tmp_path_factory, worker_id):
-    """One run of the default job (align, tiny, synthetic), shared by the integration tests:
-    trained once per test session, also across pytest-xdist workers (a file lock in the session's
-    shared temp folder; pytest-xdist's loadgroup does not group tests under pytest 9)."""
+def shared_run(tmp_path_factory, worker_id: str, name: str, args: list[str]) -> Path:
+    """``runs/<name>`` trained once per test session, also across pytest-xdist workers (a file lock in
+    the session's shared temp folder; pytest-xdist's loadgroup does not group tests under pytest 9)."""
     from filelock import FileLock
 
     root = tmp_path_factory.getbasetemp()
     if worker_id != "master":
         root = root.parent  # the session folder all workers share
-    cwd = root / "default-run"
-    run_dir = cwd / "runs" / "default"
-    with FileLock(str(root / "default-run.lock")):
+    cwd = root / "shared-runs"
+    run_dir = cwd / "runs" / name
+    with FileLock(str(root / f"{name}.lock")):
         if not (run_dir / "final" / "trainable.safetensors").is_file():
             cwd.mkdir(exist_ok=True)
-            # The default job itself (150 steps), only quieter: CSV logs, no progress bar.
-            proc = run_cli(["run=default", "logger=csv", "trainer.enable_progress_bar=false"], cwd)
+            proc = run_cli([f"run={name}", "logger=csv", "trainer.enable_progress_bar=false", *args], cwd)
             assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory, worker_id):
+    """The default job itself (align, tiny, synthetic, 150 steps), shared by the integration tests."""
+    return shared_run(tmp_path_factory, worker_id, "default", [])
+
+
+@pytest.fixture(scope="session")
+def reassembled_run(tmp_path_factory, worker_id, default_run):
+    """The aligned adapter re-assembled onto the tiny reasoner: the start of hybrid optimisation."""
+    return shared_run(tmp_path_factory, worker_id, "reassembled",
+                      ["stage=reassemble", "model=tiny_reasoner", f"checkpoint={default_run}"])  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def sft_run(tmp_path_factory, worker_id, reassembled_run):
+    """Plain SFT on reasoning chains (stage 1 of hybrid optimisation, 200 steps) from the re-assembly."""
+    return shared_run(tmp_path_factory, worker_id, "sft",
+                      ["stage=sft", "model=tiny_reasoner", f"checkpoint={reassembled_run}"])  # fmt: skip

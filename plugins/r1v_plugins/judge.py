@@ -66,7 +66,7 @@ class JudgeReviser:
         if not equivalent(extract_answer(reply), s.answer):
             return None
         chain = reply.split("</think>", 1)[0] if "</think>" in reply else reply.rsplit("\\boxed", 1)[0]
-        return chain.strip() or None
+        return chain.strip().removeprefix("<think>").strip() or None
 
     def revise(self, samples: list[Sample], wrong_chains: list[str], ctx: ScoreContext) -> list[str | None]:
         with ThreadPoolExecutor(max(1, self.workers)) as pool:

@@ -61,7 +61,10 @@ class HFGenerate:
                                  f"{', '.join(PER_SAMPLE_KNOBS)})")  # fmt: skip
             penalties = torch.tensor([float(p.get("repetition_penalty", self.repetition_penalty))
                                       for p in sample_params])  # fmt: skip
-            extra = {"logits_processor": LogitsProcessorList([PerSampleRepetitionPenalty(penalties)])}
+            # repetition_penalty=1.0 overrides a generation_config default (Qwen ships 1.05), which would
+            # otherwise apply on top of every sample's own penalty
+            extra = {"repetition_penalty": 1.0,
+                     "logits_processor": LogitsProcessorList([PerSampleRepetitionPenalty(penalties)])}  # fmt: skip
         out = model.generate(
             batch["input_ids"].to(device), batch["attention_mask"].to(device),
             None if batch["pixel_values"] is None else batch["pixel_values"].to(device),

@@ -124,8 +124,11 @@ class IterativeSFT:
                     scores_cache = self._rm_scores(rm, calibration, rm_node, data, pool, ctx, cache)
                 selection = self._select(t, tau, data, pool, chains, scores_cache, ctx, rdir)
             if not selection["indices"]:
-                msg = (f"iterative_sft: round {t} is empty: no sample scored ≥ τ={tau:g} and the previous model "
-                       f"answered all {len(pool)} pool samples correctly; stopping after {t - 1} rounds")  # fmt: skip
+                wrong = "the error set is off (stage.errors.enabled)"
+                if self.stage["errors"].get("enabled", True):
+                    wrong = f"the previous model answered all {len(pool)} pool samples correctly"
+                msg = (f"iterative_sft: round {t} is empty: no sample scored ≥ τ={tau:g} and {wrong}; "
+                       f"stopping after {t - 1} rounds")  # fmt: skip
                 log.warning(msg)
                 print(msg, flush=True)
                 state["stopped"] = msg
