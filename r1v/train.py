@@ -83,6 +83,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     # Lightning's notes about our own files in the run folder and a torch deprecation: noise here.
     warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")  # frozen parts: on purpose
     registry = get_registry()
     container: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     validate(container, registry)

@@ -29,3 +29,13 @@ def inference_model(cfg: Mapping[str, Any]) -> tuple[torch.nn.Module, Any]:
     dtype = torch.bfloat16 if device.type == "cuda" and "bf16" in str(cfg.get("trainer", {}).get("precision")) \
         else None  # fmt: skip
     return model.to(device=device, dtype=dtype).eval(), processor
+
+
+def autocast(cfg: Mapping[str, Any], device: torch.device) -> Any:
+    """bf16 autocast for generation and scoring outside Lightning when the trainer trains in bf16-mixed
+    (the weights stay fp32 for the optimizer); a no-op on CPU."""
+    import contextlib
+
+    if device.type == "cuda" and "bf16" in str(cfg.get("trainer", {}).get("precision")):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()

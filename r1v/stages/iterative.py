@@ -40,9 +40,10 @@ from r1v.data.datasets import OverlayDataset
 from r1v.faults import maybe_die
 from r1v.interfaces import ScoreContext
 from r1v.registry import get_registry
-from r1v.runs import RunError, check_checkpoint, checkpoint_dir, trained_weights, write_json_atomic
+from r1v.runs import RunError, check_checkpoint, checkpoint_dir, checkpoint_step, trained_weights, write_json_atomic
 from r1v.scoring import batches as chunks
 from r1v.scoring import calibrate, run_scorer
+from r1v.stages.common import autocast, stage_device
 
 log = logging.getLogger(__name__)
 STATE = "iterative.json"
@@ -77,10 +78,11 @@ class IterativeSFT:
         taus, lrs = check_config(self.stage)
         state = self._load_state(run_dir)
         reg = get_registry()
-        rm_node = dict(self.stage["rm"])
-        rm = reg.build("scorer", str(rm_node["scorer"]["name"]),
-                       **{k: v for k, v in rm_node["scorer"].items() if k != "name"})  # fmt: skip
+        rm_node = self._rm_node = dict(self.stage["rm"])
+        rm = self._rm = reg.build("scorer", str(rm_node["scorer"]["name"]),
+                                  **{k: v for k, v in rm_node["scorer"].items() if k != "name"})  # fmt: skip
         calibration = str(rm_node.get("calibration", "none"))
+        self._scores: dict[str, Any] | None = None
         if getattr(rm, "scale", "0-5") == "unbounded" and calibration == "none":
             raise ConfigError(f"stage.rm.scorer '{rm_node['scorer']['name']}' gives unbounded scores; set "
                               "stage.rm.calibration=quantile to map them onto R1V's 0–5 scale")  # fmt: skip
@@ -96,7 +98,7 @@ class IterativeSFT:
         ctx = ScoreContext(model, processor, engine, int(self.stage["errors"]["max_new_tokens"]),
                            int(self.stage["errors"].get("batch_size", 32)))  # fmt: skip
         finished = {int(r["round"]): r for r in state["rounds"]}
-        scores_cache: dict[str, Any] | None = None
+        device = stage_device(self.cfg)
         prev: str | None = self.cfg.get("checkpoint")
         for t, (tau, lr) in enumerate(zip(taus, lrs, strict=True), 1):
             rdir = run_dir / "rounds" / f"round{t}"
@@ -107,22 +109,11 @@ class IterativeSFT:
                 from r1v.stages.sft import load_trainable
 
                 load_trainable(model, prev)  # the previous round's weights (matters after a resume)
-            model.eval()
+            model.to(device).eval()
             selection = self._load_selection(rdir)
             if selection is None:
-                chains: dict[int, str] = {}
-                if distill_plugins is not None:
-                    from r1v.stages.distill import distill
-
-                    dctx = ScoreContext(model, processor, distill_plugins.engine,
-                                        int(self.cfg["distill"]["max_new_tokens"]),
-                                        int(self.cfg["distill"]["batch_size"]))  # fmt: skip
-                    chains = distill(train, pool, dctx, distill_plugins, self.cfg["distill"], rdir / "distill").chains()
-                data = OverlayDataset(train, pool, chains)
-                if distill_plugins is not None or scores_cache is None:
-                    cache = (rdir if distill_plugins is not None else run_dir) / "rm_scores.jsonl"
-                    scores_cache = self._rm_scores(rm, calibration, rm_node, data, pool, ctx, cache)
-                selection = self._select(t, tau, data, pool, chains, scores_cache, ctx, rdir)
+                with autocast(self.cfg, device):
+                    selection = self._prepare(t, tau, train, pool, ctx, distill_plugins, run_dir, rdir)
             if not selection["indices"]:
                 wrong = "the error set is off (stage.errors.enabled)"
                 if self.stage["errors"].get("enabled", True):
@@ -153,6 +144,23 @@ class IterativeSFT:
             tmp.replace(out)
         return state
 
+    def _prepare(self, t: int, tau: float, train: Any, pool: list[int], ctx: ScoreContext, distill_plugins: Any,
+                 run_dir: Path, rdir: Path) -> dict[str, Any]:  # fmt: skip
+        """Re-distil (optional), score with the reward model, find the previous model's errors, select."""
+        chains: dict[int, str] = {}
+        if distill_plugins is not None:
+            from r1v.stages.distill import distill
+
+            dcfg = self.cfg["distill"]
+            dctx = ScoreContext(ctx.model, ctx.processor, distill_plugins.engine, int(dcfg["max_new_tokens"]),
+                                int(dcfg["batch_size"]))  # fmt: skip
+            chains = distill(train, pool, dctx, distill_plugins, dcfg, rdir / "distill").chains()
+        data = OverlayDataset(train, pool, chains)
+        if distill_plugins is not None or self._scores is None:  # a fixed reward model scores a data set once
+            cache = (rdir if distill_plugins is not None else run_dir) / "rm_scores.jsonl"
+            self._scores = self._rm_scores(data, pool, ctx, cache)
+        return self._select(t, tau, data, pool, chains, self._scores, ctx, rdir)
+
     def _round_cfg(self, t: int, lr: float, max_steps: int) -> dict[str, Any]:
         stage = {**self.stage, "name": "sft", "lr": lr, "max_steps": max_steps,
                  "val_every": min(int(self.stage.get("val_every") or max_steps), max_steps),
@@ -175,7 +183,7 @@ class IterativeSFT:
         module.attach_data(OverlayDataset(train, selection["indices"], chains), val)
         last = checkpoint_dir(rdir) / "last.ckpt"
         ckpt = check_checkpoint(last) if last.exists() else None
-        trainer = build_trainer(cfg, rdir)
+        trainer = build_trainer(cfg, rdir, resume_step=checkpoint_step(ckpt) if ckpt else None)
         trainer.fit(module, ckpt_path=str(ckpt) if ckpt else None)
         module.export_trainable(trained_weights(rdir))
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
@@ -183,9 +191,10 @@ class IterativeSFT:
                 "weights": str(trained_weights(rdir))}  # fmt: skip
 
     # -- selection -----------------------------------------------------------------------------------
-    def _rm_scores(self, rm: Any, calibration: str, rm_node: Mapping[str, Any], data: OverlayDataset,
-                   pool: list[int], ctx: ScoreContext, cache: Path) -> dict[str, Any]:  # fmt: skip
+    def _rm_scores(self, data: OverlayDataset, pool: list[int], ctx: ScoreContext, cache: Path) -> dict[str, Any]:
         """Raw and calibrated reward-model scores of the pool (read back from ``cache`` when present)."""
+        rm, rm_node = self._rm, self._rm_node
+        calibration = str(rm_node.get("calibration", "none"))
         if cache.exists():
             rows = [json.loads(x) for x in cache.read_text().splitlines() if x.strip()]
             return {"raw": {r["index"]: r["raw"] for r in rows}, "score": {r["index"]: r["score"] for r in rows},

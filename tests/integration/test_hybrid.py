@@ -221,3 +221,20 @@ def test_lrs_must_match_rounds(tmp_path):
     proc = run_cli([*ITER, "stage.lrs=[1e-3]", "run=lr"], tmp_path, timeout=120)
     assert proc.returncode == 2
     assert "stage.lrs has 1 values for 2 rounds (stage.taus); give one learning rate per round" in proc.stderr
+
+
+def test_redistill_before_each_round_trains_on_new_chains(sft_run, tmp_path):
+    proc = run_cli([*ITER, f"checkpoint={sft_run}", "data.n_train=24", "stage.taus=[2]", "stage.lrs=[1e-3]",
+                    "stage.redistill=true", "run=rd"], tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rdir = tmp_path / "runs" / "rd" / "rounds" / "round1"
+    distilled = {r["meta"]["distill"]["index"]: r["reasoning"]
+                 for r in map(json.loads, (rdir / "distill" / "distilled.jsonl").read_text().splitlines())}  # fmt: skip
+    assert distilled and (rdir / "rm_scores.jsonl").is_file()  # scores of the re-distilled chains, this round's
+    lineage = [json.loads(x) for x in (rdir / "lineage.jsonl").read_text().splitlines()]
+    selection = json.loads((rdir / "selection.json").read_text())
+    for row in lineage:  # a re-distilled sample trains on its new chain; the others keep the data set's
+        assert row["chain"] == ("redistilled" if row["index"] in distilled else "original")
+        if row["index"] in distilled:
+            assert selection["chains"][str(row["index"])] == distilled[row["index"]]
+    assert any(r["chain"] == "redistilled" for r in lineage)
