@@ -36,6 +36,7 @@ KIND_HOOKS: dict[str, str] = {
     "stage": "register_stages",
     "scorer": "register_scorers",
     "reviser": "register_revisers",
+    "policy_loss": "register_policy_losses",
 }
 
 
@@ -101,6 +102,13 @@ def register_revisers(register: Any) -> None:
     """Register chain revisers for distillation: factory(**knobs) -> object with
     ``revise(samples, wrong_chains, ctx) -> list[str | None]``: a corrected ``<think>`` chain per
     sample (ending in its answer), or None to drop it."""
+
+
+@hookspec
+def register_policy_losses(register: Any) -> None:
+    """Register RL policy losses: factory(**knobs) -> callable ``fn(logp, old_logp, ref_logp, advantages,
+    mask) -> (loss, metrics)`` with ``[B, T]`` per-token log-probs (``ref_logp`` None when β = 0),
+    ``[B]`` advantages and a ``[B, T]`` completion mask; ``metrics`` is a dict of float tensors."""
 
 
 @hookspec

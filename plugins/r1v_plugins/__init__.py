@@ -15,5 +15,6 @@ BUILTIN_MODULES = [
     "r1v_plugins.scorers",
     "r1v_plugins.revisers",
     "r1v_plugins.judge",
+    "r1v_plugins.policy_losses",
     "r1v_plugins.stages",
 ]

@@ -14,6 +14,8 @@ _FORMAT = re.compile(r"^(?P<think>.*\S.*?)\s*</think>\s*(?P<answer>.*\\boxed\{.+
 class Accuracy:
     """1 when the extracted final answer equals the ground truth, else 0."""
 
+    needs_answer = True
+
     def __call__(self, x: RewardInput) -> dict[str, float]:
         if x.answer is None:
             raise ValueError("reward 'accuracy' needs the sample's answer")

@@ -41,11 +41,18 @@ class HFGenerate:
     def __init__(self, temperature: float = 0.6, top_p: float = 0.95, repetition_penalty: float = 1.0) -> None:
         self.temperature, self.top_p, self.repetition_penalty = temperature, top_p, repetition_penalty
 
-    @torch.no_grad()
     def generate(self, model: Any, processor: Processor, samples: list[Sample], max_new_tokens: int,
                  greedy: bool = False,
                  sample_params: Sequence[Mapping[str, float]] | None = None) -> list[str]:  # fmt: skip
         """Completions for ``samples``; ``sample_params[i]`` may set sample i's ``repetition_penalty``."""
+        ids = self.generate_ids(model, processor, samples, max_new_tokens, greedy, sample_params)
+        return [processor.decode_completion(row) for row in ids]
+
+    @torch.no_grad()
+    def generate_ids(self, model: Any, processor: Processor, samples: list[Sample], max_new_tokens: int,
+                     greedy: bool = False,
+                     sample_params: Sequence[Mapping[str, float]] | None = None) -> list[list[int]]:  # fmt: skip
+        """Completion token ids per sample: up to and including EOS (no EOS when cut at the budget)."""
         from transformers import LogitsProcessorList
 
         batch = processor.collate([processor.encode(s, target=None) for s in samples], padding_side="left")
@@ -72,7 +79,15 @@ class HFGenerate:
             pad_token_id=processor.tokenizer.pad_token_id, eos_token_id=processor.tokenizer.eos_token_id,
             **sampling, **extra,
         )  # fmt: skip
-        return [processor.decode_completion(row) for row in out.tolist()]
+        eos, pad = processor.tokenizer.eos_token_id, processor.tokenizer.pad_token_id
+        rows = []
+        for row in out.tolist():
+            if eos in row:
+                row = row[: row.index(eos) + 1]
+            elif pad != eos:
+                row = [t for t in row if t != pad]
+            rows.append(row)
+        return rows
 
 
 def hf(temperature: float = 0.6, top_p: float = 0.95, repetition_penalty: float = 1.0) -> HFGenerate:

@@ -33,6 +33,13 @@ def iterative_sft_stage(cfg):
     return IterativeSFT(cfg)
 
 
+def grpo_stage(cfg):
+    """GRPO (R1V stage 3; Dr. GRPO / DAPO variants; R1V2's Selective Sample Buffer)."""
+    from r1v.stages.grpo import GRPOStage
+
+    return GRPOStage(cfg)
+
+
 @hookimpl
 def register_stages(register):
     register("align", sft_stage, "adapter alignment with a substitute LM (R1V step 1): SFT on direct answers")
@@ -40,3 +47,4 @@ def register_stages(register):
     register("reassemble", reassemble_stage)
     register("distill", distill_stage)
     register("iterative_sft", iterative_sft_stage)
+    register("grpo", grpo_stage)

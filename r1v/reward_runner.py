@@ -1,0 +1,122 @@
+"""Run the configured rewards over completions, with a time limit per call and failures counted.
+
+``isolation=process`` (default) runs every reward call in a pool of spawned worker processes: a call
+gets ``timeout_s`` of wall time (SIGALRM inside the worker, whose main thread runs it, so math-verify's
+own signal timeouts work there too); a call that hangs in C code past the batch deadline gets its
+worker pool killed and rebuilt. Works off the main thread and under DDP (each rank has its pool).
+``isolation=inline`` runs calls in the training process (no time limit; for debugging).
+
+A call that raises, times out or returns NaN counts as a failure of that reward on that sample and
+gives 0 for its part; the run continues and ``reward/failures`` is logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import multiprocessing as mp
+import signal
+from collections import Counter
+from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor, wait
+from typing import Any
+
+from r1v.interfaces import RewardInput
+
+log = logging.getLogger(__name__)
+ISOLATIONS = ("process", "inline")
+
+
+class _Timeout(Exception):
+    pass
+
+
+def _alarm(signum: int, frame: Any) -> None:
+    raise _Timeout
+
+
+def _call(fn: Any, x: RewardInput, timeout_s: float) -> tuple[str, Any]:
+    """Runs in a worker process: ("ok", parts) | ("error", message)."""
+    old = signal.signal(signal.SIGALRM, _alarm)
+    signal.setitimer(signal.ITIMER_REAL, timeout_s)
+    try:
+        return "ok", {k: float(v) for k, v in fn(x).items()}
+    except _Timeout:
+        return "error", f"timed out after {timeout_s:g} s"
+    except Exception as e:
+        return "error", f"{type(e).__name__}: {e}"
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+class RewardRunner:
+    def __init__(self, rewards: Mapping[str, tuple[float, Any]], timeout_s: float = 10.0,
+                 isolation: str = "process", workers: int = 2) -> None:  # fmt: skip
+        if isolation not in ISOLATIONS:
+            raise ValueError(f"stage.reward_isolation: '{isolation}' is not allowed (use {', '.join(ISOLATIONS)})")
+        self.rewards, self.timeout_s, self.isolation, self.workers = dict(rewards), timeout_s, isolation, workers
+        self.failures: Counter[str] = Counter()
+        self._pool: ProcessPoolExecutor | None = None
+        self._warned: set[str] = set()
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"))
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    def __getstate__(self) -> dict[str, Any]:  # Lightning may deep-copy the module that holds us
+        return {**self.__dict__, "_pool": None}
+
+    def score(self, inputs: list[RewardInput]) -> tuple[list[dict[str, float]], list[float]]:
+        """Per completion: every reward's named parts, and the weighted total."""
+        calls = [(i, key, fn) for i in range(len(inputs)) for key, (_, fn) in self.rewards.items()]
+        results: dict[tuple[int, str], tuple[str, Any]] = {}
+        if self.isolation == "inline":
+            for i, key, fn in calls:
+                try:
+                    results[i, key] = ("ok", {k: float(v) for k, v in fn(inputs[i]).items()})
+                except Exception as e:
+                    results[i, key] = ("error", f"{type(e).__name__}: {e}")
+        else:
+            pool = self._executor()
+            futures = {pool.submit(_call, fn, inputs[i], self.timeout_s): (i, key) for i, key, fn in calls}
+            deadline = self.timeout_s * (math.ceil(len(calls) / self.workers) + 1) + 5.0
+            done, pending = wait(futures, timeout=deadline)
+            for f in done:
+                try:
+                    results[futures[f]] = f.result()
+                except Exception as e:  # a worker died (e.g. a reward crashed the interpreter)
+                    results[futures[f]] = ("error", f"worker died: {type(e).__name__}")
+            if pending:  # hung past every alarm: kill the pool, count them
+                for f in pending:
+                    results[futures[f]] = ("error", f"no result within {deadline:.0f} s (worker killed)")
+                for p in getattr(self._pool, "_processes", {}).values():
+                    p.kill()
+                self.close()
+        parts_out: list[dict[str, float]] = []
+        totals: list[float] = []
+        for i, x in enumerate(inputs):
+            parts: dict[str, float] = {}
+            total = 0.0
+            for key, (weight, _) in self.rewards.items():
+                status, value = results[i, key]
+                if status == "ok" and any(math.isnan(v) for v in value.values()):
+                    status, value = "error", "returned NaN"
+                if status != "ok":
+                    self.failures[key] += 1
+                    if key not in self._warned:  # one line per reward, then counted silently
+                        self._warned.add(key)
+                        log.warning("reward %s failed on sample %s: %s (counted as a failure, value 0; "
+                                    "later failures are only counted)", key, x.extra.get("id", "?"), value)  # fmt: skip
+                    value = {key: 0.0}
+                parts.update(value)
+                total += weight * float(value.get(key, sum(value.values())))
+            parts_out.append(parts)
+            totals.append(total)
+        return parts_out, totals

@@ -1,0 +1,132 @@
+"""Building blocks of GRPO-family training: group advantages, memory-bounded per-token log-probs,
+R1V2's Selective Sample Buffer and the adapter-only reference model.
+
+Shapes: B completions (= prompts × G, grouped consecutively), T completion tokens, L = prompt + T.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True, eps: float = 1e-6) -> torch.Tensor:
+    """``[B]`` rewards, groups of ``group_size`` consecutive completions -> ``[B]`` advantages
+    Â_i = (r_i − mean(r_group)) / (std(r_group) + eps), std unbiased=False; without ``scale``
+    (Dr. GRPO) only the mean is removed. An all-equal group gives 0 for all its members."""
+    if rewards.numel() % group_size:
+        raise ValueError(f"{rewards.numel()} rewards do not split into groups of {group_size}")
+    r = rewards.float().view(-1, group_size)  # [P, G]
+    centred = r - r.mean(1, keepdim=True)
+    if scale:
+        centred = centred / (r.std(1, unbiased=False, keepdim=True) + eps)
+    return centred.view(-1)
+
+
+def equal_groups(rewards: torch.Tensor, group_size: int, tol: float = 1e-9) -> torch.Tensor:
+    """``[P]`` bool: groups whose rewards are all equal (zero advantage: no learning signal)."""
+    r = rewards.float().view(-1, group_size)
+    return (r.max(1).values - r.min(1).values) <= tol
+
+
+def token_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   pixel_values: torch.Tensor | None, n_completion: int, chunk: int = 1024,
+                   with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+    """Log-probs ``[B, T]`` of the last ``n_completion`` tokens of each row (and their entropies).
+
+    The LM head runs on ``chunk`` positions at a time and only the sampled token's log-prob is kept,
+    so the full ``[B, L, vocab]`` fp32 logits never exist (152k vocab × 8k tokens × 4 B = 5 GB per row).
+    Rows are right-aligned prompts + completions (left padding), as the rollout produces them.
+    """
+    embeds = model.embed(input_ids, pixel_values)
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    base = model.backbone.base_model
+    hidden = base(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+    head = model.backbone.get_output_embeddings()
+    h = hidden[:, -n_completion - 1 : -1]  # [B, T, D]: position t predicts token t+1
+    targets = input_ids[:, -n_completion:]  # [B, T]
+    out, ent = [], []
+    for s in range(0, n_completion, chunk):
+        logits = head(h[:, s : s + chunk]).float()  # [B, c, V]
+        logp = torch.log_softmax(logits, dim=-1)
+        out.append(torch.gather(logp, 2, targets[:, s : s + chunk, None])[..., 0])
+        if with_entropy:
+            with torch.no_grad():
+                ent.append(-(logp.exp() * logp).sum(-1))
+    return torch.cat(out, 1), (torch.cat(ent, 1) if with_entropy else None)
+
+
+@dataclass
+class Rollout:
+    """One completion ready for the policy update (what the buffer stores)."""
+
+    sample_index: int  # position of its prompt's Sample in the step's prompt list
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    advantage: float
+    old_logp: torch.Tensor | None = None  # [T] stored for replay (CPU)
+    reward: float = 0.0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class SelectiveSampleBuffer:
+    """R1V2's SSB: keeps completions with non-zero advantage and replays them with probability ∝ |Â|,
+    together with the old log-probs stored when they were generated. Bounded (oldest out first)."""
+
+    def __init__(self, capacity: int, seed: int = 0) -> None:
+        self.capacity = capacity
+        self.items: list[tuple[Rollout, int]] = []  # (rollout, its prompt's data-set index)
+        self.rng = random.Random(seed)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def add(self, rollouts: list[Rollout], indices: list[int]) -> int:
+        """Keep the rollouts with Â ≠ 0 (``indices[r.sample_index]`` is each one's data-set index)."""
+        kept = [(r, indices[r.sample_index]) for r in rollouts if abs(r.advantage) > 1e-8 and r.old_logp is not None]
+        self.items.extend(kept)
+        del self.items[: max(0, len(self.items) - self.capacity)]
+        return len(kept)
+
+    def sample(self, n: int) -> list[tuple[Rollout, int]]:
+        """``n`` items drawn with replacement, weights |Â|."""
+        if not self.items or n <= 0:
+            return []
+        weights = [abs(r.advantage) for r, _ in self.items]
+        return self.rng.choices(self.items, weights=weights, k=n)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng.getstate(), "items": [(vars(r), s) for r, s in self.items]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.setstate(state["rng"])
+        self.items = [(Rollout(**r), s) for r, s in state["items"]]
+
+
+class AdapterReference:
+    """The frozen reference policy for training that touches only a few parameters (R1V: the adapter):
+    the trunk is shared with the policy and only a copy of the trainable tensors' initial values is
+    kept, swapped in for the reference forward pass — no second 38B model. For whole-model training
+    the copy is the whole model's trainable weights (on ``device``, CPU to save GPU memory)."""
+
+    def __init__(self, model: torch.nn.Module, names: list[str], device: str | torch.device | None = None) -> None:
+        params = dict(model.named_parameters())
+        self.params = {n: params[n] for n in names}
+        self.initial = {n: p.detach().to(device or p.device, copy=True) for n, p in self.params.items()}
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        """Within this block the model computes the reference policy."""
+        saved = {n: p.data for n, p in self.params.items()}
+        try:
+            for n, p in self.params.items():
+                p.data = self.initial[n].to(saved[n].device, saved[n].dtype)
+            yield
+        finally:
+            for n, p in self.params.items():
+                p.data = saved[n]

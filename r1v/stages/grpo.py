@@ -1,0 +1,309 @@
+"""``stage=grpo``: Group Relative Policy Optimisation (R1V's hybrid-optimisation stage 3), with the
+variants users compare (Dr. GRPO, DAPO) and R1V2's Selective Sample Buffer.
+
+One ``training_step`` is one rollout batch:
+
+1. **rollout** — ``stage.batch_size`` prompts, ``stage.group_size`` (G) completions each, sampled by the
+   ``stage.rollout`` engine (per-sample knobs from the ``stage.length`` controller, e.g. DRLC's P);
+2. **rewards** — the ``reward=[...]`` plugins (time-limited, failures counted), plus the length
+   controller's shaping term; **advantages** Â = (r − mean_group) / std_group (``scale_rewards``);
+3. **dynamic sampling** (optional) — groups whose rewards are all equal are dropped and refilled with
+   new prompts; **SSB** (optional) — completions with Â ≠ 0 enter a buffer and are replayed with
+   probability ∝ |Â| (with their stored old log-probs) to fill the batch up to B·G;
+4. **update** — μ (``stage.mu``) optimizer steps over the batch, each accumulating micro-batches of
+   ``stage.micro_batch_size`` completions through the ``stage.policy_loss`` plugin (clipped ratio
+   against the stored old log-probs, + β·KL(k3) to the frozen reference when β > 0).
+
+A **step** is one optimizer update, so ``max_steps`` counts μ per rollout batch. Per-token log-probs
+come in chunks (no [B, T, vocab] fp32 logits); the reference for adapter-only training is the same
+trunk with a copy of the initial adapter swapped in (:class:`r1v.rl.AdapterReference`).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from r1v.config import ConfigError
+from r1v.data.sampler import ResumableSampler
+from r1v.interfaces import RewardInput, Sample
+from r1v.registry import get_registry
+from r1v.reward_runner import RewardRunner
+from r1v.rl import AdapterReference, Rollout, SelectiveSampleBuffer, equal_groups, group_advantages, token_logprobs
+from r1v.stages.sft import SFTStage
+
+log = logging.getLogger(__name__)
+
+
+class _Indexed(torch.utils.data.Dataset):
+    """(data-set index, Sample) pairs: the buffer and the refill stream refer to prompts by index."""
+
+    def __init__(self, ds: Any) -> None:
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> tuple[int, Sample]:
+        return i, self.ds[i]
+
+
+def _build(kind: str, node: Mapping[str, Any]) -> Any:
+    return get_registry().build(kind, str(node["name"]), **{k: v for k, v in node.items() if k != "name"})
+
+
+class GRPOStage(SFTStage):
+    def __init__(self, cfg: Mapping[str, Any]) -> None:
+        super().__init__(cfg)
+        st = self.stage
+        self.automatic_optimization = False  # μ updates per rollout batch, micro-batched
+        self.G = int(st["group_size"])
+        if self.G < 2:
+            raise ConfigError(f"stage.group_size={self.G}: GRPO's advantage is relative to the group, and with one "
+                              "completion per prompt every advantage is 0; use group_size ≥ 2 (R1V: 8)")  # fmt: skip
+        if not self.cfg.get("rewards"):
+            raise ConfigError("stage=grpo needs at least one reward (reward=[accuracy,format])")
+        self.mu = int(st["mu"])
+        self.loss_fn = _build("policy_loss", st["policy_loss"])
+        self.beta = float(getattr(self.loss_fn, "beta", 0.0))
+        self.length = _build("length", st["length"])
+        self.engine = _build("rollout", st["rollout"])
+        self.runner = RewardRunner(self.rewards(), float(st["reward_timeout_s"]), str(st["reward_isolation"]),
+                                   int(st["reward_workers"]))  # fmt: skip
+        ssb = st.get("ssb") or {}
+        self.ssb = SelectiveSampleBuffer(int(ssb.get("capacity", 1024)), int(cfg["seed"])) if ssb.get("enabled") \
+            else None  # fmt: skip
+        self.reference: AdapterReference | None = None
+        self._refill = random.Random(int(cfg["seed"]) + 1)
+
+    # -- model and data --------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        super().configure_model()
+        ctx = getattr(self.model.backbone.config, "max_position_embeddings", None)
+        if ctx and int(self.stage["max_new_tokens"]) >= int(ctx):
+            raise ConfigError(f"stage.max_new_tokens={self.stage['max_new_tokens']} does not fit the backbone's "
+                              f"context of {ctx} tokens (prompts need room too)")  # fmt: skip
+        if self.beta > 0 and self.reference is None:  # β = 0: no reference at all
+            self.reference = AdapterReference(self.model, self.trainable)
+
+    def train_dataloader(self) -> DataLoader:
+        ds = self.datasets["train"]
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self._trainer else (1, 0)
+        sampler = ResumableSampler(len(ds), seed=int(self.cfg["seed"]), rank=rank, world_size=world)
+        if self._resume_pos:
+            sampler.resume_at(*self._resume_pos)
+        return DataLoader(_Indexed(ds), batch_size=int(self.stage["batch_size"]), sampler=sampler, collate_fn=list,
+                          num_workers=int(self.cfg["data"].get("loader", {}).get("num_workers", 0)))  # fmt: skip
+
+    # -- rollout ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def rollout(self, samples: list[Sample]) -> tuple[list[Rollout], list[dict[str, float]], list[str]]:
+        """G completions per prompt, their reward parts and advantages (completions grouped by prompt)."""
+        for s in samples:
+            if not s.answer and any(getattr(fn, "needs_answer", False) for _, fn in self.rewards().values()):
+                raise ConfigError(f"sample {s.id} has no ground-truth 'answer', which reward 'accuracy' needs")
+        from r1v_plugins.length import sampling_params
+
+        expanded = [s for s in samples for _ in range(self.G)]
+        params = None
+        if any(s.meta.get("distill") for s in samples):  # DRLC & co. need the sample's normalised scores
+            params = [sampling_params(self.length, s.meta["distill"]["normalised"]) for s in expanded]
+        was_training = self.model.training
+        self.model.eval()
+        ids = self.engine.generate_ids(self.model, self.processor, expanded, int(self.stage["max_new_tokens"]),
+                                       greedy=False, sample_params=params)  # fmt: skip
+        self.model.train(was_training)
+        texts = [self.processor.decode_completion(x) for x in ids]
+        inputs = [RewardInput(prompt=s.question, completion=t, answer=s.answer, images=s.images,
+                              extra={**s.meta, "id": s.id}) for s, t in zip(expanded, texts, strict=True)]  # fmt: skip
+        parts, totals = self.runner.score(inputs)
+        shaping = self.length if callable(self.length) else None
+        for k, x in enumerate(ids):
+            extra = float(shaping(len(x))) if shaping else 0.0
+            if extra:
+                parts[k]["length"] = extra
+                totals[k] += extra
+        rewards = torch.tensor(totals)
+        adv = group_advantages(rewards, self.G, bool(self.stage["scale_rewards"]))
+        prompt_ids = [self.processor.encode(s, target=None)["input_ids"] for s in samples]
+        eos = self.processor.tokenizer.eos_token_id
+        rollouts = [Rollout(k // self.G, prompt_ids[k // self.G], x, float(adv[k]), reward=totals[k],
+                            meta={"truncated": not x or x[-1] != eos}) for k, x in enumerate(ids)]  # fmt: skip
+        return rollouts, parts, texts
+
+    # -- tensors ---------------------------------------------------------------------------------
+    def _batch(self, items: list[tuple[Rollout, Sample]]) -> dict[str, Any]:
+        """Rows [left pad | prompt | completion | right pad]: completions end-aligned to width T."""
+        pad = self.processor.tokenizer.pad_token_id
+        lp = max(len(r.prompt_ids) for r, _ in items)
+        t = max(max(len(r.completion_ids) for r, _ in items), 1)
+        ids = torch.full((len(items), lp + t), pad, dtype=torch.long)
+        attn = torch.zeros_like(ids)
+        cmask = torch.zeros((len(items), t), dtype=torch.long)  # [B, T]
+        tiles = []
+        for b, (r, s) in enumerate(items):
+            p, c = r.prompt_ids, r.completion_ids
+            ids[b, lp - len(p) : lp] = torch.tensor(p)
+            ids[b, lp : lp + len(c)] = torch.tensor(c, dtype=torch.long)
+            attn[b, lp - len(p) : lp + len(c)] = 1
+            cmask[b, : len(c)] = 1
+            px, _ = self.processor.images(s)
+            if px is not None:
+                tiles.append(px)
+        dev = self.device
+        return {"input_ids": ids.to(dev), "attention_mask": attn.to(dev), "completion_mask": cmask.to(dev),
+                "pixel_values": torch.cat(tiles).to(dev) if tiles else None, "T": t,
+                "advantages": torch.tensor([r.advantage for r, _ in items], device=dev)}  # fmt: skip
+
+    def _micro(self, items: list[tuple[Rollout, Sample]]) -> list[list[tuple[Rollout, Sample]]]:
+        n = int(self.stage["micro_batch_size"])
+        return [items[i : i + n] for i in range(0, len(items), n)]
+
+    def _logp(self, batch: dict[str, Any], entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return token_logprobs(self.model, batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
+                              batch["T"], int(self.stage["logp_chunk"]), with_entropy=entropy)  # fmt: skip
+
+    # -- the step --------------------------------------------------------------------------------
+    def training_step(self, batch: list[tuple[int, Sample]], batch_idx: int) -> None:
+        self.batches_done += 1
+        t0 = time.perf_counter()
+        indices, samples = [i for i, _ in batch], [s for _, s in batch]
+        rollouts, parts, texts = self.rollout(samples)
+        prompts = list(samples)
+        n_effective = sum(abs(r.advantage) > 1e-8 for r in rollouts)
+        effective_share = n_effective / len(rollouts)
+        ds = self.stage.get("dynamic_sampling") or {}
+        if ds.get("enabled"):  # drop all-equal groups, refill with fresh prompts
+            keep = self._drop_equal(rollouts)
+            for _ in range(int(ds.get("max_refills", 2))):
+                if len(keep) >= len(samples) * self.G:
+                    break
+                extra_idx = [self._refill.randrange(len(self.datasets["train"])) for _ in samples]
+                extra = [self.datasets["train"][i] for i in extra_idx]
+                more, more_parts, _ = self.rollout(extra)
+                offset = len(prompts)
+                prompts += extra
+                indices += extra_idx
+                for r in more:
+                    r.sample_index += offset
+                parts += more_parts
+                keep += self._drop_equal(more)
+            rollouts = keep[: len(samples) * self.G]
+        items = [(r, prompts[r.sample_index]) for r in rollouts]
+        t_rollout = time.perf_counter() - t0
+
+        # old log-probs for the fresh rollouts (μ = 1 without replay: the detached current ones are equal)
+        t1 = time.perf_counter()
+        need_old = self.mu > 1 or self.ssb is not None
+        if need_old:
+            with torch.no_grad():
+                for mb in self._micro(items):
+                    lp, _ = self._logp(self._batch(mb))
+                    for (r, _), row, n in zip(mb, lp, (len(r.completion_ids) for r, _ in mb), strict=True):
+                        r.old_logp = row[:n].detach().float().cpu()
+        replayed = 0
+        if self.ssb is not None:
+            self.ssb.add([r for r, _ in items], indices)
+            target = len(samples) * self.G
+            effective = [(r, s) for r, s in items if abs(r.advantage) > 1e-8]
+            fill = [(r, self.datasets["train"][i]) for r, i in self.ssb.sample(target - len(effective))]
+            replayed = len(fill)
+            items = effective + fill
+        if not items:
+            log.warning("grpo: step %d has no completion with a learning signal (all groups equal)", self.global_step)
+            self._log_step(parts, rollouts, texts, effective_share, t_rollout, 0.0, 0.0, {}, replayed)
+            return None
+        ref: list[torch.Tensor] = []
+        if self.reference is not None:
+            with torch.no_grad(), self.reference.active():
+                ref = [self._logp(self._batch(mb))[0] for mb in self._micro(items)]
+        t_ref = time.perf_counter() - t1
+
+        t2 = time.perf_counter()
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        micro = self._micro(items)
+        n_tokens = sum(len(r.completion_ids) for r, _ in items)
+        agg = self.stage["policy_loss"].get("loss_agg", "seq_mean")
+        metrics: dict[str, list[float]] = {}
+        for _ in range(self.mu):
+            opt.zero_grad()
+            for k, mb in enumerate(micro):
+                batch = self._batch(mb)
+                logp, ent = self._logp(batch, entropy=True)
+                old = self._old(mb, logp) if need_old else logp.detach()
+                loss, m = self.loss_fn(logp, old, ref[k] if ref else None, batch["advantages"],
+                                       batch["completion_mask"])  # fmt: skip
+                share = (sum(len(r.completion_ids) for r, _ in mb) / max(n_tokens, 1)) if agg == "token_mean" \
+                    else len(mb) / len(items)  # fmt: skip
+                self.manual_backward(loss * share)
+                m["loss"] = loss.detach()
+                m["entropy"] = (ent * batch["completion_mask"]).sum() / batch["completion_mask"].sum().clamp(min=1)
+                for key, v in m.items():
+                    metrics.setdefault(key, []).append(float(v))
+            clip = self.stage.get("clip_grad_norm")
+            if clip:
+                self.clip_gradients(opt, gradient_clip_val=float(clip), gradient_clip_algorithm="norm")
+            opt.step()
+            sched.step()
+        t_update = time.perf_counter() - t2
+        self._log_step(parts, rollouts, texts, effective_share, t_rollout, t_ref, t_update, metrics, replayed)
+        return None
+
+    def _drop_equal(self, rollouts: list[Rollout]) -> list[Rollout]:
+        flat = equal_groups(torch.tensor([r.reward for r in rollouts]), self.G)
+        return [r for k, r in enumerate(rollouts) if not flat[k // self.G]]
+
+    def _old(self, mb: list[tuple[Rollout, Sample]], logp: torch.Tensor) -> torch.Tensor:
+        old = torch.zeros_like(logp)
+        for b, (r, _) in enumerate(mb):
+            old[b, : len(r.completion_ids)] = r.old_logp.to(logp.device, logp.dtype)
+        return old
+
+    def _log_step(self, parts: list[dict[str, float]], rollouts: list[Rollout], texts: list[str], effective: float,
+                  t_rollout: float, t_ref: float, t_update: float, metrics: Mapping[str, list[float]],
+                  replayed: int) -> None:  # fmt: skip
+        n = len(parts)
+        rewards = torch.tensor([r.reward for r in rollouts])
+        logs = {"reward/total": float(rewards.mean()), "reward/total_std": float(rewards.std()) if n > 1 else 0.0}
+        for key in sorted({k for p in parts for k in p}):
+            vals = torch.tensor([p.get(key, 0.0) for p in parts])
+            logs[f"reward/{key}"] = float(vals.mean())
+            logs[f"reward/{key}_std"] = float(vals.std()) if n > 1 else 0.0
+        lengths = torch.tensor([float(len(r.completion_ids)) for r in rollouts])
+        logs.update({"completion/length_mean": float(lengths.mean()), "completion/length_max": float(lengths.max()),
+                     "completion/clipped_share": sum(r.meta["truncated"] for r in rollouts) / len(rollouts),
+                     "effective_share": effective, "time/rollout_s": t_rollout, "time/reference_s": t_ref,
+                     "time/update_s": t_update,
+                     "reward/failures": float(sum(self.runner.failures.values()))})  # fmt: skip
+        if self.ssb is not None:
+            logs["ssb/size"], logs["ssb/replayed"] = float(len(self.ssb)), float(replayed)
+        for key, vals in metrics.items():
+            logs[f"train/{key}"] = sum(vals) / len(vals)
+        self.log_dict(logs, batch_size=len(rollouts))
+        self.log("train/reward", logs["reward/total"], prog_bar=True, batch_size=len(rollouts))
+        self._last_texts = texts
+
+    # -- checkpoints: SSB and the refill stream ------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["r1v"]["grpo"] = {"refill": self._refill.getstate(),
+                                     "ssb": self.ssb.state_dict() if self.ssb is not None else None,
+                                     "reward_failures": dict(self.runner.failures)}  # fmt: skip
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get("r1v", {}).get("grpo") or {}
+        if state.get("refill"):
+            self._refill.setstate(state["refill"])
+        if state.get("ssb") and self.ssb is not None:
+            self.ssb.load_state_dict(state["ssb"])
+        self.runner.failures.update(state.get("reward_failures") or {})
+
+    def on_train_end(self) -> None:
+        self.runner.close()

@@ -1,0 +1,193 @@
+"""GRPO building blocks against hand-computed values: advantages, every loss variant, KL, the sample
+buffer, the adapter reference, chunked log-probs and the reward runner's failure handling."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+import torch
+from r1v_plugins.policy_losses import aggregate, grpo, grpo_loss
+
+from r1v.interfaces import RewardInput
+from r1v.reward_runner import RewardRunner
+from r1v.rl import AdapterReference, Rollout, SelectiveSampleBuffer, equal_groups, group_advantages
+
+
+def test_group_advantages_by_hand():
+    r = torch.tensor([1.0, 0.0, 0.0, 1.0, 2.0, 2.0, 2.0, 2.0])  # two groups of 4
+    adv = group_advantages(r, 4)
+    # group 1: mean 0.5, std (population) 0.5 -> ±1; group 2: all equal -> 0
+    assert torch.allclose(adv, torch.tensor([1.0, -1.0, -1.0, 1.0, 0, 0, 0, 0]), atol=1e-5)
+    assert torch.allclose(group_advantages(r, 4, scale=False), torch.tensor([0.5, -0.5, -0.5, 0.5, 0, 0, 0, 0]))
+    assert equal_groups(r, 4).tolist() == [False, True]
+    with pytest.raises(ValueError, match="groups of 3"):
+        group_advantages(r, 3)
+
+
+def _case():
+    # 2 completions, T = 3; the second has one padding token
+    logp = torch.tensor([[-1.0, -2.0, -0.5], [-0.3, -1.2, -9.0]])
+    old = torch.tensor([[-1.1, -1.5, -0.5], [-0.3, -0.8, 0.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    adv = torch.tensor([1.0, -2.0])
+    return logp, old, mask, adv
+
+
+def _per_token_by_hand(logp, old, adv, eps_low, eps_high):
+    out = []
+    for b in range(2):
+        row = []
+        for t in range(3):
+            ratio = math.exp(logp[b, t] - old[b, t])
+            a = float(adv[b])
+            row.append(-min(ratio * a, min(max(ratio, 1 - eps_low), 1 + eps_high) * a))
+        out.append(row)
+    return torch.tensor(out)
+
+
+@pytest.mark.parametrize("agg", ["seq_mean", "token_mean", "constant"])
+@pytest.mark.parametrize("eps", [(0.2, 0.2), (0.2, 0.28)])
+def test_clipped_loss_every_aggregation(agg, eps):
+    logp, old, mask, adv = _case()
+    per_token = _per_token_by_hand(logp, old, adv, *eps)
+    m = mask.float()
+    expected = {
+        "seq_mean": ((per_token * m).sum(1) / m.sum(1)).mean(),
+        "token_mean": (per_token * m).sum() / m.sum(),
+        "constant": (per_token * m).sum() / (2 * 8),  # Dr. GRPO: B · max_len with max_len = 8
+    }[agg]
+    loss, metrics = grpo_loss(logp, old, None, adv, mask, eps_low=eps[0], eps_high=eps[1], loss_agg=agg, max_len=8)
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
+    # ratios: row 0 (Â=+1) 1.105, 0.607, 1 — none above 1+ε, and below 1−ε the unclipped term is the min;
+    # row 1 (Â=−2) 1, exp(−0.4)=0.670 < 0.8 — clipped: 1 of the 5 real tokens
+    assert metrics["clip_fraction"].item() == pytest.approx(0.2) and "kl" not in metrics
+
+
+def test_ratio_one_gives_minus_mean_advantage_and_masks_padding():
+    logp, _, mask, adv = _case()
+    loss, m = grpo_loss(logp, logp.clone(), None, adv, mask)  # μ = 1: old = current
+    assert loss.item() == pytest.approx(-(1.0 + -2.0) / 2)
+    assert m["clip_fraction"].item() == 0 and m["ratio_mean"].item() == pytest.approx(1.0)
+    poisoned = logp.clone()
+    poisoned[1, 2] = 1e4  # a padding position: must not matter
+    assert grpo_loss(poisoned, poisoned.clone(), None, adv, mask)[0].item() == pytest.approx(loss.item())
+
+
+def test_k3_kl_by_hand_and_beta_zero_ignores_the_reference():
+    logp, old, mask, adv = _case()
+    ref = logp - 0.1
+    base, _ = grpo_loss(logp, old, None, adv, mask)
+    with_kl, m = grpo_loss(logp, old, ref, adv, mask, beta=0.5)
+    k3 = math.exp(-0.1) + 0.1 - 1  # exp(ref−logp) − (ref−logp) − 1 at every token
+    assert m["kl"].item() == pytest.approx(k3, rel=1e-5)
+    assert with_kl.item() == pytest.approx(base.item() + 0.5 * k3, rel=1e-5)
+    assert grpo_loss(logp, old, ref, adv, mask, beta=0.0)[0].item() == pytest.approx(base.item())
+    assert grpo(beta=0.0).beta == 0.0
+
+
+def test_gradient_of_the_clipped_objective():
+    """For Â>0 with ρ > 1+ε the gradient vanishes (clipped); inside the trust region it is −Â·ρ per token."""
+    logp = torch.tensor([[0.5, 0.05]], requires_grad=True)
+    old = torch.zeros(1, 2)
+    mask = torch.ones(1, 2)
+    loss, _ = grpo_loss(logp, old, None, torch.tensor([1.0]), mask, loss_agg="token_mean")
+    loss.backward()
+    assert logp.grad[0, 0].item() == 0.0  # ρ = e^0.5 = 1.65 > 1.2: clipped
+    assert logp.grad[0, 1].item() == pytest.approx(-math.exp(0.05) / 2)
+
+
+def test_loss_knobs_are_checked():
+    with pytest.raises(ValueError, match="loss_agg 'mean' is not allowed"):
+        grpo(loss_agg="mean")
+    with pytest.raises(ValueError, match="needs max_len"):
+        grpo(loss_agg="constant")
+    with pytest.raises(ValueError, match="not allowed"):
+        aggregate(torch.zeros(1, 1), torch.ones(1, 1), "median")
+
+
+def test_selective_sample_buffer_keeps_nonzero_and_replays_by_abs_advantage():
+    buf = SelectiveSampleBuffer(capacity=3, seed=0)
+    rolls = [Rollout(k, [1], [2], adv, old_logp=torch.zeros(1)) for k, adv in enumerate([0.0, 3.0, -1.0, 0.0])]
+    assert buf.add(rolls, indices=[10, 11, 12, 13]) == 2 and len(buf) == 2
+    draws = buf.sample(4000)
+    share = sum(i == 11 for _, i in draws) / len(draws)
+    assert share == pytest.approx(0.75, abs=0.03)  # |3| / (|3| + |−1|)
+    buf.add([Rollout(0, [1], [2], 1.0, old_logp=torch.zeros(1)) for _ in range(3)], indices=[20])
+    assert len(buf) == 3 and all(i == 20 for _, i in buf.items)  # bounded: oldest out first
+    state = buf.state_dict()
+    other = SelectiveSampleBuffer(3)
+    other.load_state_dict(state)
+    assert [i for _, i in other.sample(5)] == [i for _, i in buf.sample(5)]
+
+
+def test_adapter_reference_swaps_only_the_trainable_copy():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+    ref = AdapterReference(model, ["1.weight", "1.bias"])
+    x = torch.ones(1, 2)
+    before = model(x).item()
+    with torch.no_grad():
+        model[1].weight.add_(1.0)
+        model[0].weight.add_(1.0)  # not in the copy: the reference shares it
+    trained = model(x).item()
+    with ref.active():
+        start = model(x).item()
+    with torch.no_grad():
+        model[1].weight.sub_(1.0)
+        shared = model(x).item()
+        model[1].weight.add_(1.0)
+    assert start == pytest.approx(shared) and start != pytest.approx(before) and trained != pytest.approx(start)
+    assert model(x).item() == trained  # swapped back
+    assert ref.initial["1.weight"].data_ptr() != model[1].weight.data_ptr()
+
+
+def test_chunked_logprobs_equal_the_full_computation(tiny_vlm):
+    from r1v.data.synthetic import generate
+    from r1v.rl import token_logprobs
+
+    model, processor = tiny_vlm
+    samples = [generate(i, "val")[0] for i in range(3)]
+    batch = processor.collate([processor.encode(s, "reasoning") for s in samples], padding_side="left")
+    n = 12
+    with torch.no_grad():
+        chunked, ent = token_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["pixel_values"], n,
+                                      chunk=5, with_entropy=True)  # fmt: skip
+        logits = model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"]).logits.float()
+    full = torch.log_softmax(logits[:, -n - 1 : -1], -1).gather(2, batch["input_ids"][:, -n:, None])[..., 0]
+    assert chunked.shape == (3, n) and torch.allclose(chunked, full, atol=1e-5)
+    p = torch.softmax(logits[:, -n - 1 : -1], -1)
+    assert torch.allclose(ent, -(p * p.clamp_min(1e-30).log()).sum(-1), atol=1e-4)
+
+
+class Sleepy:
+    """A reward that hangs on one sample (spawned workers import it from this module)."""
+
+    def __call__(self, x: RewardInput) -> dict[str, float]:
+        if x.completion == "hang":
+            time.sleep(60)
+        if x.completion == "nan":
+            return {"sleepy": float("nan")}
+        if x.completion == "boom":
+            raise RuntimeError("bad")
+        return {"sleepy": 1.0}
+
+
+def test_reward_runner_times_out_counts_and_continues():
+    runner = RewardRunner({"sleepy": (2.0, Sleepy())}, timeout_s=1.0, isolation="process", workers=2)
+    try:
+        xs = [RewardInput("q", c, "1", extra={"id": c}) for c in ("ok", "hang", "nan", "boom", "ok")]
+        t = time.perf_counter()
+        parts, totals = runner.score(xs)
+        assert time.perf_counter() - t < 30
+        assert totals == [2.0, 0.0, 0.0, 0.0, 2.0] and parts[1] == {"sleepy": 0.0}
+        assert runner.failures["sleepy"] == 3
+        _, totals = runner.score([RewardInput("q", "ok", "1")])  # the pool still works afterwards
+        assert totals == [2.0]
+    finally:
+        runner.close()
+
+
+def test_reward_runner_rejects_unknown_isolation():
+    with pytest.raises(ValueError, match=r"stage\.reward_isolation: 'thread' is not allowed"):
+        RewardRunner({}, isolation="thread")
