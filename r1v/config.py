@@ -23,6 +23,9 @@ OPTIONAL_PLUGIN_NODES: dict[str, tuple[str, tuple[str, ...]]] = {
     "distill.reviser": ("reviser", ("name",)),
     "distill.rollout": ("rollout", ("name",)),
     "stage.rm.scorer": ("scorer", ("name",)),
+    "stage.policy_loss": ("policy_loss", ("name",)),
+    "stage.length": ("length", ("name",)),
+    "stage.rollout": ("rollout", ("name",)),
 }
 SCORER_GROUPS = ("vision", "text", "integration")
 ADAPTER_FIXED = ("vision_hidden", "llm_hidden")

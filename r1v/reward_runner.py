@@ -35,6 +35,17 @@ def _alarm(signum: int, frame: Any) -> None:
     raise _Timeout
 
 
+def _die_with_parent() -> None:
+    """Worker initializer: on Linux the worker gets SIGKILL when the training process dies (kill -9
+    included), so no orphan keeps running or holds the parent's output pipes open."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):  # not Linux: the pool's own shutdown still applies
+        pass
+
+
 def _call(fn: Any, x: RewardInput, timeout_s: float) -> tuple[str, Any]:
     """Runs in a worker process: ("ok", parts) | ("error", message)."""
     old = signal.signal(signal.SIGALRM, _alarm)
@@ -62,7 +73,8 @@ class RewardRunner:
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"))
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
+                                             initializer=_die_with_parent)  # fmt: skip
         return self._pool
 
     def close(self) -> None:

@@ -35,6 +35,38 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (*USER_ERRORS, DataError, ModelConfigError, RunError, WeightsError, ScoringError, JudgeError)
 
 
+RANDOM_WEIGHTS_LIMIT = 3_000_000_000  # parameters without weights above which a run needs allow_random_weights
+
+
+def preflight(cfg: dict[str, Any]) -> None:
+    """What a run lacks before anything heavy starts: a GPU the trainer asks for, and weights for a
+    large composition (random weights for billions of parameters are almost always a missing path)."""
+    import torch
+
+    accel = str(cfg["trainer"].get("accelerator", "cpu"))
+    if accel in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator={accel}: no GPU is visible here; use trainer=cpu, or run on a GPU "
+                          "machine (trainer=gpu / deepspeed_z2 / deepspeed_z3)")  # fmt: skip
+    model = cfg["model"]
+    if model.get("internvl") or cfg.get("allow_random_weights") or cfg["stage"]["name"] == "reassemble":
+        return
+    missing = [p for p in ("vision", "backbone") if isinstance(model.get(p), dict) and "pretrained" in model[p]
+               and not model[p]["pretrained"]]  # fmt: skip
+    if not missing:
+        return
+    from r1v.inspect import build_on_meta, count
+
+    vlm = build_on_meta(cfg)
+    n = sum(count(getattr(vlm, p))[0] for p in missing)
+    if n > RANDOM_WEIGHTS_LIMIT:
+        paths = " ".join(f"model.{p}.pretrained=<local folder>" for p in missing)
+        raise ConfigError(
+            f"model={model.get('preset', '?')}: {', '.join(missing)} ({n / 1e9:.1f}B parameters) would start from "
+            f"random weights; give {paths}, or for a shape-only run cut the depth (model.backbone.num_hidden_layers=2 "
+            "model.vision.num_hidden_layers=2) or set allow_random_weights=true"
+        )
+
+
 def build_datasets(cfg: dict[str, Any], registry: Any) -> tuple[Any, Any]:
     data = cfg["data"]
     knobs = {k: v for k, v in data.items() if k not in ("name", "loader")}
@@ -84,9 +116,11 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")  # frozen parts: on purpose
+    warnings.filterwarnings("ignore", message=r".*no pre-optimization state was saved.*")  # GRPO: post-step is right
     registry = get_registry()
     container: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     validate(container, registry)
+    preflight(container)
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = resolve_resume(container.get("resume"), run_dir)
     L.seed_everything(int(container["seed"]), workers=True, verbose=False)

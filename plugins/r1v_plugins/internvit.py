@@ -238,14 +238,21 @@ def from_config(config: Mapping[str, Any], select_layer: int = -1, image_size: i
     return enc
 
 
-def internvit_6b(pretrained: str | None = None, select_layer: int = -1, image_size: int | None = None) -> InternViT:
-    """InternViT-6B-448px-V2_5 (Skywork R1V's encoder); weights from a local .safetensors file."""
-    return build("internvit_6b", pretrained, select_layer, image_size)
+def _depth(num_hidden_layers: int | None) -> dict[str, int]:
+    return {} if num_hidden_layers is None else {"depth": int(num_hidden_layers)}
 
 
-def internvit_300m(pretrained: str | None = None, select_layer: int = -1, image_size: int | None = None) -> InternViT:
-    """InternViT-300M-448px-V2_5; weights from a local .safetensors file."""
-    return build("internvit_300m", pretrained, select_layer, image_size)
+def internvit_6b(pretrained: str | None = None, select_layer: int = -1, image_size: int | None = None,
+                 num_hidden_layers: int | None = None) -> InternViT:  # fmt: skip
+    """InternViT-6B-448px-V2_5 (Skywork R1V's encoder); weights from a local .safetensors file.
+    ``num_hidden_layers`` keeps only the first N blocks (shape experiments that must fit small machines)."""
+    return build("internvit_6b", pretrained, select_layer, image_size, **_depth(num_hidden_layers))
+
+
+def internvit_300m(pretrained: str | None = None, select_layer: int = -1, image_size: int | None = None,
+                   num_hidden_layers: int | None = None) -> InternViT:  # fmt: skip
+    """InternViT-300M-448px-V2_5; weights from a local .safetensors file (``num_hidden_layers``: first N blocks)."""
+    return build("internvit_300m", pretrained, select_layer, image_size, **_depth(num_hidden_layers))
 
 
 def internvit_tiny(pretrained: str | None = None, select_layer: int = -1, image_size: int | None = None,

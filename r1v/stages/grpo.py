@@ -37,6 +37,7 @@ from r1v.registry import get_registry
 from r1v.reward_runner import RewardRunner
 from r1v.rl import AdapterReference, Rollout, SelectiveSampleBuffer, equal_groups, group_advantages, token_logprobs
 from r1v.stages.sft import SFTStage
+from r1v.weights import gathered
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,11 @@ class _Indexed(torch.utils.data.Dataset):
         return i, self.ds[i]
 
 
-def _build(kind: str, node: Mapping[str, Any]) -> Any:
-    return get_registry().build(kind, str(node["name"]), **{k: v for k, v in node.items() if k != "name"})
+def _build(kind: str, node: Mapping[str, Any], where: str) -> Any:
+    try:
+        return get_registry().build(kind, str(node["name"]), **{k: v for k, v in node.items() if k != "name"})
+    except ValueError as e:  # a plugin refusing its knobs: one line naming the config node
+        raise ConfigError(f"{where}: {e}") from None
 
 
 class GRPOStage(SFTStage):
@@ -70,10 +74,10 @@ class GRPOStage(SFTStage):
         if not self.cfg.get("rewards"):
             raise ConfigError("stage=grpo needs at least one reward (reward=[accuracy,format])")
         self.mu = int(st["mu"])
-        self.loss_fn = _build("policy_loss", st["policy_loss"])
+        self.loss_fn = _build("policy_loss", st["policy_loss"], "stage.policy_loss")
         self.beta = float(getattr(self.loss_fn, "beta", 0.0))
-        self.length = _build("length", st["length"])
-        self.engine = _build("rollout", st["rollout"])
+        self.length = _build("length", st["length"], "stage.length")
+        self.engine = _build("rollout", st["rollout"], "stage.rollout")
         self.runner = RewardRunner(self.rewards(), float(st["reward_timeout_s"]), str(st["reward_isolation"]),
                                    int(st["reward_workers"]))  # fmt: skip
         ssb = st.get("ssb") or {}
@@ -116,8 +120,11 @@ class GRPOStage(SFTStage):
             params = [sampling_params(self.length, s.meta["distill"]["normalised"]) for s in expanded]
         was_training = self.model.training
         self.model.eval()
-        ids = self.engine.generate_ids(self.model, self.processor, expanded, int(self.stage["max_new_tokens"]),
-                                       greedy=False, sample_params=params)  # fmt: skip
+        # ZeRO-3: parameters gathered once for the whole rollout batch (not per decode step); the
+        # per-module hooks still run — taking them out of the decode loop is issue 5's open GPU item.
+        with gathered(self.model):
+            ids = self.engine.generate_ids(self.model, self.processor, expanded, int(self.stage["max_new_tokens"]),
+                                           greedy=False, sample_params=params)  # fmt: skip
         self.model.train(was_training)
         texts = [self.processor.decode_completion(x) for x in ids]
         inputs = [RewardInput(prompt=s.question, completion=t, answer=s.answer, images=s.images,

@@ -191,3 +191,40 @@ def test_reward_runner_times_out_counts_and_continues():
 def test_reward_runner_rejects_unknown_isolation():
     with pytest.raises(ValueError, match=r"stage\.reward_isolation: 'thread' is not allowed"):
         RewardRunner({}, isolation="thread")
+
+
+@pytest.fixture(scope="module")
+def tiny_rm(tmp_path_factory, registry):
+    """A tiny scalar reward model folder (Qwen2 + sequence-classification head, random weights)."""
+    from transformers import Qwen2Config, Qwen2ForSequenceClassification
+
+    backbone = registry.build("backbone", "tiny_reasoner")
+    tok = backbone.tokenizer
+    config = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, num_labels=1,
+                         pad_token_id=tok.pad_token_id)  # fmt: skip
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("rm")
+    Qwen2ForSequenceClassification(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_reward_model_reward_scores_text_and_survives_the_process_pool(tiny_rm, registry):
+    rm = registry.build("reward", "reward_model", path=str(tiny_rm), scale=2.0, shift=1.0)
+    a, b = RewardInput("How many?", "two</think>\\boxed{2}", "2"), RewardInput("How many?", "zzzz", "2")
+    sa, sb = rm(a)["reward_model"], rm(b)["reward_model"]
+    assert math.isfinite(sa) and sa != sb
+    raw = registry.build("reward", "reward_model", path=str(tiny_rm))(a)["reward_model"]
+    assert sa == pytest.approx(2.0 * raw + 1.0, abs=1e-5)
+    runner = RewardRunner({"reward_model": (1.0, rm)}, timeout_s=60, isolation="process", workers=1)
+    try:
+        _, totals = runner.score([a, b])
+    finally:
+        runner.close()
+    assert totals == pytest.approx([sa, sb], abs=1e-4) and not runner.failures
+
+
+def test_reward_model_needs_a_model_folder(tmp_path, registry):
+    with pytest.raises(FileNotFoundError, match="is not a model folder"):
+        registry.build("reward", "reward_model", path=str(tmp_path))

@@ -1,0 +1,111 @@
+"""stage=grpo on the tiny re-assembled model: it learns, its variants run, its bad inputs get one line."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.slow
+QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "logger=csv"]
+GRPO = ["stage=grpo", "model=tiny_reasoner", "stage.lr=5e-3", "stage.max_new_tokens=96", "stage.val_generate=16",
+        *QUIET]  # fmt: skip
+
+
+def metrics(run: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader((run / "metrics.csv").open()))
+
+
+def column(rows: list[dict[str, str]], key: str) -> list[float]:
+    return [float(r[key]) for r in rows if r.get(key)]
+
+
+def test_grpo_raises_the_accuracy_reward(reassembled_run, tmp_path):
+    """Adapter-only GRPO from the re-assembled start: the accuracy reward of the last fifth of the steps is
+    clearly above the first fifth (3-seed figures: benchmarks/grpo_learning.py)."""
+    proc = run_cli([*GRPO, f"checkpoint={reassembled_run}", "stage.max_steps=60", "stage.val_every=60", "run=g"],
+                   tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = metrics(tmp_path / "runs" / "g")
+    acc = column(rows, "reward/accuracy")
+    assert len(acc) == 60
+    first, last = statistics.mean(acc[:12]), statistics.mean(acc[-12:])
+    assert last >= first + 0.05, f"accuracy reward: first fifth {first:.3f}, last fifth {last:.3f}"
+    logged = set(rows[0]).union(*rows)
+    for key in ("reward/total", "reward/total_std", "reward/format", "completion/length_mean",
+                "completion/length_max", "completion/clipped_share", "effective_share", "train/clip_fraction",
+                "train/entropy", "time/rollout_s", "time/reference_s", "time/update_s", "reward/failures",
+                "val/accuracy"):  # fmt: skip
+        assert key in logged and column(rows, key), key
+    assert "train/kl" not in logged  # β = 0: no reference model at all
+    assert all(0 < e <= 1 for e in column(rows, "effective_share"))
+    trained = __import__("safetensors.torch", fromlist=["load_file"]).load_file(
+        str(tmp_path / "runs" / "g" / "final" / "trainable.safetensors"))  # fmt: skip
+    assert trained and all(k.startswith("adapter.") for k in trained)
+
+
+def test_grpo_variants_kl_mu_buffer_dynamic_sampling_and_resume(reassembled_run, tmp_path):
+    args = [*GRPO, f"checkpoint={reassembled_run}", "stage.batch_size=4", "stage.group_size=4", "stage.mu=2",
+            "stage.micro_batch_size=6", "stage.policy_loss.beta=0.05", "stage.policy_loss.eps_high=0.28",
+            "stage.policy_loss.loss_agg=token_mean", "stage.ssb.enabled=true", "stage.dynamic_sampling.enabled=true",
+            "stage.max_steps=6", "stage.val_every=6", "stage.ckpt_every=2", "run=v"]  # fmt: skip
+    proc = run_cli(args, tmp_path, env={"R1V_FAULT_INJECT": "before_step:4"})
+    assert proc.returncode == 137  # killed after two rollout batches (μ = 2 steps each)
+    proc = run_cli([*args, "resume=auto"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = metrics(tmp_path / "runs" / "v")
+    assert column(rows, "train/kl") and all(k >= 0 for k in column(rows, "train/kl"))
+    assert max(column(rows, "ssb/size")) > 0
+    # μ = 2: the second update of a batch sees ratios ≠ 1 (its old log-probs are the stored ones)
+    assert any(abs(r - 1) > 1e-6 for r in column(rows, "train/ratio_mean"))
+    ckpt = torch.load(tmp_path / "runs" / "v" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 6 and ckpt["r1v"]["grpo"]["ssb"]["items"]
+
+
+def test_completions_that_never_close_think_are_scored(reassembled_run, tmp_path):
+    proc = run_cli([*GRPO, f"checkpoint={reassembled_run}", "stage.max_new_tokens=3", "stage.max_steps=2",
+                    "stage.val_every=2", "stage.val_generate=0", "run=short"], tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = metrics(tmp_path / "runs" / "short")
+    assert column(rows, "reward/format") == [0.0, 0.0] and column(rows, "completion/clipped_share") == [1.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("stage.group_size=1", "stage.group_size=1: GRPO's advantage is relative to the group"),
+        ("stage.max_new_tokens=600", "stage.max_new_tokens=600 does not fit the backbone's context of 512 tokens"),
+        ("reward=[acuracy]", "no option 'acuracy' in config group 'reward'"),
+        ("stage.policy_loss.loss_agg=mean", "policy_loss grpo: loss_agg 'mean' is not allowed"),
+    ],
+)
+def test_bad_grpo_settings_are_one_line(tmp_path, override, message):
+    proc = run_cli([*GRPO, override, "stage.max_steps=1", "run=bad"], tmp_path, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("r1v: error:")]
+    assert message in line
+
+
+def test_row_without_ground_truth_is_one_line(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"id": "q1", "question": "What is 2+2?", "answer": "4"}) + "\n"
+                    + json.dumps({"id": "q2", "question": "What is 3+3?"}) + "\n")  # fmt: skip
+    proc = run_cli([*GRPO, "data=jsonl", f"data.train={data}", "data.on_bad_sample=error", "stage.max_steps=1",
+                    "run=nogt"], tmp_path, timeout=120)  # fmt: skip
+    assert proc.returncode == 2
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("r1v: error:")]
+    assert f"{data}:2: missing field 'answer'" in line
+
+
+def test_full_size_r1v38b_without_weights_stops_with_what_is_missing(tmp_path):
+    proc = run_cli(["model=r1v38b", "stage=grpo", "run=big", *QUIET], tmp_path, timeout=300)
+    assert proc.returncode == 2
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("r1v: error:")]
+    assert "model=r1v38b: vision, backbone (38.3B parameters) would start from random weights" in line
+    assert "model.backbone.pretrained=<local folder>" in line and "num_hidden_layers" in line
