@@ -16,12 +16,16 @@ t() {
 }
 t python3 -m r1v.train run=align trainer=gpu $Q
 t python3 -m r1v.train stage=reassemble model=tiny_reasoner checkpoint=runs/align run=re trainer=gpu $Q
-for tr in gpu deepspeed_z2 deepspeed_z3; do
+trainers="gpu deepspeed_z2"
+[ "${R1V_GPU_Z3:-0}" = 1 ] && trainers="$trainers deepspeed_z3"   # ZeRO-3 rollouts: not fast yet (issue 5)
+for tr in $trainers; do
   t python3 -m r1v.train $G run=g_$tr trainer=$tr $Q || true
+  cp runs/g_$tr/metrics.csv "$out/metrics_$tr.csv" 2>/dev/null || true
 done
 t python3 -m r1v.train model=r1v38b stage=grpo run=big allow_random_weights=true model.backbone.num_hidden_layers=2 \
   model.vision.num_hidden_layers=2 model.max_tiles=1 stage.batch_size=2 stage.group_size=4 stage.max_new_tokens=64 \
   stage.max_steps=2 stage.val_every=2 stage.val_generate=2 stage.micro_batch_size=4 stage.lr=1e-5 trainer=gpu $Q || true
+cp runs/big/metrics.csv "$out/metrics_big.csv" 2>/dev/null || true
 python3 - <<'PY'
 import csv, glob, os
 for run in sorted(glob.glob("runs/g_*")) + ["runs/big"]:

@@ -11,6 +11,13 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n 2` on 2 cores: one compute thread per worker (and per training subprocess). Two processes
+    # with two spinning OpenMP threads each on two cores ran GRPO steps 30× slower than one thread each.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
 
 

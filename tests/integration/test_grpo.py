@@ -29,13 +29,13 @@ def column(rows: list[dict[str, str]], key: str) -> list[float]:
 def test_grpo_raises_the_accuracy_reward(reassembled_run, tmp_path):
     """Adapter-only GRPO from the re-assembled start: the accuracy reward of the last fifth of the steps is
     clearly above the first fifth (3-seed figures: benchmarks/grpo_learning.py)."""
-    proc = run_cli([*GRPO, f"checkpoint={reassembled_run}", "stage.max_steps=60", "stage.val_every=60", "run=g"],
+    proc = run_cli([*GRPO, f"checkpoint={reassembled_run}", "stage.max_steps=120", "stage.val_every=120", "run=g"],
                    tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = metrics(tmp_path / "runs" / "g")
     acc = column(rows, "reward/accuracy")
-    assert len(acc) == 60
-    first, last = statistics.mean(acc[:12]), statistics.mean(acc[-12:])
+    assert len(acc) == 120
+    first, last = statistics.mean(acc[:24]), statistics.mean(acc[-24:])  # measured: +0.08 to +0.13 (3 seeds)
     assert last >= first + 0.05, f"accuracy reward: first fifth {first:.3f}, last fifth {last:.3f}"
     logged = set(rows[0]).union(*rows)
     for key in ("reward/total", "reward/total_std", "reward/format", "completion/length_mean",
