@@ -93,6 +93,8 @@ def build_trainer(cfg: dict[str, Any], run_dir: Path, resume_step: int | None = 
         LearningRateMonitor(logging_interval="step"),
     ]  # fmt: skip
     trainer_cfg = dict(cfg["trainer"])
+    if stage.get("log_every"):  # a stage that must log every step (GRPO) overrides the trainer preset
+        trainer_cfg["log_every_n_steps"] = int(stage["log_every"])
     plugins = [] if "strategy" in trainer_cfg else [AtomicCheckpointIO()]
     return instantiate(
         trainer_cfg, _convert_="all", default_root_dir=str(run_dir), max_steps=int(stage["max_steps"]),
