@@ -105,6 +105,45 @@ class GRPOStage(SFTStage):
         return DataLoader(_Indexed(ds), batch_size=int(self.stage["batch_size"]), sampler=sampler, collate_fn=list,
                           num_workers=int(self.cfg["data"].get("loader", {}).get("num_workers", 0)))  # fmt: skip
 
+    def on_fit_start(self) -> None:
+        ssb = self.stage.get("ssb") or {}
+        if ssb.get("prefilter"):
+            self.prefilter(int(ssb.get("prefilter_pool") or len(self.datasets["train"])))
+
+    def prefilter(self, pool: int) -> None:
+        """R1V2's offline pre-filtering: roll out G completions for each of the first ``pool`` prompts and
+        keep only prompts whose rewards differ (an all-equal group can never give a learning signal).
+        The decision per prompt is written to ``<run>/prefilter.jsonl`` and reused on resume."""
+        import json
+        from pathlib import Path
+
+        from torch.utils.data import Subset
+
+        path = Path(self.trainer.default_root_dir) / "prefilter.jsonl"
+        if path.exists():
+            rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        else:
+            ds, rows = self.datasets["train"], []
+            n = min(pool, len(ds))
+            for start in range(0, n, int(self.stage["batch_size"])):
+                idx = list(range(start, min(n, start + int(self.stage["batch_size"]))))
+                samples = [ds[i] for i in idx]
+                rollouts, _, _ = self.rollout(samples)
+                for k, i in enumerate(idx):
+                    rewards = [r.reward for r in rollouts[k * self.G : (k + 1) * self.G]]
+                    rows.append({"index": i, "id": samples[k].id, "rewards": rewards,
+                                 "kept": max(rewards) - min(rewards) > 1e-9})  # fmt: skip
+            if self.trainer.is_global_zero:
+                tmp = path.with_name(f".{path.name}.tmp")
+                tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+                tmp.replace(path)
+        kept = [r["index"] for r in rows if r["kept"]]
+        if not kept:
+            raise ConfigError(f"stage.ssb.prefilter: none of the {len(rows)} prompts gave different rewards across "
+                              f"its {self.G} completions; nothing left to train on")  # fmt: skip
+        log.info("grpo: pre-filter kept %d of %d prompts (the rest gave all-equal rewards)", len(kept), len(rows))
+        self.datasets["train"] = Subset(self.datasets["train"], kept)
+
     # -- rollout ---------------------------------------------------------------------------------
     @torch.no_grad()
     def rollout(self, samples: list[Sample]) -> tuple[list[Rollout], list[dict[str, float]], list[str]]:

@@ -110,3 +110,17 @@ def test_full_size_r1v38b_without_weights_stops_with_what_is_missing(tmp_path):
     (line,) = [x for x in proc.stderr.splitlines() if x.startswith("r1v: error:")]
     assert "model=r1v38b: vision, backbone (38.3B parameters) would start from random weights" in line
     assert "model.backbone.pretrained=<local folder>" in line and "num_hidden_layers" in line
+
+
+def test_ssb_offline_prefilter_keeps_prompts_with_a_learning_signal(reassembled_run, tmp_path):
+    proc = run_cli([*GRPO, f"checkpoint={reassembled_run}", "data.n_train=16", "stage.group_size=4",
+                    "stage.batch_size=4", "stage.ssb.enabled=true", "stage.ssb.prefilter=true", "stage.max_steps=2",
+                    "stage.val_every=2", "stage.val_generate=0", "run=pf"], tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(x) for x in (tmp_path / "runs" / "pf" / "prefilter.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in rows] == list(range(16)) and all(len(r["rewards"]) == 4 for r in rows)
+    for r in rows:
+        assert r["kept"] == (max(r["rewards"]) > min(r["rewards"]))
+    assert 0 < sum(r["kept"] for r in rows) < 16
+    kept = sum(r["kept"] for r in rows)
+    assert f"pre-filter kept {kept} of 16 prompts" in proc.stdout + proc.stderr
