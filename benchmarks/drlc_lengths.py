@@ -14,22 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-QUIET = ["logger=csv", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+from _common import train  # benchmarks/_common.py (scripts run as python benchmarks/<name>.py)
+
 EASY_FIRST = ["color_at", "count_all", "count_color", "count_shape", "add"]
-
-
-def train(cwd: Path, *args: str) -> None:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "r1v.train", *args, *QUIET], cwd=cwd, env=env, capture_output=True,
-                          text=True)  # fmt: skip
-    if proc.returncode:
-        raise SystemExit(f"failed: r1v.train {' '.join(args)}\n{proc.stderr[-3000:]}")
 
 
 def main() -> None:

@@ -15,23 +15,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-QUIET = ["logger=csv", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]
+from _common import train  # benchmarks/_common.py (scripts run as python benchmarks/<name>.py)
+
 GRPO = ["stage=grpo", "model=tiny_reasoner", "stage.lr=5e-3", "stage.max_new_tokens=96", "stage.val_generate=64"]
-
-
-def train(cwd: Path, *args: str) -> None:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "r1v.train", *args, *QUIET], cwd=cwd, env=env, capture_output=True,
-                          text=True)  # fmt: skip
-    if proc.returncode:
-        raise SystemExit(f"failed: r1v.train {' '.join(args)}\n{proc.stderr[-3000:]}")
 
 
 def curve(run: Path) -> tuple[list[float], list[float]]:

@@ -43,6 +43,14 @@ def extract_answer(completion: str) -> str | None:
     return lines[-1].rstrip(".") if lines else None
 
 
+def chain_of(completion: str) -> str | None:
+    """The ``<think>`` chain of a completion (text before ``</think>``), or None if the thought never closed."""
+    if "</think>" not in completion:
+        return None
+    chain = completion.split("</think>", 1)[0].strip()
+    return chain or None
+
+
 def normalize(ans: str) -> str:
     text = re.sub(r"\\text\{([^{}]*)\}", r"\1", ans)  # \text{red} -> red
     return re.sub(r"\s+", " ", text.strip().strip(".").strip("$").strip().lower())

@@ -107,6 +107,16 @@ def validate(cfg: Mapping[str, Any], registry: Registry) -> None:
             raise ConfigError(f"rewards.{key}: {e}") from None
 
 
+def build_plugin(registry: Registry, kind: str, node: Mapping[str, Any], where: str,
+                 reserved: tuple[str, ...] = ("name",)) -> Any:  # fmt: skip
+    """The plugin a config node names, built with the node's knobs; a factory that refuses a knob value
+    (ValueError) becomes one line naming the node."""
+    try:
+        return registry.build(kind, str(node["name"]), **{k: v for k, v in node.items() if k not in reserved})
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
 def _first_of_sweep(override: str) -> str:
     """'stage.lr=1e-3,3e-3' -> 'stage.lr=1e-3' (pre-checking composes one job of a sweep)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser

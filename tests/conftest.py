@@ -29,6 +29,16 @@ def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeo
                           text=True, timeout=timeout)  # fmt: skip
 
 
+def held_out_accuracy(model, processor, registry, n: int = 32) -> float:
+    """Greedy accuracy on the first ``n`` synthetic validation questions (answers checked as in training)."""
+    from r1v.answers import equivalent, extract_answer
+    from r1v.data.synthetic import generate
+
+    samples = [generate(i, "val")[0] for i in range(n)]
+    texts = registry.build("rollout", "hf").generate(model, processor, samples, max_new_tokens=100, greedy=True)
+    return sum(equivalent(extract_answer(t), s.answer) for t, s in zip(texts, samples, strict=True)) / n
+
+
 @pytest.fixture(scope="session")
 def registry():
     from r1v.registry import get_registry

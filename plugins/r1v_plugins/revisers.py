@@ -11,16 +11,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from r1v import hookimpl
-from r1v.answers import equivalent, extract_answer
-from r1v.interfaces import THINK_CLOSE, Sample, ScoreContext
-
-
-def chain_of(completion: str) -> str | None:
-    """The ``<think>`` chain of a completion (text before ``</think>``), or None if the thought never closed."""
-    if THINK_CLOSE not in completion:
-        return None
-    chain = completion.split(THINK_CLOSE, 1)[0].strip()
-    return chain or None
+from r1v.answers import chain_of, equivalent, extract_answer
+from r1v.interfaces import Sample, ScoreContext
 
 
 class Rationalize:

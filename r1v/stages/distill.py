@@ -35,7 +35,8 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from r1v.answers import equivalent, extract_answer
+from r1v.answers import chain_of, equivalent, extract_answer
+from r1v.config import build_plugin
 from r1v.interfaces import ScoreContext
 from r1v.registry import Registry, get_registry
 from r1v.runs import write_json_atomic
@@ -63,18 +64,16 @@ class DistillResult:
         return {r["index"]: r["chain"] for r in self.records if r["status"] in ("kept", "revised")}
 
 
-def _build(registry: Registry, kind: str, node: Mapping[str, Any], reserved: tuple[str, ...] = ("name",)) -> Any:
-    return registry.build(kind, str(node["name"]), **{k: v for k, v in node.items() if k not in reserved})
-
-
 def build_plugins(dcfg: Mapping[str, Any], registry: Registry | None = None) -> DistillPlugins:
     """The scorers, length controller, reviser and rollout engine named in the ``distill`` config.
     Judge-backed plugins check their endpoint here, before anything is generated."""
     registry = registry or get_registry()
-    scorers = {part: (str(node["group"]), _build(registry, "scorer", node, ("name", "group")))
+    scorers = {part: (str(node["group"]), build_plugin(registry, "scorer", node, f"distill.scorers.{part}",
+                                                       ("name", "group")))
                for part, node in (dcfg.get("scorers") or {}).items()}  # fmt: skip
-    length, reviser = _build(registry, "length", dcfg["length"]), _build(registry, "reviser", dcfg["reviser"])
-    return DistillPlugins(scorers, length, reviser, _build(registry, "rollout", dcfg["rollout"]))
+    return DistillPlugins(scorers, build_plugin(registry, "length", dcfg["length"], "distill.length"),
+                          build_plugin(registry, "reviser", dcfg["reviser"], "distill.reviser"),
+                          build_plugin(registry, "rollout", dcfg["rollout"], "distill.rollout"))  # fmt: skip
 
 
 def score_dataset(dataset: Any, indices: list[int], plugins: DistillPlugins, ctx: ScoreContext, policy: str,
@@ -149,7 +148,7 @@ def distill(dataset: Any, indices: list[int], ctx: ScoreContext, plugins: Distil
                 if k not in generated:
                     rec.update(status="dropped", why="scorer failed", chain=None, generated=None)
                 elif k not in fixes:
-                    rec.update(status="kept", chain=_chain(generated[k]), generated=generated[k])
+                    rec.update(status="kept", chain=chain_of(generated[k]), generated=generated[k])
                 elif fixes[k]:
                     rec.update(status="revised", chain=fixes[k], generated=generated[k])
                 else:
@@ -169,12 +168,6 @@ def distill(dataset: Any, indices: list[int], ctx: ScoreContext, plugins: Distil
     log.info("distill: %d samples: %d kept, %d revised, %d dropped", n, summary["kept"], summary["revised"],
              summary["dropped"])  # fmt: skip
     return DistillResult(records, summary)
-
-
-def _chain(completion: str) -> str | None:
-    from r1v_plugins.revisers import chain_of
-
-    return chain_of(completion)
 
 
 def _row(sample: Any, rec: Mapping[str, Any], out_dir: Path) -> dict[str, Any]:

@@ -30,8 +30,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from r1v.config import ConfigError
-from r1v.data.sampler import ResumableSampler
+from r1v.config import ConfigError, build_plugin
 from r1v.interfaces import RewardInput, Sample
 from r1v.registry import get_registry
 from r1v.reward_runner import RewardRunner
@@ -56,10 +55,7 @@ class _Indexed(torch.utils.data.Dataset):
 
 
 def _build(kind: str, node: Mapping[str, Any], where: str) -> Any:
-    try:
-        return get_registry().build(kind, str(node["name"]), **{k: v for k, v in node.items() if k != "name"})
-    except ValueError as e:  # a plugin refusing its knobs: one line naming the config node
-        raise ConfigError(f"{where}: {e}") from None
+    return build_plugin(get_registry(), kind, node, where)
 
 
 class GRPOStage(SFTStage):
@@ -84,6 +80,7 @@ class GRPOStage(SFTStage):
         self.ssb = SelectiveSampleBuffer(int(ssb.get("capacity", 1024)), int(cfg["seed"])) if ssb.get("enabled") \
             else None  # fmt: skip
         self.reference: AdapterReference | None = None
+        self._tiles: dict[int, torch.Tensor | None] = {}  # one step's preprocessed tiles, by prompt object
         self._refill = random.Random(int(cfg["seed"]) + 1)
 
     # -- model and data --------------------------------------------------------------------------
@@ -97,13 +94,7 @@ class GRPOStage(SFTStage):
             self.reference = AdapterReference(self.model, self.trainable)
 
     def train_dataloader(self) -> DataLoader:
-        ds = self.datasets["train"]
-        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self._trainer else (1, 0)
-        sampler = ResumableSampler(len(ds), seed=int(self.cfg["seed"]), rank=rank, world_size=world)
-        if self._resume_pos:
-            sampler.resume_at(*self._resume_pos)
-        return DataLoader(_Indexed(ds), batch_size=int(self.stage["batch_size"]), sampler=sampler, collate_fn=list,
-                          num_workers=int(self.cfg["data"].get("loader", {}).get("num_workers", 0)))  # fmt: skip
+        return self.resumable_loader(_Indexed(self.datasets["train"]), list)  # prompts stay Samples
 
     def on_fit_start(self) -> None:
         ssb = self.stage.get("ssb") or {}
@@ -199,7 +190,10 @@ class GRPOStage(SFTStage):
             ids[b, lp : lp + len(c)] = torch.tensor(c, dtype=torch.long)
             attn[b, lp - len(p) : lp + len(c)] = 1
             cmask[b, : len(c)] = 1
-            px, _ = self.processor.images(s)
+            key = id(s)
+            if key not in self._tiles:
+                self._tiles[key] = self.processor.images(s)[0]
+            px = self._tiles[key]
             if px is not None:
                 tiles.append(px)
         dev = self.device
@@ -218,6 +212,7 @@ class GRPOStage(SFTStage):
     # -- the step --------------------------------------------------------------------------------
     def training_step(self, batch: list[tuple[int, Sample]], batch_idx: int) -> None:
         self.batches_done += 1
+        self._tiles = {}
         t0 = time.perf_counter()
         indices, samples = [i for i, _ in batch], [s for _, s in batch]
         rollouts, parts, texts = self.rollout(samples)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from r1v.answers import equivalent, extract_answer
-from r1v.config import ConfigError
+from r1v.config import ConfigError, build_plugin
 from r1v.data.datasets import OverlayDataset
 from r1v.faults import maybe_die
 from r1v.interfaces import ScoreContext
@@ -79,8 +79,7 @@ class IterativeSFT:
         state = self._load_state(run_dir)
         reg = get_registry()
         rm_node = self._rm_node = dict(self.stage["rm"])
-        rm = self._rm = reg.build("scorer", str(rm_node["scorer"]["name"]),
-                                  **{k: v for k, v in rm_node["scorer"].items() if k != "name"})  # fmt: skip
+        rm = self._rm = build_plugin(reg, "scorer", rm_node["scorer"], "stage.rm.scorer")
         calibration = str(rm_node.get("calibration", "none"))
         self._scores: dict[str, Any] | None = None
         if getattr(rm, "scale", "0-5") == "unbounded" and calibration == "none":

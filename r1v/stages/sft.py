@@ -95,13 +95,16 @@ class SFTStage(L.LightningModule):
         self.datasets = {"train": train, "val": val}
 
     def train_dataloader(self) -> DataLoader:
-        ds = self.datasets["train"]
+        return self.resumable_loader(self.datasets["train"], self.train_collator())
+
+    def resumable_loader(self, ds: Dataset, collate_fn: Any) -> DataLoader:
+        """Batches of ``stage.batch_size`` in a seeded order sharded by rank, continuing mid-epoch on resume."""
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self._trainer else (1, 0)
         sampler = ResumableSampler(len(ds), seed=int(self.cfg["seed"]), rank=rank, world_size=world)
         if self._resume_pos:
             sampler.resume_at(*self._resume_pos)
         return DataLoader(ds, batch_size=int(self.stage["batch_size"]), sampler=sampler, drop_last=False,
-                          collate_fn=self.train_collator(),
+                          collate_fn=collate_fn,
                           num_workers=int(self.cfg["data"].get("loader", {}).get("num_workers", 0)))  # fmt: skip
 
     def train_collator(self) -> Collator:

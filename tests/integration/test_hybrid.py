@@ -10,30 +10,26 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import run_cli
+from tests.conftest import held_out_accuracy, run_cli
 
 pytestmark = pytest.mark.slow
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "logger=csv"]
 REASONER = ["model=tiny_reasoner"]
 
 
-def held_out_accuracy(weights: Path, registry, compose, n: int = 96) -> float:
-    from r1v.answers import equivalent, extract_answer
-    from r1v.data.synthetic import generate
+def accuracy_of(weights: Path, registry, compose, n: int = 96) -> float:
     from r1v.model.build import build
     from r1v.stages.sft import load_trainable
 
     model, processor = build(compose("model=tiny_reasoner")["model"], registry)
     load_trainable(model, str(weights))
-    samples = [generate(i, "val")[0] for i in range(n)]
-    texts = registry.build("rollout", "hf").generate(model.eval(), processor, samples, 100, greedy=True)
-    return sum(equivalent(extract_answer(t), s.answer) for t, s in zip(texts, samples, strict=True)) / n
+    return held_out_accuracy(model.eval(), processor, registry, n)
 
 
 def test_sft_on_reasoning_chains_raises_held_out_accuracy(reassembled_run, sft_run, registry, compose):
     """Stage 1 of hybrid optimisation (adapter only) beats the re-assembled start by a clear margin."""
-    before = held_out_accuracy(reassembled_run, registry, compose)
-    after = held_out_accuracy(sft_run, registry, compose)
+    before = accuracy_of(reassembled_run, registry, compose)
+    after = accuracy_of(sft_run, registry, compose)
     assert after >= before + 0.06, f"held-out accuracy: re-assembled {before:.3f}, after SFT {after:.3f}"
     trained = load_file(str(sft_run / "final" / "trainable.safetensors"))
     assert trained and all(k.startswith("adapter.") for k in trained)  # R1V's freeze policy: adapter only

@@ -8,19 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tests.conftest import run_cli
+from tests.conftest import held_out_accuracy, run_cli
 
 pytestmark = pytest.mark.slow
 QUIET = ["trainer.enable_progress_bar=false", "logger=csv"]
-
-
-def held_out_accuracy(model, processor, registry, n: int = 32) -> float:
-    from r1v.answers import equivalent, extract_answer
-    from r1v.data.synthetic import generate
-
-    samples = [generate(i, "val")[0] for i in range(n)]
-    texts = registry.build("rollout", "hf").generate(model, processor, samples, max_new_tokens=100, greedy=True)
-    return sum(equivalent(extract_answer(t), s.answer) for t, s in zip(texts, samples, strict=True)) / n
 
 
 def test_reassembled_reasoner_reads_images_without_training(default_run, tmp_path, registry, compose):
