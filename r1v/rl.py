@@ -112,16 +112,46 @@ class AdapterReference:
     """The frozen reference policy for training that touches only a few parameters (R1V: the adapter):
     the trunk is shared with the policy and only a copy of the trainable tensors' initial values is
     kept, swapped in for the reference forward pass — no second 38B model. For whole-model training
-    the copy is the whole model's trainable weights (on ``device``, CPU to save GPU memory)."""
+    the copy is the whole model's trainable weights (on ``device``, CPU to save GPU memory).
+
+    Under ZeRO-3 a parameter's ``.data`` is an empty placeholder that the engine's hooks fill on each
+    forward from the rank's partition, so swapping ``.data`` would be undone by the next fetch. There
+    the initial values are kept whole on the CPU, written into the partitions for the block (gather,
+    copy, re-partition) and the policy's current values put back the same way: two small collectives
+    per reference pass for an adapter. Construction and :meth:`active` are then collective.
+    """
 
     def __init__(self, model: torch.nn.Module, names: list[str], device: str | torch.device | None = None) -> None:
+        from r1v.weights import gathered
+
         params = dict(model.named_parameters())
         self.params = {n: params[n] for n in names}
-        self.initial = {n: p.detach().to(device or p.device, copy=True) for n, p in self.params.items()}
+        self.zero3 = any(hasattr(p, "ds_id") for p in self.params.values())
+        with gathered(list(self.params.values())):
+            self.initial = {n: p.detach().to("cpu" if self.zero3 else (device or p.device), copy=True)
+                            for n, p in self.params.items()}  # fmt: skip
+
+    def _write(self, values: dict[str, torch.Tensor]) -> None:
+        from r1v.weights import gathered
+
+        with gathered(list(self.params.values()), modifier_rank=0), torch.no_grad():
+            for n, p in self.params.items():
+                p.data.copy_(values[n].to(p.device, p.dtype))
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
         """Within this block the model computes the reference policy."""
+        if self.zero3:
+            from r1v.weights import gathered
+
+            with gathered(list(self.params.values())):
+                current = {n: p.detach().to("cpu", copy=True) for n, p in self.params.items()}
+            self._write(self.initial)
+            try:
+                yield
+            finally:
+                self._write(current)
+            return
         saved = {n: p.data for n, p in self.params.items()}
         try:
             for n, p in self.params.items():

@@ -36,7 +36,6 @@ from r1v.registry import get_registry
 from r1v.reward_runner import RewardRunner
 from r1v.rl import AdapterReference, Rollout, SelectiveSampleBuffer, equal_groups, group_advantages, token_logprobs
 from r1v.stages.sft import SFTStage
-from r1v.weights import gathered
 
 log = logging.getLogger(__name__)
 
@@ -150,9 +149,7 @@ class GRPOStage(SFTStage):
             params = [sampling_params(self.length, s.meta["distill"]["normalised"]) for s in expanded]
         was_training = self.model.training
         self.model.eval()
-        # ZeRO-3: parameters gathered once for the whole rollout batch (not per decode step); the
-        # per-module hooks still run — taking them out of the decode loop is issue 5's open GPU item.
-        with gathered(self.model):
+        with self.decode_ready():  # ZeRO-3: gathered once for the rollout batch, no per-module hooks in decode
             ids = self.engine.generate_ids(self.model, self.processor, expanded, int(self.stage["max_new_tokens"]),
                                            greedy=False, sample_params=params)  # fmt: skip
         self.model.train(was_training)
@@ -215,6 +212,8 @@ class GRPOStage(SFTStage):
         self._tiles = {}
         t0 = time.perf_counter()
         indices, samples = [i for i, _ in batch], [s for _, s in batch]
+        if self.global_step == 0 and self.batches_done == 1 and int(self.stage.get("logp_probe") or 0):
+            self.write_logp_probe(int(self.stage["logp_probe"]))
         rollouts, parts, texts = self.rollout(samples)
         prompts = list(samples)
         n_effective = sum(abs(r.advantage) > 1e-8 for r in rollouts)
@@ -295,6 +294,34 @@ class GRPOStage(SFTStage):
         t_update = time.perf_counter() - t2
         self._log_step(parts, rollouts, texts, effective_share, t_rollout, t_ref, t_update, metrics, replayed)
         return None
+
+    @torch.no_grad()
+    def write_logp_probe(self, k: int) -> None:
+        """``stage.logp_probe=k``: before the first update, the per-token log-probs of the first ``k`` training
+        prompts followed by their reference answer (teacher-forced, eval mode, the training forward's
+        precision) go to ``<run>/logp_probe.pt``. The same file from two runs shows whether strategies
+        (ZeRO-2 vs ZeRO-3), precisions or loaders start from the same policy. Collective under ZeRO-3."""
+        from pathlib import Path
+
+        ds, tok = self.datasets["train"], self.processor.tokenizer
+        items = []
+        for i in range(min(k, len(ds))):
+            s = ds[i]
+            prompt = self.processor.encode(s, target=None)["input_ids"]
+            completion = tok(self.processor.completion(s, "answer") + tok.eos_token, add_special_tokens=False)
+            items.append((Rollout(i, prompt, completion["input_ids"], 0.0), s))
+        was_training = self.model.training
+        self.model.eval()
+        rows = []
+        for mb in self._micro(items):
+            lp, _ = self._logp(self._batch(mb))  # [b, T]
+            rows += [row[: len(r.completion_ids)].float().cpu() for row, (r, _) in zip(lp, mb, strict=True)]
+        self.model.train(was_training)
+        if self.trainer.is_global_zero:
+            path = Path(self.trainer.default_root_dir) / "logp_probe.pt"
+            torch.save({"ids": [s.id for _, s in items], "completion_ids": [r.completion_ids for r, _ in items],
+                        "logp": rows}, path)  # fmt: skip
+            log.info("grpo: log-probs of %d fixed sequences written to %s", len(rows), path)
 
     def _drop_equal(self, rollouts: list[Rollout]) -> list[Rollout]:
         flat = equal_groups(torch.tensor([r.reward for r in rollouts]), self.G)

@@ -26,7 +26,7 @@ from r1v.faults import maybe_die
 from r1v.interfaces import RewardInput, Sample
 from r1v.model.build import PARTS, apply_freeze, build
 from r1v.registry import get_registry
-from r1v.weights import full_state
+from r1v.weights import decode_ready, full_state
 
 log = logging.getLogger(__name__)
 
@@ -144,12 +144,19 @@ class SFTStage(L.LightningModule):
         if batch_idx * len(samples) < int(self.stage.get("val_generate", 0)):
             if not hasattr(self, "_engine"):  # built once, on first use
                 self._engine = get_registry().build("rollout", "hf")
-            texts = self._engine.generate(self.model, self.processor, samples, int(self.stage["max_new_tokens"]),
-                                    greedy=True)  # fmt: skip
+            with self.decode_ready():
+                texts = self._engine.generate(self.model, self.processor, samples, int(self.stage["max_new_tokens"]),
+                                              greedy=True)  # fmt: skip
             acc = sum(equivalent(extract_answer(t), s.answer) for t, s in zip(texts, samples, strict=True))
             self.log("val/accuracy", acc / len(samples), prog_bar=True, batch_size=len(samples))
             for key, parts in score_rewards(self.rewards(), samples, texts).items():
                 self.log(f"val/reward/{key}", parts, batch_size=len(samples))
+
+    def decode_ready(self) -> Any:
+        """Context for generation inside the fit loop: under ZeRO-3 the parameters are gathered once and
+        the engine's per-module hooks lifted (:func:`r1v.weights.decode_ready`); elsewhere a no-op."""
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        return decode_ready(self.model, getattr(strategy, "deepspeed_engine", None))
 
     def rewards(self) -> dict[str, tuple[float, Any]]:
         """The configured rewards (``reward=[...]``), built once: key -> (weight, callable)."""

@@ -69,12 +69,33 @@ def test_grpo_variants_kl_mu_buffer_dynamic_sampling_and_resume(reassembled_run,
     assert ckpt["global_step"] == 6 and ckpt["r1v"]["grpo"]["ssb"]["items"]
 
 
-def test_completions_that_never_close_think_are_scored(reassembled_run, tmp_path):
+def test_completions_that_never_close_think_are_scored(reassembled_run, tmp_path, compose, registry):
     proc = run_cli([*GRPO, f"checkpoint={reassembled_run}", "stage.max_new_tokens=3", "stage.max_steps=2",
-                    "stage.val_every=2", "stage.val_generate=0", "run=short"], tmp_path)  # fmt: skip
+                    "stage.val_every=2", "stage.val_generate=0", "stage.logp_probe=3", "stage.micro_batch_size=2",
+                    "run=short"], tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = metrics(tmp_path / "runs" / "short")
     assert column(rows, "reward/format") == [0.0, 0.0] and column(rows, "completion/clipped_share") == [1.0, 1.0]
+
+    # stage.logp_probe: the chunked, micro-batched, left-padded log-probs written before the first update
+    # equal a plain full-logits forward of the same starting model on prompt + reference answer
+    from r1v.stages.common import inference_model
+    from r1v.train import build_datasets
+
+    probe = torch.load(tmp_path / "runs" / "short" / "logp_probe.pt", weights_only=False)
+    cfg = compose("model=tiny_reasoner", f"checkpoint={reassembled_run}")
+    model, processor = inference_model(cfg)
+    train, _ = build_datasets(cfg, registry)
+    assert probe["ids"] == [train[i].id for i in range(3)]
+    for i, logp in enumerate(probe["logp"]):
+        enc = processor.encode(train[i], target="answer")
+        ids = torch.as_tensor(enc["input_ids"])[None]
+        n = len(probe["completion_ids"][i])
+        assert ids[0, -n:].tolist() == probe["completion_ids"][i]
+        with torch.no_grad():
+            logits = model(ids, torch.ones_like(ids), processor.images(train[i])[0]).logits.float()
+        ref = torch.log_softmax(logits[0, -n - 1 : -1], -1).gather(1, ids[0, -n:, None])[:, 0]
+        torch.testing.assert_close(logp, ref, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize(
