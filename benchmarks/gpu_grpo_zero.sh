@@ -4,7 +4,7 @@
 # β = 0.04 (adapter reference), 4 steps each; then ZeRO-3 with the per-module hooks left live in the decode
 # loop (R1V_ZERO3_DECODE_HOOKS=live, the baseline) for 1 step. Prints the log-prob agreement of the fixed
 # batch (stage.logp_probe) and mean rollout / reference / update seconds per step, as ratios to ZeRO-2.
-#   MAX_NEW=256 STEPS=4 bash benchmarks/gpu_grpo_zero.sh      (results under $OUT)
+#   MAX_NEW=256 STEPS=4 LIVE_TIMEOUT=900 bash benchmarks/gpu_grpo_zero.sh      (results under $OUT)
 set -euo pipefail
 out=${OUT:-.}
 src=$(cd "$(dirname "$0")" && pwd)
@@ -20,22 +20,26 @@ A="model=r1v_small stage=grpo $W trainer.devices=2 stage.logp_probe=8 stage.batc
    trainer.enable_model_summary=false"
 run() {  # name, extra args...
   local name=$1 s=$SECONDS; shift
-  python3 -m r1v.train $A run="$name" "$@" > "$out/$name.log" 2>&1 || { tail -30 "$out/$name.log"; return 1; }
+  ${LIMIT:+timeout $LIMIT} python3 -m r1v.train $A run="$name" "$@" > "$out/$name.log" 2>&1 \
+    || { tail -30 "$out/$name.log"; return 1; }
   echo "$((SECONDS - s)) s: $name"
   cp "runs/$name/metrics.csv" "$out/metrics_$name.csv"
   cp "runs/$name/logp_probe.pt" "$out/probe_$name.pt"
 }
 run z2 trainer=deepspeed_z2 stage.max_steps="$STEPS"
 run z3 trainer=deepspeed_z3 stage.max_steps="$STEPS"
-R1V_ZERO3_DECODE_HOOKS=live run z3_live_hooks trainer=deepspeed_z3 stage.max_steps=1 || true
+LIMIT=${LIVE_TIMEOUT:-900} R1V_ZERO3_DECODE_HOOKS=live run z3_live_hooks trainer=deepspeed_z3 stage.max_steps=1 \
+  || echo "z3_live_hooks: did not finish within ${LIVE_TIMEOUT:-900} s"
 python3 - "$out" <<'PY'
 import csv, json, os, sys
 import torch
 out = sys.argv[1]
 probe = {n: torch.load(f"{out}/probe_{n}.pt", weights_only=False) for n in ("z2", "z3")}
-diffs = [float((a - b).abs().max()) for a, b in zip(probe["z2"]["logp"], probe["z3"]["logp"])]
-tokens = sum(len(x) for x in probe["z2"]["logp"])
-res = {"logp_max_abs_diff_z2_z3": max(diffs), "probe_tokens": tokens, "runs": {}}
+diff = torch.cat([(a - b).abs() for a, b in zip(probe["z2"]["logp"], probe["z3"]["logp"])])
+t2, t3 = probe["z2"]["tensors"], probe["z3"]["tensors"]
+differ = [k for k, v in t2.items() if k not in t3 or t3[k][0] != v[0] or abs(t3[k][1] - v[1]) > 1e-5 * max(1, abs(v[1]))]
+res = {"logp_abs_diff_z2_z3": {"max": float(diff.max()), "mean": float(diff.mean()), "tokens": len(diff)},
+       "tensors_compared": len(t2), "tensors_differing": differ[:10], "runs": {}}
 for name in ("z2", "z3", "z3_live_hooks"):
     path = f"{out}/metrics_{name}.csv"
     if not os.path.exists(path):

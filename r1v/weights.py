@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 
 class WeightsError(ValueError):
@@ -94,6 +97,69 @@ def skip_hf_init() -> Any:
     except ImportError:  # transformers 4.x
         from transformers.modeling_utils import no_init_weights
     return no_init_weights()
+
+
+def stream_folder(module: nn.Module, folder: str | Path, what: str, skip: Callable[[str], bool] | None = None) -> None:
+    """Copy every tensor of ``folder``'s ``*.safetensors`` (a Hugging Face folder, sharded or not) into the
+    same-named parameter or buffer of ``module``, one tensor at a time, each gathered while rank 0 writes
+    it under ZeRO-3. ``skip(name)`` leaves stored tensors out on purpose (e.g. layers cut off); anything
+    else the module has and the folder lacks is an error naming both."""
+    from safetensors import safe_open
+
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        raise WeightsError(f"{what}: {folder} holds no *.safetensors file (pickled .bin weights are not loaded)")
+    targets = module.state_dict(keep_vars=True)  # name → parameter/buffer; tied names share one tensor
+    done: set[int] = set()
+    unexpected = 0
+    with torch.no_grad():
+        for file in files:
+            with safe_open(str(file), "pt") as stored:
+                for name in stored.keys():  # noqa: SIM118 (safe_open has no __iter__)
+                    if skip and skip(name):
+                        continue
+                    if name not in targets:
+                        unexpected += 1
+                        continue
+                    target, tensor = targets[name], stored.get_tensor(name)
+                    shape = tuple(getattr(target, "ds_shape", target.shape))
+                    if tuple(tensor.shape) != shape:
+                        raise WeightsError(f"{what}: {file} holds {name} of shape {tuple(tensor.shape)} but the model "
+                                           f"expects {shape}")  # fmt: skip
+                    with gathered([target], modifier_rank=0):
+                        target.copy_(tensor)
+                    done.add(id(target))
+    missing = [k for k, t in targets.items() if id(t) not in done]
+    if missing:
+        raise WeightsError(f"{what}: {folder} lacks {len(missing)} of the model's tensors ({missing[:3]})")
+    if unexpected:
+        log.info("%s: %d stored tensors the model does not use were skipped", what, unexpected)
+
+
+def hf_from_folder(model_cls: Any, folder: str | Path, what: str, config: Any = None, dtype: torch.dtype | None = None,
+                   skip: Callable[[str], bool] | None = None, **kwargs: Any) -> Any:  # fmt: skip
+    """``model_cls.from_pretrained(folder)`` from local files, that also works under ZeRO-3.
+
+    transformers knows ZeRO-3 only through its own ``HfDeepSpeedConfig``; inside Lightning's
+    ``zero.Init`` its ``from_pretrained`` finds empty partitions and refuses ("size mismatch ... vs
+    torch.Size([0])", seen on the H200s). There the model is built from the config on partitioned
+    parameters, init skipped, and the folder's tensors are streamed in (:func:`stream_folder`).
+    ``model_cls``: a concrete class (``Qwen2ForCausalLM``) or an Auto class.
+    """
+    if not zero3_active():
+        return model_cls.from_pretrained(str(folder), config=config, local_files_only=True, dtype=dtype, **kwargs)
+    from transformers import AutoConfig
+
+    config = config or AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    if kwargs.get("attn_implementation"):
+        config._attn_implementation = kwargs["attn_implementation"]
+    make = getattr(model_cls, "from_config", None) or model_cls._from_config
+    with skip_hf_init():
+        model = make(config, dtype=dtype) if dtype is not None else make(config)
+    if getattr(config, "tie_word_embeddings", False) and hasattr(model, "tie_weights"):
+        model.tie_weights()  # no_init_weights also skips the tying; tie before loading so both names fill
+    stream_folder(model, folder, what, skip)
+    return model
 
 
 def load_into(module: nn.Module, path: str | Path, what: str, strict: bool = True) -> None:

@@ -9,7 +9,7 @@ import torch
 
 from r1v import hookimpl
 from r1v.interfaces import LanguageBackbone
-from r1v.weights import load_into, skip_hf_init
+from r1v.weights import hf_from_folder, load_into, skip_hf_init
 
 from . import tiny as tiny_parts
 
@@ -49,9 +49,8 @@ def hf(path: str, dtype: str = "bfloat16", reasoning: bool = True, chat_template
     if not Path(path, "config.json").is_file():
         raise FileNotFoundError(f"backbone 'hf': {path} is not a model folder (no config.json there)")
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(
-        path, local_files_only=True, dtype=getattr(torch, dtype), attn_implementation=attn_implementation
-    )
+    model = hf_from_folder(AutoModelForCausalLM, path, "backbone 'hf'", dtype=getattr(torch, dtype),
+                           attn_implementation=attn_implementation)  # fmt: skip
     template = read_template(chat_template) or tok.chat_template
     if not template:
         from r1v.model.build import ModelConfigError

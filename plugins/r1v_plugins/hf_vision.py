@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from r1v import hookimpl
+from r1v.weights import hf_from_folder
 
 SIGLIP_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 CLIP_MEAN_STD = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
@@ -50,7 +51,7 @@ def _tower(kind: str, pretrained: str | None, select_layer: int, dims: dict[str,
     if pretrained:
         if not Path(pretrained, "config.json").is_file():
             raise FileNotFoundError(f"vision '{kind}': {pretrained} is not a model folder (no config.json there)")
-        model = cls.from_pretrained(pretrained, local_files_only=True)
+        model = hf_from_folder(cls, pretrained, f"vision '{kind}'")
     else:
         model = cls(cfg_cls(**dims))
     return HFVisionTower(model, has_cls=kind == "clip", select_layer=select_layer, mean_std=mean_std)

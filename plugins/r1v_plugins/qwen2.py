@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ import torch
 
 from r1v import hookimpl
 from r1v.interfaces import LanguageBackbone
+from r1v.weights import hf_from_folder
 
 from . import tiny as tiny_parts
 
@@ -231,10 +233,10 @@ def qwen2(name: str, pretrained: str | None = None, tokenizer: str | None = None
     tok = load_tokenizer(name, tokenizer, pretrained)
     if pretrained and not on_meta_device():
         with quiet_load_report(cut=config.num_hidden_layers < depth):  # the dropped layers are expected leftovers
-            model = Qwen2ForCausalLM.from_pretrained(
-                pretrained, config=config, local_files_only=True, dtype=torch_dtype,
-                attn_implementation=attn_implementation,
-            )  # fmt: skip
+            keep = config.num_hidden_layers
+            model = hf_from_folder(Qwen2ForCausalLM, pretrained, f"backbone '{name}'", config=config,
+                                   dtype=torch_dtype, skip=lambda key: _layer(key) >= keep,
+                                   attn_implementation=attn_implementation)  # fmt: skip
         if config.num_hidden_layers < depth:
             log.info("backbone '%s': kept the first %d of %d layers", name, config.num_hidden_layers, depth)
     else:  # meta: shapes only (any folder was checked above); otherwise random init
@@ -243,6 +245,12 @@ def qwen2(name: str, pretrained: str | None = None, tokenizer: str | None = None
         if config.tie_word_embeddings:
             model.tie_weights()  # no_init_weights also skips the tying of lm_head to the embeddings
     return LanguageBackbone(model, tok, pick_template(preset, tok, chat_template), reasoning=preset.reasoning)
+
+
+def _layer(key: str) -> int:
+    """The decoder-layer index in a stored tensor's name (-1 outside the layers)."""
+    m = re.match(r"model\.layers\.(\d+)\.", key)
+    return int(m[1]) if m else -1
 
 
 def _factory(name: str) -> Any:

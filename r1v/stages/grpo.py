@@ -36,6 +36,7 @@ from r1v.registry import get_registry
 from r1v.reward_runner import RewardRunner
 from r1v.rl import AdapterReference, Rollout, SelectiveSampleBuffer, equal_groups, group_advantages, token_logprobs
 from r1v.stages.sft import SFTStage
+from r1v.weights import gathered
 
 log = logging.getLogger(__name__)
 
@@ -317,10 +318,14 @@ class GRPOStage(SFTStage):
             lp, _ = self._logp(self._batch(mb))  # [b, T]
             rows += [row[: len(r.completion_ids)].float().cpu() for row, (r, _) in zip(lp, mb, strict=True)]
         self.model.train(was_training)
+        tensors = {}  # name -> (dtype, fp64 sum): equal weights, whatever the sharding
+        for name, t in [*self.model.named_parameters(), *self.model.named_buffers()]:
+            with gathered([t]):
+                tensors[name] = (str(t.dtype), float(t.detach().double().sum()))
         if self.trainer.is_global_zero:
             path = Path(self.trainer.default_root_dir) / "logp_probe.pt"
             torch.save({"ids": [s.id for _, s in items], "completion_ids": [r.completion_ids for r, _ in items],
-                        "logp": rows}, path)  # fmt: skip
+                        "logp": rows, "tensors": tensors}, path)  # fmt: skip
             log.info("grpo: log-probs of %d fixed sequences written to %s", len(rows), path)
 
     def _drop_equal(self, rollouts: list[Rollout]) -> list[Rollout]:

@@ -51,9 +51,16 @@ def runs(tmp_path_factory, compose):
 def test_zero2_and_zero3_give_the_same_log_probs_before_the_first_update(runs):
     z2, z3 = runs["deepspeed_z2"]["probe"], runs["deepspeed_z3"]["probe"]
     assert z2["ids"] == z3["ids"] and z2["completion_ids"] == z3["completion_ids"] and len(z2["logp"]) == 6
-    diff = max(float((a - b).abs().max()) for a, b in zip(z2["logp"], z3["logp"], strict=True))
-    print(f"max |logp_z2 - logp_z3| = {diff:.2e}")
-    assert diff < 1e-2, diff  # bf16 weights in both; a wrong ZeRO-3 load is off by whole nats
+    # the same weights, tensor by tensor (a wrong ZeRO-3 load or init shows here first) ...
+    bad = {k: (v, z3["tensors"].get(k)) for k, v in z2["tensors"].items()
+           if z3["tensors"].get(k) is None or z3["tensors"][k][0] != v[0]
+           or abs(z3["tensors"][k][1] - v[1]) > 1e-5 * max(1.0, abs(v[1]))}  # fmt: skip
+    assert not bad, bad
+    # ... and the same per-token log-probs up to bf16 rounding (different GEMM shapes under ZeRO-3's
+    # flat buffers round differently); a wrong load is off by whole nats on average
+    diff = torch.cat([(a - b).abs() for a, b in zip(z2["logp"], z3["logp"], strict=True)])
+    print(f"|logp_z2 - logp_z3|: max {float(diff.max()):.2e} mean {float(diff.mean()):.2e} over {len(diff)} tokens")
+    assert float(diff.mean()) < 0.02 and float(diff.max()) < 0.3, (float(diff.mean()), float(diff.max()))
 
 
 def test_zero3_grpo_trains_with_a_live_reference(runs):
