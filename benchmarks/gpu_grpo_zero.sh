@@ -4,7 +4,7 @@
 # β = 0.04 (adapter reference), 4 steps each; then ZeRO-3 with the per-module hooks left live in the decode
 # loop (R1V_ZERO3_DECODE_HOOKS=live, the baseline) for 1 step. Prints the log-prob agreement of the fixed
 # batch (stage.logp_probe) and mean rollout / reference / update seconds per step, as ratios to ZeRO-2.
-#   MAX_NEW=256 STEPS=4 LIVE_TIMEOUT=900 bash benchmarks/gpu_grpo_zero.sh      (results under $OUT)
+#   MAX_NEW=256 STEPS=4 LIVE_TIMEOUT=900 bash benchmarks/gpu_grpo_zero.sh      (results under $OUT; LIVE=0 skips the baseline)
 set -euo pipefail
 out=${OUT:-.}
 src=$(cd "$(dirname "$0")" && pwd)
@@ -28,7 +28,7 @@ run() {  # name, extra args...
 }
 run z2 trainer=deepspeed_z2 stage.max_steps="$STEPS"
 run z3 trainer=deepspeed_z3 stage.max_steps="$STEPS"
-LIMIT=${LIVE_TIMEOUT:-900} R1V_ZERO3_DECODE_HOOKS=live run z3_live_hooks trainer=deepspeed_z3 stage.max_steps=1 \
+[ "${LIVE:-1}" = 0 ] || LIMIT=${LIVE_TIMEOUT:-900} R1V_ZERO3_DECODE_HOOKS=live run z3_live_hooks trainer=deepspeed_z3 stage.max_steps=1 \
   || echo "z3_live_hooks: did not finish within ${LIVE_TIMEOUT:-900} s"
 python3 - "$out" <<'PY'
 import csv, json, os, sys

@@ -79,6 +79,32 @@ def decode_ready(module: nn.Module, engine: Any = None) -> Iterator[None]:
                 coordinator._invalidate_trace()  # older DeepSpeed does not do it on re-registration
 
 
+def fp32_rotary(module: nn.Module) -> int:
+    """Recompute rotary inverse frequencies that are not fp32 (returns how many modules were fixed).
+
+    ``inv_freq`` is a float buffer: ZeRO-3's ``zero.Init`` creates it in bf16 (seen on the H200s: the only
+    tensors that differed from ZeRO-2) and ``model.to(bfloat16)`` casts it too. Rounded to bf16 the
+    angle ``position × inv_freq`` is off by radians after a few thousand tokens (R1V's chains run to
+    8k), so it is recomputed, not up-cast. Works for transformers' ``*RotaryEmbedding`` modules."""
+    fixed = 0
+    for m in module.modules():
+        inv = getattr(m, "inv_freq", None)
+        if not isinstance(inv, torch.Tensor) or inv.dtype == torch.float32 or inv.is_meta:
+            continue
+        if not hasattr(m, "config") or not hasattr(m, "rope_type"):
+            log.warning("%s: rotary inv_freq is %s and cannot be recomputed", type(m).__name__, inv.dtype)
+            continue
+        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+        fn = getattr(m, "compute_default_rope_parameters", None) if m.rope_type == "default" else None
+        fresh, _ = (fn or ROPE_INIT_FUNCTIONS[m.rope_type])(m.config, device=inv.device)
+        m.inv_freq = nn.Buffer(fresh.float(), persistent=False)
+        if isinstance(getattr(m, "original_inv_freq", None), torch.Tensor):
+            m.original_inv_freq = nn.Buffer(fresh.float().clone(), persistent=False)
+        fixed += 1
+    return fixed
+
+
 def zero3_active() -> bool:
     """True inside DeepSpeed's ``zero.Init`` (ZeRO-3 partitions every parameter as it is created)."""
     import sys

@@ -14,7 +14,7 @@ from r1v.data.processor import Processor
 from r1v.interfaces import IMG_CONTEXT, IMG_END, IMG_START, THINK_CLOSE, THINK_OPEN, LanguageBackbone
 from r1v.model.vlm import VisionLanguageModel
 from r1v.registry import Registry, RegistryError, did_you_mean
-from r1v.weights import gathered
+from r1v.weights import fp32_rotary, gathered
 
 PARTS = ("vision", "adapter", "backbone")
 RESERVED = ("name",)  # keys of a plugin config node that are not factory knobs
@@ -87,6 +87,7 @@ def assemble(vision: nn.Module, adapter: nn.Module, backbone: LanguageBackbone, 
     ensure_special_tokens(backbone)
     img_context_id = backbone.tokenizer.convert_tokens_to_ids(IMG_CONTEXT)
     vlm = VisionLanguageModel(vision, adapter, backbone.model, img_context_id)
+    fp32_rotary(vlm)  # zero.Init builds rotary frequencies in bf16
     processor = Processor(
         tokenizer=backbone.tokenizer, chat_template=backbone.chat_template, image_size=vision.image_size,
         tokens_per_tile=vlm.tokens_per_tile, max_tiles=max_tiles, use_thumbnail=use_thumbnail,

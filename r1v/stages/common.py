@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from r1v.weights import fp32_rotary
+
 
 def stage_device(cfg: Mapping[str, Any]) -> torch.device:
     """The trainer's accelerator as a device: CUDA when asked for (gpu/cuda/auto) and present."""
@@ -28,7 +30,9 @@ def inference_model(cfg: Mapping[str, Any]) -> tuple[torch.nn.Module, Any]:
     device = stage_device(cfg)
     dtype = torch.bfloat16 if device.type == "cuda" and "bf16" in str(cfg.get("trainer", {}).get("precision")) \
         else None  # fmt: skip
-    return model.to(device=device, dtype=dtype).eval(), processor
+    model = model.to(device=device, dtype=dtype).eval()
+    fp32_rotary(model)  # .to(bfloat16) rounded the rotary frequencies too
+    return model, processor
 
 
 def autocast(cfg: Mapping[str, Any], device: torch.device) -> Any:

@@ -81,3 +81,18 @@ def test_zero3_folder_missing_tensor_is_one_line(saved_tiny, monkeypatch):
     with pytest.raises(r1v.weights.WeightsError) as e:
         r1v.weights.hf_from_folder(Qwen2ForCausalLM, folder, "backbone 't'", dtype=torch.float32)
     assert "backbone 't'" in str(e.value) and "model.norm.weight" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_rotary_frequencies_stay_fp32(registry):
+    """zero.Init and .to(bfloat16) round the rotary inv_freq buffer to bf16 (positions off by radians
+    after a few thousand tokens); fp32_rotary recomputes it exactly."""
+    from r1v.weights import fp32_rotary
+
+    model = registry.build("backbone", "tiny_reasoner").model
+    exact = model.model.rotary_emb.inv_freq.clone()
+    assert exact.dtype == torch.float32 and fp32_rotary(model) == 0
+    model.to(torch.bfloat16)
+    assert model.model.rotary_emb.inv_freq.dtype == torch.bfloat16
+    assert fp32_rotary(model) == 1
+    assert torch.equal(model.model.rotary_emb.inv_freq, exact)
+    assert torch.equal(model.model.rotary_emb.original_inv_freq, exact)
