@@ -79,6 +79,21 @@ def decode_ready(module: nn.Module, engine: Any = None) -> Iterator[None]:
                 coordinator._invalidate_trace()  # older DeepSpeed does not do it on re-registration
 
 
+@contextmanager
+def _unpatched_constructors() -> Iterator[None]:
+    """Inside ``zero.Init``, torch's tensor constructors as they are outside it (DeepSpeed's own switch)."""
+    if not zero3_active():
+        yield
+        return
+    from deepspeed.runtime.zero.partition_parameters import restore_init_context, shutdown_init_context
+
+    shutdown_init_context()
+    try:
+        yield
+    finally:
+        restore_init_context()
+
+
 def fp32_rotary(module: nn.Module) -> int:
     """Recompute rotary inverse frequencies that are not fp32 (returns how many modules were fixed).
 
@@ -97,7 +112,8 @@ def fp32_rotary(module: nn.Module) -> int:
         from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
         fn = getattr(m, "compute_default_rope_parameters", None) if m.rope_type == "default" else None
-        fresh, _ = (fn or ROPE_INIT_FUNCTIONS[m.rope_type])(m.config, device=inv.device)
+        with _unpatched_constructors():  # inside zero.Init even torch.arange(..., dtype=float) comes out bf16
+            fresh, _ = (fn or ROPE_INIT_FUNCTIONS[m.rope_type])(m.config, device=inv.device)
         m.inv_freq = nn.Buffer(fresh.float(), persistent=False)
         if isinstance(getattr(m, "original_inv_freq", None), torch.Tensor):
             m.original_inv_freq = nn.Buffer(fresh.float().clone(), persistent=False)
