@@ -46,10 +46,14 @@ def main() -> None:
             train(work, *GRPO, "checkpoint=runs/re", "run=g", f"seed={seed}", f"stage.max_steps={args.steps}",
                   f"stage.val_every={args.steps}")  # fmt: skip
             acc, val = curve(work / "runs" / "g")
+            logged = [json.loads(x) for x in (work / "runs" / "g" / "completions.jsonl").read_text().splitlines()]
         f = max(len(acc) // 5, 1)
+        samples = {f"step {r['step']}": {"question": r["question"], "answer": r["answer"],
+                                         "completions": [(c["reward"], c["text"]) for c in r["completions"][:3]]}
+                   for r in (logged[0], logged[-1])}  # fmt: skip
         rows[seed] = {"first_fifth": statistics.mean(acc[:f]), "last_fifth": statistics.mean(acc[-f:]),
-                      "val_accuracy_end": val[-1] if val else None, "steps": len(acc)}  # fmt: skip
-        print(f"seed {seed}: {rows[seed]}", flush=True)
+                      "val_accuracy_end": val[-1] if val else None, "steps": len(acc), "samples": samples}  # fmt: skip
+        print(f"seed {seed}: {json.dumps(rows[seed], indent=1, ensure_ascii=False)}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"steps": args.steps, "per_seed": rows}, indent=2) + "\n")
     print("\n| seed | accuracy reward, first fifth | last fifth | gain | held-out accuracy at the end |")

@@ -216,6 +216,7 @@ class GRPOStage(SFTStage):
         if self.global_step == 0 and self.batches_done == 1 and int(self.stage.get("logp_probe") or 0):
             self.write_logp_probe(int(self.stage["logp_probe"]))
         rollouts, parts, texts = self.rollout(samples)
+        self._write_completions(samples, rollouts, parts, texts)
         prompts = list(samples)
         n_effective = sum(abs(r.advantage) > 1e-8 for r in rollouts)
         effective_share = n_effective / len(rollouts)
@@ -360,7 +361,24 @@ class GRPOStage(SFTStage):
             logs[f"train/{key}"] = sum(vals) / len(vals)
         self.log_dict(logs, batch_size=len(rollouts))
         self.log("train/reward", logs["reward/total"], prog_bar=True, batch_size=len(rollouts))
-        self._last_texts = texts
+
+    def _write_completions(self, samples: list[Sample], rollouts: list[Rollout], parts: list[dict[str, float]],
+                           texts: list[str]) -> None:  # fmt: skip
+        """Every ``stage.completions_every`` rollout batches (and the first), the first prompt's G completions
+        with their rewards go to ``<run>/completions.jsonl`` (rank 0): what the policy writes, over time."""
+        every = int(self.stage.get("completions_every") or 0)
+        if not every or not self.trainer.is_global_zero or (self.batches_done - 1) % every:
+            return
+        import json
+        from pathlib import Path
+
+        s = samples[0]
+        row = {"step": self.global_step, "id": s.id, "question": s.question, "answer": s.answer,
+               "completions": [{"text": texts[k], "reward": rollouts[k].reward, "parts": parts[k],
+                                "advantage": rollouts[k].advantage, "tokens": len(rollouts[k].completion_ids)}
+                               for k in range(self.G)]}  # fmt: skip
+        with (Path(self.trainer.default_root_dir) / "completions.jsonl").open("a") as f:
+            f.write(json.dumps(row) + "\n")
 
     # -- checkpoints: SSB and the refill stream ------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

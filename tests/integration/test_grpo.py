@@ -49,6 +49,11 @@ def test_grpo_raises_the_accuracy_reward(reassembled_run, tmp_path):
     trained = __import__("safetensors.torch", fromlist=["load_file"]).load_file(
         str(tmp_path / "runs" / "g" / "final" / "trainable.safetensors"))  # fmt: skip
     assert trained and all(k.startswith("adapter.") for k in trained)
+    logged = [json.loads(x) for x in (tmp_path / "runs" / "g" / "completions.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == list(range(0, 120, 10))  # completions_every: 10
+    assert all(len(r["completions"]) == 8 and r["answer"] for r in logged)
+    c = logged[0]["completions"][0]
+    assert c["reward"] == pytest.approx(c["parts"]["accuracy"] + 0.5 * c["parts"]["format"]) and c["tokens"] > 0
 
 
 def test_grpo_variants_kl_mu_buffer_dynamic_sampling_and_resume(reassembled_run, tmp_path):
