@@ -61,6 +61,23 @@ def token_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: torch.Te
     return torch.cat(out, 1), (torch.cat(ent, 1) if with_entropy else None)
 
 
+def completion_rows(prompts: list[list[int]], completions: list[list[int]], pad_id: int,
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Rows ``[left pad | prompt | completion | right pad]`` for :func:`token_logprobs`: ids and attention
+    ``[B, Lp + T]`` and the completion mask ``[B, T]`` (T = the longest completion, at least 1)."""
+    lp = max(len(p) for p in prompts)
+    t = max(max(len(c) for c in completions), 1)
+    ids = torch.full((len(prompts), lp + t), pad_id, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    cmask = torch.zeros((len(prompts), t), dtype=torch.long)  # [B, T]
+    for b, (p, c) in enumerate(zip(prompts, completions, strict=True)):
+        ids[b, lp - len(p) : lp] = torch.as_tensor(p, dtype=torch.long)
+        ids[b, lp : lp + len(c)] = torch.as_tensor(c, dtype=torch.long)
+        attn[b, lp - len(p) : lp + len(c)] = 1
+        cmask[b, : len(c)] = 1
+    return ids, attn, cmask
+
+
 @dataclass
 class Rollout:
     """One completion ready for the policy update (what the buffer stores)."""

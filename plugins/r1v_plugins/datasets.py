@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from r1v import hookimpl
-from r1v.data.datasets import JsonlDataset, SyntheticDataset
+from r1v.data.datasets import JsonlDataset, PairsDataset, SyntheticDataset, SyntheticPairs
 from r1v.data.synthetic import TASKS
 
 
@@ -22,7 +22,23 @@ def jsonl_dataset(split: str, train: str, val: str | None = None, image_root: st
     return JsonlDataset(path, image_root, on_bad_sample, require_reasoning)
 
 
+def pairs_dataset(split: str, train: str, val: str | None = None, image_root: str | None = None,
+                  on_bad_sample: str = "skip") -> PairsDataset | None:  # fmt: skip
+    """Preference pairs from JSONL: the jsonl schema plus chosen and rejected completions."""
+    path = train if split == "train" else val
+    return None if path is None else PairsDataset(path, image_root, on_bad_sample)
+
+
+def synthetic_pairs_dataset(split: str, n_train: int = 4000, n_val: int = 128, seed: int = 0, image_size: int = 64,
+                            tasks: list[str] | None = None, style: str = "answer") -> SyntheticPairs:  # fmt: skip
+    """The synthetic tasks as preference pairs (chosen: right answer; rejected: a plausible wrong one)."""
+    n = n_train if split == "train" else n_val
+    return SyntheticPairs(n, split, seed, image_size, tuple(tasks or TASKS), style=style)
+
+
 @hookimpl
 def register_datasets(register):
     register("synthetic", synthetic_dataset)
     register("jsonl", jsonl_dataset)
+    register("pairs", pairs_dataset)
+    register("synthetic_pairs", synthetic_pairs_dataset)

@@ -35,19 +35,22 @@ class RewardModel:
     Bradley-Terry RM trained by ``stage=reward_model`` or a Skywork-Reward-style checkpoint): the score of
     (question, completion) through the model's chat template, times ``scale`` plus ``shift``.
 
-    Loaded lazily where it is first called (in the reward worker, or inline), once per process. Text only:
-    a vision-language RM needs the images, which this reward passes as nothing (see issue 6).
+    ``path`` may also be an r1v ``stage=reward_model`` run folder: then the trained composition scores the
+    prompt *with its images* and the completion. Loaded lazily where it is first called (in the reward
+    worker, or inline), once per process; the folder is checked when the reward is built.
     """
 
     def __init__(self, path: str, scale: float, shift: float, device: str, max_length: int) -> None:
-        from pathlib import Path
-
-        if not Path(path, "config.json").is_file():
-            raise FileNotFoundError(f"reward 'reward_model': {path} is not a model folder (no config.json there)")
+        self.kind = check_reward_folder(path)
         self.path, self.scale, self.shift, self.device, self.max_length = path, scale, shift, device, max_length
         self._model: Any = None
 
     def _load(self) -> None:
+        if self.kind == "r1v":
+            from r1v.stages.reward_model import LoadedRewardModel
+
+            self._model = LoadedRewardModel(self.path, self.device)
+            return
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self._tok = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
@@ -62,6 +65,11 @@ class RewardModel:
 
         if self._model is None:
             self._load()
+        if self.kind == "r1v":  # the composition sees the images
+            from r1v.interfaces import Sample
+
+            sample = Sample(str(x.extra.get("id", "rm")), x.prompt, x.answer or "", list(x.images))
+            return {"reward_model": self.scale * self._model.score([sample], [x.completion])[0] + self.shift}
         messages = [{"role": "user", "content": x.prompt}, {"role": "assistant", "content": x.completion}]
         try:
             text = self._tok.apply_chat_template(messages, tokenize=False)
@@ -71,6 +79,36 @@ class RewardModel:
         with torch.no_grad():
             score = float(self._model(**enc).logits[0, 0])
         return {"reward_model": self.scale * score + self.shift}
+
+
+def check_reward_folder(path: str) -> str:
+    """'r1v' for a ``stage=reward_model`` run folder, 'hf' for a Hugging Face sequence-classification folder
+    with one label; anything else (no folder, no scalar head) is one line naming the path."""
+    import json
+    from pathlib import Path
+
+    where = f"reward 'reward_model': {path}"
+    if Path(path, "config.yaml").is_file() and Path(path, "run.json").is_file():  # an r1v run folder
+        from omegaconf import OmegaConf
+
+        stage = OmegaConf.load(Path(path, "config.yaml")).get("stage", {}).get("name")
+        if stage != "reward_model":
+            raise ValueError(f"{where} is an r1v run of stage '{stage}', which has no scalar head; train one with "
+                             "stage=reward_model")  # fmt: skip
+        if not Path(path, "final", "trainable.safetensors").is_file():
+            raise FileNotFoundError(f"{where}: the reward-model run has no final/trainable.safetensors (unfinished?)")
+        return "r1v"
+    if not Path(path, "config.json").is_file():
+        raise FileNotFoundError(f"{where} is not a model folder (no config.json there) nor a stage=reward_model run")
+    cfg = json.loads(Path(path, "config.json").read_text())
+    archs = cfg.get("architectures") or []
+    labels = cfg.get("num_labels", len(cfg.get("id2label") or {}) or 2)
+    if not any(a.endswith("ForSequenceClassification") for a in archs) or labels != 1:
+        raise ValueError(
+            f"{where} has no scalar head (architectures {archs}, num_labels {labels}); a reward model "
+            "is a *ForSequenceClassification folder with num_labels=1 or a stage=reward_model run"
+        )
+    return "hf"
 
 
 def reward_model(path: str, scale: float = 1.0, shift: float = 0.0, device: str = "cpu",

@@ -40,6 +40,27 @@ def grpo_stage(cfg):
     return GRPOStage(cfg)
 
 
+def mpo_stage(cfg):
+    """R1V2 MPO: w1·DPO + w2·BCO + w3·NLL on preference pairs, reference = the starting policy."""
+    from r1v.stages.mpo import MPOStage
+
+    return MPOStage(cfg)
+
+
+def make_pairs_stage(cfg):
+    """Preference pairs from the current model: k samples per prompt, reward-scored, best vs worst by a gap."""
+    from r1v.stages.make_pairs import MakePairs
+
+    return MakePairs(cfg)
+
+
+def reward_model_stage(cfg):
+    """A scalar-head (Bradley-Terry) reward model on preference pairs; the run folder is the reward model."""
+    from r1v.stages.reward_model import RewardModelStage
+
+    return RewardModelStage(cfg)
+
+
 @hookimpl
 def register_stages(register):
     register("align", sft_stage, "adapter alignment with a substitute LM (R1V step 1): SFT on direct answers")
@@ -48,3 +69,6 @@ def register_stages(register):
     register("distill", distill_stage)
     register("iterative_sft", iterative_sft_stage)
     register("grpo", grpo_stage)
+    register("mpo", mpo_stage)
+    register("make_pairs", make_pairs_stage)
+    register("reward_model", reward_model_stage)

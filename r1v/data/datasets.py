@@ -56,6 +56,9 @@ class SyntheticDataset(Dataset):
 class JsonlDataset(Dataset):
     """Rows of a JSONL file, validated when built; images are decoded when a sample is read."""
 
+    required: tuple[str, ...] = ("question", "answer")
+    extra_fields: tuple[str, ...] = ()  # copied into Sample.meta
+
     def __init__(self, path: str | Path, image_root: str | Path | None = None, on_bad_sample: str = "skip",
                  require_reasoning: bool = False) -> None:  # fmt: skip
         if on_bad_sample not in BAD_SAMPLE_POLICIES:
@@ -98,9 +101,11 @@ class JsonlDataset(Dataset):
         if "question" not in row and "messages" in row:
             users = [m.get("content", "") for m in row["messages"] if m.get("role") == "user"]
             row["question"] = "\n".join(users)
-        for field in ("question", "answer"):
+        for field in self.required:
             if row.get(field) in (None, ""):
-                raise DataError(f"{where}: missing field '{field}': every row needs question (or messages) and answer")
+                raise DataError(f"{where}: missing field '{field}': every row needs {' and '.join(self.required)} "
+                                "(question may come as messages)")  # fmt: skip
+        self._check_more(row, where)
         if require_reasoning and not row.get("reasoning"):
             raise DataError(f"{where}: missing field 'reasoning': stage.target=reasoning needs a worked chain")
         images = row.get("images") or ([row["image"]] if row.get("image") else [])
@@ -119,9 +124,13 @@ class JsonlDataset(Dataset):
         if n_ph > len(paths):
             raise DataError(f"{where}: placeholder count: {n_ph} {IMAGE_PLACEHOLDER} in the question "
                             f"but {len(paths)} images")  # fmt: skip
+        meta = {**(row.get("meta") or {}), **{k: str(row[k]) for k in self.extra_fields}}
         return {"id": str(row.get("id", f"{self.path.stem}-{lineno}")), "question": str(row["question"]),
-                "answer": str(row["answer"]), "reasoning": row.get("reasoning"), "images": paths,
-                "meta": row.get("meta") or {}}  # fmt: skip
+                "answer": str(row.get("answer") or ""), "reasoning": row.get("reasoning"), "images": paths,
+                "meta": meta}  # fmt: skip
+
+    def _check_more(self, row: dict[str, Any], where: str) -> None:
+        """Subclasses' extra checks of a parsed row (raise DataError)."""
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -154,3 +163,62 @@ class OverlayDataset(Dataset):
         if j in self.reasoning:
             sample.reasoning = self.reasoning[j]
         return sample
+
+
+class PairsDataset(JsonlDataset):
+    """Preference pairs (``stage=mpo``, ``stage=reward_model``): the JSONL schema plus ``chosen`` and
+    ``rejected``, two completions of the prompt (what follows the pre-filled ``<think>\\n``), kept in
+    ``Sample.meta``; ``answer`` is optional (validation accuracy uses it when present)."""
+
+    required = ("question", "chosen", "rejected")
+    extra_fields = ("chosen", "rejected")
+
+    def _check_more(self, row: dict[str, Any], where: str) -> None:
+        if str(row["chosen"]).strip() == str(row["rejected"]).strip():
+            raise DataError(f"{where}: identical pair: chosen and rejected are the same text (no preference to learn)")
+
+
+class SyntheticPairs(SyntheticDataset):
+    """The synthetic tasks as preference pairs: chosen answers correctly, rejected gives a plausible wrong
+    answer (a near count, another colour), in the completion format of ``style``: ``answer``
+    (``</think>`` then ``\\boxed{}``) or ``reasoning`` (the worked chain first, for the wrong answer a
+    chain that ends in it)."""
+
+    def __init__(self, *args: Any, style: str = "answer", **kwargs: Any) -> None:
+        if style not in ("answer", "reasoning"):
+            raise DataError(f"data.style: '{style}' is not allowed (use answer or reasoning)")
+        super().__init__(*args, **kwargs)
+        self.style = style
+
+    def __getitem__(self, i: int) -> Sample:
+        import random
+
+        from r1v.data.processor import boxed
+        from r1v.interfaces import THINK_CLOSE
+
+        s = super().__getitem__(i)
+        wrong = synthetic.wrong_answer(s.answer, s.meta["task"], random.Random(f"{s.id}/wrong"))
+        if self.style == "reasoning":
+            chosen = f"{s.reasoning}\n{THINK_CLOSE}\n\n{boxed(s.answer)}"
+            rejected = f"{s.reasoning.rsplit(s.answer, 1)[0]}{wrong}.\n{THINK_CLOSE}\n\n{boxed(wrong)}"
+        else:
+            chosen, rejected = f"{THINK_CLOSE}\n\n{boxed(s.answer)}", f"{THINK_CLOSE}\n\n{boxed(wrong)}"
+        s.meta.update(chosen=chosen, rejected=rejected)
+        return s
+
+
+def image_refs(sample: Sample, out_dir: Path) -> list[str]:
+    """Image paths for a JSONL row written to ``out_dir``: the sample's source files (absolute), or, for
+    generated images, PNGs written once under ``out_dir/images/`` (relative paths)."""
+    import re
+
+    images = list(sample.image_paths)
+    if not images and sample.images:
+        (out_dir / "images").mkdir(exist_ok=True)
+        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", sample.id)
+        for j, im in enumerate(sample.images):
+            rel = f"images/{stem}_{j}.png"
+            if not (out_dir / rel).exists():
+                im.save(out_dir / rel)
+            images.append(rel)
+    return images

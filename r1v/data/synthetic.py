@@ -150,3 +150,11 @@ def write_jsonl(out_dir: str | Path, n: int, split: str = "train", seed: int = 0
                    "reasoning": s.reasoning, "meta": s.meta}  # fmt: skip
             f.write(json.dumps(row) + "\n")
     return path
+
+
+def wrong_answer(answer: str, task: str, rng: random.Random) -> str:
+    """A plausible wrong answer of the same kind (a near count, another colour): rejected responses."""
+    if task == "color_at":
+        return rng.choice([c for c in COLORS if c != answer])
+    n = int(answer)
+    return str(n + 1 if n == 0 or rng.random() < 0.5 else n - 1)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from typing import Any
 
 from r1v.answers import chain_of, equivalent, extract_answer
 from r1v.config import build_plugin
+from r1v.data.datasets import image_refs
 from r1v.interfaces import ScoreContext
 from r1v.registry import Registry, get_registry
 from r1v.runs import write_json_atomic
@@ -172,15 +172,7 @@ def distill(dataset: Any, indices: list[int], ctx: ScoreContext, plugins: Distil
 
 def _row(sample: Any, rec: Mapping[str, Any], out_dir: Path) -> dict[str, Any]:
     """The sample in the documented JSONL schema; images without a source file are written as PNG."""
-    images = list(sample.image_paths)
-    if not images and sample.images:
-        (out_dir / "images").mkdir(exist_ok=True)
-        stem = re.sub(r"[^A-Za-z0-9_.-]", "_", sample.id)
-        for j, im in enumerate(sample.images):
-            rel = f"images/{stem}_{j}.png"
-            if not (out_dir / rel).exists():
-                im.save(out_dir / rel)
-            images.append(rel)
+    images = image_refs(sample, out_dir)
     prov = {k: rec[k] for k in ("index", "scores", "failed", "normalised", "sampling", "status", "completion_tokens",
                                 "chain_tokens")}  # fmt: skip
     if rec.get("why"):

@@ -34,7 +34,15 @@ from r1v.config import ConfigError, build_plugin
 from r1v.interfaces import RewardInput, Sample
 from r1v.registry import get_registry
 from r1v.reward_runner import RewardRunner
-from r1v.rl import AdapterReference, Rollout, SelectiveSampleBuffer, equal_groups, group_advantages, token_logprobs
+from r1v.rl import (
+    AdapterReference,
+    Rollout,
+    SelectiveSampleBuffer,
+    completion_rows,
+    equal_groups,
+    group_advantages,
+    token_logprobs,
+)
 from r1v.stages.sft import SFTStage
 from r1v.weights import gathered
 
@@ -175,19 +183,11 @@ class GRPOStage(SFTStage):
     # -- tensors ---------------------------------------------------------------------------------
     def _batch(self, items: list[tuple[Rollout, Sample]]) -> dict[str, Any]:
         """Rows [left pad | prompt | completion | right pad]: completions end-aligned to width T."""
-        pad = self.processor.tokenizer.pad_token_id
-        lp = max(len(r.prompt_ids) for r, _ in items)
-        t = max(max(len(r.completion_ids) for r, _ in items), 1)
-        ids = torch.full((len(items), lp + t), pad, dtype=torch.long)
-        attn = torch.zeros_like(ids)
-        cmask = torch.zeros((len(items), t), dtype=torch.long)  # [B, T]
+        ids, attn, cmask = completion_rows([r.prompt_ids for r, _ in items], [r.completion_ids for r, _ in items],
+                                           self.processor.tokenizer.pad_token_id)  # fmt: skip
+        t = cmask.shape[1]
         tiles = []
-        for b, (r, s) in enumerate(items):
-            p, c = r.prompt_ids, r.completion_ids
-            ids[b, lp - len(p) : lp] = torch.tensor(p)
-            ids[b, lp : lp + len(c)] = torch.tensor(c, dtype=torch.long)
-            attn[b, lp - len(p) : lp + len(c)] = 1
-            cmask[b, : len(c)] = 1
+        for _, s in items:
             key = id(s)
             if key not in self._tiles:
                 self._tiles[key] = self.processor.images(s)[0]

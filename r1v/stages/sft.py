@@ -161,13 +161,7 @@ class SFTStage(L.LightningModule):
     def rewards(self) -> dict[str, tuple[float, Any]]:
         """The configured rewards (``reward=[...]``), built once: key -> (weight, callable)."""
         if not hasattr(self, "_rewards"):
-            reg = get_registry()
-            self._rewards = {
-                key: (float(node.get("weight", 1.0)),
-                      reg.build("reward", node.get("name", key),
-                                **{k: v for k, v in node.items() if k not in ("name", "weight")}))
-                for key, node in (self.cfg.get("rewards") or {}).items()
-            }  # fmt: skip
+            self._rewards = build_rewards(self.cfg)
         return self._rewards
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
@@ -228,6 +222,16 @@ class SFTStage(L.LightningModule):
                 tmp = path.with_name(f".{path.name}.tmp")
                 save_file(state, str(tmp))
                 tmp.replace(path)
+
+
+def build_rewards(cfg: Mapping[str, Any]) -> dict[str, tuple[float, Any]]:
+    """The ``reward=[...]`` composition of a config: key -> (weight, reward callable)."""
+    from r1v.config import build_plugin
+
+    reg = get_registry()
+    return {key: (float(node.get("weight", 1.0)),
+                  build_plugin(reg, "reward", {"name": key, **node}, f"rewards.{key}", ("name", "weight")))
+            for key, node in (cfg.get("rewards") or {}).items()}  # fmt: skip
 
 
 def score_rewards(

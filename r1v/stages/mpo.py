@@ -1,0 +1,148 @@
+"""``stage=mpo``: mixed preference optimisation (R1V2's first stage after re-assembly; InternVL's MPO).
+
+Each batch holds ``stage.batch_size`` pairs (prompt with its images, chosen, rejected; ``data=pairs`` or
+``data=synthetic_pairs``). Chosen and rejected rows go through the policy together, and through the
+frozen reference — the starting policy: for adapter-only training the same trunk with a copy of the
+initial adapter swapped in (:class:`r1v.rl.AdapterReference`) — without gradients. The loss is
+``w1·DPO + w2·BCO + w3·NLL(chosen)/|chosen|`` (:func:`r1v.preference.mpo_loss`); BCO's δ is a running
+mean checkpointed with the run. Validation logs the same pair metrics on the val pairs, and greedy
+accuracy where the pairs carry an ``answer``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from r1v.config import ConfigError
+from r1v.interfaces import Sample
+from r1v.preference import RunningMean, mpo_loss
+from r1v.rl import AdapterReference, completion_rows, token_logprobs
+from r1v.stages.sft import SFTStage
+
+
+class PairCollator:
+    """Pairs → one batch of 2B rows (chosen rows first, then rejected), encoded in the loader workers; a
+    pair that cannot be encoded is skipped and counted."""
+
+    def __init__(self, processor: Any) -> None:
+        self.processor = processor
+
+    def __call__(self, samples: list[Sample]) -> dict[str, Any]:
+        tok = self.processor.tokenizer
+        prompts, chosen, rejected, tiles, kept, skipped = [], [], [], [], [], 0
+        for s in samples:
+            try:
+                enc = self.processor.encode(s, target=None)
+                c, r = (tok(s.meta[k] + tok.eos_token, add_special_tokens=False)["input_ids"]
+                        for k in ("chosen", "rejected"))  # fmt: skip
+            except (KeyError, ValueError, OSError):
+                skipped += 1
+                continue
+            prompts.append(enc["input_ids"])
+            chosen.append(c)
+            rejected.append(r)
+            if enc["pixel_values"] is not None:
+                tiles.append(enc["pixel_values"])
+            kept.append(s)
+        if not kept:
+            return {"empty": True, "skipped": skipped}
+        ids, attn, cmask = completion_rows(prompts * 2, chosen + rejected, tok.pad_token_id)  # [2B, L], [2B, T]
+        pixels = torch.cat(tiles * 2) if tiles else None  # tiles in row order: chosen rows, then rejected
+        return {"input_ids": ids, "attention_mask": attn, "completion_mask": cmask, "pixel_values": pixels,
+                "samples": kept, "skipped": skipped}  # fmt: skip
+
+
+def check_pairs(cfg: Mapping[str, Any], datasets: Mapping[str, Any]) -> None:
+    """Refuse data without chosen/rejected pairs, in one line naming the stage and the data."""
+    for split, ds in datasets.items():
+        if ds is not None and len(ds) and "chosen" not in ds[0].meta:
+            raise ConfigError(
+                f"stage={cfg['stage']['name']}: the {split} data '{cfg['data']['name']}' has no "
+                "chosen/rejected pairs; use data=pairs data.train=<pairs.jsonl> or data=synthetic_pairs"
+            )
+
+
+class MPOStage(SFTStage):
+    def __init__(self, cfg: Mapping[str, Any]) -> None:
+        super().__init__(cfg)
+        st = self.stage
+        self.beta = float(st["beta"])
+        self.weights = tuple(float(st["weights"][k]) for k in ("dpo", "bco", "nll"))
+        if self.beta <= 0:
+            raise ConfigError(f"stage.beta={self.beta}: the implicit reward β·log(π/π_ref) needs β > 0 (MPO: 0.1)")
+        if min(self.weights) < 0 or not any(self.weights):
+            raise ConfigError(f"stage.weights={dict(st['weights'])}: weights must be ≥ 0 and not all 0")
+        self.delta = RunningMean()
+        self.reference: AdapterReference | None = None
+
+    def configure_model(self) -> None:
+        super().configure_model()
+        if self.reference is None and any(self.weights[:2]):  # DPO/BCO compare with the starting policy
+            self.reference = AdapterReference(self.model, self.trainable)
+
+    # -- data --------------------------------------------------------------------------------------
+    def train_dataloader(self) -> DataLoader:
+        return self.resumable_loader(self.datasets["train"], PairCollator(self.processor))
+
+    def attach_data(self, train: Any, val: Any) -> None:
+        """Pair data only (checked before the model is built)."""
+        check_pairs(self.cfg, {"train": train, "val": val})
+        super().attach_data(train, val)
+
+    # -- steps -------------------------------------------------------------------------------------
+    def _pair_logps(self, batch: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+        """Summed log-probs ``[B]`` of chosen and rejected under the policy and the reference, chosen lengths."""
+        dev = self.device
+        ids, attn, mask = (batch[k].to(dev) for k in ("input_ids", "attention_mask", "completion_mask"))
+        px = batch["pixel_values"].to(dev) if batch["pixel_values"] is not None else None
+        t = mask.shape[1]
+        chunk = int(self.stage.get("logp_chunk", 1024))
+        logp, _ = token_logprobs(self.model, ids, attn, px, t, chunk)  # [2B, T]
+        seq = (logp * mask).sum(1)  # [2B]
+        ref = torch.zeros_like(seq)
+        if self.reference is not None:
+            with torch.no_grad(), self.reference.active():
+                ref = (token_logprobs(self.model, ids, attn, px, t, chunk)[0] * mask).sum(1)
+        b = len(batch["samples"])
+        return seq[:b], seq[b:], ref[:b], ref[b:], mask[:b].sum(1).float()
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        self.batches_done += 1
+        self.skipped += batch["skipped"]
+        if batch.get("empty"):
+            return None
+        pc, pr, rc, rr, length_c = self._pair_logps(batch)
+        loss, metrics = mpo_loss(pc, pr, rc, rr, length_c, self.beta, self.weights, self.delta)
+        n = len(batch["samples"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        self.log_dict({f"train/{k}": v for k, v in metrics.items()}, batch_size=n)
+        self.log("train/skipped_samples", float(self.skipped), batch_size=1)
+        return loss
+
+    def validation_step(self, samples: list[Sample], batch_idx: int) -> None:
+        batch = PairCollator(self.processor)(samples)
+        if batch.get("empty"):
+            return
+        pc, pr, rc, rr, length_c = self._pair_logps(batch)
+        loss, metrics = mpo_loss(pc, pr, rc, rr, length_c, self.beta, self.weights, None)
+        n = len(batch["samples"])
+        self.log("val/mpo_loss", loss, batch_size=n)
+        self.log_dict({f"val/{k}": metrics[k] for k in ("margin", "pair_accuracy")}, batch_size=n)
+        with_answer = [s for s in samples if s.answer]
+        if with_answer:  # val/loss on the direct answer and greedy val/accuracy, as every stage
+            super().validation_step(with_answer, batch_idx)
+
+    # -- checkpoints: δ ----------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["r1v"]["mpo"] = {"delta": self.delta.state_dict()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get("r1v", {}).get("mpo")
+        if state:
+            self.delta.load_state_dict(state["delta"])

@@ -1,0 +1,128 @@
+"""``stage=reward_model``: a scalar-head reward model on preference pairs (Bradley-Terry), in the spirit of
+Skywork-VL Reward: the composition (vision encoder frozen, adapter + backbone trainable by default)
+plus a linear head on the last token's final hidden state.
+
+The run folder is the reward model: ``final/trainable.safetensors`` (trained parts and the head) with
+the run's ``config.yaml``. Point the ``reward_model`` reward at it (``rewards.reward_model.path=runs/rm``)
+to score GRPO completions or ``stage=make_pairs`` candidates with the images — one composition end to end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from r1v.interfaces import Sample
+from r1v.preference import bradley_terry_loss
+from r1v.rl import completion_rows
+from r1v.stages.mpo import PairCollator, check_pairs
+from r1v.stages.sft import SFTStage
+
+HEAD = "reward_head"
+
+
+def add_head(model: nn.Module) -> list[str]:
+    """Attach the scalar head ``model.reward_head`` (hidden → 1; zero bias, small weights so that
+    scores start near 0); returns its parameter names."""
+    from r1v.weights import gathered
+
+    hidden = int(model.backbone.config.hidden_size)
+    head = nn.Linear(hidden, 1)  # partitioned when built inside ZeRO-3's zero.Init: write it gathered
+    with gathered(head, modifier_rank=0), torch.no_grad():
+        head.weight.normal_(0.0, 1.0 / hidden**0.5 / 10)
+        head.bias.zero_()
+    head.to(next(model.backbone.parameters()).dtype)
+    model.reward_head = head
+    return [f"{HEAD}.weight", f"{HEAD}.bias"]
+
+
+def scores(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+           pixel_values: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
+    """``[B]`` scalar scores: the head on the final hidden state of each row's last real token (rows laid
+    out as :func:`r1v.rl.completion_rows`: left-padded prompts, right-padded completions)."""
+    embeds = model.embed(input_ids, pixel_values)  # [B, L, D]
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    hidden = model.backbone.base_model(inputs_embeds=embeds, attention_mask=attention_mask,
+                                       position_ids=position_ids).last_hidden_state  # fmt: skip
+    last = attention_mask.shape[1] - 1 - attention_mask.flip(1).argmax(1)  # [B] index of the last 1
+    h = hidden[torch.arange(len(last), device=hidden.device), last]  # [B, D]
+    return model.reward_head(h.to(model.reward_head.weight.dtype)).squeeze(-1).float()
+
+
+class RewardModelStage(SFTStage):
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        super().configure_model()
+        self.trainable += add_head(self.model)
+        if self.cfg.get("checkpoint"):  # a previous reward-model run: its head too
+            from r1v.stages.sft import load_trainable
+
+            load_trainable(self.model, self.cfg["checkpoint"])
+
+    def attach_data(self, train: Any, val: Any) -> None:
+        check_pairs(self.cfg, {"train": train, "val": val})
+        super().attach_data(train, val)
+
+    def train_dataloader(self) -> Any:
+        return self.resumable_loader(self.datasets["train"], PairCollator(self.processor))
+
+    def _pair_scores(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        dev = self.device
+        px = batch["pixel_values"].to(dev) if batch["pixel_values"] is not None else None
+        s = scores(self.model, batch["input_ids"].to(dev), batch["attention_mask"].to(dev), px)  # [2B]
+        b = len(batch["samples"])
+        return s[:b], s[b:]
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        self.batches_done += 1
+        self.skipped += batch["skipped"]
+        if batch.get("empty"):
+            return None
+        loss, metrics = bradley_terry_loss(*self._pair_scores(batch))
+        n = len(batch["samples"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=n)
+        self.log_dict({f"train/{k}": v for k, v in metrics.items()}, batch_size=n)
+        return loss
+
+    def validation_step(self, samples: list[Sample], batch_idx: int) -> None:
+        batch = PairCollator(self.processor)(samples)
+        if batch.get("empty"):
+            return
+        loss, metrics = bradley_terry_loss(*self._pair_scores(batch))
+        n = len(batch["samples"])
+        self.log("val/loss", loss, prog_bar=True, batch_size=n)
+        self.log_dict({f"val/{k}": v for k, v in metrics.items()}, batch_size=n)
+
+
+class LoadedRewardModel:
+    """A ``stage=reward_model`` run folder, ready to score (prompt + images, completion) pairs."""
+
+    def __init__(self, run: str | Path, device: str = "cpu") -> None:
+        from omegaconf import OmegaConf
+
+        from r1v.model.build import build
+        from r1v.registry import get_registry
+        from r1v.runs import trained_weights
+        from r1v.stages.sft import load_trainable
+
+        cfg: Mapping[str, Any] = OmegaConf.to_container(OmegaConf.load(Path(run) / "config.yaml"), resolve=True)
+        self.model, self.processor = build(cfg["model"], get_registry())
+        add_head(self.model)
+        load_trainable(self.model, str(trained_weights(Path(run))))
+        self.model.to(device).eval()
+        self.device = device
+
+    @torch.no_grad()
+    def score(self, samples: list[Sample], completions: list[str]) -> list[float]:
+        tok = self.processor.tokenizer
+        encs = [self.processor.encode(s, target=None) for s in samples]
+        comp = [tok(c + tok.eos_token, add_special_tokens=False)["input_ids"] for c in completions]
+        ids, attn, _ = completion_rows([e["input_ids"] for e in encs], comp, tok.pad_token_id)
+        tiles = [e["pixel_values"] for e in encs if e["pixel_values"] is not None]
+        px = torch.cat(tiles).to(self.device) if tiles else None
+        return scores(self.model, ids.to(self.device), attn.to(self.device), px).tolist()

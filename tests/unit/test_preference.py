@@ -1,0 +1,112 @@
+"""MPO's parts (DPO, BCO with its running δ, length-normalised NLL) and the Bradley-Terry loss against
+hand-computed values, and the pair data they train on."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from r1v.preference import RunningMean, bco_loss, bradley_terry_loss, dpo_loss, mpo_loss, nll_loss
+
+
+def sig(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+PC, PR = torch.tensor([-3.0, -5.0]), torch.tensor([-4.0, -2.0])  # policy log-probs of chosen / rejected
+RC, RR = torch.tensor([-3.5, -5.0]), torch.tensor([-3.0, -2.5])  # reference
+LEN = torch.tensor([2.0, 5.0])
+
+
+def test_dpo_by_hand():
+    # pair 0: (−3 + 3.5) − (−4 + 3) = 1.5; pair 1: 0 − 0.5 = −0.5
+    got = dpo_loss(PC, PR, RC, RR, beta=0.1)
+    assert got.tolist() == pytest.approx([-math.log(sig(0.15)), -math.log(sig(-0.05))], rel=1e-6)
+
+
+def test_bco_by_hand_and_delta_shifts_it():
+    # rewards: chosen 0.1·0.5 = 0.05, 0; rejected 0.1·(−1) = −0.1, 0.05
+    got = bco_loss(PC, PR, RC, RR, beta=0.1, delta=0.0)
+    want = [-math.log(sig(0.05)) - math.log(sig(0.1)), -math.log(sig(0.0)) - math.log(sig(-0.05))]
+    assert got.tolist() == pytest.approx(want, rel=1e-6)
+    shifted = bco_loss(PC, PR, RC, RR, beta=0.1, delta=0.2)
+    want = [-math.log(sig(0.05 - 0.2)) - math.log(sig(0.1 + 0.2)), -math.log(sig(-0.2)) - math.log(sig(-0.05 + 0.2))]
+    assert shifted.tolist() == pytest.approx(want, rel=1e-6)
+
+
+def test_nll_is_length_normalised():
+    assert nll_loss(PC, LEN).tolist() == pytest.approx([1.5, 1.0])
+
+
+def test_running_mean_is_the_mean_of_everything_seen():
+    rm = RunningMean()
+    assert rm.update(torch.tensor([1.0, 3.0])) == pytest.approx(2.0)
+    assert rm.update(torch.tensor([8.0])) == pytest.approx(4.0)  # (1 + 3 + 8) / 3
+    other = RunningMean()
+    other.load_state_dict(rm.state_dict())
+    assert other.update(torch.tensor([])) == pytest.approx(4.0) and other.count == 3
+
+
+def test_mpo_combines_the_parts_with_weights_and_updates_delta():
+    delta = RunningMean()
+    loss, m = mpo_loss(PC, PR, RC, RR, LEN, 0.1, (0.8, 0.2, 1.0), delta)
+    d = (0.05 + 0.0 - 0.1 + 0.05) / 4  # δ includes the current batch's rewards (TRL's order)
+    assert float(m["delta"]) == pytest.approx(d)
+    want = (0.8 * dpo_loss(PC, PR, RC, RR, 0.1).mean() + 0.2 * bco_loss(PC, PR, RC, RR, 0.1, d).mean()
+            + 1.0 * nll_loss(PC, LEN).mean())  # fmt: skip
+    assert float(loss) == pytest.approx(float(want), rel=1e-6)
+    assert float(m["margin"]) == pytest.approx((0.15 + -0.05) / 2)
+    assert float(m["pair_accuracy"]) == 0.5 and float(m["reward_chosen"]) == pytest.approx(0.025)
+
+
+def test_mpo_gradient_raises_chosen_and_lowers_rejected():
+    pc, pr = PC.clone().requires_grad_(), PR.clone().requires_grad_()
+    loss, _ = mpo_loss(pc, pr, RC, RR, LEN, 0.1, (1.0, 0.0, 0.0))
+    loss.backward()
+    assert (pc.grad < 0).all() and (pr.grad > 0).all()  # descent raises log π(chosen), lowers log π(rejected)
+
+
+def test_bradley_terry_by_hand():
+    loss, m = bradley_terry_loss(torch.tensor([2.0, 0.0]), torch.tensor([1.0, 1.0]))
+    assert float(loss) == pytest.approx((-math.log(sig(1.0)) - math.log(sig(-1.0))) / 2)
+    assert float(m["pair_accuracy"]) == 0.5 and float(m["margin"]) == pytest.approx(0.0)
+
+
+# -- pair data ----------------------------------------------------------------------------------------
+def write_pairs(tmp_path, rows):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_pairs_file_bad_rows_one_line_each(tmp_path):
+    from r1v.data.datasets import DataError, PairsDataset
+
+    rows = [{"question": "q", "chosen": "a", "rejected": "b"}, {"question": "q", "chosen": "same", "rejected": "same "},
+            {"question": "q", "chosen": "a"}]  # fmt: skip
+    path = write_pairs(tmp_path, rows)
+    ds = PairsDataset(path)  # skip and count
+    assert len(ds) == 1 and ds[0].meta["chosen"] == "a" and ds[0].answer == ""
+    assert sum(ds.skipped.values()) == 2
+    with pytest.raises(DataError) as e:
+        PairsDataset(path, on_bad_sample="error")
+    assert f"{path}:2: identical pair" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(DataError) as e:
+        PairsDataset(write_pairs(tmp_path, rows[2:]), on_bad_sample="error")
+    assert ":1: missing field 'rejected'" in str(e.value) and "chosen and rejected" in str(e.value)
+
+
+def test_synthetic_pairs_are_right_versus_wrong():
+    from r1v.answers import equivalent, extract_answer
+    from r1v.data.datasets import SyntheticPairs
+
+    for style in ("answer", "reasoning"):
+        ds = SyntheticPairs(20, "train", style=style)
+        for i in range(20):
+            s = ds[i]
+            assert equivalent(extract_answer(s.meta["chosen"]), s.answer)
+            assert not equivalent(extract_answer(s.meta["rejected"]), s.answer)
+            assert "</think>" in s.meta["chosen"] and "</think>" in s.meta["rejected"]
