@@ -110,3 +110,40 @@ def test_synthetic_pairs_are_right_versus_wrong():
             assert equivalent(extract_answer(s.meta["chosen"]), s.answer)
             assert not equivalent(extract_answer(s.meta["rejected"]), s.answer)
             assert "</think>" in s.meta["chosen"] and "</think>" in s.meta["rejected"]
+
+
+def test_reward_folder_without_scalar_head_is_one_line(registry, tmp_path):
+    from r1v_plugins.rewards import check_reward_folder
+
+    lm = registry.build("backbone", "tiny_instruct").model
+    lm.save_pretrained(tmp_path / "lm")  # a causal LM: no scalar head
+    with pytest.raises(ValueError) as e:
+        check_reward_folder(str(tmp_path / "lm"))
+    assert "has no scalar head (architectures ['Qwen2ForCausalLM']" in str(e.value) and "\n" not in str(e.value)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("stage: {name: sft}\n")
+    (tmp_path / "run" / "run.json").write_text("{}")
+    with pytest.raises(ValueError, match="is an r1v run of stage 'sft', which has no scalar head"):
+        check_reward_folder(str(tmp_path / "run"))
+    with pytest.raises(FileNotFoundError, match="not a model folder"):
+        check_reward_folder(str(tmp_path / "nothing"))
+
+
+def test_reward_scores_read_the_last_real_token(tiny_vlm):
+    """scores() takes the head at each row's last attended position, whatever the padding around it."""
+    from r1v.rl import completion_rows
+    from r1v.stages.reward_model import add_head, scores
+
+    model, processor = tiny_vlm
+    add_head(model)
+    try:
+        a, b_, c, d = (processor.tokenizer(t, add_special_tokens=False)["input_ids"]
+                       for t in ("How many shapes", "red", "three", "I see two circles"))  # fmt: skip
+        ids, attn, _ = completion_rows([a, b_], [c, d], pad_id=processor.tokenizer.pad_token_id)
+        with torch.no_grad():
+            got = scores(model.eval(), ids, attn, None)
+            for b, seq in enumerate([a + c, b_ + d]):
+                h = model.backbone.base_model(input_ids=torch.tensor([seq])).last_hidden_state[0, -1]
+                assert float(got[b]) == pytest.approx(float(model.reward_head(h)), abs=1e-5)
+    finally:
+        del model.reward_head  # the session's shared tiny model
