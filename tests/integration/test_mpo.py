@@ -36,7 +36,7 @@ def test_mpo_raises_margin_and_held_out_accuracy(reassembled_run, tmp_path, comp
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "runs" / "m"
     margin, ranked = column(run, "val/margin")[-1], column(run, "val/pair_accuracy")[-1]
-    assert margin > 0.15 and ranked > 0.58, (margin, ranked)  # measured 0.35 / 0.67
+    assert margin > 0.1 and ranked > 0.55, (margin, ranked)  # seed 0: 0.35 / 0.67 (seeds 0-2: ≥ 0.15 / 0.58)
     for key in ("train/loss_dpo", "train/loss_bco", "train/loss_nll", "train/reward_chosen", "train/reward_rejected",
                 "train/delta", "train/pair_accuracy"):  # fmt: skip
         assert column(run, key), key
