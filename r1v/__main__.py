@@ -146,6 +146,16 @@ Examples:
   python -m r1v export /models/Skywork-R1V-38B /models/Skywork-R1V-38B-2GB --shard-size 2GB"""
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    """Draw loss, reward parts, accuracy and response length of one or more runs (PNG files)."""
+    from r1v.plots import plot_runs
+
+    out = args.out or str(Path(args.runs[0]) / "plots")
+    for path in plot_runs(args.runs, out):
+        print(path)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m r1v", description=__doc__)
     sub = parser.add_subparsers(dest="verb", required=True)
@@ -173,6 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shard-size", default="5GB", help="largest weight file (default 5GB; e.g. 2GB, 500MB)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (atomically)")
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser("plot", help=cmd_plot.__doc__, description=cmd_plot.__doc__)
+    p.add_argument("runs", nargs="+", help="run folders (each with metrics.csv); several are overlaid")
+    p.add_argument("--out", default=None, help="folder for the PNGs (default: <first run>/plots)")
+    p.set_defaults(func=cmd_plot)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

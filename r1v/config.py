@@ -128,8 +128,8 @@ def _first_of_sweep(override: str) -> str:
     return override
 
 
-def precheck_overrides(overrides: list[str]) -> None:
-    """Compose once with the user's overrides and translate Hydra's multi-line errors to one line."""
+def precheck_overrides(overrides: list[str], config: str = "config") -> None:
+    """Compose ``config`` once with the user's overrides and translate Hydra's multi-line errors to one line."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException
@@ -152,7 +152,7 @@ def precheck_overrides(overrides: list[str]) -> None:
                         raise ConfigError(f"override {key}={v}: no option '{v}' in config group '{key}' "
                                           f"(options: {', '.join(options)}){did_you_mean(v, options)}")  # fmt: skip
         try:
-            cfg = compose("config", overrides=mine)
+            cfg = compose(config, overrides=mine)
         except HydraException as e:
             raise ConfigError(_explain(e, mine, groups)) from None
         from omegaconf import OmegaConf

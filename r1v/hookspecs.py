@@ -37,6 +37,7 @@ KIND_HOOKS: dict[str, str] = {
     "scorer": "register_scorers",
     "reviser": "register_revisers",
     "policy_loss": "register_policy_losses",
+    "benchmark": "register_benchmarks",
 }
 
 
@@ -109,6 +110,12 @@ def register_policy_losses(register: Any) -> None:
     """Register RL policy losses: factory(**knobs) -> callable ``fn(logp, old_logp, ref_logp, advantages,
     mask) -> (loss, metrics)`` with ``[B, T]`` per-token log-probs (``ref_logp`` None when β = 0),
     ``[B]`` advantages and a ``[B, T]`` completion mask; ``metrics`` is a dict of float tensors."""
+
+
+@hookspec
+def register_benchmarks(register: Any) -> None:
+    """Register evaluation benchmarks: factory(path=None, limit=None, **knobs) -> list of
+    :class:`r1v.evaluation.scoring.EvalItem` (read from a local copy; never download)."""
 
 
 @hookspec

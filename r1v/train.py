@@ -92,6 +92,14 @@ def build_trainer(cfg: dict[str, Any], run_dir: Path, resume_step: int | None = 
                         every_n_train_steps=int(stage["ckpt_every"]), save_top_k=1, save_last=True),
         LearningRateMonitor(logging_interval="step"),
     ]  # fmt: skip
+    ev = cfg.get("evaluation") or {}
+    if ev.get("enabled"):  # held-out evaluation every N steps, with the harness of python -m r1v.eval
+        from r1v.evaluation.callback import EvalCallback
+
+        try:
+            callbacks.append(EvalCallback(**{k: v for k, v in ev.items() if k != "enabled"}))
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"evaluation: {e}") from None
     trainer_cfg = dict(cfg["trainer"])
     if stage.get("log_every"):  # a stage that must log every step (GRPO) overrides the trainer preset
         trainer_cfg["log_every_n_steps"] = int(stage["log_every"])

@@ -16,5 +16,6 @@ BUILTIN_MODULES = [
     "r1v_plugins.revisers",
     "r1v_plugins.judge",
     "r1v_plugins.policy_losses",
+    "r1v_plugins.benchmarks",
     "r1v_plugins.stages",
 ]

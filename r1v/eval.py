@@ -1,0 +1,111 @@
+"""``python -m r1v.eval checkpoint=<run or weights> benchmark=<name> [path=…] [n_samples=5] [k=[1,5]]``:
+evaluate a model on a benchmark with R1V's prompts; writes ``samples.jsonl`` and ``summary.json`` and
+prints a table. See conf/eval.yaml for every option."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+import r1v.train  # noqa: F401  (registers the run-name resolver the composed config uses)
+from r1v.config import ConfigError, conf_dir, precheck_overrides, register_plugin_configs
+from r1v.registry import RegistryError, get_registry
+
+log = logging.getLogger("r1v.eval")
+PART_GROUPS = ("model", "vision", "adapter", "backbone")
+
+
+def trained_model(cfg: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """The model node to evaluate: the checkpoint run's own composition, or the configured one when model
+    overrides are given — refused in one line when it names other parts than the checkpoint was trained with."""
+    ckpt = cfg.get("checkpoint")
+    run_cfg = Path(str(ckpt), "config.yaml") if ckpt else None
+    if not (run_cfg and run_cfg.is_file()):
+        return cfg["model"]
+    trained = OmegaConf.to_container(OmegaConf.load(run_cfg), resolve=True)["model"]
+    if not any(o.lstrip("+~").split("=")[0].split(".")[0] in PART_GROUPS for o in overrides):
+        return trained
+
+    def parts(m: dict[str, Any]) -> dict[str, Any]:
+        return {"internvl": m["internvl"]} if m.get("internvl") else {p: m[p]["name"] for p in PART_GROUPS[1:]}
+
+    if parts(trained) != parts(cfg["model"]):
+        diff = [f"{k}: {v} (checkpoint) vs {parts(cfg['model']).get(k)} (config)" for k, v in parts(trained).items()
+                if parts(cfg["model"]).get(k) != v]  # fmt: skip
+        raise ConfigError(f"checkpoint {ckpt} was trained with another composition ({'; '.join(diff)}); drop the "
+                          "model overrides to use the checkpoint's own, or evaluate a matching checkpoint")  # fmt: skip
+    return cfg["model"]
+
+
+def run_eval(cfg: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    from r1v.config import build_plugin
+    from r1v.evaluation.harness import evaluate, table
+    from r1v.stages.common import autocast, inference_model, stage_device
+
+    registry = get_registry()
+    knobs = {"path": cfg.get("path"), "limit": cfg.get("limit"), **(cfg.get("benchmark_knobs") or {})}
+    knobs = {k: v for k, v in knobs.items() if v is not None}
+    items = build_plugin(registry, "benchmark", {"name": cfg["benchmark"], **knobs}, f"benchmark={cfg['benchmark']}")
+    if not items:
+        raise ConfigError(f"benchmark={cfg['benchmark']}: no questions (limit={cfg.get('limit')})")
+    n = int(cfg["n_samples"])
+    ks = [int(k) for k in (cfg["k"] if isinstance(cfg["k"], list | tuple) else [cfg["k"]])]
+    from r1v.evaluation.scoring import PROMPT_STYLES
+
+    if cfg["prompt"] not in PROMPT_STYLES:
+        raise ConfigError(f"prompt={cfg['prompt']}: not a prompt style (use {', '.join(PROMPT_STYLES)})")
+    bad = [k for k in ks if not 1 <= k <= n]
+    if bad:
+        raise ConfigError(f"k={ks}: pass@{bad[0]} needs 1 ≤ k ≤ n_samples={n}; raise n_samples or drop it")
+    cfg = {**cfg, "model": trained_model(cfg, overrides)}
+    model, processor = inference_model(cfg)
+    greedy = n == 1
+    engine = registry.build("rollout", "hf", **({} if greedy else {"temperature": float(cfg["temperature"]),
+                                                                   "top_p": float(cfg["top_p"])}))  # fmt: skip
+    ckpt = cfg.get("checkpoint")
+    base = Path(ckpt) if ckpt and Path(ckpt).is_dir() else Path(".")
+    out = Path(cfg["out"]) if cfg.get("out") else base / "eval" / str(cfg["benchmark"])
+    with autocast(cfg, stage_device(cfg)):
+        summary = evaluate(model, processor, engine, items, out, n_samples=n, ks=ks,
+                           max_new_tokens=int(cfg["max_new_tokens"]), batch_size=int(cfg["batch_size"]),
+                           greedy=greedy, name=str(cfg["benchmark"]), prompt=str(cfg["prompt"]))  # fmt: skip
+    print(table(summary))
+    print(f"\nsamples: {out / 'samples.jsonl'}\nsummary: {out / 'summary.json'}")
+    return summary
+
+
+@hydra.main(config_path=conf_dir(), config_name="eval", version_base=None)
+def _hydra_main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from r1v.evaluation.readers import BenchmarkError
+    from r1v.train import _user_errors
+
+    overrides = list(HydraConfig.get().overrides.task)
+    try:
+        run_eval(OmegaConf.to_container(cfg, resolve=True), overrides)  # type: ignore[arg-type]
+    except (*_user_errors(), BenchmarkError) as e:
+        print(f"r1v: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        register_plugin_configs(get_registry())
+        if not any(a in ("--help", "-h", "--hydra-help", "--info") for a in argv):
+            precheck_overrides([a for a in argv if "=" in a and not a.startswith(("-", "hydra"))], config="eval")
+    except (ConfigError, RegistryError) as e:
+        print(f"r1v: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    sys.argv = [sys.argv[0], *argv]
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

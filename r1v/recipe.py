@@ -1,0 +1,182 @@
+"""``python -m r1v.recipe recipe=r1v``: a whole pipeline as one declarative composition.
+
+A recipe (``conf/recipe/*.yaml``) lists stages; each is one ``python -m r1v.train`` run with the stage's
+``args``, started from an earlier stage's output (``from:`` → ``checkpoint=``); ``{name}`` in an argument
+is that earlier stage's run folder (e.g. ``data.train={distill}/distilled.jsonl``). Every stage runs in
+its own process, in ``<recipe folder>/<stage name>/``, and is evaluated afterwards when it produced weights
+(``python -m r1v.eval``, the recipe's ``eval`` node). ``recipe.json`` records the lineage (the resolved
+arguments, checkpoint and data of every stage, its status, times and scores) and makes the recipe
+resumable at stage granularity: ``resume=auto`` skips finished stages and resumes an interrupted one
+from its own checkpoint. ``report.md`` (+ ``plots/``) is the per-stage table and the curves.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from r1v.config import ConfigError, conf_dir, precheck_overrides, register_plugin_configs
+from r1v.registry import RegistryError, did_you_mean, get_registry
+from r1v.runs import RunError, write_json_atomic
+
+log = logging.getLogger("r1v.recipe")
+_PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_]+)\}")
+
+
+def check_stages(recipe: dict[str, Any]) -> list[dict[str, Any]]:
+    """The stage list, validated before anything runs: unique names, ``from`` and ``{name}`` naming earlier
+    stages, and a known ``stage=`` plugin in each (one line each, with "did you mean")."""
+    stages = recipe.get("stages") or []
+    if not stages:
+        raise ConfigError(f"recipe {recipe.get('name')}: the stage list is empty")
+    known = get_registry().names("stage")
+    seen: list[str] = []
+    for i, st in enumerate(stages):
+        where = f"recipe {recipe['name']}: stage {i} ({st.get('name')})"
+        name = st.get("name")
+        if not name or name in seen:
+            raise ConfigError(f"{where}: every stage needs a unique name")
+        plugin = next((a.split("=", 1)[1] for a in st.get("args", []) if a.startswith("stage=")), None)
+        if plugin is None:
+            raise ConfigError(f"{where}: its args name no stage=<plugin> (known: {', '.join(known)})")
+        if plugin not in known:
+            raise ConfigError(
+                f"{where}: unknown stage '{plugin}' (known: {', '.join(known)}){did_you_mean(plugin, known)}"
+            )
+        refs = [st["from"]] if st.get("from") else []
+        refs += [m for a in st.get("args", []) for m in _PLACEHOLDER.findall(a)]
+        for ref in refs:
+            if ref not in seen:
+                raise ConfigError(f"{where}: refers to '{ref}', which is not an earlier stage "
+                                  f"(earlier: {', '.join(seen) or 'none'})")  # fmt: skip
+        seen.append(name)
+    return stages
+
+
+def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted paths where two plain config trees differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [k for key in sorted(set(old) | set(new))
+                for k in changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")]  # fmt: skip
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+def _stage_args(st: dict[str, Any], recipe: dict[str, Any], folder: Path, seed: int) -> list[str]:
+    args = [_PLACEHOLDER.sub(lambda m: str(folder / m.group(1)), a) for a in st.get("args", [])]
+    args += list((recipe.get("overrides") or {}).get(st["name"]) or [])
+    if st.get("from"):
+        args.append(f"checkpoint={folder / st['from']}")
+    return [*args, f"seed={seed}", f"paths.runs={folder}", f"run={st['name']}", "logger=default",
+            "trainer.enable_progress_bar=false"]  # fmt: skip
+
+
+def _run(module: str, args: list[str], log_path: Path) -> int:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with log_path.open("a") as f:
+        f.write(f"$ python -m {module} {' '.join(args)}\n")
+        f.flush()
+        return subprocess.run([sys.executable, "-m", module, *args], stdout=f, stderr=subprocess.STDOUT,
+                              env=env).returncode  # fmt: skip
+
+
+def run_recipe(cfg: dict[str, Any]) -> Path:
+    recipe = cfg["recipe"]
+    stages = check_stages(recipe)
+    folder = Path(cfg["paths"]["runs"]) / str(cfg["run"])
+    state_path = folder / "recipe.json"
+    plan = {"recipe": recipe, "seed": cfg["seed"]}
+    if state_path.exists():
+        if cfg.get("resume") is None:
+            raise RunError(
+                f"recipe folder {folder} exists; continue it with resume=auto or start another with run=<name>"
+            )
+        state = json.loads(state_path.read_text())
+        changed = changed_keys(state["plan"], plan)
+        if changed and not cfg.get("allow_changes"):
+            raise RunError(f"recipe {folder}: the config changed since it started ({', '.join(changed[:6])}); "
+                           "resume with allow_changes=true to go on with the new config (finished stages are "
+                           "kept), or start another run=<name>")  # fmt: skip
+        state["plan"] = plan
+    else:
+        state = {"plan": plan, "stages": {}}
+    (folder / "logs").mkdir(parents=True, exist_ok=True)
+    for st in stages:
+        name, rec = st["name"], state["stages"].get(st["name"]) or {}
+        if rec.get("status") == "done":
+            log.info("recipe: stage %s finished earlier; skipped", name)
+            continue
+        args = _stage_args(st, recipe, folder, int(cfg["seed"]))
+        if (folder / name / "run.json").exists():  # interrupted: the stage resumes from its own checkpoint
+            args.append("resume=auto")
+        rec = {"status": "running", "args": args, "checkpoint": str(folder / st["from"]) if st.get("from") else None,
+               "data": [a for a in args if a.startswith("data")], "started": time.time()}  # fmt: skip
+        state["stages"][name] = rec
+        write_json_atomic(state_path, state)
+        log.info("recipe: stage %s: python -m r1v.train %s", name, " ".join(args))
+        code = _run("r1v.train", args, folder / "logs" / f"{name}.log")
+        if code:
+            rec["status"] = f"failed (exit {code})"
+            write_json_atomic(state_path, state)
+            tail = (folder / "logs" / f"{name}.log").read_text().strip().splitlines()[-1:]
+            raise RunError(f"recipe stage {name} failed (exit {code}): {tail[0] if tail else ''} — full log "
+                           f"{folder / 'logs' / (name + '.log')}; fix it and run again with resume=auto")  # fmt: skip
+        rec["eval"] = _evaluate(folder / name, recipe.get("eval") or {}, folder / "logs" / f"{name}.log")
+        rec.update(status="done", finished=time.time())
+        write_json_atomic(state_path, state)
+    from r1v.report import write_report
+
+    write_report(folder, state, stages)
+    log.info("recipe %s finished: %s", recipe["name"], folder / "report.md")
+    return folder
+
+
+def _evaluate(run_dir: Path, ev: dict[str, Any], log_path: Path) -> dict[str, Any] | None:
+    """Held-out score of a stage that produced weights (None for data-only stages such as distill)."""
+    if not ev or not (run_dir / "final" / "trainable.safetensors").is_file():
+        return None
+    bench = str(ev.get("benchmark", "synthetic"))
+    out = run_dir / "eval" / bench
+    args = [f"checkpoint={run_dir}", f"benchmark={bench}", f"out={out}", *(ev.get("args") or [])]
+    if ev.get("limit"):
+        args.append(f"limit={ev['limit']}")
+    if _run("r1v.eval", args, log_path):
+        raise RunError(f"recipe: evaluating {run_dir} failed; see {log_path}")
+    summary = json.loads((out / "summary.json").read_text())
+    return {"benchmark": bench, "questions": summary["questions"], "pass@1": summary["pass@1"],
+            "length_mean": (summary.get("length") or {}).get("mean")}  # fmt: skip
+
+
+@hydra.main(config_path=conf_dir(), config_name="recipe", version_base=None)
+def _hydra_main(cfg: DictConfig) -> None:
+    try:
+        run_recipe(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+    except (ConfigError, RegistryError, RunError, FileNotFoundError) as e:
+        print(f"r1v: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        register_plugin_configs(get_registry())
+        if not any(a in ("--help", "-h", "--hydra-help", "--info") for a in argv):
+            precheck_overrides([a for a in argv if "=" in a and not a.startswith(("-", "hydra"))], config="recipe")
+    except (ConfigError, RegistryError) as e:
+        print(f"r1v: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    sys.argv = [sys.argv[0], *argv]
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()
