@@ -192,3 +192,22 @@ def _explain(err: Exception, overrides: list[str], groups: list[str]) -> str:
         return (f"override {o}: '{leaf}' is not a key of {where} (keys: {', '.join(keys)}){did_you_mean(leaf, keys)}; "
                 f"to add a new key write +{o}")  # fmt: skip
     return "config: " + " ".join(msg.split())
+
+
+def hydra_entry(hydra_main: Any, config: str, argv: list[str] | None = None) -> None:
+    """The shared front of ``python -m r1v.train`` / ``r1v.eval`` / ``r1v.recipe``: register plugin configs,
+    pre-check the overrides against ``config`` (one-line errors, exit 2), then hand over to Hydra."""
+    import sys
+
+    from r1v.registry import get_registry
+
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        register_plugin_configs(get_registry())
+        if not any(a in ("--help", "-h", "--hydra-help", "--info", "--shell-completion", "-sc") for a in argv):
+            precheck_overrides([a for a in argv if "=" in a and not a.startswith(("-", "hydra"))], config=config)
+    except (ConfigError, RegistryError) as e:
+        print(f"r1v: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    sys.argv = [sys.argv[0], *argv]
+    hydra_main()

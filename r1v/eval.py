@@ -13,8 +13,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import r1v.train  # noqa: F401  (registers the run-name resolver the composed config uses)
-from r1v.config import ConfigError, conf_dir, precheck_overrides, register_plugin_configs
-from r1v.registry import RegistryError, get_registry
+from r1v.config import ConfigError, conf_dir, hydra_entry
+from r1v.registry import get_registry
 
 log = logging.getLogger("r1v.eval")
 PART_GROUPS = ("model", "vision", "adapter", "backbone")
@@ -95,16 +95,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        register_plugin_configs(get_registry())
-        if not any(a in ("--help", "-h", "--hydra-help", "--info") for a in argv):
-            precheck_overrides([a for a in argv if "=" in a and not a.startswith(("-", "hydra"))], config="eval")
-    except (ConfigError, RegistryError) as e:
-        print(f"r1v: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    sys.argv = [sys.argv[0], *argv]
-    _hydra_main()
+    hydra_entry(_hydra_main, "eval", argv)
 
 
 if __name__ == "__main__":

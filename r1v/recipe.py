@@ -25,7 +25,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from r1v.config import ConfigError, conf_dir, precheck_overrides, register_plugin_configs
+from r1v.config import ConfigError, conf_dir, hydra_entry
 from r1v.registry import RegistryError, did_you_mean, get_registry
 from r1v.runs import RunError, write_json_atomic
 
@@ -166,16 +166,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        register_plugin_configs(get_registry())
-        if not any(a in ("--help", "-h", "--hydra-help", "--info") for a in argv):
-            precheck_overrides([a for a in argv if "=" in a and not a.startswith(("-", "hydra"))], config="recipe")
-    except (ConfigError, RegistryError) as e:
-        print(f"r1v: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    sys.argv = [sys.argv[0], *argv]
-    _hydra_main()
+    hydra_entry(_hydra_main, "recipe", argv)
 
 
 if __name__ == "__main__":

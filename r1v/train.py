@@ -13,7 +13,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from r1v.config import ConfigError, conf_dir, precheck_overrides, register_plugin_configs, validate
+from r1v.config import ConfigError, conf_dir, hydra_entry, validate
 from r1v.registry import RegistryError, get_registry
 from r1v.runs import default_run_name
 
@@ -177,18 +177,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Register plugin configs, pre-check overrides (one-line errors), then hand over to Hydra."""
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        registry = get_registry()
-        register_plugin_configs(registry)
-        if not any(a in ("--help", "-h", "--hydra-help", "--info", "--shell-completion", "-sc") for a in argv):
-            overrides = [a for a in argv if "=" in a and not a.startswith("-") and not a.startswith("hydra")]
-            precheck_overrides(overrides)
-    except (ConfigError, RegistryError) as e:
-        print(f"r1v: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    sys.argv = [sys.argv[0], *argv]
-    _hydra_main()
+    hydra_entry(_hydra_main, "config", argv)
 
 
 if __name__ == "__main__":
