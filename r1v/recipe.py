@@ -92,7 +92,7 @@ def _run(module: str, args: list[str], log_path: Path) -> int:
 def run_recipe(cfg: dict[str, Any]) -> Path:
     recipe = cfg["recipe"]
     stages = check_stages(recipe)
-    folder = Path(cfg["paths"]["runs"]) / str(cfg["run"])
+    folder = (Path(cfg["paths"]["runs"]) / str(cfg["run"])).resolve()  # lineage holds absolute paths
     state_path = folder / "recipe.json"
     plan = {"recipe": recipe, "seed": cfg["seed"]}
     if state_path.exists():
