@@ -62,6 +62,9 @@ def run_eval(cfg: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     bad = [k for k in ks if not 1 <= k <= n]
     if bad:
         raise ConfigError(f"k={ks}: pass@{bad[0]} needs 1 ≤ k ≤ n_samples={n}; raise n_samples or drop it")
+    from r1v.evaluation.judge import build_judge
+
+    judge = build_judge(cfg.get("judge"))  # an unreachable endpoint stops here, before any generation
     cfg = {**cfg, "model": trained_model(cfg, overrides)}
     model, processor = inference_model(cfg)
     greedy = n == 1
@@ -73,7 +76,8 @@ def run_eval(cfg: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     with autocast(cfg, stage_device(cfg)):
         summary = evaluate(model, processor, engine, items, out, n_samples=n, ks=ks,
                            max_new_tokens=int(cfg["max_new_tokens"]), batch_size=int(cfg["batch_size"]),
-                           greedy=greedy, name=str(cfg["benchmark"]), prompt=str(cfg["prompt"]))  # fmt: skip
+                           greedy=greedy, name=str(cfg["benchmark"]), prompt=str(cfg["prompt"]),
+                           judge=judge)  # fmt: skip
     print(table(summary))
     print(f"\nsamples: {out / 'samples.jsonl'}\nsummary: {out / 'summary.json'}")
     return summary

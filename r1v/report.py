@@ -69,8 +69,14 @@ def write_report(folder: Path, state: dict[str, Any], stages: list[dict[str, Any
         run_dir = folder / st["name"]
         facts = ", ".join(f"{k} {v}" for k, v in stage_facts(run_dir).items()) or rec.get("status", "")
         lines.append(f"| {i + 1} | {st['name']} | {st.get('from') or '–'} | {score} | {facts} | `{st['name']}/` |")
-        if (run_dir / "metrics.csv").is_file():
-            for png in plot_runs([run_dir], folder / "plots" / st["name"], [st["name"]]):
+        runs = (
+            [run_dir]
+            if (run_dir / "metrics.csv").is_file()
+            else sorted(r for r in run_dir.glob("rounds/round*") if (r / "metrics.csv").is_file())
+        )  # iterative: rounds
+        if runs:
+            names = [st["name"]] if runs == [run_dir] else [r.name for r in runs]
+            for png in plot_runs(runs, folder / "plots" / st["name"], names):
                 plots.append(f"![{st['name']} {png.stem}](plots/{st['name']}/{png.name})")
     if scores:
         fig, ax = plt.subplots(figsize=(7, 3.5))

@@ -29,7 +29,7 @@ def generate(engine: Any, model: Any, processor: Any, items: list[EvalItem], n_s
 
 def evaluate(model: Any, processor: Any, engine: Any, items: list[EvalItem], out_dir: Path, *, n_samples: int = 1,
              ks: Sequence[int] = (1,), max_new_tokens: int = 1024, batch_size: int = 8, greedy: bool = True,
-             name: str = "benchmark", prompt: str = "auto") -> dict[str, Any]:  # fmt: skip
+             name: str = "benchmark", prompt: str = "auto", judge: Any = None) -> dict[str, Any]:  # fmt: skip
     """Evaluate and write ``out_dir/samples.jsonl`` and ``out_dir/summary.json``; returns the summary."""
     for k in ks:
         pass_at_k(n_samples, 0, k)  # refuses k > n_samples before anything is generated
@@ -46,8 +46,11 @@ def evaluate(model: Any, processor: Any, engine: Any, items: list[EvalItem], out
                 for ids in rows:
                     text = processor.decode_completion(ids)
                     ok, found = score(item, text)
-                    completions.append({"text": text, "extracted": found, "correct": ok, "tokens": len(ids),
-                                        "clipped": not ids or ids[-1] != eos})  # fmt: skip
+                    rec = {"text": text, "extracted": found, "correct": ok, "tokens": len(ids),
+                           "clipped": not ids or ids[-1] != eos}  # fmt: skip
+                    if judge is not None:  # the judge's verdict counts; the rule's stays on record
+                        rec["rule_correct"], rec["correct"] = ok, judge(item, text, ok)
+                    completions.append(rec)
                 rec = {"id": item.id, "category": item.category, "kind": item.kind, "question": item.question,
                        "choices": item.choices, "answer": item.answer, "completions": completions}  # fmt: skip
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")

@@ -46,3 +46,24 @@ def test_eval_bad_input_is_one_line(default_run, tmp_path, args, expected):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("r1v: error: "), proc.stderr[-2000:]
     assert expected in proc.stderr.strip().splitlines()[-1]
+
+
+def test_in_training_evaluation_is_logged_every_n_steps(tmp_path):
+    """evaluation.enabled: the harness runs on the held-out set every N steps and at the end, logged with the
+    training curves (the default job, 12 steps, every 5: steps 5, 10 and the end)."""
+    import csv
+
+    proc = run_cli(["stage.max_steps=12", "stage.val_every=12", "evaluation.enabled=true",
+                    "evaluation.every_n_steps=5", "evaluation.limit=8", "logger=csv",
+                    "trainer.enable_progress_bar=false", "run=e"], tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = csv.DictReader((tmp_path / "runs" / "e" / "metrics.csv").open())
+    rows = [r for r in metrics if r.get("eval/synthetic/pass@1")]
+    assert [int(float(r["step"])) for r in rows] == [5, 10, 12]
+    assert all(0 <= float(r["eval/synthetic/pass@1"]) <= 100 for r in rows)
+
+
+def test_in_training_evaluation_with_a_missing_benchmark_stops_before_training(tmp_path):
+    proc = run_cli(["evaluation.enabled=true", "evaluation.benchmark=math500", "+evaluation.knobs.path=/nope"],
+                   tmp_path)  # fmt: skip
+    assert proc.returncode == 2 and "/nope does not exist" in proc.stderr.strip().splitlines()[-1]

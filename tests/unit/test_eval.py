@@ -157,3 +157,24 @@ def test_missing_column_and_missing_copy_are_one_line(registry, tmp_path):
         registry.build("benchmark", "math500", path=str(tmp_path / "nope"))
     with pytest.raises(BenchmarkError, match="set path=<local copy>"):
         registry.build("benchmark", "gpqa_diamond")
+
+
+def test_llm_judge_fallback_always_and_bad_replies(fake_judge):
+    from r1v.evaluation.judge import AnswerJudge
+    from r1v.judge import JudgeError
+
+    item = EvalItem("q", "Which is larger?", "B", "mc", ["1", "2"])
+    fake_judge.reply = lambda body: "The response says two.\nVerdict: correct"
+    judge = AnswerJudge(fake_judge.url, "m")
+    assert judge(item, "<think>hmm</think>\n\nIt is clearly two.", rule_correct=False) is True and judge.asked == 1
+    prompt = fake_judge.bodies[-1]["messages"][0]["content"]
+    assert "Reference answer: B. 2" in prompt and "It is clearly two." in prompt and "hmm" not in prompt
+    assert judge(item, "\\boxed{B}", rule_correct=True) is True and judge.asked == 1  # fallback: not asked
+    always = AnswerJudge(fake_judge.url, "m", mode="always")
+    fake_judge.reply = lambda body: "Verdict: incorrect"
+    assert always(item, "\\boxed{B}", rule_correct=True) is False
+    fake_judge.reply = lambda body: "I cannot tell."
+    with pytest.raises(JudgeError, match=r"no 'Verdict: correct\|incorrect' in its reply"):
+        always(item, "x", rule_correct=False)
+    with pytest.raises(JudgeError, match=r"judge\.mode 'sometimes' is not allowed"):
+        AnswerJudge(fake_judge.url, "m", mode="sometimes")

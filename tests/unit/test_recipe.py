@@ -49,3 +49,26 @@ def test_changed_keys_are_named():
     new = {"recipe": {"stages": [{"args": ["b"]}], "eval": {"limit": 32}}, "seed": 0}
     assert changed_keys(old, new) == ["recipe.eval.limit", "recipe.stages"]
     assert changed_keys(old, old) == []
+
+
+def test_plots_from_a_metrics_file(tmp_path):
+    """python -m r1v plot: one PNG per panel that has data, several runs overlaid; a run without
+    metrics.csv is one line."""
+    from r1v.__main__ import main as cli
+    from r1v.plots import panels, read_metrics
+
+    for name, shift in (("a", 0.0), ("b", 0.1)):
+        run = tmp_path / name
+        run.mkdir()
+        rows = ["step,train/loss,reward/accuracy,reward/accuracy_std,completion/length_mean,val/accuracy"]
+        rows += [f"{s},{2 - s / 50 + shift},{s / 100},0.1,{30 + s}," for s in range(40)] + ["39,,,,,0.5"]
+        (run / "metrics.csv").write_text("\n".join(rows) + "\n")
+    metrics = read_metrics(tmp_path / "a")
+    assert metrics["val/accuracy"] == ([39.0], [0.5]) and len(metrics["train/loss"][0]) == 40
+    got = panels({"a": metrics})
+    assert [s.metric for s in got["reward"]] == ["reward/accuracy"]  # std columns are not curves
+    assert sorted(got) == ["accuracy", "loss", "response_length", "reward"]
+    assert cli(["plot", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "png")]) == 0
+    assert sorted(p.name for p in (tmp_path / "png").iterdir()) == ["accuracy.png", "loss.png", "response_length.png",
+                                                                     "reward.png"]  # fmt: skip
+    assert cli(["plot", str(tmp_path / "missing")]) == 2
