@@ -20,13 +20,23 @@ log = logging.getLogger("r1v.eval")
 PART_GROUPS = ("model", "vision", "adapter", "backbone")
 
 
+def run_folder_of(checkpoint: str) -> Path | None:
+    """The run folder a checkpoint belongs to (itself, or a parent of ``final/…`` / ``checkpoints/…``)."""
+    p = Path(str(checkpoint))
+    for cand in [p, *p.parents][:3]:
+        if (cand / "config.yaml").is_file() and (cand / "run.json").is_file():
+            return cand
+    return None
+
+
 def trained_model(cfg: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """The model node to evaluate: the checkpoint run's own composition, or the configured one when model
     overrides are given — refused in one line when it names other parts than the checkpoint was trained with."""
     ckpt = cfg.get("checkpoint")
-    run_cfg = Path(str(ckpt), "config.yaml") if ckpt else None
-    if not (run_cfg and run_cfg.is_file()):
+    folder = run_folder_of(ckpt) if ckpt else None
+    if folder is None:  # bare weights: the configured composition (a shape mismatch is one line when loading)
         return cfg["model"]
+    run_cfg = folder / "config.yaml"
     trained = OmegaConf.to_container(OmegaConf.load(run_cfg), resolve=True)["model"]
     if not any(o.lstrip("+~").split("=")[0].split(".")[0] in PART_GROUPS for o in overrides):
         return trained
@@ -71,7 +81,7 @@ def run_eval(cfg: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     engine = registry.build("rollout", "hf", **({} if greedy else {"temperature": float(cfg["temperature"]),
                                                                    "top_p": float(cfg["top_p"])}))  # fmt: skip
     ckpt = cfg.get("checkpoint")
-    base = Path(ckpt) if ckpt and Path(ckpt).is_dir() else Path(".")
+    base = (run_folder_of(ckpt) if ckpt else None) or Path(".")
     out = Path(cfg["out"]) if cfg.get("out") else base / "eval" / str(cfg["benchmark"])
     with autocast(cfg, stage_device(cfg)):
         summary = evaluate(model, processor, engine, items, out, n_samples=n, ks=ks,

@@ -76,7 +76,8 @@ def _stage_args(st: dict[str, Any], recipe: dict[str, Any], folder: Path, seed: 
     args += list((recipe.get("overrides") or {}).get(st["name"]) or [])
     if st.get("from"):
         args.append(f"checkpoint={folder / st['from']}")
-    return [*args, f"seed={seed}", f"paths.runs={folder}", f"run={st['name']}", "logger=default",
+    quiet = [] if any(a.startswith("logger=") for a in args) else ["logger=default"]  # a stage may pick its own
+    return [*args, f"seed={seed}", f"paths.runs={folder}", f"run={st['name']}", *quiet,
             "trainer.enable_progress_bar=false"]  # fmt: skip
 
 

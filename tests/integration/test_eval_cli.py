@@ -25,6 +25,17 @@ def test_eval_synthetic_writes_consistent_samples_and_summary(default_run, tmp_p
     assert summary["length"]["max"] >= summary["length"]["mean"] > 0
 
 
+def test_eval_of_a_weights_file_uses_its_run_composition(reassembled_run, tmp_path):
+    """A weights file inside a run folder is evaluated with that run's composition (here the reasoner), not
+    the default one, whose tensors have the same shapes and would load silently."""
+    weights = reassembled_run / "final" / "trainable.safetensors"
+    for ckpt, out in ((reassembled_run, "a"), (weights, "b")):
+        proc = run_cli([f"checkpoint={ckpt}", "limit=8", f"out={tmp_path / out}"], tmp_path, module="r1v.eval")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = ((tmp_path / x / "samples.jsonl").read_text() for x in "ab")
+    assert a == b
+
+
 def test_eval_sampling_pass_at_k(default_run, tmp_path):
     proc = run_cli([f"checkpoint={default_run}", "limit=6", "n_samples=3", "k=[1,3]", "temperature=1.0",
                     f"out={tmp_path / 'ev'}"], tmp_path, module="r1v.eval")  # fmt: skip
