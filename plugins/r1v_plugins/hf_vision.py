@@ -51,7 +51,9 @@ def _tower(kind: str, pretrained: str | None, select_layer: int, dims: dict[str,
     if pretrained:
         if not Path(pretrained, "config.json").is_file():
             raise FileNotFoundError(f"vision '{kind}': {pretrained} is not a model folder (no config.json there)")
-        model = hf_from_folder(cls, pretrained, f"vision '{kind}'")
+        # the vision config even from a full CLIP/SigLIP folder (text tower stored too; its tensors are skipped)
+        config = cfg_cls.from_pretrained(pretrained, local_files_only=True)
+        model = hf_from_folder(cls, pretrained, f"vision '{kind}'", config=config)
     else:
         model = cls(cfg_cls(**dims))
     return HFVisionTower(model, has_cls=kind == "clip", select_layer=select_layer, mean_std=mean_std)

@@ -58,6 +58,11 @@ def test_zero3_folder_loading_streams_every_tensor(saved_tiny, monkeypatch):
     with torch.no_grad():
         torch.testing.assert_close(loaded.eval()(ids).logits, tiny(ids).logits)
     assert loaded.lm_head.weight is loaded.model.embed_tokens.weight or not tiny.config.tie_word_embeddings
+    from transformers import AutoModelForCausalLM
+
+    auto = r1v.weights.hf_from_folder(AutoModelForCausalLM, folder, "backbone 'hf'", dtype=torch.float32)
+    with torch.no_grad():  # backbone=hf's Auto class takes the same path
+        torch.testing.assert_close(auto.eval()(ids).logits, tiny(ids).logits)
 
     config = Qwen2ForCausalLM.config_class.from_pretrained(folder)
     config.num_hidden_layers = 1
