@@ -5,7 +5,6 @@ prints a table. See conf/eval.yaml for every option."""
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -97,15 +96,9 @@ def run_eval(cfg: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
 def _hydra_main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from r1v.evaluation.readers import BenchmarkError
-    from r1v.train import _user_errors
+    from r1v.train import exit_on_user_error
 
-    overrides = list(HydraConfig.get().overrides.task)
-    try:
-        run_eval(OmegaConf.to_container(cfg, resolve=True), overrides)  # type: ignore[arg-type]
-    except (*_user_errors(), BenchmarkError) as e:
-        print(f"r1v: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    exit_on_user_error(run_eval, OmegaConf.to_container(cfg, resolve=True), list(HydraConfig.get().overrides.task))
 
 
 def main(argv: list[str] | None = None) -> None:

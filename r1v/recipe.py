@@ -26,7 +26,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from r1v.config import ConfigError, conf_dir, hydra_entry
-from r1v.registry import RegistryError, did_you_mean, get_registry
+from r1v.registry import did_you_mean, get_registry
 from r1v.runs import RunError, write_json_atomic
 
 log = logging.getLogger("r1v.recipe")
@@ -159,11 +159,9 @@ def _evaluate(run_dir: Path, ev: dict[str, Any], log_path: Path) -> dict[str, An
 
 @hydra.main(config_path=conf_dir(), config_name="recipe", version_base=None)
 def _hydra_main(cfg: DictConfig) -> None:
-    try:
-        run_recipe(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
-    except (ConfigError, RegistryError, RunError, FileNotFoundError) as e:
-        print(f"r1v: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    from r1v.train import exit_on_user_error
+
+    exit_on_user_error(run_recipe, OmegaConf.to_container(cfg, resolve=True))
 
 
 def main(argv: list[str] | None = None) -> None:

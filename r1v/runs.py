@@ -11,6 +11,7 @@ side files.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import socket
@@ -178,3 +179,16 @@ class Timer:
 
     def __call__(self) -> float:
         return time.perf_counter() - self.t0
+
+
+def already_finished(run_dir: Path, marker: str, resume: Any, holds: str) -> bool:
+    """For stages that run once: True when ``run_dir/marker`` says the stage finished and ``resume`` allows
+    keeping it; a finished folder without ``resume`` is refused in one line (nothing is overwritten)."""
+    if not (run_dir / marker).exists():
+        return False
+    if resume is None:
+        raise RunError(
+            f"run folder {run_dir} already holds {holds}; start a new one with run=<new name> (resume=auto keeps it)"
+        )
+    logging.getLogger(__name__).info("%s is finished (%s); nothing to do", run_dir, marker)
+    return True

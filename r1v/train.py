@@ -26,13 +26,23 @@ if not OmegaConf.has_resolver("r1v_run_name"):
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from r1v.data.datasets import DataError
+    from r1v.evaluation.readers import BenchmarkError
     from r1v.judge import JudgeError
     from r1v.model.build import ModelConfigError
     from r1v.runs import RunError
     from r1v.scoring import ScoringError
     from r1v.weights import WeightsError
 
-    return (*USER_ERRORS, DataError, ModelConfigError, RunError, WeightsError, ScoringError, JudgeError)
+    return (*USER_ERRORS, DataError, ModelConfigError, RunError, WeightsError, ScoringError, JudgeError, BenchmarkError)
+
+
+def exit_on_user_error(fn: Any, *args: Any) -> Any:
+    """``fn(*args)``; a user error (bad config, data, weights, benchmark copy …) is one line and exit 2."""
+    try:
+        return fn(*args)
+    except _user_errors() as e:
+        print(f"r1v: error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 RANDOM_WEIGHTS_LIMIT = 3_000_000_000  # parameters without weights above which a run needs allow_random_weights
@@ -167,12 +177,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
 def _hydra_main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    try:
-        run(cfg, run_dir)
-    except _user_errors() as e:
-        print(f"r1v: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    exit_on_user_error(run, cfg, Path(HydraConfig.get().runtime.output_dir))
 
 
 def main(argv: list[str] | None = None) -> None:

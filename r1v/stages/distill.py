@@ -209,15 +209,11 @@ class Distill:
         self.cfg = dict(cfg)
 
     def run_stage(self, run_dir: Path) -> DistillResult | None:
-        from r1v.runs import RunError
+        from r1v.runs import already_finished
         from r1v.stages.common import inference_model
         from r1v.train import build_datasets
 
-        if (run_dir / "distill.json").exists():
-            if self.cfg.get("resume") is None:
-                raise RunError(f"run folder {run_dir} already holds a distilled data set; start a new one with "
-                               "run=<new name> (resume=auto keeps it)")  # fmt: skip
-            log.info("distill: %s is finished; nothing to do", run_dir)
+        if already_finished(run_dir, "distill.json", self.cfg.get("resume"), "a distilled data set"):
             return None
         dcfg = self.cfg["distill"]
         plugins = build_plugins(dcfg)  # judge endpoints are checked here, before the model is even built

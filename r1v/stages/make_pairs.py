@@ -56,16 +56,12 @@ class MakePairs:
             )
 
     def run_stage(self, run_dir: Path) -> dict[str, Any] | None:
-        from r1v.runs import RunError
+        from r1v.runs import already_finished
         from r1v.stages.common import autocast, inference_model, stage_device
         from r1v.stages.sft import build_rewards
         from r1v.train import build_datasets
 
-        if (run_dir / "pairs.json").exists():
-            if self.cfg.get("resume") is None:
-                raise RunError(f"run folder {run_dir} already holds pairs; start a new one with run=<new name> "
-                               "(resume=auto keeps it)")  # fmt: skip
-            log.info("make_pairs: %s is finished; nothing to do", run_dir)
+        if already_finished(run_dir, "pairs.json", self.cfg.get("resume"), "pairs"):
             return None
         st = self.cfg["stage"]
         engine = build_plugin(get_registry(), "rollout", st["rollout"], "stage.rollout")
