@@ -1,4 +1,5 @@
-"""Rollout engines: ``hf`` generates with the backbone's own ``generate`` and KV cache."""
+"""Rollout engines: ``hf`` (transformers' ``generate``, the reference) and ``static`` (static KV cache,
+CUDA graphs, GPU sampling: :mod:`r1v.generation`)."""
 
 from __future__ import annotations
 
@@ -95,6 +96,17 @@ def hf(temperature: float = 0.6, top_p: float = 0.95, repetition_penalty: float 
     return HFGenerate(temperature, top_p, repetition_penalty)
 
 
+def static(temperature: float = 0.6, top_p: float = 0.95, repetition_penalty: float = 1.0, cuda_graphs: bool = True,
+           compile: bool = False, window: int = 128, max_batch_size: int | None = None,
+           check_every: int = 16) -> Any:  # fmt: skip
+    """Static KV cache + one CUDA graph per attention window, batched GPU sampling (Llama/Qwen2/Qwen3)."""
+    from r1v.generation import StaticEngine
+
+    return StaticEngine(temperature, top_p, repetition_penalty, cuda_graphs, compile, window, max_batch_size,
+                        check_every)  # fmt: skip
+
+
 @hookimpl
 def register_rollout_engines(register):
     register("hf", hf)
+    register("static", static)
