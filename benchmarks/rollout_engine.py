@@ -72,9 +72,10 @@ def hf_generate(lm: Any, ids: torch.Tensor, mask: torch.Tensor, new: int, greedy
 
 
 def ours(engine: Any, lm: Any, ids: torch.Tensor, mask: torch.Tensor, new: int, greedy: bool,
-         penalty: list[float] | None = None) -> list[list[int]]:  # fmt: skip
+         penalty: list[float] | None = None, temperature: float = 0.6,
+         top_p: float = 0.95) -> list[list[int]]:  # fmt: skip
     b = ids.shape[0]
-    knobs = {"temperature": [0.6] * b, "top_p": [0.95] * b, "repetition_penalty": penalty or [1.0] * b}
+    knobs = {"temperature": [temperature] * b, "top_p": [top_p] * b, "repetition_penalty": penalty or [1.0] * b}
     return engine.decode(lm, lm.model.embed_tokens(ids), mask, new, greedy, knobs, eos=None, pad=0)
 
 
@@ -129,7 +130,7 @@ def kernel_classes(engine: Any, lm: Any, ids: torch.Tensor, mask: torch.Tensor, 
 
 def profile_step(engine: Any, lm: Any, ids: torch.Tensor, mask: torch.Tensor, steps: int = 16) -> dict[str, float]:
     """Kernel µs per decode step by class: (prefill + ``steps`` steps) − (prefill + 0 steps), eager."""
-    eager = type(engine)(temperature=0.6, top_p=0.95, cuda_graphs=False)
+    eager = type(engine)(temperature=0.6, top_p=0.95, cuda_graphs=False, fuse=engine.fuse)
     ours(eager, lm, ids, mask, 4, False)
     a = kernel_classes(eager, lm, ids, mask, 1)
     b = kernel_classes(eager, lm, ids, mask, steps + 1)
@@ -149,6 +150,7 @@ def main() -> None:
     ap.add_argument("--cpu", action="store_true")
     ap.add_argument("--compile", action="store_true", help="also time compile=true")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--fp32-agreement", action="store_true", help="also compare greedy ids in float32")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
@@ -178,24 +180,37 @@ def main() -> None:
         add("transformers generate (baseline)", args.hf_new, t)
         variants = [("static, eager (no graphs)", StaticEngine(0.6, 0.95, cuda_graphs=False), args.hf_new)]
         variants.append(("static, CUDA graphs", StaticEngine(0.6, 0.95), args.new))
+        variants.append(("static, CUDA graphs + fused q|k|v, gate|up GEMMs", StaticEngine(0.6, 0.95, fuse=True),
+                         args.new))  # fmt: skip
         if args.compile:
             variants.append(("static, CUDA graphs + compile", StaticEngine(0.6, 0.95, compile=True), args.new))
+            variants.append(("static, CUDA graphs + compile + fused", StaticEngine(0.6, 0.95, compile=True, fuse=True),
+                             args.new))  # fmt: skip
         for name, engine, new in variants:
             _, first = timed(lambda e=engine, n=new: ours(e, lm, ids, mask, n, False))
             _, t = timed(lambda e=engine, n=new: ours(e, lm, ids, mask, n, False))
             add(name, new, t, first)
-            if new != args.hf_new:
-                _, t = timed(lambda e=engine: ours(e, lm, ids, mask, args.hf_new, False))
-                add(name + f" ({args.hf_new} new)", args.hf_new, t)
-        best = variants[-1][1]
+        best_name, best = variants[-1][0], variants[-1][1]
+        _, t = timed(lambda: ours(best, lm, ids, mask, args.hf_new, False))
+        add(best_name + f" ({args.hf_new} new: equal work)", args.hf_new, t)
         drlc = [1.0 + (b % 8) / 8 for b in range(args.batch)]  # per-row penalties 1.0 … 1.875
-        _, t = timed(lambda: ours(best, lm, ids, mask, args.new, False, drlc))
-        _, t = timed(lambda: ours(best, lm, ids, mask, args.new, False, drlc))
-        add(variants[-1][0] + ", per-row repetition penalty", args.new, t)
+        for label, greedy, kw in ((", per-row repetition penalty", False, {"penalty": drlc}),
+                                  (", T = 1, top-p = 1 (GRPO default: no sort)", False,
+                                   {"temperature": 1.0, "top_p": 1.0}),
+                                  (", greedy", True, {})):  # fmt: skip
+            ours(best, lm, ids, mask, args.new, greedy, **kw)  # first use of this sampling mode captures
+            _, t = timed(lambda g=greedy, kw=kw: ours(best, lm, ids, mask, args.new, g, **kw))
+            add(best_name + label, args.new, t)
 
         ref = hf_generate(lm, ids, mask, args.greedy_new, True, output_scores=True, return_dict_in_generate=True)
         mine = ours(best, lm, ids, mask, args.greedy_new, True)
         res["greedy_agreement"] = agreement(ref.sequences[:, ids.shape[1] :], mine, ref.scores)
+        if args.fp32_agreement:  # ties are rare in fp32: the same decode loop must then give the same tokens
+            lm.float()
+            ref = hf_generate(lm, ids, mask, args.greedy_new, True, output_scores=True, return_dict_in_generate=True)
+            mine = ours(StaticEngine(cuda_graphs=device.type == "cuda"), lm, ids, mask, args.greedy_new, True)
+            res["greedy_agreement_fp32"] = agreement(ref.sequences[:, ids.shape[1] :], mine, ref.scores)
+            lm.bfloat16()
         if args.profile and device.type == "cuda":
             res["eager_kernel_us_per_step"] = profile_step(best, lm, ids, mask)
 
@@ -205,15 +220,16 @@ def main() -> None:
         r["vs_baseline"] = r["tokens_per_s"] / base
         r["share_of_floor"] = r["tokens_per_s"] / res["floor"]["tokens_per_s"]
     res["rows"] = rows
-    print(f"{'engine':58s} {'new':>5s} {'tok/s':>9s} {'ms/step':>8s} {'× baseline':>10s} {'% floor':>8s}")
+    print(f"{'engine':84s} {'new':>5s} {'tok/s':>9s} {'ms/step':>8s} {'× baseline':>10s} {'% floor':>8s}")
     for r in rows:
-        print(f"{r['engine']:58s} {r['new']:5d} {r['tokens_per_s']:9.0f} {r['ms_per_step']:8.2f} "
+        print(f"{r['engine']:84s} {r['new']:5d} {r['tokens_per_s']:9.0f} {r['ms_per_step']:8.2f} "
               f"{r['vs_baseline']:10.1f} {100 * r['share_of_floor']:7.1f}%")  # fmt: skip
     f = res["floor"]
-    print(f"{'floor (weights + mean KV read once per step)':58s} {args.new:5d} {f['tokens_per_s']:9.0f} "
+    print(f"{'floor (weights + mean KV read once per step)':84s} {args.new:5d} {f['tokens_per_s']:9.0f} "
           f"{f['ms_per_step']:8.2f}   at {bw / 1e9:.0f} GB/s measured read bandwidth")  # fmt: skip
-    print("greedy agreement:", json.dumps({k: v if not isinstance(v, list) else v[:8]
-                                            for k, v in res["greedy_agreement"].items()}))  # fmt: skip
+    for key in ("greedy_agreement", "greedy_agreement_fp32"):
+        if key in res:
+            print(key, json.dumps({k: v if not isinstance(v, list) else v[-8:] for k, v in res[key].items()}))
     if "eager_kernel_us_per_step" in res:
         print("eager decode step, kernel µs by class:", json.dumps(res["eager_kernel_us_per_step"]))
     if args.out:

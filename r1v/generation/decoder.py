@@ -64,7 +64,7 @@ class Decoder:
     whether the tensors it baked in are still the ones in use.
     """
 
-    def __init__(self, lm: nn.Module, compile: bool = False) -> None:
+    def __init__(self, lm: nn.Module, compile: bool = False, fuse: bool = False) -> None:
         cfg = lm.config
         kind = getattr(cfg, "model_type", "?")
         if kind not in SUPPORTED:
@@ -86,13 +86,16 @@ class Decoder:
         self.eps = float(cfg.rms_norm_eps)
         self.vocab = cfg.vocab_size
         self.layers: list[Layer] = []
+        self.fuse = fuse
+        self.fused: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]] = []  # (W_qkv, b_qkv, W_gate|up)
         self.collect()
         self.scale = self.head_dim**-0.5
         self.dtype = self.layers[0].wq.dtype
-        self._qkv, self._mlp = qkv, mlp_block
+        self._qkv, self._mlp = (qkv_fused, mlp_fused) if fuse else (qkv, mlp_block)
+        self._qkv_eager, self._mlp_eager = self._qkv, self._mlp
         if compile:  # one compiled kernel set serves every layer: the weights are arguments, not attributes
-            self._qkv = torch.compile(qkv, dynamic=False, fullgraph=True)
-            self._mlp = torch.compile(mlp_block, dynamic=False, fullgraph=True)
+            self._qkv = torch.compile(self._qkv, dynamic=False, fullgraph=True)
+            self._mlp = torch.compile(self._mlp, dynamic=False, fullgraph=True)
 
     def collect(self) -> None:
         """(Re-)read the layers' tensors: after a ZeRO-3 gather they live in new storage."""
@@ -110,6 +113,24 @@ class Decoder:
                                      a.v_proj.bias, o, a.o_proj.bias, None if qn is None else qn.weight,
                                      None if kn is None else kn.weight, layer.post_attention_layernorm.weight, gate,
                                      up, down))  # fmt: skip
+        if self.fuse:
+            self._refresh_fused()
+
+    @torch.no_grad()
+    def _refresh_fused(self) -> None:
+        """Copy the current weights into the fused buffers, allocated once: their addresses stay, so captured
+        graphs stay valid, and the copy on every call sees the optimizer steps since the last one."""
+        fresh = len(self.fused) != len(self.layers)
+        if fresh:
+            self.fused = []
+        for i, w in enumerate(self.layers):
+            parts = (w.wq, w.wk, w.wv), _qkv_bias(w), (w.w_gate, w.w_up)
+            if fresh:
+                self.fused.append(tuple(None if p is None else torch.cat(p) for p in parts))
+            else:
+                for buffer, p in zip(self.fused[i], parts, strict=True):
+                    if p is not None:
+                        torch.cat(p, out=buffer)
 
     def fingerprint(self) -> tuple[int, ...]:
         """Storage addresses of every tensor a step reads (a CUDA graph replays those addresses)."""
@@ -141,26 +162,14 @@ class Decoder:
         ``mask`` (B, 1, T, window), True = attend. Returns the last position's hidden state (B, D).
         """
         # compiled kernels for decode only: prompts vary in length and would recompile for every P
-        fqkv, fmlp = (self._qkv, self._mlp) if h.shape[1] == 1 else (qkv, mlp_block)
+        fqkv, fmlp = (self._qkv, self._mlp) if h.shape[1] == 1 else (self._qkv_eager, self._mlp_eager)
+        dims = (self.n_heads, self.n_kv, self.head_dim, self.eps)
         for i, w in enumerate(self.layers):
-            q, k, v = fqkv(
-                h,
-                cos,
-                sin,
-                w.ln1,
-                w.wq,
-                w.bq,
-                w.wk,
-                w.bk,
-                w.wv,
-                w.bv,
-                w.q_norm,
-                w.k_norm,
-                self.n_heads,
-                self.n_kv,
-                self.head_dim,
-                self.eps,
-            )  # (B, H·, T, hd)
+            if self.fuse:
+                wqkv, bqkv, wgu = self.fused[i]
+                q, k, v = fqkv(h, cos, sin, w.ln1, wqkv, bqkv, w.q_norm, w.k_norm, *dims)  # (B, H·, T, hd)
+            else:
+                q, k, v = fqkv(h, cos, sin, w.ln1, w.wq, w.bq, w.wk, w.bk, w.wv, w.bv, w.q_norm, w.k_norm, *dims)
             ck, cv = cache_k[i], cache_v[i]
             if isinstance(write, slice):
                 ck[:, :, write], cv[:, :, write] = k, v
@@ -168,8 +177,18 @@ class Decoder:
                 ck.index_copy_(2, write, k)
                 cv.index_copy_(2, write, v)
             o = attend(q, ck[:, :, :window], cv[:, :, :window], mask, self.scale)  # (B, T, H·hd)
-            h = fmlp(h, o, w.wo, w.bo, w.ln2, w.w_gate, w.w_up, w.w_down, self.eps)
+            if self.fuse:
+                h = fmlp(h, o, w.wo, w.bo, w.ln2, wgu, w.w_down, self.eps)
+            else:
+                h = fmlp(h, o, w.wo, w.bo, w.ln2, w.w_gate, w.w_up, w.w_down, self.eps)
         return h[:, -1]
+
+
+def _qkv_bias(w: Layer) -> tuple[torch.Tensor, ...] | None:
+    """[b_q, b_k, b_v] with zeros for a missing one; None when none has a bias."""
+    if w.bq is None and w.bk is None and w.bv is None:
+        return None
+    return tuple(b if b is not None else m.new_zeros(m.shape[0]) for b, m in ((w.bq, w.wq), (w.bk, w.wk), (w.bv, w.wv)))
 
 
 # -- tensor functions (weights are arguments, so torch.compile fuses them once for every layer) ------------------
@@ -228,3 +247,28 @@ def mlp_block(h: torch.Tensor, o: torch.Tensor, wo: torch.Tensor, bo: torch.Tens
     h = h + F.linear(o, wo, bo)
     x = rms_norm(h, ln2, eps)
     return h + F.linear(F.silu(F.linear(x, w_gate)) * F.linear(x, w_up), w_down)
+
+
+def qkv_fused(h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ln1: torch.Tensor, wqkv: torch.Tensor,
+              bqkv: torch.Tensor | None, q_norm: torch.Tensor | None, k_norm: torch.Tensor | None, n_heads: int,
+              n_kv: int, head_dim: int, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """:func:`qkv` with one GEMM over the stacked [W_q; W_k; W_v] (fewer, larger kernels at decode batch sizes)."""
+    b, t, _ = h.shape
+    x = rms_norm(h, ln1, eps)
+    q, k, v = F.linear(x, wqkv, bqkv).split([n_heads * head_dim, n_kv * head_dim, n_kv * head_dim], dim=-1)
+    q, k = q.reshape(b, t, n_heads, head_dim), k.reshape(b, t, n_kv, head_dim)
+    v = v.reshape(b, t, n_kv, head_dim).transpose(1, 2)
+    if q_norm is not None:
+        q, k = rms_norm(q, q_norm, eps), rms_norm(k, k_norm, eps)
+    q, k = q.transpose(1, 2), k.transpose(1, 2)
+    q = q * cos + _rotate_half(q) * sin
+    k = k * cos + _rotate_half(k) * sin
+    return q, k, v
+
+
+def mlp_fused(h: torch.Tensor, o: torch.Tensor, wo: torch.Tensor, bo: torch.Tensor | None, ln2: torch.Tensor,
+              w_gate_up: torch.Tensor, w_down: torch.Tensor, eps: float) -> torch.Tensor:  # fmt: skip
+    """:func:`mlp_block` with one GEMM over the stacked [W_gate; W_up]."""
+    h = h + F.linear(o, wo, bo)
+    gate, up = F.linear(rms_norm(h, ln2, eps), w_gate_up).chunk(2, dim=-1)
+    return h + F.linear(F.silu(gate) * up, w_down)

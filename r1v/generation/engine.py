@@ -62,7 +62,7 @@ class StaticEngine:
 
     def __init__(self, temperature: float = 0.6, top_p: float = 0.95, repetition_penalty: float = 1.0,
                  cuda_graphs: bool = True, compile: bool = False, window: int = 128,
-                 max_batch_size: int | None = None, check_every: int = 16) -> None:  # fmt: skip
+                 max_batch_size: int | None = None, check_every: int = 16, fuse: bool = False) -> None:  # fmt: skip
         checks = (("temperature", temperature, temperature > 0), ("top_p", top_p, 0 < top_p <= 1),
                   ("repetition_penalty", repetition_penalty, repetition_penalty > 0), ("window", window, window >= 1),
                   ("check_every", check_every, check_every >= 1),
@@ -72,7 +72,7 @@ class StaticEngine:
                 raise ValueError(f"rollout 'static': {name}={value} is out of range")
         self.temperature, self.top_p, self.repetition_penalty = temperature, top_p, repetition_penalty
         self.cuda_graphs, self.compile, self.window = cuda_graphs, compile, window
-        self.max_batch_size, self.check_every = max_batch_size, check_every
+        self.max_batch_size, self.check_every, self.fuse = max_batch_size, check_every, fuse
         self._state: _State | None = None
         self._decoder: Decoder | None = None
 
@@ -123,7 +123,7 @@ class StaticEngine:
     def decoder(self, lm: torch.nn.Module) -> Decoder:
         """The functional view of ``lm`` (kept per model so compiled kernels are reused)."""
         if self._decoder is None or self._decoder.lm is not lm:
-            self._decoder = Decoder(lm, compile=self.compile)
+            self._decoder = Decoder(lm, compile=self.compile, fuse=self.fuse)
         else:  # same model: re-read the tensors (a ZeRO-3 gather gives new storage every rollout)
             self._decoder.collect()
         return self._decoder
@@ -224,7 +224,9 @@ class StaticEngine:
         cos, sin = dec.rope(st.pos[:, None], h)
         cols = torch.arange(window, device=h.device)
         allowed = (cols[None] >= st.pad[:, None]) & (cols[None] <= st.col)  # (B, W)
-        h = dec.forward(h, cos, sin, st.k, st.v, st.col, window, allowed[:, None, None])
+        # an additive float mask built once per step: a bool mask is converted inside SDPA in every layer
+        bias = torch.zeros(allowed.shape, dtype=h.dtype, device=h.device).masked_fill_(~allowed, float("-inf"))
+        h = dec.forward(h, cos, sin, st.k, st.v, st.col, window, bias[:, None, None])
         nxt = choose(dec.logits(h), knobs, greedy, st.seen if knobs.penalty is not None else None)
         nxt = torch.where(st.done, torch.full_like(nxt, pad), nxt)
         st.out.index_copy_(1, st.t, nxt[:, None])
@@ -244,6 +246,7 @@ class StaticEngine:
         if graph is not None:
             return graph
         saved = {name: getattr(st, name).clone() for name in ("tok", "col", "pos", "t", "done", "out", "seen")}
+        rng = torch.cuda.get_rng_state()  # warm-up draws must not shift the seeded sequence of the real steps
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up: lazy inits and compilation happen outside the capture
@@ -259,5 +262,6 @@ class StaticEngine:
             self._step(dec, st, window, knobs, greedy, eos, pad)
         for name, value in saved.items():  # capture records without running, but be safe
             getattr(st, name).copy_(value)
+        torch.cuda.set_rng_state(rng)
         st.graphs[window] = graph
         return graph

@@ -60,6 +60,26 @@ def test_greedy_matches_hf_engine_with_per_sample_penalty(registry, tiny_vlm, on
     assert ours[1] != plain[1] and ours[0] == plain[0]
 
 
+def test_fused_projections_give_the_same_ids(registry, trained_vlm, one_thread):
+    """fuse=True: one GEMM for q|k|v and gate|up from a copy refreshed every call (an update in between shows)."""
+    model, processor = trained_vlm
+    samples = [_val(i) for i in range(4)]
+    plain = registry.build("rollout", "static").generate_ids(model, processor, samples, 32, greedy=True)
+    engine = registry.build("rollout", "static", fuse=True)
+    assert engine.generate_ids(model, processor, samples, 32, greedy=True) == plain
+    w = model.backbone.model.layers[0].mlp.up_proj.weight
+    saved = w.detach().clone()
+    try:
+        with torch.no_grad():
+            w.mul_(4.0)  # in place, as an optimizer step
+        changed = registry.build("rollout", "static").generate_ids(model, processor, samples, 32, greedy=True)
+        assert changed != plain
+        assert engine.generate_ids(model, processor, samples, 32, greedy=True) == changed
+    finally:
+        with torch.no_grad():
+            w.copy_(saved)
+
+
 def test_batch_split_gives_the_same_ids(registry, trained_vlm, one_thread):
     model, processor = trained_vlm
     samples = [_val(i) for i in range(5)]

@@ -72,6 +72,30 @@ SCRIPT = textwrap.dedent("""
     engine.step()
     assert float(engine(x).sum()) < float(loss)  # and training goes on with the hooks re-registered
     assert zero3_offload(None) is None
+
+    # rollout=static on ZeRO-3-partitioned weights: inside decode_ready it reads the gathered tensors and
+    # decodes greedily exactly what transformers' generate does; twice (new storage every gather)
+    from transformers import Qwen2ForCausalLM
+    from r1v.generation import StaticEngine
+    lm_cfg = Qwen2Config(vocab_size=61, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    torch.manual_seed(0)
+    with deepspeed.zero.Init(config_dict_or_path=ds):
+        lm = Qwen2ForCausalLM(lm_cfg)
+    fp32_rotary(lm)
+    lm_engine, *_ = deepspeed.initialize(model=lm, optimizer=torch.optim.SGD(lm.parameters(), lr=0.1), config=ds)
+    ids = torch.randint(3, 61, (3, 7))
+    mask = torch.ones(3, 7, dtype=torch.long)
+    mask[0, :2] = 0
+    static = StaticEngine()
+    for _ in range(2):
+        with decode_ready(lm_engine.module, lm_engine), torch.no_grad():
+            ref = lm.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False,
+                              pad_token_id=0, eos_token_id=None)[:, 7:].tolist()
+            knobs = {"temperature": [1.0] * 3, "top_p": [1.0] * 3, "repetition_penalty": [1.0] * 3}
+            mine = static.decode(lm, lm.model.embed_tokens(ids), mask, 12, True, knobs, eos=None, pad=0)
+        assert mine == ref, (mine, ref)
+        assert lm.model.layers[0].mlp.up_proj.weight.numel() == 0  # partitioned again
     print("OK")
 """)
 
