@@ -129,11 +129,10 @@ def kernel_classes(engine: Any, lm: Any, ids: torch.Tensor, mask: torch.Tensor, 
 
 
 def profile_step(engine: Any, lm: Any, ids: torch.Tensor, mask: torch.Tensor, steps: int = 16) -> dict[str, float]:
-    """Kernel µs per decode step by class: (prefill + ``steps`` steps) − (prefill + 0 steps), eager."""
-    eager = type(engine)(temperature=0.6, top_p=0.95, cuda_graphs=False, fuse=engine.fuse)
-    ours(eager, lm, ids, mask, 4, False)
-    a = kernel_classes(eager, lm, ids, mask, 1)
-    b = kernel_classes(eager, lm, ids, mask, steps + 1)
+    """Kernel µs per decode step by class: (prefill + ``steps`` steps) − (prefill + 0 steps)."""
+    ours(engine, lm, ids, mask, steps + 1, False)  # graphs captured before profiling
+    a = kernel_classes(engine, lm, ids, mask, 1)
+    b = kernel_classes(engine, lm, ids, mask, steps + 1)
     out = {k: (b[k] - a.get(k, 0.0)) / steps for k in sorted(b)}
     out["total"] = sum(out.values())
     return out
@@ -178,14 +177,18 @@ def main() -> None:
         hf_generate(lm, ids[:, -32:], mask[:, -32:], 4, False)  # warm-up
         _, t = timed(lambda: hf_generate(lm, ids, mask, args.hf_new, False))
         add("transformers generate (baseline)", args.hf_new, t)
-        variants = [("static, eager (no graphs)", StaticEngine(0.6, 0.95, cuda_graphs=False), args.hf_new)]
-        variants.append(("static, CUDA graphs", StaticEngine(0.6, 0.95), args.new))
-        variants.append(("static, CUDA graphs + fused q|k|v, gate|up GEMMs", StaticEngine(0.6, 0.95, fuse=True),
+        variants = [("static, eager (no graphs)", StaticEngine(0.6, 0.95, cuda_graphs=False, top_p_method="sort"),
+                 args.hf_new)]  # fmt: skip
+        sort = {"top_p_method": "sort"}
+        variants.append(("static, CUDA graphs", StaticEngine(0.6, 0.95, **sort), args.new))
+        variants.append(("static, CUDA graphs + fused q|k|v, gate|up GEMMs", StaticEngine(0.6, 0.95, fuse=True, **sort),
                          args.new))  # fmt: skip
         if args.compile:
-            variants.append(("static, CUDA graphs + compile", StaticEngine(0.6, 0.95, compile=True), args.new))
-            variants.append(("static, CUDA graphs + compile + fused", StaticEngine(0.6, 0.95, compile=True, fuse=True),
-                             args.new))  # fmt: skip
+            variants.append(("static, CUDA graphs + compile", StaticEngine(0.6, 0.95, compile=True, **sort), args.new))
+            variants.append(("static, CUDA graphs + compile + fused", StaticEngine(0.6, 0.95, compile=True, fuse=True,
+                                                                               **sort), args.new))  # fmt: skip
+            variants.append(("static, CUDA graphs + compile + fused + top-p by bisection",
+                             StaticEngine(0.6, 0.95, compile=True, fuse=True), args.new))  # fmt: skip
         for name, engine, new in variants:
             _, first = timed(lambda e=engine, n=new: ours(e, lm, ids, mask, n, False))
             _, t = timed(lambda e=engine, n=new: ours(e, lm, ids, mask, n, False))
@@ -212,7 +215,9 @@ def main() -> None:
             res["greedy_agreement_fp32"] = agreement(ref.sequences[:, ids.shape[1] :], mine, ref.scores)
             lm.bfloat16()
         if args.profile and device.type == "cuda":
-            res["eager_kernel_us_per_step"] = profile_step(best, lm, ids, mask)
+            eager = StaticEngine(0.6, 0.95, cuda_graphs=False, fuse=True)
+            res["eager_kernel_us_per_step"] = profile_step(eager, lm, ids, mask)
+            res["graph_kernel_us_per_step"] = profile_step(best, lm, ids, mask)
 
     res["floor"] = floor(lm, args.batch, float(mask.sum(1).float().mean()), args.new, bw)
     base = rows[0]["tokens_per_s"]
@@ -230,8 +235,9 @@ def main() -> None:
     for key in ("greedy_agreement", "greedy_agreement_fp32"):
         if key in res:
             print(key, json.dumps({k: v if not isinstance(v, list) else v[-8:] for k, v in res[key].items()}))
-    if "eager_kernel_us_per_step" in res:
-        print("eager decode step, kernel µs by class:", json.dumps(res["eager_kernel_us_per_step"]))
+    for key in ("eager_kernel_us_per_step", "graph_kernel_us_per_step"):
+        if key in res:
+            print(key, json.dumps({k: round(v, 1) for k, v in res[key].items()}))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(res, indent=1))

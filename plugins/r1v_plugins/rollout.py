@@ -98,17 +98,18 @@ def hf(temperature: float = 0.6, top_p: float = 0.95, repetition_penalty: float 
 
 def static(temperature: float = 0.6, top_p: float = 0.95, repetition_penalty: float = 1.0, cuda_graphs: bool = True,
            compile: bool = False, window: int = 128, max_batch_size: int | None = None,
-           check_every: int = 16, fuse: bool = False) -> Any:  # fmt: skip
+           check_every: int = 16, fuse: bool = False, top_p_method: str = "auto") -> Any:  # fmt: skip
     """Static KV cache + one CUDA graph per attention window, batched GPU sampling (Llama/Qwen2/Qwen3).
 
     ``compile``: torch.compile the per-layer pointwise work (one compilation serves every layer);
     ``fuse``: one GEMM for q/k/v and one for gate/up, from a copy of those weights refreshed every call
-    (costs their memory once more).
+    (costs their memory once more); ``top_p_method``: ``sort`` (transformers' rule, verbatim), ``bisect``
+    (the same kept set up to float rounding, no vocabulary sort) or ``auto`` (bisect on the GPU).
     """
     from r1v.generation import StaticEngine
 
     return StaticEngine(temperature, top_p, repetition_penalty, cuda_graphs, compile, window, max_batch_size,
-                        check_every, fuse)  # fmt: skip
+                        check_every, fuse, top_p_method)  # fmt: skip
 
 
 @hookimpl

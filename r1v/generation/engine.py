@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from .decoder import Decoder
-from .sampling import Knobs, choose
+from .sampling import Knobs, draw
 
 PER_SAMPLE_KNOBS = ("repetition_penalty", "temperature", "top_p")
 _PREFILL_MASK_ELEMENTS = 1 << 28  # rows per prefill chunk keep the (rows, 1, P, P) mask under 256M entries
@@ -62,7 +62,8 @@ class StaticEngine:
 
     def __init__(self, temperature: float = 0.6, top_p: float = 0.95, repetition_penalty: float = 1.0,
                  cuda_graphs: bool = True, compile: bool = False, window: int = 128,
-                 max_batch_size: int | None = None, check_every: int = 16, fuse: bool = False) -> None:  # fmt: skip
+                 max_batch_size: int | None = None, check_every: int = 16, fuse: bool = False,
+                 top_p_method: str = "auto") -> None:  # fmt: skip
         checks = (("temperature", temperature, temperature > 0), ("top_p", top_p, 0 < top_p <= 1),
                   ("repetition_penalty", repetition_penalty, repetition_penalty > 0), ("window", window, window >= 1),
                   ("check_every", check_every, check_every >= 1),
@@ -70,6 +71,10 @@ class StaticEngine:
         for name, value, ok in checks:
             if not ok:
                 raise ValueError(f"rollout 'static': {name}={value} is out of range")
+        if top_p_method not in ("auto", "sort", "bisect"):
+            raise ValueError(f"rollout 'static': top_p_method '{top_p_method}' is not one of auto, sort, bisect")
+        self.top_p_method = top_p_method
+        self._draw = torch.compile(draw, dynamic=False) if compile else draw
         self.temperature, self.top_p, self.repetition_penalty = temperature, top_p, repetition_penalty
         self.cuda_graphs, self.compile, self.window = cuda_graphs, compile, window
         self.max_batch_size, self.check_every, self.fuse = max_batch_size, check_every, fuse
@@ -151,13 +156,16 @@ class StaticEngine:
         knobs_live = Knobs(st.knobs.temperature, st.knobs.top_p if mode[1] else None,
                            st.knobs.penalty if mode[2] else None)  # fmt: skip
         if graphs and st.key != (dec.fingerprint(), mode):
-            st.graphs.clear()  # stale: other weights' storage or another sampling mode
+            # stale: other weights' storage (a ZeRO-3 gather) or another sampling mode. The old graphs go with
+            # their memory pool: capturing into a pool whose graphs were all destroyed trips the allocator.
+            st.graphs.clear()
+            st.pool = None
             st.key = (dec.fingerprint(), mode)
 
         real = mask.sum(1)
         st.pad.copy_(p - real)
         h_last = self._prefill(dec, st, embeds, mask)  # (B, D)
-        first = choose(dec.logits(h_last), knobs_live, greedy, st.seen if mode[2] else None)
+        first = self._choose(dec.logits(h_last), knobs_live, greedy, st.seen if mode[2] else None, dev)
         st.out.fill_(pad)
         st.out[:, 0] = first
         st.tok.copy_(first)
@@ -180,6 +188,16 @@ class StaticEngine:
                 break
         out = st.out[:b].tolist()
         return [row[: row.index(eos) + 1] if eos is not None and eos in row else row for row in out]
+
+    def _choose(self, logits: torch.Tensor, knobs: Knobs, greedy: bool, seen: torch.Tensor | None,
+                device: torch.device) -> torch.Tensor:  # fmt: skip
+        """(B, V) logits -> (B,) tokens. ``auto`` top-p: bisection on the GPU (32 reductions instead of a
+        vocabulary sort), the sort on the CPU (where one sort is cheaper than 32 passes)."""
+        method = self.top_p_method
+        if method == "auto":
+            method = "bisect" if device.type == "cuda" else "sort"
+        return self._draw(logits, seen, knobs.penalty if seen is not None else None, knobs.temperature, knobs.top_p,
+                          greedy, method)  # fmt: skip
 
     def _buffers(self, dec: Decoder, b: int, capacity: int, max_new: int, dev: torch.device) -> _State:
         st = self._state
@@ -227,7 +245,7 @@ class StaticEngine:
         # an additive float mask built once per step: a bool mask is converted inside SDPA in every layer
         bias = torch.zeros(allowed.shape, dtype=h.dtype, device=h.device).masked_fill_(~allowed, float("-inf"))
         h = dec.forward(h, cos, sin, st.k, st.v, st.col, window, bias[:, None, None])
-        nxt = choose(dec.logits(h), knobs, greedy, st.seen if knobs.penalty is not None else None)
+        nxt = self._choose(dec.logits(h), knobs, greedy, st.seen if knobs.penalty is not None else None, h.device)
         nxt = torch.where(st.done, torch.full_like(nxt, pad), nxt)
         st.out.index_copy_(1, st.t, nxt[:, None])
         if eos is not None:

@@ -57,10 +57,11 @@ def test_zero2_and_zero3_give_the_same_log_probs_before_the_first_update(runs):
            or abs(z3["tensors"][k][1] - v[1]) > 1e-5 * max(1.0, abs(v[1]))}  # fmt: skip
     assert not bad, bad
     # ... and the same per-token log-probs up to bf16 rounding (different GEMM shapes under ZeRO-3's
-    # flat buffers round differently); a wrong load is off by whole nats on average
+    # flat buffers round differently: one bf16 ulp of a logit near 8-16 is 0.03-0.06, and the tiny model's
+    # log-probs differ by 0 or one such step per token); a wrong load is off by whole nats on average
     diff = torch.cat([(a - b).abs() for a, b in zip(z2["logp"], z3["logp"], strict=True)])
     print(f"|logp_z2 - logp_z3|: max {float(diff.max()):.2e} mean {float(diff.mean()):.2e} over {len(diff)} tokens")
-    assert float(diff.mean()) < 0.02 and float(diff.max()) < 0.3, (float(diff.mean()), float(diff.max()))
+    assert float(diff.mean()) < 0.05 and float(diff.max()) < 0.3, (float(diff.mean()), float(diff.max()))
 
 
 def test_zero3_grpo_trains_with_a_live_reference(runs):

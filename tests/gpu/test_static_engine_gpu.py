@@ -56,9 +56,10 @@ def test_graphs_follow_new_weights(registry, cuda_vlm):
         w.data = saved
 
 
-def test_sampling_is_seeded_on_the_gpu(registry, cuda_vlm):
+@pytest.mark.parametrize("compile", [False, True])
+def test_sampling_is_seeded_on_the_gpu(registry, cuda_vlm, compile):
     model, processor = cuda_vlm
-    engine = registry.build("rollout", "static", temperature=1.0, top_p=0.9)
+    engine = registry.build("rollout", "static", temperature=1.0, top_p=0.9, compile=compile)
     samples = _samples(1) * 16
     torch.manual_seed(1)
     a = engine.generate_ids(model, processor, samples, 32)

@@ -11,7 +11,7 @@ import torch
 
 from r1v.data.synthetic import generate
 from r1v.generation import Decoder, UnsupportedModelError
-from r1v.generation.sampling import Knobs, choose, penalise, top_p_filter
+from r1v.generation.sampling import Knobs, choose, penalise, top_p_bisect, top_p_filter
 
 
 def _val(i: int):
@@ -161,6 +161,25 @@ def test_top_p_keeps_the_nucleus_like_transformers():
         assert torch.equal(mixed[row].isinf(), TopPLogitsWarper(p)(None, logits[row : row + 1].clone())[0].isinf())
 
 
+def test_bisected_top_p_keeps_the_sorted_nucleus():
+    """The sort-free threshold search keeps the same tokens as the sort, except where the mass above the
+    boundary token is within float32 summation error of p (the two sum in different orders)."""
+    torch.manual_seed(0)
+    differing = 0
+    for scale in (0.5, 1.0, 3.0, 10.0, 30.0):
+        logits = torch.randn(64, 5000) * scale
+        for p in (0.1, 0.5, 0.9, 0.95, 0.999):
+            top = torch.full((64,), p)
+            a, b = top_p_filter(logits, top).isinf(), top_p_bisect(logits, top).isinf()
+            for row in (a != b).any(-1).nonzero().flatten().tolist():
+                differing += 1
+                probs = logits[row].softmax(-1)
+                for tok in (a[row] != b[row]).nonzero().flatten().tolist():
+                    above = float(probs[probs > probs[tok]].sum())
+                    assert abs(above - p) < 2e-6 * max(1.0, 5000 * float(probs[tok])), (scale, p, above)
+    assert differing <= 20  # of 1,600 rows
+
+
 def test_penalty_matches_transformers_rule():
     from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 
@@ -173,13 +192,14 @@ def test_penalty_matches_transformers_rule():
     torch.testing.assert_close(ours, ref)
 
 
-def test_draws_follow_the_tempered_nucleus_distribution():
+@pytest.mark.parametrize("method", ["sort", "bisect"])
+def test_draws_follow_the_tempered_nucleus_distribution(method):
     """200k draws from one row: frequencies within 4 sigma of softmax(logits / T) renormalised on the nucleus."""
     torch.manual_seed(0)
     logits = torch.tensor([2.0, 1.5, 1.0, 0.0, -1.0, -3.0])
     n, t, p = 200_000, 0.7, 0.9
     knobs = Knobs(torch.full((n,), t), torch.full((n,), p), None)
-    draws = choose(logits.expand(n, -1).clone(), knobs, greedy=False, seen=None)
+    draws = choose(logits.expand(n, -1).clone(), knobs, greedy=False, seen=None, top_p_method=method)
     probs = (logits / t).softmax(-1)
     order = probs.argsort(descending=True)
     keep = torch.zeros(6, dtype=torch.bool)
