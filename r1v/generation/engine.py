@@ -74,7 +74,9 @@ class StaticEngine:
         if top_p_method not in ("auto", "sort", "bisect"):
             raise ValueError(f"rollout 'static': top_p_method '{top_p_method}' is not one of auto, sort, bisect")
         self.top_p_method = top_p_method
-        self._draw = torch.compile(draw, dynamic=False) if compile else draw
+        # the sampler stays eager inside the graph: inductor (torch 2.11) fails to generate Triton code for the
+        # bisection's masked reductions over a 152k vocabulary ("get_block_shape"), found on the H200
+        self._draw = draw
         self.temperature, self.top_p, self.repetition_penalty = temperature, top_p, repetition_penalty
         self.cuda_graphs, self.compile, self.window = cuda_graphs, compile, window
         self.max_batch_size, self.check_every, self.fuse = max_batch_size, check_every, fuse
@@ -128,7 +130,9 @@ class StaticEngine:
     def decoder(self, lm: torch.nn.Module) -> Decoder:
         """The functional view of ``lm`` (kept per model so compiled kernels are reused)."""
         if self._decoder is None or self._decoder.lm is not lm:
-            self._decoder = Decoder(lm, compile=self.compile, fuse=self.fuse)
+            # compile on the GPU only: on the CPU inductor builds C++ (slow, needs a compiler) for little gain
+            on_gpu = next(lm.parameters()).device.type == "cuda"
+            self._decoder = Decoder(lm, compile=self.compile and on_gpu, fuse=self.fuse)
         else:  # same model: re-read the tensors (a ZeRO-3 gather gives new storage every rollout)
             self._decoder.collect()
         return self._decoder
@@ -191,11 +195,9 @@ class StaticEngine:
 
     def _choose(self, logits: torch.Tensor, knobs: Knobs, greedy: bool, seen: torch.Tensor | None,
                 device: torch.device) -> torch.Tensor:  # fmt: skip
-        """(B, V) logits -> (B,) tokens. ``auto`` top-p: bisection on the GPU (32 reductions instead of a
-        vocabulary sort), the sort on the CPU (where one sort is cheaper than 32 passes)."""
-        method = self.top_p_method
-        if method == "auto":
-            method = "bisect" if device.type == "cuda" else "sort"
+        """(B, V) logits -> (B,) tokens. ``auto`` top-p is the sort: unfused, the bisection's 32 halvings cost
+        more than the sort on the H200 (6.23 vs 4.28 ms per step, benchmarks/README.md)."""
+        method = "sort" if self.top_p_method == "auto" else self.top_p_method
         return self._draw(logits, seen, knobs.penalty if seen is not None else None, knobs.temperature, knobs.top_p,
                           greedy, method)  # fmt: skip
 

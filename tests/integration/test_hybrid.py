@@ -84,20 +84,30 @@ def _distill_in_process(compose, registry, tmp_path, sft_run, monkeypatch, **ove
     return plugins, distill(dataset, list(range(10)), ctx, plugins, {**cfg["distill"], "batch_size": 4}, tmp_path)
 
 
-def test_each_samples_drlc_penalty_reaches_the_sampler(compose, registry, tmp_path, sft_run, monkeypatch):
-    """The penalties the sampler applies, row by row, are the per-sample P of the provenance."""
+@pytest.mark.parametrize("engine", ["static", "hf"])
+def test_each_samples_drlc_penalty_reaches_the_sampler(compose, registry, tmp_path, sft_run, monkeypatch, engine):
+    """The penalties the sampler applies, row by row, are the per-sample P of the provenance (both engines;
+    that the static engine applies a row's P as transformers does: tests/unit/test_static_engine.py)."""
+    from r1v.generation import StaticEngine
     from r1v_plugins import rollout
 
     seen: list[float] = []
     original = rollout.PerSampleRepetitionPenalty.__call__
+    original_decode = StaticEngine.decode
 
     def spy(self, input_ids, scores):
         if input_ids.shape[1] == 1:  # first decode step of a generate() call: record its rows once
             seen.extend(self.penalties.tolist())
         return original(self, input_ids, scores)
 
+    def spy_decode(self, lm, embeds, mask, max_new_tokens, greedy, knobs, eos, pad):
+        seen.extend(knobs["repetition_penalty"])
+        return original_decode(self, lm, embeds, mask, max_new_tokens, greedy, knobs, eos, pad)
+
     monkeypatch.setattr(rollout.PerSampleRepetitionPenalty, "__call__", spy)
-    _, result = _distill_in_process(compose, registry, tmp_path, sft_run, monkeypatch)
+    monkeypatch.setattr(StaticEngine, "decode", spy_decode)
+    _, result = _distill_in_process(compose, registry, tmp_path, sft_run, monkeypatch,
+                                    **{"distill.rollout.name": engine})  # fmt: skip
     expected = [r["sampling"]["repetition_penalty"] for r in result.records]
     assert len(set(expected)) > 3  # really per sample
     assert seen == pytest.approx(expected, abs=1e-6)
