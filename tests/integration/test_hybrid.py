@@ -88,8 +88,9 @@ def _distill_in_process(compose, registry, tmp_path, sft_run, monkeypatch, **ove
 def test_each_samples_drlc_penalty_reaches_the_sampler(compose, registry, tmp_path, sft_run, monkeypatch, engine):
     """The penalties the sampler applies, row by row, are the per-sample P of the provenance (both engines;
     that the static engine applies a row's P as transformers does: tests/unit/test_static_engine.py)."""
-    from r1v.generation import StaticEngine
     from r1v_plugins import rollout
+
+    from r1v.generation import StaticEngine
 
     seen: list[float] = []
     original = rollout.PerSampleRepetitionPenalty.__call__
