@@ -39,6 +39,25 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_check(args: argparse.Namespace) -> int:
+    """Every bad row of a dataset (file:line, what is wrong) and a summary, before training; exit 1 if any."""
+    from pathlib import Path
+
+    from r1v.data.check import check
+    from r1v.inspect import compose
+
+    overrides = list(args.overrides)
+    if overrides and "=" not in overrides[0]:  # a JSONL file first: shorthand for data=jsonl data.train=FILE
+        path = overrides.pop(0)
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"data check: {path} does not exist (give a JSONL file or data=... overrides)")
+        overrides = ["data=jsonl", f"data.train={path}", *overrides]
+    reports = check(compose(overrides), args.max_tokens)
+    for report in reports:
+        print("\n".join(report.lines()))
+    return 1 if any(r.bad for r in reports) else 0
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Build a composition on the meta device: parameters per part, trainable count, per-GPU memory plan."""
     from r1v.inspect import inspect
@@ -171,6 +190,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-size", type=int, default=64)
     p.set_defaults(func=cmd_data_synth)
+    p = data.add_parser("check", help=cmd_data_check.__doc__, description=" ".join(cmd_data_check.__doc__.split()),
+                        epilog="examples:\n  python -m r1v data check data/train.jsonl model=r1v_small\n"
+                               "  python -m r1v data check data=jsonl data.train=a.jsonl data.val=b.jsonl stage=sft",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("overrides", nargs="*", help="a JSONL file and/or python -m r1v.train overrides (model=, data=)")
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=None,
+        help="longest sample after image-token expansion (default: the backbone's max_position_embeddings)",
+    )
+    p.set_defaults(func=cmd_data_check)
     p = sub.add_parser("inspect", help=cmd_inspect.__doc__, description=cmd_inspect.__doc__,
                        epilog=_inspect_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("overrides", nargs="*", help="Hydra overrides (key=value) and planner.<knob>=value")

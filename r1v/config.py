@@ -3,6 +3,7 @@ every mistake into one line naming the group, key or option and what is allowed.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -78,8 +79,44 @@ def _plugin_nodes(cfg: Mapping[str, Any]) -> list[tuple[str, str, tuple[str, ...
     return nodes
 
 
+# Hydra imports and calls whatever a `_target_` names; configs (and overrides, and recipe files) may only
+# name classes from these packages: Lightning (trainer, strategies, loggers, callbacks), torch.optim, r1v.
+TARGET_PACKAGES = ("lightning", "pytorch_lightning", "torch.optim", "r1v")
+
+
+def check_targets(node: Any, where: str = "") -> None:
+    """Refuse a ``_target_`` outside :data:`TARGET_PACKAGES` anywhere in ``node`` (one line, naming the key)."""
+    if isinstance(node, Mapping):
+        target = node.get("_target_")
+        allowed = isinstance(target, str) and any(target == p or target.startswith(p + ".") for p in TARGET_PACKAGES)
+        if target is not None and not allowed:
+            raise ConfigError(
+                f"{where + '.' if where else ''}_target_: '{target}' is not allowed; a _target_ may "
+                f"name classes from {', '.join(TARGET_PACKAGES)} only (plugins are chosen by name)"
+            )
+        for key, value in node.items():
+            check_targets(value, f"{where}.{key}" if where else str(key))
+    elif isinstance(node, list | tuple):
+        for i, value in enumerate(node):
+            check_targets(value, f"{where}[{i}]")
+
+
+def check_writable(folder: str | Path, what: str) -> None:
+    """``folder`` is, or could be made, a writable folder (checked on its nearest existing ancestor, so
+    nothing is created for a command that then fails for another reason)."""
+    path = Path(folder).absolute()
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"{what}: {path} cannot be made: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what}: {path} is not writable ({probe} does not allow writing); choose another folder")
+
+
 def validate(cfg: Mapping[str, Any], registry: Registry) -> None:
     """Every plugin name resolves and every knob binds to its factory, before anything is built."""
+    check_targets(cfg)
     for dotted, kind, reserved, node in _plugin_nodes(cfg):
         if node is None:
             raise ConfigError(f"config: '{dotted}' is missing; choose a {kind} option")
@@ -160,6 +197,10 @@ def precheck_overrides(overrides: list[str], config: str = "config") -> None:
         missing = sorted(OmegaConf.missing_keys(cfg))
         if missing:
             raise ConfigError(f"config: {', '.join(missing)} must be set (add {missing[0]}=...)")
+        check_targets(OmegaConf.to_container(cfg))  # before Hydra instantiates anything
+        runs = OmegaConf.select(cfg, "paths.runs")
+        if runs:  # Hydra makes the run folder before r1v runs: an unwritable one would be a traceback
+            check_writable(runs, "paths.runs")
     GlobalHydra.instance().clear()
 
 

@@ -61,13 +61,24 @@ def _call(fn: Any, x: RewardInput, timeout_s: float) -> tuple[str, Any]:
         signal.signal(signal.SIGALRM, old)
 
 
+class RewardFailureError(RuntimeError):
+    """A reward failed on more than the allowed share of its calls (one line; the run stops)."""
+
+
 class RewardRunner:
+    """``max_failure_share``: once a reward has been called ``min_calls`` times, a failure share above it
+    stops the run (a reward that fails on most samples silently turns the signal into noise)."""
+
     def __init__(self, rewards: Mapping[str, tuple[float, Any]], timeout_s: float = 10.0,
-                 isolation: str = "process", workers: int = 2) -> None:  # fmt: skip
+                 isolation: str = "process", workers: int = 2, max_failure_share: float | None = 0.5,
+                 min_calls: int = 32) -> None:  # fmt: skip
         if isolation not in ISOLATIONS:
             raise ValueError(f"stage.reward_isolation: '{isolation}' is not allowed (use {', '.join(ISOLATIONS)})")
         self.rewards, self.timeout_s, self.isolation, self.workers = dict(rewards), timeout_s, isolation, workers
+        self.max_failure_share, self.min_calls = max_failure_share, min_calls
         self.failures: Counter[str] = Counter()
+        self.calls: Counter[str] = Counter()
+        self.first_failure: dict[str, str] = {}
         self._pool: ProcessPoolExecutor | None = None
         self._warned: set[str] = set()
 
@@ -118,10 +129,12 @@ class RewardRunner:
             total = 0.0
             for key, (weight, _) in self.rewards.items():
                 status, value = results[i, key]
-                if status == "ok" and any(math.isnan(v) for v in value.values()):
-                    status, value = "error", "returned NaN"
+                self.calls[key] += 1
+                if status == "ok" and not all(math.isfinite(v) for v in value.values()):
+                    status, value = "error", "returned a non-finite value"
                 if status != "ok":
                     self.failures[key] += 1
+                    self.first_failure.setdefault(key, str(value))
                     if key not in self._warned:  # one line per reward, then counted silently
                         self._warned.add(key)
                         log.warning("reward %s failed on sample %s: %s (counted as a failure, value 0; "
@@ -131,4 +144,25 @@ class RewardRunner:
                 total += weight * float(value.get(key, sum(value.values())))
             parts_out.append(parts)
             totals.append(total)
+        self._check_share()
         return parts_out, totals
+
+    def _check_share(self) -> None:
+        if self.max_failure_share is None:
+            return
+        for key, n in self.calls.items():
+            share = self.failures[key] / n
+            if n >= self.min_calls and share > self.max_failure_share:
+                raise RewardFailureError(
+                    f"reward '{key}' failed on {self.failures[key]} of {n} calls ({share:.0%}, above "
+                    f"stage.max_reward_failure_share={self.max_failure_share}); first failure: "
+                    f"{self.first_failure.get(key, '?')}"
+                )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"failures": dict(self.failures), "calls": dict(self.calls), "first_failure": self.first_failure}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.failures.update(state.get("failures") or {})
+        self.calls.update(state.get("calls") or {})
+        self.first_failure.update(state.get("first_failure") or {})

@@ -28,11 +28,18 @@ import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from r1v.faults import maybe_die
+
 LAST = "last.ckpt"
+log = logging.getLogger(__name__)
 
 
 class RunError(RuntimeError):
     """A run folder or checkpoint that cannot be used as asked (one line)."""
+
+
+class NonFiniteError(RunError):
+    """Too many non-finite losses or gradients in a row: the run stops, its checkpoints kept."""
 
 
 def default_run_name(stage: str) -> str:
@@ -56,6 +63,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, f)
             f.flush()
             os.fsync(f.fileno())
+        maybe_die("in_checkpoint_write", int(checkpoint.get("global_step", -1)))
         os.replace(tmp, path)
 
     def remove_checkpoint(self, path: Any) -> None:
@@ -80,12 +88,41 @@ def weights_of(checkpoint: str | Path) -> Path:
 
 
 def check_checkpoint(path: Path) -> Path:
-    """Refuse a missing or truncated checkpoint by name, before Lightning half-loads it."""
+    """Refuse a missing, truncated or corrupt checkpoint by name, before Lightning half-loads it: the file
+    must be a complete zip archive whose every member passes its CRC (one read of the file)."""
     if not path.exists():
         raise RunError(f"checkpoint {path} does not exist")
-    if path.is_file() and not zipfile.is_zipfile(path):
-        raise RunError(f"checkpoint {path} is corrupt or partial (not a complete torch zip archive)")
+    if path.is_file():
+        if not zipfile.is_zipfile(path):
+            raise RunError(f"checkpoint {path} is corrupt or partial (not a complete torch zip archive)")
+        try:
+            with zipfile.ZipFile(path) as z:
+                bad = z.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError) as e:
+            raise RunError(f"checkpoint {path} is corrupt ({e})") from None
+        if bad is not None:
+            raise RunError(f"checkpoint {path} is corrupt (member {bad} fails its CRC check)")
     return path
+
+
+def latest_good_checkpoint(run_dir: Path) -> Path | None:
+    """``last.ckpt``, else the newest ``step*.ckpt`` that passes :func:`check_checkpoint` (each bad one is
+    named in a warning); leftover temporary files of interrupted saves are removed."""
+    folder = checkpoint_dir(run_dir)
+    for tmp in folder.glob(".*.tmp-*"):
+        log.warning("removing %s: a checkpoint save that was interrupted", tmp)
+        tmp.unlink(missing_ok=True)
+    steps = sorted(folder.glob("step*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    candidates = [p for p in [folder / LAST, *steps] if p.exists()]
+    for path in candidates:
+        try:
+            return check_checkpoint(path)
+        except RunError as e:
+            log.warning("resume: skipping %s", e)
+    if candidates:
+        raise RunError(f"run folder {run_dir}: no usable checkpoint ({', '.join(p.name for p in candidates)} are "
+                       "all corrupt); start a new run with run=<new name>")  # fmt: skip
+    return None
 
 
 def checkpoint_step(path: Path) -> int | None:
@@ -110,7 +147,7 @@ def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
             )
         return None
     if resume == "auto":
-        return check_checkpoint(last) if last.exists() else None
+        return latest_good_checkpoint(run_dir)
     target = Path(resume)
     if target.is_dir():
         target = checkpoint_dir(target) / LAST if (checkpoint_dir(target) / LAST).exists() else target / LAST
@@ -169,7 +206,10 @@ def provenance(registry: Any, choices: dict[str, str]) -> dict[str, Any]:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    with open(tmp, "w") as f:
+        f.write(json.dumps(data, indent=2, default=str) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 

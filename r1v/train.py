@@ -29,11 +29,22 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from r1v.evaluation.readers import BenchmarkError
     from r1v.judge import JudgeError
     from r1v.model.build import ModelConfigError
+    from r1v.reward_runner import RewardFailureError
     from r1v.runs import RunError
     from r1v.scoring import ScoringError
     from r1v.weights import WeightsError
 
-    return (*USER_ERRORS, DataError, ModelConfigError, RunError, WeightsError, ScoringError, JudgeError, BenchmarkError)
+    return (
+        *USER_ERRORS,
+        DataError,
+        ModelConfigError,
+        RunError,
+        WeightsError,
+        ScoringError,
+        JudgeError,
+        BenchmarkError,
+        RewardFailureError,
+    )
 
 
 def exit_on_user_error(fn: Any, *args: Any) -> Any:
@@ -113,7 +124,9 @@ def build_trainer(cfg: dict[str, Any], run_dir: Path, resume_step: int | None = 
     trainer_cfg = dict(cfg["trainer"])
     if stage.get("log_every"):  # a stage that must log every step (GRPO) overrides the trainer preset
         trainer_cfg["log_every_n_steps"] = int(stage["log_every"])
-    plugins = [] if "strategy" in trainer_cfg else [AtomicCheckpointIO()]
+    strategy = trainer_cfg.get("strategy")
+    deepspeed = isinstance(strategy, dict) and "DeepSpeed" in str(strategy.get("_target_", ""))
+    plugins = [] if deepspeed else [AtomicCheckpointIO()]  # DeepSpeed writes checkpoint folders itself
     return instantiate(
         trainer_cfg, _convert_="all", default_root_dir=str(run_dir), max_steps=int(stage["max_steps"]),
         val_check_interval=int(stage["val_every"]), check_val_every_n_epoch=None,
@@ -145,10 +158,16 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     ckpt = resolve_resume(container.get("resume"), run_dir)
     L.seed_everything(int(container["seed"]), workers=True, verbose=False)
     stage = registry.get("stage", container["stage"]["name"]).factory(container)
+    data_summary: dict[str, Any] = {}
     if not hasattr(stage, "run_stage"):  # a Lightning stage: data first (bad rows surface before the model)
-        stage.attach_data(*build_datasets(container, registry))
-        strategy = container["trainer"].get("strategy") or {}
-        if int(strategy.get("stage", 0)) != 3:  # build now: width mismatches surface before any training
+        datasets = build_datasets(container, registry)
+        stage.attach_data(*datasets)
+        for split, ds in zip(("train", "val"), datasets, strict=True):
+            if ds is not None:
+                data_summary[split] = {"rows": len(ds), "skipped": dict(getattr(ds, "skipped", {}) or {})}
+        strategy = container["trainer"].get("strategy")  # a DeepSpeed config, or a name like "ddp"
+        # build now (width mismatches surface before any training), except under ZeRO-3 (built partitioned)
+        if not isinstance(strategy, dict) or int(strategy.get("stage", 0)) != 3:
             stage.configure_model()
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     model = container["model"]
@@ -158,6 +177,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
         choices[f"reward:{key}"] = node.get("name", key)
     prov = provenance(registry, choices)
     prov["resumed_from"] = str(ckpt) if ckpt else None
+    prov["data"] = data_summary  # rows used and bad rows skipped, per kind (training adds unreadable ones as it goes)
     if model.get("internvl"):  # the parts come from this folder (model.vision/adapter/backbone were ignored)
         prov["internvl"] = str(model["internvl"])
     write_json_atomic(run_dir / "run.json", prov)

@@ -69,6 +69,8 @@ class JsonlDataset(Dataset):
         self.root = Path(image_root) if image_root else self.path.parent
         self.rows: list[dict[str, Any]] = []
         self.skipped: Counter[str] = Counter()
+        self.bad: list[str] = []  # every bad row's one-line reason (python -m r1v data check prints them)
+        self._ids: dict[str, int] = {}
         first_reason: dict[str, str] = {}
         with self.path.open() as f:
             for lineno, line in enumerate(f, 1):
@@ -81,6 +83,7 @@ class JsonlDataset(Dataset):
                         raise
                     kind = str(e).split(": ", 2)[1] if str(e).count(": ") >= 2 else str(e)
                     self.skipped[kind] += 1
+                    self.bad.append(str(e))
                     first_reason.setdefault(kind, str(e))
         if self.skipped:
             log.warning("data: skipped %d bad rows of %s: %s", sum(self.skipped.values()), self.path,
@@ -102,13 +105,21 @@ class JsonlDataset(Dataset):
             users = [m.get("content", "") for m in row["messages"] if m.get("role") == "user"]
             row["question"] = "\n".join(users)
         for field in self.required:
-            if row.get(field) in (None, ""):
+            if row.get(field) is None or (isinstance(row[field], str) and not row[field].strip()):
                 raise DataError(f"{where}: missing field '{field}': every row needs {' and '.join(self.required)} "
                                 "(question may come as messages)")  # fmt: skip
+            if not isinstance(row[field], str | int | float) or isinstance(row[field], bool):
+                raise DataError(f"{where}: wrong type: field '{field}' is a {type(row[field]).__name__}; "
+                                "it must be a string (or a number for answer)")  # fmt: skip
+        row_id = str(row.get("id", f"{self.path.stem}-{lineno}"))
+        if row_id in self._ids:
+            raise DataError(f"{where}: duplicate id: '{row_id}' is also the id of line {self._ids[row_id]}")
         self._check_more(row, where)
         if require_reasoning and not row.get("reasoning"):
             raise DataError(f"{where}: missing field 'reasoning': stage.target=reasoning needs a worked chain")
         images = row.get("images") or ([row["image"]] if row.get("image") else [])
+        if not isinstance(images, list) or not all(isinstance(x, str) for x in images):
+            raise DataError(f"{where}: wrong type: 'images' must be a list of file paths (strings)")
         paths = []
         for rel in images:
             p = Path(rel) if Path(rel).is_absolute() else self.root / rel
@@ -125,9 +136,10 @@ class JsonlDataset(Dataset):
             raise DataError(f"{where}: placeholder count: {n_ph} {IMAGE_PLACEHOLDER} in the question "
                             f"but {len(paths)} images")  # fmt: skip
         meta = {**(row.get("meta") or {}), **{k: str(row[k]) for k in self.extra_fields}}
-        return {"id": str(row.get("id", f"{self.path.stem}-{lineno}")), "question": str(row["question"]),
-                "answer": str(row.get("answer") or ""), "reasoning": row.get("reasoning"), "images": paths,
-                "meta": meta}  # fmt: skip
+        self._ids[row_id] = lineno
+        answer = row.get("answer")
+        return {"id": row_id, "question": str(row["question"]), "answer": "" if answer is None else str(answer),
+                "reasoning": row.get("reasoning"), "images": paths, "meta": meta, "line": lineno}  # fmt: skip
 
     def _check_more(self, row: dict[str, Any], where: str) -> None:
         """Subclasses' extra checks of a parsed row (raise DataError)."""
@@ -136,11 +148,17 @@ class JsonlDataset(Dataset):
         return len(self.rows)
 
     def __getitem__(self, i: int) -> Sample:
+        from r1v.data.images import to_rgb
+
         r = self.rows[i]
         images = []
         for p in r["images"]:
-            with Image.open(p) as im:
-                images.append(im.convert("RGB"))
+            try:
+                with Image.open(p) as im:
+                    images.append(to_rgb(im))
+            except Exception as e:  # passed the header check, fails to decode: the collator skips and counts it
+                meta = {**r["meta"], "_error": f"{self.path}:{r['line']}: corrupt image: {p} ({type(e).__name__})"}
+                return Sample(r["id"], r["question"], r["answer"], [], r["reasoning"], meta, list(r["images"]))
         return Sample(r["id"], r["question"], r["answer"], images, r["reasoning"], r["meta"], list(r["images"]))
 
 

@@ -34,8 +34,30 @@ def choose_grid(width: int, height: int, tile: int, max_tiles: int) -> tuple[int
     return best
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL image as 8-bit RGB the way a viewer shows it: EXIF orientation applied, transparency over
+    white (not the hidden colour of transparent pixels), 16-bit and 32-bit greyscale scaled (not clipped) to
+    8 bits, palette / greyscale / CMYK converted."""
+    import numpy as np
+    from PIL import ImageOps
+
+    image = ImageOps.exif_transpose(image) or image
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or (mode == "I" and a.max(initial=0) <= 65535) else max(a.max(), 1)
+        if mode == "F" and a.max(initial=0) <= 1.0:
+            top = 1.0
+        return Image.fromarray(np.clip(a / top * 255.0 + 0.5, 0, 255).astype(np.uint8)).convert("RGB")
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
 def tile_image(image: Image.Image, tile: int, max_tiles: int = 1, use_thumbnail: bool = True) -> list[Image.Image]:
-    image = image.convert("RGB")
+    image = to_rgb(image) if image.mode != "RGB" else image
     cols, rows = choose_grid(image.width, image.height, tile, max_tiles)
     resized = image.resize((tile * cols, tile * rows), Image.BICUBIC)
     tiles = [resized.crop((c * tile, r * tile, (c + 1) * tile, (r + 1) * tile))

@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from r1v.config import ConfigError, build_plugin
+from r1v.faults import maybe_die, poisoned
 from r1v.interfaces import RewardInput, Sample
 from r1v.registry import get_registry
 from r1v.reward_runner import RewardRunner
@@ -66,6 +67,14 @@ def _build(kind: str, node: Mapping[str, Any], where: str) -> Any:
     return build_plugin(get_registry(), kind, node, where)
 
 
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """A 63-bit seed per (run seed, optimizer step, rank): distinct across steps and ranks."""
+    import hashlib
+
+    digest = hashlib.blake2b(f"{seed}/{step}/{rank}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
 class GRPOStage(SFTStage):
     def __init__(self, cfg: Mapping[str, Any]) -> None:
         super().__init__(cfg)
@@ -83,7 +92,7 @@ class GRPOStage(SFTStage):
         self.length = _build("length", st["length"], "stage.length")
         self.engine = _build("rollout", st["rollout"], "stage.rollout")
         self.runner = RewardRunner(self.rewards(), float(st["reward_timeout_s"]), str(st["reward_isolation"]),
-                                   int(st["reward_workers"]))  # fmt: skip
+                                   int(st["reward_workers"]), st.get("max_reward_failure_share"))  # fmt: skip
         ssb = st.get("ssb") or {}
         self.ssb = SelectiveSampleBuffer(int(ssb.get("capacity", 1024)), int(cfg["seed"])) if ssb.get("enabled") \
             else None  # fmt: skip
@@ -162,6 +171,7 @@ class GRPOStage(SFTStage):
             ids = self.engine.generate_ids(self.model, self.processor, expanded, int(self.stage["max_new_tokens"]),
                                            greedy=False, sample_params=params)  # fmt: skip
         self.model.train(was_training)
+        maybe_die("mid_rollout", self.global_step)
         texts = [self.processor.decode_completion(x) for x in ids]
         inputs = [RewardInput(prompt=s.question, completion=t, answer=s.answer, images=s.images,
                               extra={**s.meta, "id": s.id}) for s, t in zip(expanded, texts, strict=True)]  # fmt: skip
@@ -211,6 +221,10 @@ class GRPOStage(SFTStage):
     def training_step(self, batch: list[tuple[int, Sample]], batch_idx: int) -> None:
         self.batches_done += 1
         self._tiles = {}
+        # Sampling draws from a stream that is a function of (seed, step, rank) alone: a run resumed from any
+        # checkpoint samples exactly the completions an uninterrupted one does, whatever else consumed the
+        # global RNG in between (the data loader's iterator draws its base seed from it on creation).
+        torch.manual_seed(step_seed(int(self.cfg.get("seed", 0)), self.global_step, self.global_rank))
         t0 = time.perf_counter()
         indices, samples = [i for i, _ in batch], [s for _, s in batch]
         if self.global_step == 0 and self.batches_done == 1 and int(self.stage.get("logp_probe") or 0):
@@ -283,11 +297,19 @@ class GRPOStage(SFTStage):
                                        batch["completion_mask"])  # fmt: skip
                 share = (sum(len(r.completion_ids) for r, _ in mb) / max(n_tokens, 1)) if agg == "token_mean" \
                     else len(mb) / len(items)  # fmt: skip
+                if poisoned("nan_loss", self.global_step):
+                    loss = loss * float("nan")
                 self.manual_backward(loss * share)
                 m["loss"] = loss.detach()
                 m["entropy"] = (ent * batch["completion_mask"]).sum() / batch["completion_mask"].sum().clamp(min=1)
                 for key, v in m.items():
                     metrics.setdefault(key, []).append(float(v))
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+                opt.zero_grad(set_to_none=True)  # skip this update: weights and Adam moments untouched
+                self.nonfinite("loss or gradient")
+                continue
+            self.nonfinite_streak = 0
             clip = self.stage.get("clip_grad_norm")
             if clip:
                 self.clip_gradients(opt, gradient_clip_val=float(clip), gradient_clip_algorithm="norm")
@@ -355,6 +377,8 @@ class GRPOStage(SFTStage):
                      "effective_share": effective, "time/rollout_s": t_rollout, "time/reference_s": t_ref,
                      "time/update_s": t_update,
                      "reward/failures": float(sum(self.runner.failures.values()))})  # fmt: skip
+        for key in self.runner.rewards:  # per plugin: which one fails matters more than how many in all
+            logs[f"reward/failures/{key}"] = float(self.runner.failures[key])
         if self.ssb is not None:
             logs["ssb/size"], logs["ssb/replayed"] = float(len(self.ssb)), float(replayed)
         for key, vals in metrics.items():
@@ -385,7 +409,7 @@ class GRPOStage(SFTStage):
         super().on_save_checkpoint(checkpoint)
         checkpoint["r1v"]["grpo"] = {"refill": self._refill.getstate(),
                                      "ssb": self.ssb.state_dict() if self.ssb is not None else None,
-                                     "reward_failures": dict(self.runner.failures)}  # fmt: skip
+                                     "rewards": self.runner.state_dict()}  # fmt: skip
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
@@ -394,7 +418,22 @@ class GRPOStage(SFTStage):
             self._refill.setstate(state["refill"])
         if state.get("ssb") and self.ssb is not None:
             self.ssb.load_state_dict(state["ssb"])
-        self.runner.failures.update(state.get("reward_failures") or {})
+        self.runner.load_state_dict(state.get("rewards") or {"failures": state.get("reward_failures")})
+
+    def on_train_start(self) -> None:
+        """On resume, drop completions.jsonl rows of steps after the checkpoint: they are about to be redone."""
+        import json
+        from pathlib import Path
+
+        path = Path(self.trainer.default_root_dir) / "completions.jsonl"
+        if self.global_step == 0 or not path.is_file() or not self.trainer.is_global_zero:
+            return
+        rows = path.read_text().splitlines()
+        keep = [r for r in rows if r.strip() and json.loads(r).get("step", 0) < self.global_step]
+        if len(keep) != len(rows):
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_text("".join(r + "\n" for r in keep))
+            tmp.replace(path)
 
     def on_train_end(self) -> None:
         self.runner.close()

@@ -66,7 +66,7 @@ class MakePairs:
         st = self.cfg["stage"]
         engine = build_plugin(get_registry(), "rollout", st["rollout"], "stage.rollout")
         runner = RewardRunner(build_rewards(self.cfg), float(st["reward_timeout_s"]), str(st["reward_isolation"]),
-                              int(st["reward_workers"]))  # fmt: skip
+                              int(st["reward_workers"]), st.get("max_reward_failure_share"))  # fmt: skip
         train, _ = build_datasets(self.cfg, get_registry())
         n = len(train) if st.get("limit") is None else min(int(st["limit"]), len(train))
         model, processor = inference_model(self.cfg)

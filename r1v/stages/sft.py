@@ -22,10 +22,11 @@ from torch.utils.data import DataLoader, Dataset
 from r1v.answers import equivalent, extract_answer
 from r1v.data.processor import Processor
 from r1v.data.sampler import ResumableSampler
-from r1v.faults import maybe_die
+from r1v.faults import maybe_die, poisoned
 from r1v.interfaces import RewardInput, Sample
 from r1v.model.build import PARTS, apply_freeze, build
 from r1v.registry import get_registry
+from r1v.runs import NonFiniteError
 from r1v.weights import decode_ready, full_state
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,10 @@ class Collator:
     def __call__(self, samples: list[Sample]) -> dict[str, Any]:
         encoded, skipped = [], 0
         for s in samples:
+            if s.meta.get("_error"):  # the dataset could not decode it
+                skipped += 1
+                log.warning("skipping sample %s: %s", s.id, s.meta["_error"])
+                continue
             try:
                 encoded.append(self.processor.encode(s, self.target))
             except (ValueError, OSError) as e:
@@ -71,6 +76,7 @@ class SFTStage(L.LightningModule):
         self.batches_done = 0  # batches trained in the current epoch (for exact mid-epoch resume)
         self._resume_pos: tuple[int, int] | None = None
         self.skipped = 0
+        self.nonfinite_total, self.nonfinite_streak = 0, 0  # steps skipped for a non-finite loss or gradient
 
     # -- model ---------------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -128,10 +134,16 @@ class SFTStage(L.LightningModule):
             return None
         out = self.model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["labels"],
                          position_ids=batch.get("position_ids"))  # fmt: skip
+        if poisoned("nan_loss", self.global_step):
+            out.loss = out.loss * float("nan")
+        if not torch.isfinite(out.loss):
+            self.nonfinite("loss")
+            return None  # Lightning skips backward and the optimizer step
         n_tokens = int((batch["labels"] != -100).sum())
         self.log("train/loss", out.loss, prog_bar=True, batch_size=len(batch["ids"]))
         self.log("train/answer_tokens", float(n_tokens), reduce_fx="sum", batch_size=len(batch["ids"]))
         self.log("train/skipped_samples", float(self.skipped), batch_size=1)
+        self.log("train/nonfinite_skipped", float(self.nonfinite_total), batch_size=1)  # cumulative, every step
         return out.loss
 
     def validation_step(self, samples: list[Sample], batch_idx: int) -> None:
@@ -167,6 +179,36 @@ class SFTStage(L.LightningModule):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         maybe_die("before_step", self.global_step)
 
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        """A non-finite gradient (finite loss, e.g. an overflow in backward) skips the step: every gradient is
+        dropped, so AdamW leaves weights and moments alone. (Under DeepSpeed the gradients live in the engine;
+        there only the loss guard applies.)"""
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+            for p in self.model.parameters():
+                p.grad = None
+            self.nonfinite("gradient")
+        elif grads:
+            self.nonfinite_streak = 0
+
+    def nonfinite(self, what: str) -> None:
+        """Count one skipped step; ``stage.max_nonfinite`` in a row stop the run, the last checkpoint intact."""
+        self.nonfinite_total += 1
+        self.nonfinite_streak += 1
+        self.log("train/nonfinite_skipped", float(self.nonfinite_total), batch_size=1)
+        log.warning("step %d: non-finite %s, step skipped (%d in a row)", self.global_step, what, self.nonfinite_streak)
+        limit = int(self.stage.get("max_nonfinite", 5))
+        if self.nonfinite_streak >= limit:
+            raise NonFiniteError(
+                f"{self.nonfinite_streak} steps in a row with a non-finite {what}, at step {self.global_step} "
+                f"(stage.max_nonfinite="
+                f"{limit}); checkpoints up to the last good step are kept: lower stage.lr or check the data, "
+                "then continue with resume=auto"
+            )
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        maybe_die("after_step", self.global_step)  # after the checkpoint callbacks of this batch
+
     def on_train_epoch_start(self) -> None:
         if self._resume_pos and self._resume_pos[0] == self.current_epoch:
             self.batches_done = self._resume_pos[1] // int(self.stage["batch_size"])
@@ -194,6 +236,7 @@ class SFTStage(L.LightningModule):
             "trainable": self.trainable,
             "data_position": {"epoch": self.current_epoch, "consumed": consumed},
             "skipped": self.skipped,
+            "nonfinite": self.nonfinite_total,
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
         }
 
@@ -207,6 +250,7 @@ class SFTStage(L.LightningModule):
         if pos:
             self._resume_pos = (int(pos["epoch"]), int(pos["consumed"]))
         self.skipped = int(state.get("skipped", 0))
+        self.nonfinite_total = int(state.get("nonfinite", 0))
         if "rng" in state:
             torch.set_rng_state(state["rng"]["torch"])
             random.setstate(state["rng"]["python"])
