@@ -16,9 +16,11 @@ import logging
 import math
 import multiprocessing as mp
 import signal
+import threading
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from typing import Any
 
 from r1v.interfaces import RewardInput
@@ -44,6 +46,27 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
     except (OSError, AttributeError):  # not Linux: the pool's own shutdown still applies
         pass
+
+
+@contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise ``TimeoutError`` in this (main) thread after ``seconds`` (SIGALRM; Python-level code only: a long
+    C call is interrupted when it returns). A no-op for None/0, off the main thread, or without SIGALRM."""
+    usable = seconds and hasattr(signal, "SIGALRM") and threading.current_thread() is threading.main_thread()
+    if not usable:
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise TimeoutError(f"no result within {seconds:g} s")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, float(seconds))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
 
 
 def _call(fn: Any, x: RewardInput, timeout_s: float) -> tuple[str, Any]:

@@ -34,11 +34,15 @@ class ScoringError(ValueError):
 
 
 def run_scorer(name: str, scorer: Any, samples: list[Sample], ctx: ScoreContext, failures: Counter[str],
-               policy: str = "keep") -> list[float | None]:  # fmt: skip
-    """Scores of ``samples``; a batch that raises is retried sample by sample, and a sample that still
-    fails (or gives NaN) yields None and is counted in ``failures[name]`` — unless ``policy=error``."""
+               policy: str = "keep", timeout_s: float | None = None) -> list[float | None]:  # fmt: skip
+    """Scores of ``samples``; a batch that raises (or runs past ``timeout_s`` per sample) is retried sample by
+    sample, and a sample that still fails (raises, times out, gives NaN or inf) yields None and is counted in
+    ``failures[name]`` — unless ``policy=error``."""
+    from r1v.reward_runner import time_limit
+
     try:
-        values = [float(v) for v in scorer.score(samples, ctx)]
+        with time_limit(timeout_s * len(samples) if timeout_s else None):
+            values = [float(v) for v in scorer.score(samples, ctx)]
         if len(values) != len(samples):
             raise ScoringError(f"scorer '{name}' returned {len(values)} scores for {len(samples)} samples")
     except ScoringError:
@@ -47,7 +51,8 @@ def run_scorer(name: str, scorer: Any, samples: list[Sample], ctx: ScoreContext,
         values = []
         for s in samples:
             try:
-                values.append(float(scorer.score([s], ctx)[0]))
+                with time_limit(timeout_s):
+                    values.append(float(scorer.score([s], ctx)[0]))
             except Exception as e:
                 if policy == "error":
                     raise ScoringError(f"scorer '{name}' failed on sample {s.id}: {type(e).__name__}: {e} (set "
@@ -56,7 +61,7 @@ def run_scorer(name: str, scorer: Any, samples: list[Sample], ctx: ScoreContext,
                 values.append(math.nan)
     out: list[float | None] = []
     for s, v in zip(samples, values, strict=True):
-        if math.isnan(v):
+        if not math.isfinite(v):
             if policy == "error":
                 raise ScoringError(f"scorer '{name}' gave no score (NaN) for sample {s.id}")
             failures[name] += 1

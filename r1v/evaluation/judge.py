@@ -8,6 +8,7 @@ every completion. The verdict replaces the rule's; ``samples.jsonl`` records bot
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
@@ -30,6 +31,10 @@ _VERDICT = re.compile(r"verdict\s*:\s*(correct|incorrect)", re.IGNORECASE)
 MODES = ("fallback", "always")
 
 
+log = logging.getLogger(__name__)
+MIN_ASKED, MAX_FAILURE_SHARE = 10, 0.5  # a judge whose replies mostly lack a verdict is misconfigured
+
+
 class AnswerJudge:
     def __init__(self, url: str, model: str, mode: str = "fallback", api_key_env: str | None = "OPENAI_API_KEY",
                  timeout_s: float = 60.0, tail_chars: int = 2000) -> None:  # fmt: skip
@@ -38,6 +43,7 @@ class AnswerJudge:
         self.endpoint = ChatEndpoint(url, model, api_key_env, timeout_s)
         self.mode, self.tail_chars = mode, tail_chars
         self.asked = 0
+        self.failures = 0  # replies without a verdict: the rule's verdict stands, counted (too many stop the run)
 
     def check(self) -> None:
         self.endpoint.check()
@@ -55,7 +61,14 @@ class AnswerJudge:
         self.asked += 1
         found = _VERDICT.findall(reply)
         if not found:
-            raise JudgeError(f"judge {self.endpoint.url}: no 'Verdict: correct|incorrect' in its reply {reply[:80]!r}")
+            self.failures += 1
+            message = f"judge {self.endpoint.url}: no 'Verdict: correct|incorrect' in its reply {reply[:80]!r}"
+            if self.asked >= MIN_ASKED and self.failures / self.asked > MAX_FAILURE_SHARE:
+                raise JudgeError(f"{message}; {self.failures} of {self.asked} replies had none (above "
+                                 f"{MAX_FAILURE_SHARE:.0%}): check judge.url / judge.model")  # fmt: skip
+            if self.failures == 1:
+                log.warning("%s (the rule's verdict stands; further ones are only counted)", message)
+            return rule_correct
         return found[-1].lower() == "correct"
 
 

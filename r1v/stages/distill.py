@@ -77,7 +77,8 @@ def build_plugins(dcfg: Mapping[str, Any], registry: Registry | None = None) -> 
 
 
 def score_dataset(dataset: Any, indices: list[int], plugins: DistillPlugins, ctx: ScoreContext, policy: str,
-                  batch_size: int) -> tuple[dict[str, list[float | None]], Counter[str]]:  # fmt: skip
+                  batch_size: int, timeout: float | None = None,
+                  ) -> tuple[dict[str, list[float | None]], Counter[str]]:  # fmt: skip
     """Raw part scores for ``indices`` (None where a scorer failed) and failure counts per part."""
     if policy not in SCORER_POLICIES:
         raise ScoringError(f"distill.on_scorer_error: '{policy}' is not allowed (use {', '.join(SCORER_POLICIES)})")
@@ -86,7 +87,7 @@ def score_dataset(dataset: Any, indices: list[int], plugins: DistillPlugins, ctx
     for chunk in batches(indices, batch_size):
         samples = [dataset[i] for i in chunk]
         for part, (_, scorer) in plugins.scorers.items():
-            raw[part].extend(run_scorer(part, scorer, samples, ctx, failures, policy))
+            raw[part].extend(run_scorer(part, scorer, samples, ctx, failures, policy, timeout))
     return raw, failures
 
 
@@ -115,7 +116,8 @@ def distill(dataset: Any, indices: list[int], ctx: ScoreContext, plugins: Distil
 
     policy = str(dcfg.get("on_scorer_error", "keep"))
     batch_size = int(dcfg.get("batch_size", 32))
-    raw, failures = score_dataset(dataset, indices, plugins, ctx, policy, batch_size)
+    raw, failures = score_dataset(dataset, indices, plugins, ctx, policy, batch_size,
+                                  dcfg.get("scorer_timeout_s"))  # fmt: skip
     n = len(indices)
     groups = group_scores(raw, {p: g for p, (g, _) in plugins.scorers.items()}, n)
     failed_parts = [[p for p in raw if raw[p][k] is None] for k in range(n)]

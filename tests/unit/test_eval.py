@@ -173,8 +173,11 @@ def test_llm_judge_fallback_always_and_bad_replies(fake_judge):
     always = AnswerJudge(fake_judge.url, "m", mode="always")
     fake_judge.reply = lambda body: "Verdict: incorrect"
     assert always(item, "\\boxed{B}", rule_correct=True) is False
-    fake_judge.reply = lambda body: "I cannot tell."
-    with pytest.raises(JudgeError, match=r"no 'Verdict: correct\|incorrect' in its reply"):
-        always(item, "x", rule_correct=False)
+    fake_judge.reply = lambda body: "I cannot tell."  # no verdict: counted, the rule's verdict stands ...
+    assert always(item, "x", rule_correct=False) is False and always(item, "\\boxed{B}", rule_correct=True) is True
+    assert always.failures == 2
+    with pytest.raises(JudgeError, match=r"no 'Verdict: correct\|incorrect' in its reply.*of 10 replies had none"):
+        for _ in range(8):  # ... until most replies have none
+            always(item, "x", rule_correct=False)
     with pytest.raises(JudgeError, match=r"judge\.mode 'sometimes' is not allowed"):
         AnswerJudge(fake_judge.url, "m", mode="sometimes")
