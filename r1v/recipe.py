@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from r1v.config import ConfigError, conf_dir, hydra_entry
 from r1v.registry import did_you_mean, get_registry
+from r1v.reward_runner import die_with_parent
 from r1v.runs import RunError, write_json_atomic
 
 log = logging.getLogger("r1v.recipe")
@@ -86,8 +87,9 @@ def _run(module: str, args: list[str], log_path: Path) -> int:
     with log_path.open("a") as f:
         f.write(f"$ python -m {module} {' '.join(args)}\n")
         f.flush()
+        # the stage dies with the recipe (kill -9 included): no orphan keeps training into the run folder
         return subprocess.run([sys.executable, "-m", module, *args], stdout=f, stderr=subprocess.STDOUT,
-                              env=env).returncode  # fmt: skip
+                              env=env, preexec_fn=die_with_parent).returncode  # fmt: skip
 
 
 def run_recipe(cfg: dict[str, Any]) -> Path:

@@ -37,8 +37,8 @@ def _alarm(signum: int, frame: Any) -> None:
     raise _Timeout
 
 
-def _die_with_parent() -> None:
-    """Worker initializer: on Linux the worker gets SIGKILL when the training process dies (kill -9
+def die_with_parent() -> None:
+    """Process initializer: on Linux the process gets SIGKILL when the training process dies (kill -9
     included), so no orphan keeps running or holds the parent's output pipes open."""
     try:
         import ctypes
@@ -108,7 +108,7 @@ class RewardRunner:
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
             self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
-                                             initializer=_die_with_parent)  # fmt: skip
+                                             initializer=die_with_parent)  # fmt: skip
         return self._pool
 
     def close(self) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -243,3 +244,49 @@ def test_a_scorer_past_its_time_limit_is_a_counted_failure():
     values = run_scorer("slow", Slow(), samples, None, failures, "keep", timeout_s=0.3)
     assert values == [1.0, None, None, 1.0] and failures["slow"] == 2
     assert time.perf_counter() - t0 < 5  # the batch (1.2 s) and the stuck sample (0.3 s) were cut short
+
+
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie (exited, waiting to be reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_a_recipe_stage_dies_with_the_recipe(tmp_path):
+    """kill -9 of python -m r1v.recipe takes its running stage with it (no orphan training on)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "from pathlib import Path; from r1v.recipe import _run; "
+        f"_run('timeit', ['-n', '1', 'import time; time.sleep(120)'], Path({str(tmp_path)!r}) / 'log.txt')"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script])
+
+    def children() -> list[int]:
+        out = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == parent.pid:
+                out.append(int(stat.parent.name))
+        return out
+
+    deadline = time.time() + 60
+    while not children() and time.time() < deadline:
+        time.sleep(0.2)
+    (child,) = children()
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.time() + 10
+    while _running(child) and time.time() < deadline:
+        time.sleep(0.2)
+    alive = _running(child)
+    assert not alive, f"stage process {child} outlived the recipe"
