@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from r1v.registry import RegistryError, get_registry
 
@@ -56,6 +57,50 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     for report in reports:
         print("\n".join(report.lines()))
     return 1 if any(r.bad for r in reports) else 0
+
+
+def _load(args: argparse.Namespace) -> tuple[Any, Any, Any, str]:
+    from r1v.infer import fastest_engine, load_model
+
+    model, processor, _ = load_model(args.checkpoint, list(args.overrides), args.device)
+    engine, name = fastest_engine(model, temperature=args.temperature, top_p=args.top_p)
+    return model, processor, engine, name
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    """Ask a trained model about images: its <think> reasoning and answer stream to the terminal."""
+    from r1v.infer import chat, load_images
+
+    images = load_images(args.image or [])
+    model, processor, engine, _ = _load(args)
+    chat(model, processor, engine, images, args.question, args.max_new_tokens, args.greedy)
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Batch inference: one JSON line per completion (prompt, completion, extracted answer, correctness where
+    the row has an answer, lengths, timing); rows already in --out are skipped, so a killed run continues."""
+    from r1v.infer import generate_file
+
+    model, processor, engine, name = _load(args)
+    greedy = args.n == 1 and not args.sample
+    summary = generate_file(model, processor, engine, args.data, args.out, max_new_tokens=args.max_new_tokens,
+                            greedy=greedy, n=args.n, batch_size=args.batch_size, limit=args.limit,
+                            engine_name=name)  # fmt: skip
+    acc = "" if summary["accuracy"] is None else f", accuracy {summary['accuracy']:.3f} on {summary['scored']}"
+    print(f"generate: {summary['written']} completions written to {summary['out']} ({summary['already_done']} rows "
+          f"already there, {summary['skipped_bad_rows']} bad rows skipped{acc}; {summary['tokens_per_s']:.0f} "
+          f"tokens/s, rollout={name})")  # fmt: skip
+    return 0
+
+
+def _model_options(p: argparse.ArgumentParser, max_new: int) -> None:
+    p.add_argument("--checkpoint", help="a run folder or weights file (default: the untrained default composition)")
+    p.add_argument("--max-new-tokens", type=int, default=max_new)
+    p.add_argument("--temperature", type=float, default=0.6, help="R1V's recommended 0.6")
+    p.add_argument("--top-p", type=float, default=0.95, help="R1V's recommended 0.95")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("overrides", nargs="*", help="python -m r1v.train overrides (e.g. model.max_tiles=6)")
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -202,6 +247,26 @@ def main(argv: list[str] | None = None) -> int:
         help="longest sample after image-token expansion (default: the backbone's max_position_embeddings)",
     )
     p.set_defaults(func=cmd_data_check)
+    p = sub.add_parser(
+        "chat",
+        help=cmd_chat.__doc__,
+        description=cmd_chat.__doc__,
+        epilog="example: python -m r1v chat --checkpoint runs/sft --image cat.png --question 'How many?'",
+    )
+    _model_options(p, 2048)
+    p.add_argument("--image", action="append", help="an image file (repeat for several)")
+    p.add_argument("--question", help="ask once and exit (default: an interactive loop)")
+    p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+    p.set_defaults(func=cmd_chat)
+    p = sub.add_parser("generate", help=cmd_generate.__doc__, description=" ".join(cmd_generate.__doc__.split()))
+    _model_options(p, 1024)
+    p.add_argument("--data", required=True, help="JSONL rows (question [+ images, answer]; the training schema)")
+    p.add_argument("--out", required=True, help="JSONL file to write (appended to: a killed run continues)")
+    p.add_argument("--n", type=int, default=1, help="completions per row (sampled when > 1)")
+    p.add_argument("--sample", action="store_true", help="sample even with --n 1 (default: greedy)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--limit", type=int, default=None, help="answer at most this many new rows")
+    p.set_defaults(func=cmd_generate)
     p = sub.add_parser("inspect", help=cmd_inspect.__doc__, description=cmd_inspect.__doc__,
                        epilog=_inspect_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("overrides", nargs="*", help="Hydra overrides (key=value) and planner.<knob>=value")
@@ -221,7 +286,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (RegistryError, ValueError, FileNotFoundError, FileExistsError) as e:
+    except Exception as e:  # a user error (config, data, weights, checkpoint ...) is one line and exit 2
+        from r1v.train import _user_errors
+
+        if not isinstance(e, (RegistryError, ValueError, FileNotFoundError, FileExistsError, *_user_errors())):
+            raise
         print(f"r1v: error: {e}", file=sys.stderr)
         return 2
 

@@ -18,7 +18,7 @@ padding mask, writing the cache's first P columns; positions count real tokens o
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -92,8 +92,10 @@ class StaticEngine:
 
     @torch.no_grad()
     def generate_ids(self, model: Any, processor: Any, samples: list[Any], max_new_tokens: int, greedy: bool = False,
-                     sample_params: Sequence[Mapping[str, float]] | None = None) -> list[list[int]]:  # fmt: skip
-        """Completion token ids per sample: up to and including EOS (no EOS when cut at the budget)."""
+                     sample_params: Sequence[Mapping[str, float]] | None = None,
+                     on_token: Callable[[list[int]], None] | None = None) -> list[list[int]]:  # fmt: skip
+        """Completion token ids per sample: up to and including EOS (no EOS when cut at the budget).
+        ``on_token(tokens)`` is called with each step's new token per row as it is chosen (streaming)."""
         knobs = self._knobs(len(samples), sample_params)
         step = self.max_batch_size or len(samples)
         tok = processor.tokenizer
@@ -107,7 +109,7 @@ class StaticEngine:
             embeds = model.embed(ids, pixels)  # (B, P, D), image tokens spliced
             rows += self.decode(model.backbone, embeds, mask, max_new_tokens, greedy,
                                 {k: v[start : start + step] for k, v in knobs.items()},
-                                eos=tok.eos_token_id, pad=tok.pad_token_id)  # fmt: skip
+                                eos=tok.eos_token_id, pad=tok.pad_token_id, on_token=on_token)  # fmt: skip
         return rows
 
     def _knobs(self, n: int, sample_params: Sequence[Mapping[str, float]] | None) -> dict[str, list[float]]:
@@ -139,10 +141,12 @@ class StaticEngine:
 
     @torch.no_grad()
     def decode(self, lm: torch.nn.Module, embeds: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, greedy: bool,
-               knobs: Mapping[str, list[float]], eos: int | None, pad: int) -> list[list[int]]:  # fmt: skip
+               knobs: Mapping[str, list[float]], eos: int | None, pad: int,
+               on_token: Callable[[list[int]], None] | None = None) -> list[list[int]]:  # fmt: skip
         """Left-padded prompt embeddings (B, P, D) with mask (B, P) -> completion ids per row.
 
-        ``eos=None`` never stops early (benchmarks). Rows are cut after their first EOS.
+        ``eos=None`` never stops early (benchmarks). Rows are cut after their first EOS. ``on_token`` gets
+        each step's tokens (one per row; ``pad`` for rows already ended) and costs a host sync per step.
         """
         dec = self.decoder(lm)
         b, p = mask.shape
@@ -180,6 +184,8 @@ class StaticEngine:
         st.col.fill_(p)
         st.pos.copy_(real)
         st.t.fill_(1)
+        if on_token is not None:
+            on_token(first.tolist())
 
         for t in range(1, max_new_tokens):
             col = p + t - 1  # where the input token's K/V go
@@ -188,7 +194,9 @@ class StaticEngine:
                 self._graph(dec, st, w, knobs_live, greedy, eos, pad).replay()
             else:
                 self._step(dec, st, col + 1, knobs_live, greedy, eos, pad)
-            if eos is not None and (not graphs or t % self.check_every == 0) and bool(st.done.all()):
+            if on_token is not None:
+                on_token(st.tok.tolist())
+            if eos is not None and (not graphs or on_token or t % self.check_every == 0) and bool(st.done.all()):
                 break
         out = st.out[:b].tolist()
         return [row[: row.index(eos) + 1] if eos is not None and eos in row else row for row in out]

@@ -1,0 +1,246 @@
+"""Using a trained model: ``python -m r1v chat`` (streamed answers) and ``python -m r1v generate`` (batch
+inference over a JSONL file, resumable).
+
+Both load a checkpoint the way ``python -m r1v.eval`` does: a run folder (or a weights file inside one)
+brings its own composition from its ``config.yaml``; trailing ``key=value`` overrides adjust it. The
+rollout engine is the fastest one that runs the backbone: ``static`` (static KV cache, CUDA graphs on the
+GPU) for Llama/Qwen-style decoders, else transformers' ``generate``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+
+from r1v.answers import equivalent, extract_answer
+from r1v.data.datasets import DataError, JsonlDataset
+from r1v.interfaces import IMAGE_PLACEHOLDER, THINK_CLOSE, Sample
+
+log = logging.getLogger(__name__)
+R1V_SAMPLING = {"temperature": 0.6, "top_p": 0.95}  # R1V's recommended decoding (its README / paper)
+
+
+class PromptDataset(JsonlDataset):
+    """JSONL rows to answer: like training data, but ``answer`` is optional (scored when present)."""
+
+    required = ("question",)
+
+
+def load_model(checkpoint: str | None, overrides: list[str], device: str = "auto") -> tuple[Any, Any, dict]:
+    """(model, processor, config) for ``checkpoint`` on ``device`` (auto: CUDA when present)."""
+    from r1v.eval import trained_model
+    from r1v.inspect import compose
+    from r1v.stages.common import inference_model
+
+    if checkpoint and not Path(checkpoint).exists():
+        raise FileNotFoundError(f"--checkpoint {checkpoint} does not exist (a run folder or a weights file)")
+    cfg = compose([*overrides, *([f"checkpoint={checkpoint}"] if checkpoint else [])])
+    cfg["model"] = trained_model(cfg, overrides)
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if device == "cuda" and not torch.cuda.is_available():
+        raise FileNotFoundError("--device cuda: no GPU is visible here (use --device cpu)")
+    cfg["trainer"] = {**cfg["trainer"], "accelerator": "gpu" if use_cuda else "cpu",
+                      "precision": "bf16-mixed" if use_cuda else "32-true"}  # fmt: skip
+    model, processor = inference_model(cfg)
+    return model, processor, cfg
+
+
+def fastest_engine(model: Any, **knobs: Any) -> tuple[Any, str]:
+    """(engine, name): ``static`` when it can run the backbone, else ``hf`` (one log line says why)."""
+    from r1v.generation import Decoder, UnsupportedModelError
+    from r1v.registry import get_registry
+
+    try:
+        Decoder(model.backbone)
+        name = "static"
+    except UnsupportedModelError as e:
+        log.info("using rollout=hf: %s", e)
+        name = "hf"
+    entry = get_registry().get("rollout", name)
+    return entry.factory(**{k: v for k, v in knobs.items() if k in entry.knobs()}), name
+
+
+def make_sample(question: str, images: list[Any], sample_id: str = "chat") -> Sample:
+    """A Sample with one ``<image>`` per image (prepended when the question has none)."""
+    if images and IMAGE_PLACEHOLDER not in question:
+        question = "\n".join([IMAGE_PLACEHOLDER] * len(images) + [question])
+    return Sample(sample_id, question, "", list(images))
+
+
+def load_images(paths: list[str]) -> list[Any]:
+    from PIL import Image
+
+    from r1v.data.images import to_rgb
+
+    out = []
+    for p in paths:
+        if not Path(p).is_file():
+            raise FileNotFoundError(f"--image {p} does not exist")
+        try:
+            with Image.open(p) as im:
+                out.append(to_rgb(im))
+        except OSError as e:
+            raise DataError(f"--image {p} cannot be read as an image ({type(e).__name__})") from None
+    return out
+
+
+# -- chat ------------------------------------------------------------------------------------------------------------
+def answer(model: Any, processor: Any, engine: Any, sample: Sample, max_new_tokens: int, greedy: bool,
+           write: Callable[[str], None] | None = None) -> str:  # fmt: skip
+    """One completion; with ``write`` (and the static engine) the text is streamed as it is generated."""
+    tok = processor.tokenizer
+    ids: list[int] = []
+    shown = [0]
+
+    def on_token(step: list[int]) -> None:
+        if step[0] in (tok.eos_token_id, tok.pad_token_id):
+            return
+        ids.append(step[0])
+        text = tok.decode(ids, skip_special_tokens=False)
+        if not text.endswith("\ufffd"):  # a multi-byte character still incomplete: wait for its next token
+            write(text[shown[0] :])
+            shown[0] = len(text)
+
+    streaming = write is not None and hasattr(engine, "decode")
+    rows = engine.generate_ids(model, processor, [sample], max_new_tokens, greedy=greedy,
+                               **({"on_token": on_token} if streaming else {}))  # fmt: skip
+    text = processor.decode_completion(rows[0])
+    if write is not None and not streaming:
+        write(text)
+    elif write is not None and len(text) > shown[0]:
+        write(text[shown[0] :])
+    return text
+
+
+def chat(model: Any, processor: Any, engine: Any, images: list[Any], question: str | None, max_new_tokens: int,
+         greedy: bool, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> None:  # fmt: skip
+    """One question, or (without one) a loop reading questions from ``stdin``: ``/image PATH`` adds an image,
+    ``/reset`` drops them, ``/quit`` or end of input stops. Each question is answered on its own (single turn)."""
+
+    def write(text: str) -> None:
+        stdout.write(text)
+        stdout.flush()
+
+    def turn(q: str) -> None:
+        text = answer(model, processor, engine, make_sample(q, images), max_new_tokens, greedy, write)
+        final = extract_answer(text)
+        closed = "thought closed" if THINK_CLOSE in text else "no </think>"
+        write(f"\n\n[answer: {final if final is not None else '-'}; {closed}]\n")
+
+    if question is not None:
+        turn(question)
+        return
+    write(f"r1v chat: {len(images)} image(s). Ask a question; /image PATH, /reset, /quit.\n")
+    while True:
+        write("> ")
+        line = stdin.readline()
+        if not line or line.strip() == "/quit":
+            write("\n")
+            return
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("/image "):
+            images.extend(load_images([line.split(" ", 1)[1].strip()]))
+            write(f"[{len(images)} image(s)]\n")
+        elif line == "/reset":
+            images.clear()
+            write("[no images]\n")
+        else:
+            turn(line)
+
+
+# -- batch generation ------------------------------------------------------------------------------------------------
+def done_ids(out: Path) -> set[str]:
+    """Ids already answered in ``out``; a last line cut by a kill is removed (it will be redone)."""
+    if not out.is_file():
+        return set()
+    data = out.read_bytes()
+    lines = data.split(b"\n")
+    keep_bytes = 0
+    ids = set()
+    for i, raw in enumerate(lines):
+        if not raw.strip():
+            keep_bytes += len(raw) + (1 if i < len(lines) - 1 else 0)
+            continue
+        complete = i < len(lines) - 1  # followed by a newline
+        try:
+            row = json.loads(raw) if complete else None
+        except json.JSONDecodeError:
+            row = None
+        if row is None:
+            break
+        ids.add(str(row["id"]))
+        keep_bytes += len(raw) + 1
+    if keep_bytes < len(data):
+        log.warning("generate: %s ended in a partial line (an interrupted write); it is redone", out)
+        with open(out, "r+b") as f:
+            f.truncate(keep_bytes)
+    return ids
+
+
+def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def generate_file(model: Any, processor: Any, engine: Any, data: str | Path, out: str | Path, *, max_new_tokens: int,
+                  greedy: bool, n: int = 1, batch_size: int = 16, limit: int | None = None,
+                  engine_name: str = "?") -> dict[str, Any]:  # fmt: skip
+    """Answer every row of ``data`` (n samples each) into ``out``, one JSON line per completion, skipping
+    rows already there (resumable); returns a summary."""
+    ds = PromptDataset(data)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    finished = done_ids(out)
+    todo = [i for i in range(len(ds)) if ds.rows[i]["id"] not in finished][: None if limit is None else limit]
+    tok = processor.tokenizer
+    eos = tok.eos_token_id
+    written = correct = scored = tokens = 0
+    t_all = time.perf_counter()
+    with out.open("a") as f:
+        for chunk in _batches(todo, max(1, batch_size)):
+            samples = [ds[i] for i in chunk]
+            bad = [s for s in samples if s.meta.get("_error")]
+            for s in bad:
+                log.warning("generate: skipping %s: %s", s.id, s.meta["_error"])
+            samples = [s for s in samples if not s.meta.get("_error")]
+            if not samples:
+                continue
+            expanded = [s for s in samples for _ in range(n)]
+            t0 = time.perf_counter()
+            rows = engine.generate_ids(model, processor, expanded, max_new_tokens, greedy=greedy)
+            seconds = time.perf_counter() - t0
+            lines = []
+            for k, ids in enumerate(rows):
+                s = expanded[k]
+                text = processor.decode_completion(ids)
+                pred = extract_answer(text)
+                ok = equivalent(pred, s.answer) if s.answer else None
+                thought = text.split(THINK_CLOSE, 1)[0] if THINK_CLOSE in text else None
+                lines.append({"id": s.id, "sample": k % n, "prompt": s.question, "completion": text,
+                              "extracted_answer": pred, "answer": s.answer or None, "correct": ok,
+                              "completion_tokens": len(ids), "finished": bool(ids) and ids[-1] == eos,
+                              "think_tokens": len(tok(thought, add_special_tokens=False)["input_ids"])
+                              if thought is not None else None,
+                              "seconds": round(seconds / len(rows), 4), "engine": engine_name})  # fmt: skip
+                tokens += len(ids)
+                if ok is not None:
+                    scored += 1
+                    correct += ok
+            f.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in lines))
+            f.flush()
+            os.fsync(f.fileno())
+            written += len(lines)
+    elapsed = time.perf_counter() - t_all
+    return {"out": str(out), "rows": len(ds), "already_done": len(finished), "written": written,
+            "skipped_bad_rows": sum(ds.skipped.values()), "accuracy": correct / scored if scored else None,
+            "scored": scored, "tokens_per_s": tokens / elapsed if elapsed else 0.0, "engine": engine_name}  # fmt: skip
