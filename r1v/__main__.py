@@ -103,6 +103,15 @@ def _model_options(p: argparse.ArgumentParser, max_new: int) -> None:
     p.add_argument("overrides", nargs="*", help="python -m r1v.train overrides (e.g. model.max_tiles=6)")
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """One self-contained HTML page for runs: metric plots, and for RL runs the logged rollouts per step."""
+    from r1v.html_report import build_report
+
+    out = args.out or str(Path(args.runs[0]) / "report.html")
+    print(build_report(args.runs, out))
+    return 0
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Build a composition on the meta device: parameters per part, trainable count, per-GPU memory plan."""
     from r1v.inspect import inspect
@@ -279,6 +288,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shard-size", default="5GB", help="largest weight file (default 5GB; e.g. 2GB, 500MB)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (atomically)")
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser("report", help=cmd_report.__doc__, description=cmd_report.__doc__)
+    p.add_argument("runs", nargs="+", help="run folders (each with metrics.csv)")
+    p.add_argument("--out", default=None, help="the HTML file (default: <first run>/report.html)")
+    p.set_defaults(func=cmd_report)
     p = sub.add_parser("plot", help=cmd_plot.__doc__, description=cmd_plot.__doc__)
     p.add_argument("runs", nargs="+", help="run folders (each with metrics.csv); several are overlaid")
     p.add_argument("--out", default=None, help="folder for the PNGs (default: <first run>/plots)")

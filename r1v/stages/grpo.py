@@ -388,21 +388,28 @@ class GRPOStage(SFTStage):
 
     def _write_completions(self, samples: list[Sample], rollouts: list[Rollout], parts: list[dict[str, float]],
                            texts: list[str]) -> None:  # fmt: skip
-        """Every ``stage.completions_every`` rollout batches (and the first), the first prompt's G completions
-        with their rewards go to ``<run>/completions.jsonl`` (rank 0): what the policy writes, over time."""
+        """Every ``stage.completions_every`` rollout batches (and the first), the first
+        ``stage.completions_prompts`` prompts' G completions with their rewards, parts, advantages and an image
+        thumbnail go to ``<run>/completions.jsonl`` (rank 0): what the policy writes, over time
+        (``python -m r1v report`` shows them)."""
         every = int(self.stage.get("completions_every") or 0)
         if not every or not self.trainer.is_global_zero or (self.batches_done - 1) % every:
             return
         import json
         from pathlib import Path
 
-        s = samples[0]
-        row = {"step": self.global_step, "id": s.id, "question": s.question, "answer": s.answer,
-               "completions": [{"text": texts[k], "reward": rollouts[k].reward, "parts": parts[k],
-                                "advantage": rollouts[k].advantage, "tokens": len(rollouts[k].completion_ids)}
-                               for k in range(self.G)]}  # fmt: skip
+        from r1v.html_report import thumbnail_b64
+
+        lines = []
+        for i, s in enumerate(samples[: max(1, int(self.stage.get("completions_prompts") or 1))]):
+            group = range(i * self.G, (i + 1) * self.G)
+            lines.append({"step": self.global_step, "id": s.id, "question": s.question, "answer": s.answer,
+                          "thumb": thumbnail_b64(s.images[0]) if s.images else None,
+                          "completions": [{"text": texts[k], "reward": rollouts[k].reward, "parts": parts[k],
+                                           "advantage": rollouts[k].advantage,
+                                           "tokens": len(rollouts[k].completion_ids)} for k in group]})  # fmt: skip
         with (Path(self.trainer.default_root_dir) / "completions.jsonl").open("a") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write("".join(json.dumps(row) + "\n" for row in lines))
 
     # -- checkpoints: SSB and the refill stream ------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
