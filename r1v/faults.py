@@ -23,23 +23,30 @@ POISONS = ("nan_loss",)  # R1V_POISON=nan_loss:3 (the loss of step 3) or nan_los
 POISON_ENV = "R1V_POISON"
 
 
+def _spec(env: str, known: tuple[str, ...]) -> tuple[str, str] | None:
+    """``<name>:<at>`` from ``env`` (None when unset); an unknown name is refused, listing the known ones."""
+    spec = os.environ.get(env, "")
+    if not spec:
+        return None
+    name, _, at = spec.partition(":")
+    if name not in known:
+        raise ValueError(f"{env}={spec}: unknown point '{name}' (known: {', '.join(known)})")
+    return name, at
+
+
 def poisoned(point: str, index: int) -> bool:
     """True when ``R1V_POISON`` asks for ``point`` at ``index`` (tests of the non-finite guards)."""
-    spec = os.environ.get(POISON_ENV, "")
-    if not spec:
+    spec = _spec(POISON_ENV, POISONS)
+    if spec is None or spec[0] != point:
         return False
-    name, _, at = spec.partition(":")
-    if name not in POISONS:
-        raise ValueError(f"{POISON_ENV}={spec}: unknown poison '{name}' (known: {', '.join(POISONS)})")
-    return name == point and (index >= int(at[:-1]) if at.endswith("+") else index == int(at))
+    at = spec[1]
+    return index >= int(at[:-1]) if at.endswith("+") else index == int(at)
 
 
 def maybe_die(point: str, step: int) -> None:
-    spec = os.environ.get(ENV, "")
-    if not spec:
+    spec = _spec(ENV, POINTS)
+    if spec is None:
         return
-    name, _, at = spec.partition(":")
-    if name not in POINTS:
-        raise ValueError(f"{ENV}={spec}: unknown point '{name}' (known: {', '.join(POINTS)})")
+    name, at = spec
     if name == point and int(at) == step:
         os._exit(137)

@@ -10,10 +10,11 @@ so checking data for a 38B composition needs no weights and no memory.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
+
+from r1v.data.datasets import error_kind
 
 
 @dataclass
@@ -25,7 +26,7 @@ class Report:
 
     def add(self, line: str) -> None:
         self.bad.append(line)
-        self.kinds[_kind(line)] += 1
+        self.kinds[error_kind(line)] += 1
 
     def lines(self) -> list[str]:
         head = f"data check: {self.source}: {self.rows} rows, {len(self.bad)} bad"
@@ -35,12 +36,6 @@ class Report:
         out += [f"  {line}" for line in self.bad]
         out.append("by kind: " + ", ".join(f"{k} {n}" for k, n in self.kinds.most_common()))
         return out
-
-
-def _kind(line: str) -> str:
-    """'<file>:<line>: missing image: …' -> 'missing image'."""
-    m = re.match(r"^.*?:\d+: ([^:]+)", line) or re.match(r"^\S+: ([^:]+)", line)
-    return m.group(1) if m else line
 
 
 def check(cfg: dict[str, Any], max_tokens: int | None = None) -> list[Report]:

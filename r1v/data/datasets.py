@@ -33,6 +33,11 @@ class DataError(ValueError):
     """Bad input data (one line: file, line, field, what is allowed)."""
 
 
+def error_kind(message: str) -> str:
+    """'<where>: <kind>: <why>' -> '<kind>' (how bad rows are counted and summarised)."""
+    return message.split(": ", 2)[1] if message.count(": ") >= 2 else message
+
+
 class SyntheticDataset(Dataset):
     """Samples generated on the fly; sample i of a split is always the same."""
 
@@ -81,7 +86,7 @@ class JsonlDataset(Dataset):
                 except DataError as e:
                     if on_bad_sample == "error":
                         raise
-                    kind = str(e).split(": ", 2)[1] if str(e).count(": ") >= 2 else str(e)
+                    kind = error_kind(str(e))
                     self.skipped[kind] += 1
                     self.bad.append(str(e))
                     first_reason.setdefault(kind, str(e))

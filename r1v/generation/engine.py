@@ -163,12 +163,13 @@ class StaticEngine:
                 getattr(st.knobs, name).copy_(src)
         knobs_live = Knobs(st.knobs.temperature, st.knobs.top_p if mode[1] else None,
                            st.knobs.penalty if mode[2] else None)  # fmt: skip
-        if graphs and st.key != (dec.fingerprint(), mode):
+        key = (dec.fingerprint(), mode) if graphs else ()
+        if graphs and st.key != key:
             # stale: other weights' storage (a ZeRO-3 gather) or another sampling mode. The old graphs go with
             # their memory pool: capturing into a pool whose graphs were all destroyed trips the allocator.
             st.graphs.clear()
             st.pool = None
-            st.key = (dec.fingerprint(), mode)
+            st.key = key
 
         real = mask.sum(1)
         st.pad.copy_(p - real)

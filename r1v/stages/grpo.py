@@ -44,7 +44,7 @@ from r1v.rl import (
     group_advantages,
     token_logprobs,
 )
-from r1v.stages.sft import SFTStage
+from r1v.stages.sft import SFTStage, grads_finite
 from r1v.weights import gathered
 
 log = logging.getLogger(__name__)
@@ -304,8 +304,7 @@ class GRPOStage(SFTStage):
                 m["entropy"] = (ent * batch["completion_mask"]).sum() / batch["completion_mask"].sum().clamp(min=1)
                 for key, v in m.items():
                     metrics.setdefault(key, []).append(float(v))
-            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-            if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+            if grads_finite(self.model) is False:
                 opt.zero_grad(set_to_none=True)  # skip this update: weights and Adam moments untouched
                 self.nonfinite("loss or gradient")
                 continue

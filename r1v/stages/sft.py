@@ -32,6 +32,13 @@ from r1v.weights import decode_ready, full_state
 log = logging.getLogger(__name__)
 
 
+def grads_finite(model: torch.nn.Module) -> bool | None:
+    """Whether every gradient is finite (one host sync); None when no parameter holds one (e.g. DeepSpeed keeps
+    them in its own buffers)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else None
+
+
 class Collator:
     """Encodes samples in the loader workers; a sample that cannot be encoded is skipped and counted."""
 
@@ -183,12 +190,12 @@ class SFTStage(L.LightningModule):
         """A non-finite gradient (finite loss, e.g. an overflow in backward) skips the step: every gradient is
         dropped, so AdamW leaves weights and moments alone. (Under DeepSpeed the gradients live in the engine;
         there only the loss guard applies.)"""
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+        finite = grads_finite(self.model)
+        if finite is False:
             for p in self.model.parameters():
                 p.grad = None
             self.nonfinite("gradient")
-        elif grads:
+        elif finite:
             self.nonfinite_streak = 0
 
     def nonfinite(self, what: str) -> None:
