@@ -5,8 +5,9 @@ clean-up, no flush) at a named point:
 
 - ``before_step:n`` — at the start of the batch that would make optimizer step n+1 (n steps done);
 - ``after_step:n`` — right after optimizer step n and the checkpoint callbacks of that batch;
-- ``in_checkpoint_write:n`` — inside the save of the step-n checkpoint: the file is fully written to
-  its temporary name but not yet renamed (the previous checkpoint must survive);
+- ``in_checkpoint_write:n`` — inside the save of the step-n checkpoint: the file (under DeepSpeed: the folder,
+  by every rank) is fully written to its temporary name but not yet renamed (the previous checkpoint must
+  survive);
 - ``mid_rollout:n`` — in GRPO step n+1, after generation and before the rewards;
 - ``between_rounds:n`` — an iterative-SFT run, right after round n is recorded as finished.
 """

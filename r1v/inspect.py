@@ -156,7 +156,11 @@ def default_settings(cfg: dict[str, Any]) -> tuple[planner.Settings, dict[str, s
         rl_knobs = dict(group_size=int(stage.get("group_size", 8)),
                         completion_len=int(stage.get("max_completion_tokens", 8192)),
                         beta=float(stage.get("beta", stage.get("kl_coef", 0.0)) or 0.0))  # fmt: skip
-    return planner.Settings(zero=zero, gpus=gpus, tiles=tiles, rl=rl, **rl_knobs), sources
+    ckpt = stage.get("activation_checkpointing") or ()
+    ckpt = (ckpt,) if isinstance(ckpt, str) else tuple(ckpt)
+    if ckpt:
+        sources["ckpt"] = "stage.activation_checkpointing"
+    return planner.Settings(zero=zero, gpus=gpus, tiles=tiles, rl=rl, ckpt=ckpt, **rl_knobs), sources
 
 
 def dtype_notes(vlm: nn.Module, s: planner.Settings) -> list[str]:

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from r1v.config import ConfigError, conf_dir, hydra_entry
 from r1v.registry import did_you_mean, get_registry
 from r1v.reward_runner import die_with_parent
-from r1v.runs import RunError, write_json_atomic
+from r1v.runs import RunError, lock_run_folder, unlock_run_folder, write_json_atomic
 
 log = logging.getLogger("r1v.recipe")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_]+)\}")
@@ -93,9 +93,20 @@ def _run(module: str, args: list[str], log_path: Path) -> int:
 
 
 def run_recipe(cfg: dict[str, Any]) -> Path:
+    """Run (or resume) the recipe's stages in order. The recipe folder's ``run.lock`` is held throughout: a
+    second recipe on the same folder is refused; each stage locks its own sub-folder, not this one."""
     recipe = cfg["recipe"]
     stages = check_stages(recipe)
     folder = (Path(cfg["paths"]["runs"]) / str(cfg["run"])).resolve()  # lineage holds absolute paths
+    folder.mkdir(parents=True, exist_ok=True)
+    lock_run_folder(folder)
+    try:
+        return _run_stages(cfg, recipe, stages, folder)
+    finally:
+        unlock_run_folder(folder)
+
+
+def _run_stages(cfg: dict[str, Any], recipe: dict[str, Any], stages: list[dict[str, Any]], folder: Path) -> Path:
     state_path = folder / "recipe.json"
     plan = {"recipe": recipe, "seed": cfg["seed"]}
     if state_path.exists():

@@ -4,16 +4,21 @@ The contract every stage follows: a run's folder is ``<paths.runs>/<run>`` (the 
 since the name comes from the config or the launcher, not from each process's clock); checkpoints
 live in ``checkpoints/`` and are written to a temporary file and renamed, so a kill during a save
 leaves the previous checkpoint intact; ``resume=auto`` continues from ``checkpoints/last.ckpt``.
-Stages add their own state to the Lightning checkpoint (``on_save_checkpoint``) instead of writing
-side files.
+Under DeepSpeed a checkpoint is a folder (every rank writes its shards): it is written under a hidden
+temporary name, sealed with :data:`SEAL` (its files and their sizes) and renamed into place
+(:func:`seal_checkpoint_dir`), so a folder without a valid seal is never loaded. Stages add their own
+state to the Lightning checkpoint (``on_save_checkpoint``) instead of writing side files. A training
+process holds ``run.lock`` in its run folder (:func:`lock_run_folder`): a second one is refused.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -31,6 +36,9 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from r1v.faults import maybe_die
 
 LAST = "last.ckpt"
+SEAL = "r1v_complete.json"  # inside a DeepSpeed checkpoint folder: its files and sizes, written last
+LOCK = "run.lock"
+DIR_TMP = ".tmp-dir"  # suffix of a DeepSpeed checkpoint folder being written: ``.<name>.tmp-dir``
 log = logging.getLogger(__name__)
 
 
@@ -50,6 +58,52 @@ def default_run_name(stage: str) -> str:
     if run_id not in ("", "none"):
         return f"{stage}-{run_id}"
     return f"{stage}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def launch_rank_is_zero() -> bool:
+    """Whether this process is global rank 0 of its launch, from the launcher's environment (torchrun: RANK;
+    Lightning's own launcher: LOCAL_RANK and NODE_RANK; SLURM: SLURM_PROCID), before any process group."""
+    env = os.environ
+    if env.get("RANK") is not None:
+        return int(env["RANK"]) == 0
+    if env.get("LOCAL_RANK") is not None:
+        return int(env["LOCAL_RANK"]) == 0 and int(env.get("NODE_RANK") or env.get("GROUP_RANK") or 0) == 0
+    return int(env.get("SLURM_PROCID") or 0) == 0
+
+
+_HELD: dict[Path, int] = {}  # run folder -> open descriptor of its run.lock (the lock lives as long as it does)
+
+
+def lock_run_folder(run_dir: Path) -> Path:
+    """Take ``run_dir/run.lock`` (``flock``, exclusive) for this process and write its pid into it; another
+    process holding it is refused in one line naming the folder and that pid. The kernel drops the lock when
+    the holder dies (``kill -9`` included), so a stale file never blocks. Re-entrant within a process."""
+    run_dir = Path(run_dir).resolve()
+    if run_dir in _HELD:
+        return run_dir / LOCK
+    path = run_dir / LOCK
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by child processes (PEP 446)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise RunError(
+            f"run folder {run_dir} is in use by another training process (pid {holder}, holding "
+            f"{path}); wait for it to finish, or train into another folder with run=<new name>"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _HELD[run_dir] = fd
+    return path
+
+
+def unlock_run_folder(run_dir: Path) -> None:
+    """Release :func:`lock_run_folder`'s lock (a no-op when this process does not hold it)."""
+    fd = _HELD.pop(Path(run_dir).resolve(), None)
+    if fd is not None:
+        os.close(fd)  # closing the descriptor releases the flock
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -87,31 +141,105 @@ def weights_of(checkpoint: str | Path) -> Path:
     return trained_weights(path) if path.is_dir() else path
 
 
+def _check_zip(path: Path, name: Path, what: str = "") -> None:
+    """``path`` (named ``name``) is a complete zip archive whose every member passes its CRC."""
+    if not zipfile.is_zipfile(path):
+        raise RunError(f"checkpoint {name} is corrupt or partial ({what}not a complete torch zip archive)")
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise RunError(f"checkpoint {name} is corrupt ({what}{e})") from None
+    if bad is not None:
+        raise RunError(f"checkpoint {name} is corrupt ({what}member {bad} fails its CRC check)")
+
+
+def _check_dir(path: Path) -> dict[str, Any]:
+    """A DeepSpeed checkpoint folder: its seal must list every file with its size, and each ``.pt`` must
+    pass its zip CRCs. Returns the seal."""
+    try:
+        seal = json.loads((path / SEAL).read_text())
+        files = {str(k): int(v) for k, v in seal["files"].items()}
+    except FileNotFoundError:
+        raise RunError(f"checkpoint {path} is partial (no {SEAL}: its save did not finish)") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise RunError(f"checkpoint {path} is corrupt (unreadable {SEAL}: {e})") from None
+    for rel, size in sorted(files.items()):
+        f = path / rel
+        if not f.is_file():
+            raise RunError(f"checkpoint {path} is partial ({rel} is missing)")
+        if f.stat().st_size != size:
+            raise RunError(f"checkpoint {path} is corrupt ({rel} is {f.stat().st_size} bytes, {size} expected)")
+        if f.suffix == ".pt":
+            _check_zip(f, path, f"{rel}: ")
+    return seal
+
+
 def check_checkpoint(path: Path) -> Path:
-    """Refuse a missing, truncated or corrupt checkpoint by name, before Lightning half-loads it: the file
-    must be a complete zip archive whose every member passes its CRC (one read of the file)."""
+    """Refuse a missing, truncated or corrupt checkpoint by name, before Lightning half-loads it: a file
+    must be a complete zip archive whose every member passes its CRC (one read of the file); a DeepSpeed
+    folder must carry its seal, match it, and hold zip-valid ``.pt`` files."""
     if not path.exists():
         raise RunError(f"checkpoint {path} does not exist")
     if path.is_file():
-        if not zipfile.is_zipfile(path):
-            raise RunError(f"checkpoint {path} is corrupt or partial (not a complete torch zip archive)")
-        try:
-            with zipfile.ZipFile(path) as z:
-                bad = z.testzip()
-        except (zipfile.BadZipFile, OSError, EOFError) as e:
-            raise RunError(f"checkpoint {path} is corrupt ({e})") from None
-        if bad is not None:
-            raise RunError(f"checkpoint {path} is corrupt (member {bad} fails its CRC check)")
+        _check_zip(path, path)
+    elif path.is_dir():
+        _check_dir(path)
     return path
 
 
+def seal_checkpoint_dir(tmp: Path, final: Path, step: int) -> None:
+    """Commit a DeepSpeed checkpoint folder written completely under ``tmp``: record its files and sizes in
+    ``tmp/SEAL``, then rename ``tmp`` to ``final`` (an older ``final`` is first moved aside to
+    ``.<name>.old`` and removed after; :func:`latest_good_checkpoint` puts it back if the process dies in
+    between). Rank 0 only, after every rank finished writing (shared file system)."""
+    files = {str(f.relative_to(tmp)): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()}
+    write_json_atomic(tmp / SEAL, {"step": step, "files": files})
+    old = final.with_name(f".{final.name}.old")
+    _remove(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    _remove(old)
+
+
+def _remove(path: Path) -> None:
+    """Delete a file or folder if it is there (tolerating another rank deleting it at the same time)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _clean_interrupted(folder: Path) -> None:
+    """Put back a checkpoint folder that an interrupted :func:`seal_checkpoint_dir` had moved aside (every rank:
+    it only restores), and on rank 0, which holds the run-folder lock, remove leftovers of interrupted saves
+    (``.<name>.tmp-*`` files and folders). Other ranks never delete: a refused second launch's ranks must not
+    touch a running job's saves."""
+    owner = launch_rank_is_zero()
+    for old in folder.glob(".*.old"):
+        final = old.with_name(old.name[1 : -len(".old")])
+        if final.exists():
+            if owner:
+                _remove(old)
+            continue
+        try:
+            os.replace(old, final)
+            log.warning("restored %s: its replacement was interrupted", final)
+        except OSError:  # another rank of this launch did it first
+            pass
+    if owner:
+        for tmp in folder.glob(".*.tmp-*"):
+            log.warning("removing %s: a checkpoint save that was interrupted", tmp)
+            _remove(tmp)
+
+
 def latest_good_checkpoint(run_dir: Path) -> Path | None:
-    """``last.ckpt``, else the newest ``step*.ckpt`` that passes :func:`check_checkpoint` (each bad one is
-    named in a warning); leftover temporary files of interrupted saves are removed."""
+    """``last.ckpt``, else the newest ``step*.ckpt`` (file or DeepSpeed folder) that passes
+    :func:`check_checkpoint` (each bad one is named in a warning); leftovers of interrupted saves are
+    removed."""
     folder = checkpoint_dir(run_dir)
-    for tmp in folder.glob(".*.tmp-*"):
-        log.warning("removing %s: a checkpoint save that was interrupted", tmp)
-        tmp.unlink(missing_ok=True)
+    _clean_interrupted(folder)
     steps = sorted(folder.glob("step*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
     candidates = [p for p in [folder / LAST, *steps] if p.exists()]
     for path in candidates:
@@ -126,7 +254,12 @@ def latest_good_checkpoint(run_dir: Path) -> Path | None:
 
 
 def checkpoint_step(path: Path) -> int | None:
-    """The global step a checkpoint file was saved at (None for a DeepSpeed checkpoint folder)."""
+    """The global step a checkpoint was saved at (a DeepSpeed folder: from its seal; None without one)."""
+    if path.is_dir():
+        try:
+            return int(json.loads((path / SEAL).read_text())["step"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
     if not path.is_file():
         return None
     return int(torch.load(path, map_location="cpu", weights_only=True).get("global_step", 0))  # no pickled code
@@ -140,7 +273,7 @@ def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
     """
     last = checkpoint_dir(run_dir) / LAST
     if resume in (None, "", "never"):
-        if last.exists():
+        if last.exists() or any(checkpoint_dir(run_dir).glob("step*.ckpt")):
             raise RunError(
                 f"run folder {run_dir} already has checkpoints; continue it with resume=auto "
                 "or start a new one with run=<new name>"
@@ -149,7 +282,7 @@ def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
     if resume == "auto":
         return latest_good_checkpoint(run_dir)
     target = Path(resume)
-    if target.is_dir():
+    if target.is_dir() and target.suffix != ".ckpt":  # a run folder (a DeepSpeed checkpoint is a .ckpt folder)
         target = checkpoint_dir(target) / LAST if (checkpoint_dir(target) / LAST).exists() else target / LAST
     return check_checkpoint(target)
 

@@ -101,6 +101,7 @@ def build_trainer(cfg: dict[str, Any], run_dir: Path, resume_step: int | None = 
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
+    from r1v.rng import RNGStates
     from r1v.runs import AtomicCheckpointIO, checkpoint_dir
 
     stage = cfg["stage"]
@@ -112,6 +113,7 @@ def build_trainer(cfg: dict[str, Any], run_dir: Path, resume_step: int | None = 
         ModelCheckpoint(dirpath=checkpoint_dir(run_dir), filename="step{step:06d}", auto_insert_metric_name=False,
                         every_n_train_steps=int(stage["ckpt_every"]), save_top_k=1, save_last=True),
         LearningRateMonitor(logging_interval="step"),
+        RNGStates(),  # every rank's torch/CUDA/numpy/python streams in the checkpoint, each rank's own restored
     ]  # fmt: skip
     ev = cfg.get("evaluation") or {}
     if ev.get("enabled"):  # held-out evaluation every N steps, with the harness of python -m r1v.eval
@@ -138,29 +140,55 @@ def build_trainer(cfg: dict[str, Any], run_dir: Path, resume_step: int | None = 
 
 
 def run(cfg: DictConfig, run_dir: Path) -> Path:
-    """Validate, build data and model, train; returns the run folder."""
+    """Validate, build data and model, train; returns the run folder.
+
+    Rank 0 of the launch holds ``run_dir/run.lock`` from before the checkpoints are looked at until the run
+    ends (or dies): a second training process on the same folder is refused (:func:`r1v.runs.lock_run_folder`).
+    """
+    from r1v.runs import launch_rank_is_zero, lock_run_folder, unlock_run_folder
+
+    registry = get_registry()
+    container: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    validate(container, registry)
+    preflight(container)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    locked = launch_rank_is_zero()  # the other ranks of this launch share rank 0's folder and lock
+    if locked:
+        lock_run_folder(run_dir)
+    try:
+        return _train(cfg, container, registry, run_dir)
+    finally:
+        if locked:
+            unlock_run_folder(run_dir)
+
+
+def _train(cfg: DictConfig, container: dict[str, Any], registry: Any, run_dir: Path) -> Path:
     import warnings
 
     import lightning as L
 
-    from r1v.runs import checkpoint_step, provenance, resolve_resume, trained_weights, write_json_atomic
+    from r1v.data.sampler import PadAware
+    from r1v.runs import (
+        checkpoint_step,
+        launch_rank_is_zero,
+        provenance,
+        resolve_resume,
+        trained_weights,
+        write_json_atomic,
+    )
 
     # Lightning's notes about our own files in the run folder and a torch deprecation: noise here.
     warnings.filterwarnings("ignore", message=r".*exists and is not empty.*")
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")  # frozen parts: on purpose
     warnings.filterwarnings("ignore", message=r".*no pre-optimization state was saved.*")  # GRPO: post-step is right
-    registry = get_registry()
-    container: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
-    validate(container, registry)
-    preflight(container)
-    run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = resolve_resume(container.get("resume"), run_dir)
     L.seed_everything(int(container["seed"]), workers=True, verbose=False)
     stage = registry.get("stage", container["stage"]["name"]).factory(container)
     data_summary: dict[str, Any] = {}
     if not hasattr(stage, "run_stage"):  # a Lightning stage: data first (bad rows surface before the model)
-        datasets = build_datasets(container, registry)
+        train, val = build_datasets(container, registry)
+        datasets = (PadAware(train), val)  # the sampler's lock-step pads arrive marked (no loss)
         stage.attach_data(*datasets)
         for split, ds in zip(("train", "val"), datasets, strict=True):
             if ds is not None:
@@ -169,7 +197,9 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
         # build now (width mismatches surface before any training), except under ZeRO-3 (built partitioned)
         if not isinstance(strategy, dict) or int(strategy.get("stage", 0)) != 3:
             stage.configure_model()
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    owner = launch_rank_is_zero()  # rank 0 (holding the lock) writes the folder's files; the others only read
+    if owner:
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     model = container["model"]
     parts = {} if model.get("internvl") else {p: model[p]["name"] for p in ("vision", "adapter", "backbone")}
     choices = {**parts, "dataset": container["data"]["name"], "stage": container["stage"]["name"]}
@@ -180,7 +210,8 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     prov["data"] = data_summary  # rows used and bad rows skipped, per kind (training adds unreadable ones as it goes)
     if model.get("internvl"):  # the parts come from this folder (model.vision/adapter/backbone were ignored)
         prov["internvl"] = str(model["internvl"])
-    write_json_atomic(run_dir / "run.json", prov)
+    if owner:
+        write_json_atomic(run_dir / "run.json", prov)
     if hasattr(stage, "run_stage"):  # a stage that runs once, outside Lightning (e.g. reassemble)
         stage.run_stage(run_dir)
         log.info("run %s finished: %s", container["run"], run_dir)

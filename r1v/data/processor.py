@@ -15,6 +15,8 @@ import torch
 
 from r1v.data.images import IMAGENET_MEAN, IMAGENET_STD, preprocess
 from r1v.interfaces import IMAGE_PLACEHOLDER, IMG_CONTEXT, IMG_END, IMG_START, THINK_CLOSE, Sample
+from r1v.model.varlen import NAME as VARLEN
+from r1v.model.varlen import packed_kwargs
 
 IGNORE = -100
 
@@ -86,7 +88,13 @@ class Processor:
         """Pack samples into rows of at most ``max_tokens`` (first fit, in order), without leakage:
         positions restart at 0 for every sample and a block-diagonal causal mask (B, 1, L, L) keeps
         samples from attending to each other. Tiles stay in token order (row by row, sample by sample).
-        A sample longer than ``max_tokens`` gets a row of its own."""
+        A sample longer than ``max_tokens`` gets a row of its own.
+
+        With ``attn="r1v_varlen"`` (:mod:`r1v.model.varlen`) there are no rows and no mask: every sample is
+        concatenated into one row of ``Σ nᵢ`` tokens and ``attn_kwargs`` carries the cumulative lengths that
+        the flash kernel needs (``max_tokens`` is then unused)."""
+        if attn == VARLEN:
+            return self.pack_varlen(encoded)
         rows: list[list[dict[str, Any]]] = []
         for e in encoded:
             n = len(e["input_ids"])
@@ -119,7 +127,20 @@ class Processor:
             mask = torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min)
         tiles = [e["pixel_values"] for e in order if e["pixel_values"] is not None]
         return {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "labels": labels,
-                "pixel_values": torch.cat(tiles) if tiles else None, "ids": [e["id"] for e in order]}  # fmt: skip
+                "pixel_values": torch.cat(tiles) if tiles else None, "ids": [e["id"] for e in order],
+                "lengths": [len(e["input_ids"]) for e in order]}  # fmt: skip
+
+    def pack_varlen(self, encoded: list[dict[str, Any]]) -> dict[str, Any]:
+        """Samples -> one (1, Σ nᵢ) row with positions restarting per sample and ``attn_kwargs`` for the
+        varlen attention; the all-ones (1, T) mask lets the backbone skip building a mask."""
+        lengths = [len(e["input_ids"]) for e in encoded]
+        ids = torch.tensor([t for e in encoded for t in e["input_ids"]])[None]  # (1, T)
+        labels = torch.tensor([t for e in encoded for t in e["labels"]])[None]  # (1, T)
+        positions = torch.cat([torch.arange(n) for n in lengths])[None]  # (1, T)
+        tiles = [e["pixel_values"] for e in encoded if e["pixel_values"] is not None]
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "position_ids": positions, "labels": labels,
+                "pixel_values": torch.cat(tiles) if tiles else None, "ids": [e["id"] for e in encoded],
+                "lengths": lengths, "attn_kwargs": packed_kwargs(lengths)}  # fmt: skip
 
     def decode_completion(self, ids: list[int]) -> str:
         """Generated ids -> text up to EOS; ``</think>`` stays (some tokenizers mark it special)."""
@@ -146,4 +167,4 @@ class Processor:
         tiles = [e["pixel_values"] for e in encoded if e["pixel_values"] is not None]
         pixels = torch.cat(tiles) if tiles else None
         return {"input_ids": ids, "attention_mask": mask, "labels": labels, "pixel_values": pixels,
-                "ids": [e["id"] for e in encoded]}  # fmt: skip
+                "ids": [e["id"] for e in encoded], "lengths": [len(e["input_ids"]) for e in encoded]}  # fmt: skip

@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from r1v.config import ConfigError, build_plugin
+from r1v.data.sampler import is_pad, mark
 from r1v.faults import maybe_die, poisoned
 from r1v.interfaces import RewardInput, Sample
 from r1v.registry import get_registry
@@ -51,7 +52,8 @@ log = logging.getLogger(__name__)
 
 
 class _Indexed(torch.utils.data.Dataset):
-    """(data-set index, Sample) pairs: the buffer and the refill stream refer to prompts by index."""
+    """(data-set index, Sample) pairs: the buffer and the refill stream refer to prompts by index. A prompt
+    fetched for a lock-step pad of the sampler is marked (:func:`r1v.data.sampler.is_pad`)."""
 
     def __init__(self, ds: Any) -> None:
         self.ds = ds
@@ -60,11 +62,28 @@ class _Indexed(torch.utils.data.Dataset):
         return len(self.ds)
 
     def __getitem__(self, i: int) -> tuple[int, Sample]:
-        return i, self.ds[i]
+        return int(i), mark(self.ds[int(i)], i)
 
 
 def _build(kind: str, node: Mapping[str, Any], where: str) -> Any:
     return build_plugin(get_registry(), kind, node, where)
+
+
+def _unpadded(rollouts: list[Rollout]) -> list[Rollout]:
+    """The rollouts of real prompts (all of them when every prompt of the batch is a lock-step pad)."""
+    return [r for r in rollouts if not r.meta.get("pad")] or rollouts
+
+
+def loss_shares(micro: list[list[Rollout]], agg: str) -> list[float]:
+    """The weight of each micro-batch's aggregated loss in the update, so that their weighted sum is the
+    aggregate over the whole batch's real completions. A lock-step pad's tokens are masked (``_batch``), so it
+    adds nothing to a micro-batch's sum and counts in no denominator; a micro-batch of pads only weighs 0."""
+    real = [[r for r in mb if not r.meta.get("pad")] for mb in micro]
+    if agg == "token_mean":  # sum over tokens / tokens: each micro-batch by its share of the real tokens
+        n_tokens = sum(len(r.completion_ids) for mb in real for r in mb)
+        return [sum(len(r.completion_ids) for r in mb) / max(n_tokens, 1) for mb in real]
+    n_items = sum(len(mb) for mb in real)  # seq_mean / constant divide by the micro-batch's row count
+    return [len(mb) / n_items if ok else 0.0 for mb, ok in zip(micro, real, strict=True)]
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -195,6 +214,9 @@ class GRPOStage(SFTStage):
         """Rows [left pad | prompt | completion | right pad]: completions end-aligned to width T."""
         ids, attn, cmask = completion_rows([r.prompt_ids for r, _ in items], [r.completion_ids for r, _ in items],
                                            self.processor.tokenizer.pad_token_id)  # fmt: skip
+        for b, (r, _) in enumerate(items):
+            if r.meta.get("pad"):  # a lock-step pad: none of its tokens enters the loss
+                cmask[b] = 0
         t = cmask.shape[1]
         tiles = []
         for _, s in items:
@@ -231,9 +253,16 @@ class GRPOStage(SFTStage):
             self.write_logp_probe(int(self.stage["logp_probe"]))
         rollouts, parts, texts = self.rollout(samples)
         self._write_completions(samples, rollouts, parts, texts)
+        # A lock-step pad prompt (the sampler's repeat on a shorter share) is rolled out like the others, so every
+        # rank does the same work and collectives, but weighs nothing: Â = 0 (never buffered), its tokens masked
+        # out of the loss (``_batch``), its rewards left out of the logged ones.
+        for r in rollouts:
+            if is_pad(samples[r.sample_index]):
+                r.advantage, r.meta["pad"] = 0.0, True
+        parts = [p for p, r in zip(parts, rollouts, strict=True) if not r.meta.get("pad")] or parts
         prompts = list(samples)
         n_effective = sum(abs(r.advantage) > 1e-8 for r in rollouts)
-        effective_share = n_effective / len(rollouts)
+        effective_share = n_effective / len(_unpadded(rollouts))
         ds = self.stage.get("dynamic_sampling") or {}
         if ds.get("enabled"):  # drop all-equal groups, refill with fresh prompts
             keep = self._drop_equal(rollouts)
@@ -273,7 +302,7 @@ class GRPOStage(SFTStage):
             items = effective + fill
         if not items:
             log.warning("grpo: step %d has no completion with a learning signal (all groups equal)", self.global_step)
-            self._log_step(parts, rollouts, texts, effective_share, t_rollout, 0.0, 0.0, {}, replayed)
+            self._log_step(parts, _unpadded(rollouts), texts, effective_share, t_rollout, 0.0, 0.0, {}, replayed)
             return None
         ref: list[torch.Tensor] = []
         if self.reference is not None:
@@ -284,8 +313,8 @@ class GRPOStage(SFTStage):
         t2 = time.perf_counter()
         opt, sched = self.optimizers(), self.lr_schedulers()
         micro = self._micro(items)
-        n_tokens = sum(len(r.completion_ids) for r, _ in items)
         agg = self.stage["policy_loss"].get("loss_agg", "seq_mean")
+        shares = loss_shares([[r for r, _ in mb] for mb in micro], agg)  # lock-step pads weigh nothing
         metrics: dict[str, list[float]] = {}
         for _ in range(self.mu):
             opt.zero_grad()
@@ -295,8 +324,7 @@ class GRPOStage(SFTStage):
                 old = self._old(mb, logp) if need_old else logp.detach()
                 loss, m = self.loss_fn(logp, old, ref[k] if ref else None, batch["advantages"],
                                        batch["completion_mask"])  # fmt: skip
-                share = (sum(len(r.completion_ids) for r, _ in mb) / max(n_tokens, 1)) if agg == "token_mean" \
-                    else len(mb) / len(items)  # fmt: skip
+                share = shares[k]
                 if poisoned("nan_loss", self.global_step):
                     loss = loss * float("nan")
                 self.manual_backward(loss * share)
@@ -315,7 +343,8 @@ class GRPOStage(SFTStage):
             opt.step()
             sched.step()
         t_update = time.perf_counter() - t2
-        self._log_step(parts, rollouts, texts, effective_share, t_rollout, t_ref, t_update, metrics, replayed)
+        self._log_step(parts, _unpadded(rollouts), texts, effective_share, t_rollout, t_ref, t_update, metrics,
+                       replayed)  # fmt: skip
         return None
 
     @torch.no_grad()

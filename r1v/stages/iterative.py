@@ -168,6 +168,7 @@ class IterativeSFT:
 
     def _train_round(self, t: int, lr: float, n: int, rdir: Path, train: Any, val: Any, selection: dict[str, Any],
                      holder: Any) -> dict[str, Any]:  # fmt: skip
+        from r1v.data.sampler import PadAware
         from r1v.stages.sft import SFTStage
         from r1v.train import build_trainer
 
@@ -179,7 +180,7 @@ class IterativeSFT:
         module = SFTStage(cfg)
         module.model, module.processor, module.trainable = holder.model, holder.processor, holder.trainable
         chains = {int(k): v for k, v in selection.get("chains", {}).items()}
-        module.attach_data(OverlayDataset(train, selection["indices"], chains), val)
+        module.attach_data(PadAware(OverlayDataset(train, selection["indices"], chains)), val)  # lock-step pads marked
         last = checkpoint_dir(rdir) / "last.ckpt"
         ckpt = check_checkpoint(last) if last.exists() else None
         trainer = build_trainer(cfg, rdir, resume_step=checkpoint_step(ckpt) if ckpt else None)

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from r1v.config import ConfigError
+from r1v.data.sampler import is_pad
 from r1v.interfaces import Sample
 from r1v.preference import RunningMean, mpo_loss
 from r1v.rl import AdapterReference, completion_rows, token_logprobs
@@ -26,7 +27,7 @@ from r1v.stages.sft import SFTStage
 
 class PairCollator:
     """Pairs → one batch of 2B rows (chosen rows first, then rejected), encoded in the loader workers; a
-    pair that cannot be encoded is skipped and counted."""
+    pair that cannot be encoded is skipped and counted; a lock-step pad of the sampler is dropped uncounted."""
 
     def __init__(self, processor: Any) -> None:
         self.processor = processor
@@ -35,6 +36,8 @@ class PairCollator:
         tok = self.processor.tokenizer
         prompts, chosen, rejected, tiles, kept, skipped = [], [], [], [], [], 0
         for s in samples:
+            if is_pad(s):
+                continue
             try:
                 enc = self.processor.encode(s, target=None)
                 c, r = (tok(s.meta[k] + tok.eos_token, add_special_tokens=False)["input_ids"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,9 @@ from r1v.data.processor import Processor
 from r1v.data.sampler import ResumableSampler
 from r1v.faults import maybe_die, poisoned
 from r1v.interfaces import RewardInput, Sample
+from r1v.model import varlen
 from r1v.model.build import PARTS, apply_freeze, build
+from r1v.perf import FlopCounter, peak_flops
 from r1v.registry import get_registry
 from r1v.runs import NonFiniteError
 from r1v.weights import decode_ready, full_state
@@ -40,7 +43,8 @@ def grads_finite(model: torch.nn.Module) -> bool | None:
 
 
 class Collator:
-    """Encodes samples in the loader workers; a sample that cannot be encoded is skipped and counted."""
+    """Encodes samples in the loader workers; a sample that cannot be encoded is skipped and counted. A lock-step
+    pad of the sampler (:func:`r1v.data.sampler.is_pad`) is dropped uncounted: it carries no loss."""
 
     def __init__(self, processor: Processor, target: str | None, padding_side: str = "right",
                  pack_max_tokens: int | None = None, attn: str = "sdpa") -> None:  # fmt: skip
@@ -48,8 +52,12 @@ class Collator:
         self.pack_max_tokens, self.attn = pack_max_tokens, attn  # packing: rows of up to this many tokens
 
     def __call__(self, samples: list[Sample]) -> dict[str, Any]:
+        from r1v.data.sampler import is_pad
+
         encoded, skipped = [], 0
         for s in samples:
+            if is_pad(s):  # a repeat that only keeps the ranks in step (not a skipped sample)
+                continue
             if s.meta.get("_error"):  # the dataset could not decode it
                 skipped += 1
                 log.warning("skipping sample %s: %s", s.id, s.meta["_error"])
@@ -93,6 +101,11 @@ class SFTStage(L.LightningModule):
         self.trainable = apply_freeze(self.model, list(self.stage["trainable"]))
         if self.cfg.get("checkpoint"):
             load_trainable(self.model, self.cfg["checkpoint"])
+        enable_checkpointing(self.model, self.stage.get("activation_checkpointing") or [])
+        config = getattr(self.model.backbone, "config", None)
+        if self.stage.get("packing") and getattr(config, "_attn_implementation", None) == "sdpa":
+            varlen.register()  # padding-free packing: SDPA everywhere else, the flash varlen kernel when packed
+            config._attn_implementation = varlen.NAME
 
     def train(self, mode: bool = True) -> SFTStage:
         super().train(mode)
@@ -140,7 +153,8 @@ class SFTStage(L.LightningModule):
         if batch.get("empty"):
             return None
         out = self.model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["labels"],
-                         position_ids=batch.get("position_ids"))  # fmt: skip
+                         position_ids=batch.get("position_ids"), **batch.get("attn_kwargs", {}))  # fmt: skip
+        self.count_work(batch)
         if poisoned("nan_loss", self.global_step):
             out.loss = out.loss * float("nan")
         if not torch.isfinite(out.loss):
@@ -214,7 +228,39 @@ class SFTStage(L.LightningModule):
             )
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.log_throughput()
         maybe_die("after_step", self.global_step)  # after the checkpoint callbacks of this batch
+
+    # -- throughput: real tokens, model FLOPs, MFU (benchmarks/sft_throughput.py reads these) ----------------
+    def count_work(self, batch: dict[str, Any]) -> None:
+        """Remember this batch's real (unpadded) tokens, padded tokens and model FLOPs for :meth:`log_throughput`."""
+        if not hasattr(self, "_flops"):
+            self._flops, self._peak, self._clock = FlopCounter(self.model), peak_flops(self.device), None
+        lengths = batch.get("lengths") or [int(batch["input_ids"].shape[1])] * int(batch["input_ids"].shape[0])
+        tiles = 0 if batch["pixel_values"] is None else int(batch["pixel_values"].shape[0])
+        self._work = (sum(lengths), int(batch["input_ids"].numel()), self._flops.step(lengths, tiles))
+
+    def log_throughput(self) -> None:
+        """Per batch (one GPU): seconds since the previous batch ended, tokens/s and model TFLOP/s on real tokens,
+        MFU against the GPU's dense bf16 peak. One device sync per batch, so the clock sees finished work."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now, last = time.perf_counter(), getattr(self, "_clock", None)
+        self._clock = now
+        stats: dict[str, float] = {}
+        if self.device.type == "cuda":  # high-water marks since the run started (the planner's prediction)
+            stats["perf/peak_alloc_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+            stats["perf/peak_reserved_gib"] = torch.cuda.max_memory_reserved(self.device) / 2**30
+        work = getattr(self, "_work", None)
+        if last is not None and work is not None:
+            dt = now - last
+            real, padded, flops = work
+            stats.update({"perf/batch_s": dt, "perf/real_tokens": float(real), "perf/padded_tokens": float(padded),
+                          "perf/tokens_per_s": real / dt, "perf/tflops": flops / dt / 1e12})  # fmt: skip
+            if self._peak:
+                stats["perf/mfu"] = flops / dt / self._peak
+        if stats:
+            self.log_dict(stats, batch_size=1)
 
     def on_train_epoch_start(self) -> None:
         if self._resume_pos and self._resume_pos[0] == self.current_epoch:
@@ -273,6 +319,25 @@ class SFTStage(L.LightningModule):
                 tmp = path.with_name(f".{path.name}.tmp")
                 save_file(state, str(tmp))
                 tmp.replace(path)
+
+
+def enable_checkpointing(model: torch.nn.Module, parts: Any) -> None:
+    """``stage.activation_checkpointing=[backbone]``: recompute each layer's activations in backward (keeps only
+    layer inputs; ~1/3 more compute, not counted in the logged MFU). Parts without support are refused."""
+    from r1v.config import ConfigError
+
+    def switch(module: Any) -> Any:  # transformers ≥ 5.20 renamed it; older ones only have the first name
+        return getattr(module, "activation_checkpointing_enable", None) or getattr(
+            module, "gradient_checkpointing_enable", None
+        )
+
+    for part in [parts] if isinstance(parts, str) else list(parts):
+        enable = switch(getattr(model, part)) if part in PARTS else None
+        if enable is None:
+            can = [p for p in PARTS if switch(getattr(model, p))]
+            raise ConfigError(f"stage.activation_checkpointing: '{part}' cannot checkpoint; allowed: {', '.join(can)}")
+        key = "activation" if enable.__name__.startswith("activation") else "gradient"
+        enable(**{f"{key}_checkpointing_kwargs": {"use_reentrant": False}})
 
 
 def build_rewards(cfg: Mapping[str, Any]) -> dict[str, tuple[float, Any]]:

@@ -81,13 +81,20 @@ def test_resume_after_kill_continues_exactly(tmp_path):
 
 
 def test_packed_training_runs_and_learns(tmp_path):
-    packing = ["stage.packing=true", "stage.pack_max_tokens=256", "stage.batch_size=8"]  # 8 samples → ~3 rows
+    packing = ["stage.packing=true", "stage.pack_max_tokens=256", "stage.batch_size=8"]  # 8 samples → one row
     args = ["run=packed", *packing, "stage.max_steps=8", "stage.val_every=1000", "trainer.log_every_n_steps=1",
             *FAST[1:]]  # FAST without its batch size  # fmt: skip
     proc = run_cli(args, tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     train = list(losses(tmp_path / "runs" / "packed").values())
     assert len(train) == 8 and train[-1] < train[0]
+    # padding-free: every token of a packed batch is real; throughput and model FLOPs are logged per batch
+    with open(tmp_path / "runs" / "packed" / "metrics.csv") as fh:
+        rows = [r for r in csv.DictReader(fh) if r.get("perf/tflops")]
+    assert len(rows) == 7  # the first batch has no clock start
+    for r in rows:
+        assert float(r["perf/real_tokens"]) == float(r["perf/padded_tokens"]) > 0
+        assert float(r["perf/tokens_per_s"]) > 0 and float(r["perf/tflops"]) > 0
 
 
 def test_multirun_sweep_gives_each_job_a_folder(tmp_path):

@@ -179,3 +179,107 @@ def test_packed_samples_do_not_leak(tiny_vlm, attn):
     # the packed loss is the token-weighted mean of the samples' losses
     expected = sum(loss * n for loss, n in losses) / sum(n for _, n in losses)
     torch.testing.assert_close(out.loss, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_varlen_packing_matches_samples_alone(tiny_vlm):
+    """Padding-free packing (``r1v_varlen``): one row, no mask tensor; logits, loss and gradients equal the
+    samples run alone; without the packed lengths the same model is plain SDPA (padded batches still work)."""
+    from r1v.model import varlen
+
+    model, proc = tiny_vlm
+    samples = [sample(20), sample(21, n_images=2), Sample("t", "no image here?", "one two three"), sample(22)]
+    encoded = [proc.encode(s, "answer") for s in samples]
+    lengths = [len(e["input_ids"]) for e in encoded]
+    packed = proc.pack(encoded, max_tokens=1, attn=varlen.NAME)
+    assert packed["input_ids"].shape == (1, sum(lengths)) and packed["lengths"] == lengths
+    assert packed["attn_kwargs"]["cu_seq_lens_q"].tolist() == [0, *torch.tensor(lengths).cumsum(0).tolist()]
+    varlen.register()
+    old = model.backbone.config._attn_implementation
+    model.backbone.config._attn_implementation = varlen.NAME
+    try:
+        out = model(packed["input_ids"], packed["attention_mask"], packed["pixel_values"], packed["labels"],
+                    position_ids=packed["position_ids"], **packed["attn_kwargs"])  # fmt: skip
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        model.zero_grad()
+        padded = proc.collate(encoded)  # the unpacked path of the same model: SDPA with a padding mask
+        ref = model(padded["input_ids"], padded["attention_mask"], padded["pixel_values"], padded["labels"])
+        ref.loss.backward()
+        start = 0
+        for b, n in enumerate(lengths):
+            torch.testing.assert_close(out.logits[0, start : start + n], ref.logits[b, :n], atol=1e-4, rtol=1e-4)
+            start += n
+        torch.testing.assert_close(out.loss, ref.loss, atol=1e-5, rtol=1e-5)
+        assert grads
+        for n, p in model.named_parameters():
+            if n in grads:
+                torch.testing.assert_close(grads[n], p.grad, atol=1e-5, rtol=1e-4)
+    finally:
+        model.zero_grad()
+        model.backbone.config._attn_implementation = old
+
+
+def test_flop_counter_counts_what_trains(tiny_vlm):
+    """6·N·t for full fine-tuning; frozen encoder in front costs 2·N_v, a frozen backbone after a trainable
+    adapter 4·N_b (activation gradients only); attention n² per sample, so packing changes no FLOP."""
+    from r1v.perf import FlopCounter, part_shape
+
+    model, _ = tiny_vlm
+    shapes = {p: part_shape(getattr(model, p)) for p in ("vision", "adapter", "backbone")}
+    linear = sum(m.weight.numel() for m in model.backbone.modules() if isinstance(m, torch.nn.Linear))
+    cfg = model.backbone.config
+    assert shapes["backbone"].matmul_params == linear
+    assert shapes["backbone"].layers == cfg.num_hidden_layers
+    assert shapes["backbone"].attn_width == cfg.num_attention_heads * (cfg.hidden_size // cfg.num_attention_heads)
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    try:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        full = FlopCounter(model)
+        assert full.mult_w == {"vision": 6, "adapter": 6, "backbone": 6}
+        b = shapes["backbone"]
+        text_only = full.step([10, 30], tiles=0)
+        assert text_only == 6 * b.matmul_params * 40 + 3 * 2 * b.layers * b.attn_width * (100 + 900)
+        for n, p in model.named_parameters():
+            p.requires_grad_(n.startswith("adapter."))
+        r1v = FlopCounter(model)
+        assert r1v.mult_w == {"vision": 2, "adapter": 6, "backbone": 4} and r1v.mult_a["vision"] == 1
+        assert r1v.step([10, 30], tiles=2) > r1v.step([10, 30], tiles=0) > 0
+    finally:
+        for n, p in model.named_parameters():
+            p.requires_grad_(flags[n])
+
+
+def test_activation_checkpointing_same_gradients_and_refusal(tiny_vlm):
+    """stage.activation_checkpointing=[backbone] recomputes in backward with identical gradients; a part that
+    cannot checkpoint is refused in one line naming the allowed ones."""
+    from r1v.config import ConfigError
+    from r1v.stages.sft import enable_checkpointing
+
+    model, proc = tiny_vlm
+    batch = proc.collate([proc.encode(sample(30), "answer"), proc.encode(sample(31, n_images=2), "answer")])
+    was = model.training
+    model.train()
+
+    def grads() -> dict[str, torch.Tensor]:
+        model.zero_grad()
+        model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["labels"]).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    try:
+        plain = grads()
+        enable_checkpointing(model, ["backbone"])
+        assert model.backbone.is_gradient_checkpointing
+        again = grads()
+        assert plain.keys() == again.keys() and plain
+        for n in plain:
+            torch.testing.assert_close(again[n], plain[n], atol=1e-6, rtol=1e-5)
+        with pytest.raises(
+            ConfigError, match=r"activation_checkpointing: 'vision' cannot checkpoint; allowed: backbone"
+        ):
+            enable_checkpointing(model, ["vision"])
+    finally:
+        off = getattr(model.backbone, "activation_checkpointing_disable", None)
+        (off or model.backbone.gradient_checkpointing_disable)()
+        model.zero_grad()
+        model.train(was)

@@ -127,4 +127,7 @@ def test_settings_read_from_the_config():
     assert (s.zero, s.gpus, s.tiles, s.rl, s.group_size, s.beta) == (2, 4, 13, True, 16, 0.04)
     assert sources == {"zero": "trainer.strategy.stage", "gpus": "trainer.devices"}
     s, _ = default_settings({"model": {"max_tiles": 1}, "stage": {"name": "align"}, "trainer": {"devices": "auto"}})
-    assert (s.zero, s.gpus, s.tiles, s.rl) == (0, 8, 1, False)
+    assert (s.zero, s.gpus, s.tiles, s.rl, s.ckpt) == (0, 8, 1, False, ())
+    stage = {"name": "sft", "activation_checkpointing": ["backbone"]}
+    s, sources = default_settings({"model": {"max_tiles": 1}, "stage": stage, "trainer": {"devices": 1}})
+    assert s.ckpt == ("backbone",) and sources["ckpt"] == "stage.activation_checkpointing"
