@@ -117,7 +117,7 @@ class MPOStage(SFTStage):
         self.batches_done += 1
         self.skipped += batch["skipped"]
         if batch.get("empty"):
-            return None
+            return self.empty_loss()
         pc, pr, rc, rr, length_c = self._pair_logps(batch)
         loss, metrics = mpo_loss(pc, pr, rc, rr, length_c, self.beta, self.weights, self.delta)
         n = len(batch["samples"])

@@ -82,7 +82,7 @@ class RewardModelStage(SFTStage):
         self.batches_done += 1
         self.skipped += batch["skipped"]
         if batch.get("empty"):
-            return None
+            return self.empty_loss()
         loss, metrics = bradley_terry_loss(*self._pair_scores(batch))
         n = len(batch["samples"])
         self.log("train/loss", loss, prog_bar=True, batch_size=n)

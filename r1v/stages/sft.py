@@ -150,8 +150,8 @@ class SFTStage(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         self.batches_done += 1
         self.skipped += batch["skipped"]
-        if batch.get("empty"):
-            return None
+        if batch.get("empty"):  # every sample skipped, or only a lock-step pad
+            return self.empty_loss()
         out = self.model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["labels"],
                          position_ids=batch.get("position_ids"), **batch.get("attn_kwargs", {}))  # fmt: skip
         self.count_work(batch)
@@ -166,6 +166,14 @@ class SFTStage(L.LightningModule):
         self.log("train/skipped_samples", float(self.skipped), batch_size=1)
         self.log("train/nonfinite_skipped", float(self.nonfinite_total), batch_size=1)  # cumulative, every step
         return out.loss
+
+    def empty_loss(self) -> torch.Tensor | None:
+        """The loss of a batch with nothing to train on. Alone, None skips the step; with several ranks the
+        others still all-reduce gradients, so this rank takes part with a zero loss over its trainable weights
+        (zero gradients; AdamW's momentum still moves, as for any step of this rank's peers)."""
+        if self._trainer is None or self.trainer.world_size == 1:
+            return None
+        return torch.stack([p.sum() for p in self.model.parameters() if p.requires_grad]).sum() * 0.0
 
     def validation_step(self, samples: list[Sample], batch_idx: int) -> None:
         batch = Collator(self.processor, self.stage["target"])(samples)

@@ -290,3 +290,23 @@ def test_a_recipe_stage_dies_with_the_recipe(tmp_path):
         time.sleep(0.2)
     alive = _running(child)
     assert not alive, f"stage process {child} outlived the recipe"
+
+
+def test_empty_batch_takes_part_in_the_all_reduce():
+    """A rank whose batch is empty (all samples bad, or only a lock-step pad) returns a zero loss over its
+    trainable weights when other ranks exist (so DDP's all-reduce does not hang), and skips the step alone."""
+    from types import SimpleNamespace
+
+    from r1v.stages.sft import SFTStage
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
+    model[0].requires_grad_(False)
+    two = SimpleNamespace(world_size=2)
+    fake = SimpleNamespace(_trainer=two, trainer=two, model=model)
+    loss = SFTStage.empty_loss(fake)
+    assert loss is not None and loss.requires_grad and float(loss) == 0.0
+    loss.backward()
+    assert model[0].weight.grad is None
+    assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in model[1].parameters())
+    one = SimpleNamespace(world_size=1)
+    assert SFTStage.empty_loss(SimpleNamespace(_trainer=one, trainer=one, model=model)) is None
