@@ -187,8 +187,11 @@ def main() -> None:
             variants.append(("static, CUDA graphs + compile", StaticEngine(0.6, 0.95, compile=True, **sort), args.new))
             variants.append(("static, CUDA graphs + compile + fused", StaticEngine(0.6, 0.95, compile=True, fuse=True,
                                                                                **sort), args.new))  # fmt: skip
-            variants.append(("static, CUDA graphs + compile + fused + top-p by bisection",
-                             StaticEngine(0.6, 0.95, compile=True, fuse=True), args.new))  # fmt: skip
+            from r1v.generation.sampling import triton_available
+
+            method = "triton" if triton_available() else "bisect"  # the one-launch kernel (opt-in), else bisection
+            best = StaticEngine(0.6, 0.95, compile=True, fuse=True, top_p_method=method)
+            variants.append((f"static, CUDA graphs + compile + fused + top-p by {method}", best, args.new))
         for name, engine, new in variants:
             _, first = timed(lambda e=engine, n=new: ours(e, lm, ids, mask, n, False))
             _, t = timed(lambda e=engine, n=new: ours(e, lm, ids, mask, n, False))

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from .decoder import Decoder
-from .sampling import Knobs, draw
+from .sampling import TOP_P_METHODS, Knobs, draw, resolve_top_p_method, triton_available
 
 PER_SAMPLE_KNOBS = ("repetition_penalty", "temperature", "top_p")
 _PREFILL_MASK_ELEMENTS = 1 << 28  # rows per prefill chunk keep the (rows, 1, P, P) mask under 256M entries
@@ -58,6 +58,8 @@ class StaticEngine:
 
     Sampling knobs may differ per sample (``sample_params``: repetition_penalty, temperature, top_p).
     ``max_batch_size`` splits a large rollout batch (the cache is B × capacity × layers × KV width).
+    ``top_p_method``: ``auto`` (= ``sort`` for now), ``sort``, ``bisect`` or ``triton`` (one-launch kernel, CUDA
+    only; r1v/generation/sampling.py).
     """
 
     def __init__(self, temperature: float = 0.6, top_p: float = 0.95, repetition_penalty: float = 1.0,
@@ -71,8 +73,11 @@ class StaticEngine:
         for name, value, ok in checks:
             if not ok:
                 raise ValueError(f"rollout 'static': {name}={value} is out of range")
-        if top_p_method not in ("auto", "sort", "bisect"):
-            raise ValueError(f"rollout 'static': top_p_method '{top_p_method}' is not one of auto, sort, bisect")
+        if top_p_method not in TOP_P_METHODS:
+            raise ValueError(f"rollout 'static': top_p_method '{top_p_method}' is not one of "
+                             f"{', '.join(TOP_P_METHODS)}")  # fmt: skip
+        if top_p_method == "triton" and not triton_available():
+            raise ValueError("rollout 'static': top_p_method 'triton' needs triton, which does not import here")
         self.top_p_method = top_p_method
         # the sampler stays eager inside the graph: inductor (torch 2.11) fails to generate Triton code for the
         # bisection's masked reductions over a 152k vocabulary ("get_block_shape"), found on the H200
@@ -204,9 +209,10 @@ class StaticEngine:
 
     def _choose(self, logits: torch.Tensor, knobs: Knobs, greedy: bool, seen: torch.Tensor | None,
                 device: torch.device) -> torch.Tensor:  # fmt: skip
-        """(B, V) logits -> (B,) tokens. ``auto`` top-p is the sort: unfused, the bisection's 32 halvings cost
-        more than the sort on the H200 (6.23 vs 4.28 ms per step, benchmarks/README.md)."""
-        method = "sort" if self.top_p_method == "auto" else self.top_p_method
+        """(B, V) logits -> (B,) tokens. ``auto`` top-p is the sort (:func:`resolve_top_p_method` says why the
+        Triton kernel is opt-in); the torch bisection's 32 unfused halvings cost more than the sort on the H200
+        (6.23 vs 4.28 ms per step, benchmarks/README.md)."""
+        method = resolve_top_p_method(self.top_p_method, logits.device)
         return self._draw(logits, seen, knobs.penalty if seen is not None else None, knobs.temperature, knobs.top_p,
                           greedy, method)  # fmt: skip
 

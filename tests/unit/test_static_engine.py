@@ -12,6 +12,7 @@ import torch
 from r1v.data.synthetic import generate
 from r1v.generation import Decoder, UnsupportedModelError
 from r1v.generation.sampling import Knobs, choose, penalise, top_p_bisect, top_p_filter
+from tests.unit.nucleus import assert_follows_nucleus
 
 
 def _val(i: int):
@@ -200,16 +201,7 @@ def test_draws_follow_the_tempered_nucleus_distribution(method):
     n, t, p = 200_000, 0.7, 0.9
     knobs = Knobs(torch.full((n,), t), torch.full((n,), p), None)
     draws = choose(logits.expand(n, -1).clone(), knobs, greedy=False, seen=None, top_p_method=method)
-    probs = (logits / t).softmax(-1)
-    order = probs.argsort(descending=True)
-    keep = torch.zeros(6, dtype=torch.bool)
-    keep[order[(probs[order].cumsum(0) - probs[order]) < p]] = True
-    expected = torch.where(keep, probs, 0.0)
-    expected /= expected.sum()
-    freq = torch.bincount(draws, minlength=6).double() / n
-    sigma = (expected * (1 - expected) / n).sqrt().double()
-    assert (freq[~keep] == 0).all()
-    assert ((freq - expected.double()).abs() <= 4 * sigma + 1e-9).all(), (freq, expected)
+    assert_follows_nucleus(draws, logits, t, p)
 
 
 def test_greedy_ignores_temperature_and_top_p():

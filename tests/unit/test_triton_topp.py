@@ -1,0 +1,164 @@
+"""The Triton top-p sampler (r1v/generation/triton_topp.py) on the CPU, through triton's interpreter.
+
+Triton reads ``TRITON_INTERPRET`` when a kernel is decorated, its own library functions included, so the
+kernel tests need it set before triton is first imported: ``test_kernels_under_the_interpreter`` runs
+them in a fresh pytest process with it set (they skip in this one unless it is set already); it skips
+where triton is not installed (the CPU CI). The method knob's resolution is checked everywhere.
+The interpreter runs one program per row in Python (~30 ms each), so rows are few and short here; the
+full-vocabulary checks, the CUDA graph and the timing are in tests/gpu/test_triton_topp_gpu.py.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from r1v.generation import engine as engine_mod
+from r1v.generation import sampling
+from r1v.generation.sampling import Knobs, choose, resolve_top_p_method, top_p_filter
+from tests.unit.nucleus import assert_follows_nucleus
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_kernels_under_the_interpreter():
+    if INTERPRETED:
+        pytest.skip("this is the interpreter process")
+    if importlib.util.find_spec("triton") is None:
+        pytest.skip("triton is not installed")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-p", "no:xdist",
+                           str(Path(__file__).relative_to(ROOT)), "-k", "interp_"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    assert " passed" in proc.stdout and "skipped" not in proc.stdout.splitlines()[-1], proc.stdout[-2000:]
+
+
+@pytest.fixture(scope="module")
+def topp():
+    """r1v.generation.triton_topp with interpreted kernels (only in a process started with TRITON_INTERPRET=1)."""
+    if not INTERPRETED:
+        pytest.skip("run by test_kernels_under_the_interpreter, in a process with TRITON_INTERPRET=1")
+    pytest.importorskip("triton")
+    from r1v.generation import triton_topp
+
+    return triton_topp
+
+
+def _rows(v: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(16, v) logits of several spreads, two very peaked rows; (16,) temperatures and top-p (to 0.9999 and 1)."""
+    g = torch.Generator().manual_seed(seed)
+    scale = torch.tensor([0.3, 1.0, 3.0, 10.0]).repeat(4)[:, None]
+    logits = torch.randn(16, v, generator=g) * scale  # (16, v)
+    logits[5, 3] += 40.0
+    logits[12, v - 1] += 12.0
+    temperature = torch.tensor([0.6, 1.0, 1.5, 0.3]).repeat_interleave(4)
+    top_p = torch.tensor([0.1, 0.5, 0.8, 0.9, 0.95, 0.99, 0.9999, 1.0]).repeat(2)
+    return logits, temperature, top_p
+
+
+def _above(scaled: torch.Tensor) -> torch.Tensor:
+    """(B, V) float64 probability mass ranked strictly above each token (ties in sort order)."""
+    probs = scaled.double().softmax(-1)
+    ranked, order = probs.sort(-1, descending=True)
+    return torch.empty_like(probs).scatter_(1, order, ranked.cumsum(-1) - ranked)
+
+
+@pytest.mark.parametrize("cap", [8192, 256, 16])
+def test_interp_kept_set_and_token_equal_the_sort(topp, cap):
+    """cap 8192 lists every candidate at once; 256 and 16 need passes of halvings over the row first; each
+    gives the sort's nucleus (but next to p) and the reference draw."""
+    logits, temperature, top_p = _rows(3000)
+    noise = torch.empty_like(logits).exponential_()
+    tokens, thr, stats = topp._launch(logits, temperature, top_p, noise, block=512, cap=cap)
+    scaled = logits / temperature[:, None]
+    ref = top_p_filter(scaled, top_p)  # (16, V)
+    ours = logits * (1 / temperature)[:, None] > thr[:, None]
+    differ = ours != ~ref.isinf()
+    near = ((_above(scaled) - top_p.double()[:, None]).abs() < 1e-6)[differ]
+    assert bool(near.all()) and differ.any(-1).sum() <= 2
+    assert bool(ours[top_p >= 1].all())
+    expected = (ref.softmax(-1) / noise).argmax(-1)
+    assert torch.equal(tokens[~differ.any(-1)], expected[~differ.any(-1)])
+    assert bool(ours.gather(1, tokens[:, None]).all())
+    assert bool((stats[top_p < 1, 1] == 2).all()), stats  # the register phase ran
+    passes = stats[top_p < 1, 0]  # max, Z, [halvings], listing, draw
+    assert bool((passes == 4).all()) if cap == 8192 else int(passes.max()) > 5, stats
+    again = topp.top_p_sample(logits, temperature, top_p, noise, block=512, cap=cap)
+    assert torch.equal(tokens, again)
+
+
+def test_interp_ties_masked_tokens_and_one_row(topp):
+    """A flat row keeps every token (mass strictly above each is 0 < p; the sort breaks the tie by position),
+    and with a tiny list it is finished by halvings alone (mode 0) and the race over the row; -inf logits
+    are never drawn; a row longer than the block and a single-row batch work."""
+    v = 700
+    logits = torch.zeros(3, v)
+    logits[1, v // 2 :] = float("-inf")
+    logits[2] = torch.linspace(-3, 3, v)
+    temperature, top_p = torch.tensor([1.0, 0.7, 1.0]), torch.tensor([0.5, 0.9, 0.3])
+    noise = torch.empty_like(logits).exponential_()
+    tokens, thr, stats = topp._launch(logits, temperature, top_p, noise, block=128, cap=16)
+    assert bool((logits[0] > thr[0]).all()) and int(stats[0, 1]) == 0
+    assert int(tokens[0]) == int((1 / noise[0]).argmax())
+    assert int(tokens[1]) < v // 2 and float(thr[1]) > float("-inf")
+    ref = top_p_filter(logits[2:] / temperature[2:, None], top_p[2:])
+    assert int(tokens[2]) == int((ref.softmax(-1) / noise[2:]).argmax())
+    one = topp.top_p_sample(logits[2:], temperature[2:], top_p[2:], noise[2:], block=128, cap=16)
+    assert one.shape == (1,) and int(one) == int(tokens[2])
+
+
+def test_interp_choose_with_triton_draws_what_the_sort_draws(topp):
+    """``top_p_method="triton"`` takes the race noise from torch like the sort: one seed, the same tokens."""
+    logits, temperature, top_p = _rows(400, seed=1)
+    top_p[top_p >= 0.99] = 0.9  # away from the sort's float32 cumsum at p → 1
+    knobs = Knobs(temperature, top_p, None)
+    torch.manual_seed(7)
+    ours = choose(logits, knobs, greedy=False, seen=None, top_p_method="triton")
+    torch.manual_seed(7)
+    ref = choose(logits, knobs, greedy=False, seen=None, top_p_method="sort")
+    assert ours.dtype == torch.int64 and torch.equal(ours, ref)
+    penalty = Knobs(temperature, top_p, torch.full((16,), 1.3))
+    seen = torch.zeros_like(logits, dtype=torch.bool)
+    seen[:, :50] = True
+    torch.manual_seed(8)
+    ours = choose(logits, penalty, greedy=False, seen=seen, top_p_method="triton")
+    torch.manual_seed(8)
+    assert torch.equal(ours, choose(logits, penalty, greedy=False, seen=seen, top_p_method="sort"))
+
+
+def test_interp_draws_follow_the_tempered_nucleus_distribution(topp):
+    """Draws (one per row, fresh noise) within 4 sigma of softmax(logits / T) renormalised on the nucleus."""
+    torch.manual_seed(0)
+    logits = torch.tensor([2.0, 1.5, 1.0, 0.0, -1.0, -3.0])
+    n, t, p = 384, 0.7, 0.9
+    knobs = Knobs(torch.full((n,), t), torch.full((n,), p), None)
+    draws = choose(logits.expand(n, -1).contiguous(), knobs, greedy=False, seen=None, top_p_method="triton")
+    assert_follows_nucleus(draws, logits, t, p)
+
+
+def test_the_method_knob(monkeypatch):
+    """``auto`` stays the sort (triton is opt-in until measured in a whole rollout); ``triton`` needs triton."""
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")  # a device object needs no GPU
+    assert resolve_top_p_method("auto", cpu) == "sort" and resolve_top_p_method("bisect", cuda) == "bisect"
+    with pytest.raises(ValueError, match="top_p_method"):
+        resolve_top_p_method("heap", cpu)
+    for available in (False, True):
+        monkeypatch.setattr(sampling, "triton_available", lambda a=available: a)
+        monkeypatch.setattr(engine_mod, "triton_available", lambda a=available: a)
+        assert resolve_top_p_method("auto", cuda) == "sort" and resolve_top_p_method("triton", cuda) == "triton"
+        assert resolve_top_p_method("auto", cpu) == "sort"
+        if available:
+            assert engine_mod.StaticEngine(top_p_method="triton").top_p_method == "triton"
+        else:
+            with pytest.raises(ValueError, match="needs triton"):
+                engine_mod.StaticEngine(top_p_method="triton")
+    with pytest.raises(ValueError, match="top_p_method"):
+        engine_mod.StaticEngine(top_p_method="heap")
