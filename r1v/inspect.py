@@ -155,7 +155,8 @@ def default_settings(cfg: dict[str, Any]) -> tuple[planner.Settings, dict[str, s
     if rl:  # RL knobs the stage may carry (names of the GRPO stage to come; planner.* overrides them)
         rl_knobs = dict(group_size=int(stage.get("group_size", 8)),
                         completion_len=int(stage.get("max_completion_tokens", 8192)),
-                        beta=float(stage.get("beta", stage.get("kl_coef", 0.0)) or 0.0))  # fmt: skip
+                        beta=float(stage.get("beta", stage.get("kl_coef", 0.0)) or 0.0),
+                        rollout_gather="layer" if stage.get("rollout_gather") == "layer" else "whole")  # fmt: skip
     ckpt = stage.get("activation_checkpointing") or ()
     ckpt = (ckpt,) if isinstance(ckpt, str) else tuple(ckpt)
     if ckpt:

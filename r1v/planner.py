@@ -24,6 +24,11 @@ I = MLP width, V = vocabulary. Per GPU:
   **Logits**: ``B·L·V·4`` (the fp32 upcast for the loss), doubled when gradients flow (its gradient).
 - **rollout** (RL): KV cache of the sequences decoded at once:
   ``2 · layers · kv · 2 bytes · R · (prompt_len + completion_len)``, R = ``rollout_batch`` (default G).
+- **rollout gather** (RL under ZeRO-3 on N > 1 GPUs, ``rollout_gather=whole``): an engine that reads whole
+  weight tensors (``rollout=static``) decodes from the gathered model, so during the rollout each GPU also
+  holds the ``(1 − 1/N)`` of the weights its shard lacks: ``Σ P · 2 · (1 − 1/N)``. It lives in the rollout
+  phase, activations in the update phase, so the larger of the two counts. ``layer`` (fetch per layer,
+  ``rollout=hf``) adds nothing beyond the gather buffer already in **weights**.
 - **other**: a fixed allowance for the CUDA context, NCCL and communication buckets, allocator slack.
 
 Not modelled: fragmentation beyond that allowance, transient forward buffers of frozen parts, CPU offload,
@@ -59,6 +64,7 @@ KNOBS: dict[str, str] = {
     "rollout_batch": "RL: sequences decoded at once per GPU (default: G)",
     "beta": "RL: KL weight β; > 0 keeps a reference model (default: stage.beta or stage.kl_coef, else 0)",
     "reference": "RL: full (a frozen copy of the whole model, default) or trainable (copies of trainable parts)",
+    "rollout_gather": "RL under ZeRO-3: whole (the model gathered for the rollout, default) or layer (per layer)",
 }
 
 
@@ -99,6 +105,7 @@ class Settings:
     rollout_batch: int | None = None
     beta: float = 0.0
     reference: str = "full"
+    rollout_gather: str = "whole"
 
     @property
     def tokens(self) -> int:
@@ -121,13 +128,14 @@ class Estimate:
     activations: float = 0.0
     logits: float = 0.0  # part of activations, shown separately
     rollout: float = 0.0
+    gather: float = 0.0  # rollout phase only: the whole-model gather of a ZeRO-3 rollout
     other: float = 0.0
     per_part_activations: dict[str, float] = field(default_factory=dict)
 
     @property
     def total(self) -> float:
-        return self.weights + self.reference + self.gradients + self.optimizer + self.activations + self.rollout \
-            + self.other  # fmt: skip
+        return self.weights + self.reference + self.gradients + self.optimizer + max(self.activations, self.gather) \
+            + self.rollout + self.other  # fmt: skip
 
 
 def transformer_layer_bytes(hidden: int, kv_dim: int, ffn: int, ffn_tensors: int) -> int:
@@ -175,6 +183,8 @@ def estimate(parts: Iterable[Part], s: Settings) -> Estimate:
         if s.rl:
             rollout = s.rollout_batch or s.group_size
             est.rollout = 2 * backbone.layers * backbone.kv_dim * s.weight_bytes * rollout * s.tokens
+    if s.rl and s.zero == 3 and n > 1 and s.rollout_gather == "whole":
+        est.gather = total_params * s.weight_bytes * (1 - 1 / n)
     return est
 
 
@@ -216,6 +226,14 @@ def recommend(parts: list[Part], s: Settings) -> Recommendation:
             if s.zero != zero:
                 text += f" (configured: {STRATEGIES.get(s.zero, f'ZeRO-{s.zero}')})"
             return Recommendation(zero, ckpt, text)
+    if s.rl and s.rollout_gather == "whole" and table[(3, True)].gather:
+        layered = recommend(parts, replace(s, rollout_gather="layer"))
+        if layered.zero is not None:
+            text = (
+                f"{layered.text}, with rollouts gathered layer by layer (stage.rollout_gather=layer: "
+                "rollout=hf, each decode step all-gathers the model); the whole-model gather does not fit"
+            )
+            return Recommendation(layered.zero, layered.ckpt, text)
     need = table[(3, True)].total / GIB
     text = (
         f"nothing fits on {s.gpus} GPU(s): ZeRO-3 with checkpointing needs {need:.1f} GiB of {cap / GIB:.1f}; "
@@ -244,6 +262,8 @@ def parse_knobs(pairs: Mapping[str, str], base: Settings) -> Settings:
                 value = _ckpt(value)
             elif key == "reference" and value not in ("full", "trainable"):
                 raise ValueError("use full or trainable")
+            elif key == "rollout_gather" and value not in ("whole", "layer"):
+                raise ValueError("use whole or layer")
             elif key == "zero" and value not in STRATEGIES:
                 raise ValueError(f"use one of {', '.join(map(str, STRATEGIES))}")
             elif key == "rl":
@@ -307,6 +327,8 @@ def report(parts: list[Part], s: Settings, sources: Mapping[str, str] | None = N
         f"  optimizer    {gib(est.optimizer)}",
         f"  activations  {gib(est.activations)}  ({split})",
         f"  rollout KV   {gib(est.rollout)}",
+        *([f"  gathered     {gib(est.gather)}  (the ZeRO-3 rollout's whole-model gather; the rollout phase "
+           "holds it instead of activations, the larger counts)"] if est.gather else []),
         f"  other        {gib(est.other)}",
         f"  total        {gib(est.total)} of {s.capacity / GIB:.1f} GiB ({s.gpu_gb:g} GB): "
         f"{'fits' if est.total <= s.capacity else 'does NOT fit'}",

@@ -46,18 +46,63 @@ def zero3_offload(engine: Any) -> Any:
     return getattr(optimizer, "parameter_offload", optimizer if hasattr(optimizer, "forward_hooks") else None)
 
 
+GATHER_MODES = ("auto", "whole", "layer")
+
+
+def gathered_bytes(module: nn.Module) -> int:
+    """Bytes a ZeRO-3 whole-model gather adds on this rank (every parameter's full size minus its local shard);
+    0 without ZeRO-3."""
+    total = 0
+    for p in module.parameters():
+        if hasattr(p, "ds_id"):
+            total += max(0, int(p.ds_numel) - int(p.ds_tensor.numel())) * p.element_size()  # shards are padded
+    return total
+
+
+def gather_mode(module: nn.Module, engine: Any, requested: str = "auto", reserve_bytes: int = 0) -> str:
+    """How a ZeRO-3 decode gets its weights: ``whole`` (gathered once: fast, the whole model in memory) or
+    ``layer`` (DeepSpeed's per-module hooks fetch each layer as the decode reaches it and release it after:
+    one or two layers beyond the shards, but every decode step pays the all-gather of the whole model).
+    ``auto`` picks ``whole`` when the gathered model plus ``reserve_bytes`` (e.g. the KV cache) fits in 90% of
+    the GPU's free memory, else ``layer``; off ZeRO-3, or off the GPU, always ``whole`` (nothing to choose)."""
+    if requested not in GATHER_MODES:
+        raise ValueError(f"rollout gather '{requested}' is not one of {', '.join(GATHER_MODES)}")
+    if zero3_offload(engine) is None:
+        return "whole"
+    if requested != "auto":
+        return requested
+    device = next((p.device for p in module.parameters()), torch.device("cpu"))
+    if device.type != "cuda":
+        return "whole"
+    free, _ = torch.cuda.mem_get_info(device)
+    need = gathered_bytes(module) + reserve_bytes
+    if torch.distributed.is_available() and torch.distributed.is_initialized():  # every rank must agree
+        flag = torch.tensor([1 if need <= 0.9 * free else 0], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+        return "whole" if int(flag) else "layer"
+    return "whole" if need <= 0.9 * free else "layer"
+
+
 @contextmanager
-def decode_ready(module: nn.Module, engine: Any = None) -> Iterator[None]:
+def decode_ready(module: nn.Module, engine: Any = None, gather: str = "whole") -> Iterator[None]:
     """Context for a decode loop (rollouts, validation generation) over ``module``.
 
-    Under ZeRO-3 the parameters are gathered once for the whole block *and* the engine's per-module
-    hooks are lifted for its duration: with live hooks every decode step re-enters the fetch/release
-    machinery of every module (on 2 GPUs, 10x slower than ZeRO-2 even with the parameters gathered).
-    The hooks are registered again on exit, with the prefetch trace invalidated (what DeepSpeed's own
-    ``unwrap_model_for_generation`` and TRL do). Collective under ZeRO-3: enter on every rank.
+    Under ZeRO-3 with ``gather="whole"`` the parameters are gathered once for the whole block *and* the
+    engine's per-module hooks are lifted for its duration: with live hooks every decode step re-enters the
+    fetch/release machinery of every module (on 2 GPUs, 10x slower than ZeRO-2 even with the parameters
+    gathered). The hooks are registered again on exit, with the prefetch trace invalidated (what DeepSpeed's
+    own ``unwrap_model_for_generation`` and TRL do). With ``gather="layer"`` nothing is gathered up front and
+    the hooks stay: each module's parameters are fetched when its forward runs and released after (a model
+    whose gathered copy does not fit beside its shards, e.g. whole-model R1V3 at 38B on 8 GPUs; a module-calling
+    engine such as ``rollout=hf`` is needed then). Collective under ZeRO-3: enter on every rank.
     Without ZeRO-3 only :func:`gathered` (a no-op) applies.
     """
+    if gather not in ("whole", "layer"):
+        raise ValueError(f"decode_ready: gather '{gather}' is not whole or layer")
     offload = zero3_offload(engine)
+    if offload is not None and gather == "layer":
+        yield
+        return
     if offload is None or os.environ.get("R1V_ZERO3_DECODE_HOOKS") == "live":  # "live": the benchmarks' baseline
         with gathered(module):
             yield

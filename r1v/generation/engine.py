@@ -56,11 +56,16 @@ class _State:
 class StaticEngine:
     """Rollout engine with a static KV cache; CUDA graphs on the GPU, the same loop eagerly on the CPU.
 
+    It reads whole weight tensors (``needs_whole_weights``): under ZeRO-3 the model must be gathered for it
+    (:func:`r1v.weights.decode_ready` with ``gather="whole"``).
+
     Sampling knobs may differ per sample (``sample_params``: repetition_penalty, temperature, top_p).
     ``max_batch_size`` splits a large rollout batch (the cache is B × capacity × layers × KV width).
     ``top_p_method``: ``auto`` (= ``sort`` for now), ``sort``, ``bisect`` or ``triton`` (one-launch kernel, CUDA
     only; r1v/generation/sampling.py).
     """
+
+    needs_whole_weights = True
 
     def __init__(self, temperature: float = 0.6, top_p: float = 0.95, repetition_penalty: float = 1.0,
                  cuda_graphs: bool = True, compile: bool = False, window: int = 128,

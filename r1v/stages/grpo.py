@@ -172,6 +172,29 @@ class GRPOStage(SFTStage):
         self.datasets["train"] = Subset(self.datasets["train"], kept)
 
     # -- rollout ---------------------------------------------------------------------------------
+    def rollout_engine(self, rows: int) -> tuple[str, Any]:
+        """How this rollout gets its weights under ZeRO-3 (``stage.rollout_gather``: auto | whole | layer, see
+        :func:`r1v.weights.gather_mode`; the KV cache of ``rows`` sequences is reserved) and the engine that
+        can decode that way: an engine that reads whole weight tensors (``rollout=static``) cannot decode
+        layer by layer, so those rollouts use ``rollout=hf`` with the same sampling knobs (said once)."""
+        from r1v.weights import gather_mode
+
+        cfg = self.model.backbone.config
+        kv = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads)
+        context = int(self.stage["max_new_tokens"]) + 2048  # prompts (image tokens included) rarely pass 2k
+        reserve = kv * 2 * rows * context  # bf16 K and V of every row at full length
+        mode = gather_mode(self.model, self.ds_engine(), str(self.stage.get("rollout_gather", "auto")), reserve)
+        if mode == "whole" or not getattr(self.engine, "needs_whole_weights", False):
+            return mode, self.engine
+        if not hasattr(self, "_layer_engine"):
+            node = self.stage["rollout"]
+            knobs = {k: node[k] for k in ("temperature", "top_p", "repetition_penalty") if k in node}
+            self._layer_engine = _build("rollout", {"name": "hf", **knobs}, "stage.rollout")
+            log.warning("rollout: the gathered model does not fit beside its ZeRO-3 shards (stage.rollout_gather="
+                        "%s), so rollouts fetch it layer by layer with rollout=hf instead of rollout=%s",
+                        self.stage.get("rollout_gather", "auto"), node.get("name"))  # fmt: skip
+        return mode, self._layer_engine
+
     @torch.no_grad()
     def rollout(self, samples: list[Sample]) -> tuple[list[Rollout], list[dict[str, float]], list[str]]:
         """G completions per prompt, their reward parts and advantages (completions grouped by prompt)."""
@@ -186,9 +209,10 @@ class GRPOStage(SFTStage):
             params = [sampling_params(self.length, s.meta["distill"]["normalised"]) for s in expanded]
         was_training = self.model.training
         self.model.eval()
-        with self.decode_ready():  # ZeRO-3: gathered once for the rollout batch, no per-module hooks in decode
-            ids = self.engine.generate_ids(self.model, self.processor, expanded, int(self.stage["max_new_tokens"]),
-                                           greedy=False, sample_params=params)  # fmt: skip
+        gather, engine = self.rollout_engine(len(expanded))
+        with self.decode_ready(gather):  # ZeRO-3: gathered once (no per-module hooks in decode) or layer by layer
+            ids = engine.generate_ids(self.model, self.processor, expanded, int(self.stage["max_new_tokens"]),
+                                      greedy=False, sample_params=params)  # fmt: skip
         self.model.train(was_training)
         maybe_die("mid_rollout", self.global_step)
         texts = [self.processor.decode_completion(x) for x in ids]

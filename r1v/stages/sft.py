@@ -30,7 +30,7 @@ from r1v.model.build import PARTS, apply_freeze, build
 from r1v.perf import FlopCounter, peak_flops
 from r1v.registry import get_registry
 from r1v.runs import NonFiniteError
-from r1v.weights import decode_ready, full_state
+from r1v.weights import decode_ready, full_state, gather_mode
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,8 @@ class SFTStage(L.LightningModule):
         if batch_idx * len(samples) < int(self.stage.get("val_generate", 0)):
             if not hasattr(self, "_engine"):  # built once, on first use
                 self._engine = get_registry().build("rollout", "hf")
-            with self.decode_ready():
+            # the hf engine calls modules, so a model too big to gather whole is fetched layer by layer
+            with self.decode_ready(gather_mode(self.model, self.ds_engine(), "auto")):
                 texts = self._engine.generate(self.model, self.processor, samples, int(self.stage["max_new_tokens"]),
                                               greedy=True)  # fmt: skip
             acc = sum(equivalent(extract_answer(t), s.answer) for t, s in zip(texts, samples, strict=True))
@@ -193,11 +194,16 @@ class SFTStage(L.LightningModule):
             for key, parts in score_rewards(self.rewards(), samples, texts).items():
                 self.log(f"val/reward/{key}", parts, batch_size=len(samples))
 
-    def decode_ready(self) -> Any:
+    def decode_ready(self, gather: str = "whole") -> Any:
         """Context for generation inside the fit loop: under ZeRO-3 the parameters are gathered once and
-        the engine's per-module hooks lifted (:func:`r1v.weights.decode_ready`); elsewhere a no-op."""
+        the engine's per-module hooks lifted, or fetched layer by layer with ``gather="layer"``
+        (:func:`r1v.weights.decode_ready`); elsewhere a no-op."""
+        return decode_ready(self.model, self.ds_engine(), gather)
+
+    def ds_engine(self) -> Any:
+        """The DeepSpeed engine of this fit (None without DeepSpeed or outside a fit)."""
         strategy = self._trainer.strategy if self._trainer is not None else None
-        return decode_ready(self.model, getattr(strategy, "deepspeed_engine", None))
+        return getattr(strategy, "deepspeed_engine", None)
 
     def rewards(self) -> dict[str, tuple[float, Any]]:
         """The configured rewards (``reward=[...]``), built once: key -> (weight, callable)."""

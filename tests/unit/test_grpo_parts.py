@@ -228,3 +228,34 @@ def test_reward_model_reward_scores_text_and_survives_the_process_pool(tiny_rm, 
 def test_reward_model_needs_a_model_folder(tmp_path, registry):
     with pytest.raises(FileNotFoundError, match="is not a model folder"):
         registry.build("reward", "reward_model", path=str(tmp_path))
+
+
+def test_layer_by_layer_rollouts_switch_a_whole_weight_engine_to_hf(tiny_vlm, monkeypatch, caplog):
+    """When a ZeRO-3 rollout must gather layer by layer, an engine that reads whole weights (rollout=static)
+    is replaced by rollout=hf with the same sampling knobs (said once); other engines and whole gathers stay."""
+    from types import SimpleNamespace
+
+    from r1v import weights
+    from r1v.generation import StaticEngine
+    from r1v.stages.grpo import GRPOStage
+
+    model, _ = tiny_vlm
+    static = StaticEngine(temperature=0.7, top_p=0.9)
+    stage = {"max_new_tokens": 16, "rollout_gather": "auto", "rollout": {"name": "static", "temperature": 0.7,
+                                                                         "top_p": 0.9}}  # fmt: skip
+    fake = SimpleNamespace(model=model, stage=stage, engine=static, ds_engine=lambda: "zero3")
+    asked = []
+    monkeypatch.setattr(weights, "gather_mode", lambda m, e, req, reserve: asked.append((req, reserve)) or "layer")
+    mode, engine = GRPOStage.rollout_engine(fake, rows=4)
+    cfg = model.backbone.config
+    kv = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads)
+    assert asked == [("auto", kv * 2 * 4 * (16 + 2048))]  # the KV cache of 4 rows at full length is reserved
+    assert mode == "layer" and engine is not static and not getattr(engine, "needs_whole_weights", False)
+    assert (engine.temperature, engine.top_p) == (0.7, 0.9)
+    assert GRPOStage.rollout_engine(fake, rows=4)[1] is engine  # built once
+    assert sum("layer by layer with rollout=hf" in r.message for r in caplog.records) == 1
+    fake.engine = engine  # an engine that calls modules decodes layer by layer itself
+    assert GRPOStage.rollout_engine(fake, rows=4)[1] is engine
+    monkeypatch.setattr(weights, "gather_mode", lambda m, e, req, reserve: "whole")
+    fake.engine = static
+    assert GRPOStage.rollout_engine(fake, rows=4) == ("whole", static)

@@ -64,6 +64,31 @@ def test_rl_rollout_cache_and_reference_by_hand():
     assert estimate(small_model(), Settings(**{**s.__dict__, "beta": 0.0})).reference == 0
 
 
+def test_zero3_rollout_gather_is_a_phase_of_its_own():
+    """A ZeRO-3 rollout with whole weights holds the (1 − 1/N) its shard lacks instead of the update's
+    activations (the larger of the two counts); layer by layer it adds nothing; SFT and one GPU never gather."""
+    s = Settings(zero=3, gpus=8, micro_batch=2, overhead_gib=0, rl=True, group_size=4, prompt_len=100,
+                 completion_len=400)  # fmt: skip
+    whole = estimate(small_model(), s)
+    params = 10**8 + 10**6 + 10**9
+    assert whole.gather == params * 2 * 7 / 8 and whole.gather > whole.activations
+    layered = estimate(small_model(), Settings(**{**s.__dict__, "rollout_gather": "layer"}))
+    assert layered.gather == 0 and whole.total - layered.total == whole.gather - whole.activations
+    assert estimate(small_model(), Settings(**{**s.__dict__, "rl": False})).gather == 0
+    assert estimate(small_model(), Settings(**{**s.__dict__, "gpus": 1})).gather == 0
+
+
+def test_whole_model_r1v38b_grpo_on_8_gpus_must_gather_layer_by_layer(r1v38b_parts):
+    """R1V3-style whole-model GRPO at 38B: the states fit sharded (≈ 109 GiB) but not beside a 62.6 GiB gather,
+    so the advice is ZeRO-3 with rollouts gathered layer by layer."""
+    full = r1v38b_parts("stage=sft", "stage.trainable=[vision,adapter,backbone]")
+    s = Settings(zero=3, gpus=8, rl=True, group_size=8, prompt_len=1024, completion_len=1024, beta=0.04,
+                 ckpt=planner.CHECKPOINTABLE)  # fmt: skip
+    assert estimate(full, s).total > s.capacity
+    advice = recommend(full, s)
+    assert advice.zero == 3 and "stage.rollout_gather=layer" in advice.text
+
+
 def test_qwen2_32b_layer_activation_constant():
     assert planner.transformer_layer_bytes(5120, 1024, 27648, 4) == 327_680 == 64 * 5120
 

@@ -96,6 +96,26 @@ SCRIPT = textwrap.dedent("""
             mine = static.decode(lm, lm.model.embed_tokens(ids), mask, 12, True, knobs, eos=None, pad=0)
         assert mine == ref, (mine, ref)
         assert lm.model.layers[0].mlp.up_proj.weight.numel() == 0  # partitioned again
+
+    # gather="layer" (a model whose gathered copy does not fit): nothing gathered up front, the hooks stay and
+    # fetch each module as transformers' generate reaches it; the same tokens, never the whole model at once
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+    from r1v.weights import gather_mode, gathered_bytes
+    assert gather_mode(lm, lm_engine, "auto") == "whole"  # off the GPU there is nothing to choose
+    assert gather_mode(lm, None, "layer") == "whole" and gather_mode(lm, lm_engine, "layer") == "layer"
+    assert gathered_bytes(lm) == 0  # one rank: its shard is the whole parameter
+    params = list(lm.parameters())
+    available = []
+    count = lambda mod, args: available.append(sum(p.ds_status == ZeroParamStatus.AVAILABLE for p in params))
+    hooks = [layer.register_forward_pre_hook(count) for layer in lm.model.layers]
+    with decode_ready(lm_engine.module, lm_engine, gather="layer"), torch.no_grad():
+        assert len(zero3_offload(lm_engine).forward_hooks) > 0  # the per-module hooks stay live
+        layered = lm.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False,
+                              pad_token_id=0, eos_token_id=None)[:, 7:].tolist()
+    for h in hooks:
+        h.remove()
+    assert layered == ref, (layered, ref)
+    assert available and max(available) < len(params), (max(available), len(params))
     print("OK")
 """)
 
@@ -107,3 +127,29 @@ def test_zero3_partitions_on_cpu(tmp_path):
     proc = subprocess.run([sys.executable, "-c", SCRIPT], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=600)  # fmt: skip
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_gather_mode_chooses_by_free_memory(monkeypatch):
+    """``auto`` gathers the whole model when its missing part plus the reserve fits in 90% of the free GPU
+    memory, else layer by layer; a rank counts only what its shard lacks (padded shards count nothing)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from r1v import weights
+
+    def param(numel: int, shard: int) -> SimpleNamespace:
+        return SimpleNamespace(ds_id=1, ds_numel=numel, ds_tensor=torch.empty(shard), element_size=lambda: 2,
+                               device=torch.device("cuda"))  # fmt: skip
+
+    model = SimpleNamespace(parameters=lambda: [param(1000, 250), param(10, 16), SimpleNamespace(device=None)])
+    assert weights.gathered_bytes(model) == 750 * 2  # 3/4 of the first; the padded second adds nothing
+    monkeypatch.setattr(weights, "zero3_offload", lambda engine: engine)
+    free = {"bytes": 10_000}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free["bytes"], 10**9))
+    assert weights.gather_mode(model, "zero3", "auto", reserve_bytes=7_000) == "whole"  # 8,500 ≤ 9,000
+    assert weights.gather_mode(model, "zero3", "auto", reserve_bytes=8_000) == "layer"  # 9,500 > 9,000
+    assert weights.gather_mode(model, "zero3", "whole", reserve_bytes=10**9) == "whole"  # as asked
+    assert weights.gather_mode(model, None, "layer") == "whole"  # not ZeRO-3: nothing to gather
+    with pytest.raises(ValueError, match="rollout gather 'half' is not one of auto, whole, layer"):
+        weights.gather_mode(model, "zero3", "half")
