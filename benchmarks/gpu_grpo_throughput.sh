@@ -15,7 +15,7 @@ W=$(tail -1 "$out/weights.log")
 MAX_NEW=${MAX_NEW:-512}
 STEPS=${STEPS:-3}
 A="model=r1v_small stage=grpo $W trainer.devices=2 stage.batch_size=8 stage.group_size=8 stage.micro_batch_size=8
-   stage.val_every=1000 stage.val_generate=0 stage.ckpt_every=1000 stage.policy_loss.beta=0.04 stage.lr=1e-6
+   stage.val_every=1000 stage.val_generate=0 stage.ckpt_every=0 stage.policy_loss.beta=0.04 stage.lr=1e-6
    logger=csv trainer.enable_progress_bar=false trainer.enable_model_summary=false"
 STATIC="stage.rollout.name=static +stage.rollout.compile=true +stage.rollout.fuse=true"
 run() {  # name, extra args...

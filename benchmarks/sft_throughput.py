@@ -86,7 +86,7 @@ def overrides(spec: dict, data: Path, steps: int, batch: int) -> list[str]:
     out = [f"model={MODEL['model']}", f"backbone={spec['backbone']}", "stage=sft", trainer,
            f"trainer.devices={spec['gpus']}",
            "data=jsonl", f"data.train={data}", f"stage.trainable={trainable}", f"stage.batch_size={batch}",
-           f"stage.max_steps={steps}", "stage.val_every=100000", "stage.ckpt_every=100000", "stage.val_generate=0",
+           f"stage.max_steps={steps}", "stage.val_every=100000", "stage.ckpt_every=0", "stage.val_generate=0",
            "stage.lr=1e-5", "stage.warmup_ratio=0", "trainer.log_every_n_steps=1", "data.loader.num_workers=4",
            f"stage.packing={'true' if spec['batching'] == 'packed' else 'false'}"]  # fmt: skip
     if spec["ckpt"]:

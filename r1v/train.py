@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -109,12 +110,17 @@ def build_trainer(cfg: dict[str, Any], run_dir: Path, resume_step: int | None = 
     for spec in (cfg.get("logger") or {}).values():
         extra = {"resume_step": resume_step} if spec["_target_"].endswith("RunCSVLogger") else {}
         loggers.append(instantiate(spec, save_dir=str(run_dir), **extra))
+    every = int(stage["ckpt_every"])
     callbacks = [
-        ModelCheckpoint(dirpath=checkpoint_dir(run_dir), filename="step{step:06d}", auto_insert_metric_name=False,
-                        every_n_train_steps=int(stage["ckpt_every"]), save_top_k=1, save_last=True),
         LearningRateMonitor(logging_interval="step"),
         RNGStates(),  # every rank's torch/CUDA/numpy/python streams in the checkpoint, each rank's own restored
-    ]  # fmt: skip
+    ]
+    if every > 0:
+        callbacks.insert(0, ModelCheckpoint(dirpath=checkpoint_dir(run_dir), filename="step{step:06d}",
+                                            auto_insert_metric_name=False, every_n_train_steps=every, save_top_k=1,
+                                            save_last=True))  # fmt: skip
+    else:  # benchmarks: a full-model checkpoint (tens of GB with optimizer states) is most of a short run's time
+        log.warning("stage.ckpt_every=%d: no checkpoints are written; a stopped run cannot resume", every)
     ev = cfg.get("evaluation") or {}
     if ev.get("enabled"):  # held-out evaluation every N steps, with the harness of python -m r1v.eval
         from r1v.evaluation.callback import EvalCallback
@@ -134,7 +140,7 @@ def build_trainer(cfg: dict[str, Any], run_dir: Path, resume_step: int | None = 
         val_check_interval=int(stage["val_every"]), check_val_every_n_epoch=None,
         accumulate_grad_batches=int(stage["accumulate_grad_batches"]),
         gradient_clip_val=stage.get("gradient_clip_val"), logger=loggers or False, callbacks=callbacks,
-        plugins=plugins, num_sanity_val_steps=0,
+        plugins=plugins, num_sanity_val_steps=0, enable_checkpointing=every > 0,
         use_distributed_sampler=False,  # ResumableSampler shards by rank itself; Lightning's wrapper would reshuffle
     )  # fmt: skip
 
@@ -163,6 +169,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
 
 
 def _train(cfg: DictConfig, container: dict[str, Any], registry: Any, run_dir: Path) -> Path:
+    started = time.perf_counter()
     import warnings
 
     import lightning as L
@@ -217,8 +224,12 @@ def _train(cfg: DictConfig, container: dict[str, Any], registry: Any, run_dir: P
         log.info("run %s finished: %s", container["run"], run_dir)
         return run_dir
     trainer = build_trainer(container, run_dir, resume_step=checkpoint_step(ckpt) if ckpt else None)
+    t0 = time.perf_counter()
     trainer.fit(stage, ckpt_path=str(ckpt) if ckpt else None)
+    t1 = time.perf_counter()
     stage.export_trainable(trained_weights(run_dir))  # every rank: gathers under ZeRO-3
+    log.info("set-up before fit %.1f s, fit %.1f s (checkpoints included), weights export %.1f s",
+             t0 - started, t1 - t0, time.perf_counter() - t1)  # fmt: skip
     if trainer.is_global_zero:
         log.info("run %s finished: %s", container["run"], run_dir)
     return run_dir

@@ -140,3 +140,15 @@ def test_bad_data_is_refused_or_skipped(tmp_path):
     assert f"{path}:5: missing field 'answer'" in line
     ok = run_cli([*data, "run=skip", *QUIET], tmp_path)
     assert ok.returncode == 0 and "skipped 1 bad rows" in ok.stderr + ok.stdout
+
+
+def test_ckpt_every_zero_writes_no_checkpoint_and_says_so(tmp_path):
+    """Benchmarks: stage.ckpt_every=0 trains and exports without any checkpoint (warned once); the log names
+    where the run's time went (set-up, fit, export)."""
+    proc = run_cli(["run=nockpt", "stage.max_steps=3", "stage.ckpt_every=0", "stage.val_every=1000", *FAST], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = tmp_path / "runs" / "nockpt"
+    assert not (run / "checkpoints").exists() and (run / "final").is_dir()
+    log = (run / "train.log").read_text()
+    assert log.count("stage.ckpt_every=0: no checkpoints are written") == 1
+    assert "set-up before fit" in log and "weights export" in log
