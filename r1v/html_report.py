@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from r1v.data.images import to_rgb
 from r1v.interfaces import THINK_CLOSE
 
 CSS = """
@@ -49,10 +50,10 @@ def thumbnail_b64(image: Any, size: int = 96) -> str | None:
     """A PIL image as a small base64 PNG (for completions.jsonl and the report); None without an image."""
     if image is None:
         return None
-    im = image.copy()
+    im = to_rgb(image)
     im.thumbnail((size, size))
     buf = io.BytesIO()
-    im.convert("RGB").save(buf, "PNG")
+    im.save(buf, "PNG")
     return base64.b64encode(buf.getvalue()).decode()
 
 

@@ -20,6 +20,8 @@ from typing import Any
 
 from PIL import Image
 
+from r1v.data.images import to_rgb
+
 
 class JudgeError(RuntimeError):
     """The judge endpoint cannot be used (one line: URL, what failed, what to check)."""
@@ -89,7 +91,7 @@ class ChatEndpoint:
 
 def image_part(image: Image.Image, max_side: int = 1024) -> dict[str, Any]:
     """An image as an OpenAI ``image_url`` content part (PNG data URL, downscaled to ``max_side``)."""
-    im = image.convert("RGB")
+    im = to_rgb(image)  # the judge sees what the model saw (EXIF rotation, transparency over white)
     if max(im.size) > max_side:
         im.thumbnail((max_side, max_side))
     buf = io.BytesIO()

@@ -16,6 +16,8 @@ from typing import Any
 
 from PIL import Image
 
+from r1v.data.images import to_rgb
+
 
 class BenchmarkError(ValueError):
     """A benchmark's local copy is missing or not in the expected form (one line)."""
@@ -73,11 +75,11 @@ def load_image(value: Any, base: Path, what: str, where: str) -> Image.Image:
     elif isinstance(value, str):
         path = value
     if data:
-        return Image.open(io.BytesIO(data)).convert("RGB")
+        return to_rgb(Image.open(io.BytesIO(data)))  # EXIF rotation, transparency over white, 16-bit scaled
     if path:
         p = Path(path) if Path(path).is_absolute() else base / path
         if p.is_file():
             with Image.open(p) as im:
-                return im.convert("RGB")
+                return to_rgb(im)
         raise BenchmarkError(f"benchmark '{what}': {where} references image {p}, which does not exist")
     raise BenchmarkError(f"benchmark '{what}': {where} references an image that is absent (empty image field)")

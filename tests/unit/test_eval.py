@@ -181,3 +181,20 @@ def test_llm_judge_fallback_always_and_bad_replies(fake_judge):
             always(item, "x", rule_correct=False)
     with pytest.raises(JudgeError, match=r"judge\.mode 'sometimes' is not allowed"):
         AnswerJudge(fake_judge.url, "m", mode="sometimes")
+
+
+def test_benchmark_images_are_shown_as_a_viewer_shows_them(tmp_path):
+    """Benchmark images go through the training path's to_rgb: transparent pixels over white (not their hidden
+    colour), EXIF orientation applied; from bytes and from a path alike."""
+    from r1v.evaluation.readers import load_image
+
+    rgba = Image.new("RGBA", (4, 2), (255, 0, 0, 0))  # fully transparent, hidden colour red
+    buf = io.BytesIO()
+    rgba.save(buf, "PNG")
+    im = load_image({"bytes": buf.getvalue()}, tmp_path, "bench", "row 1")
+    assert im.mode == "RGB" and im.getpixel((0, 0)) == (255, 255, 255)
+    turned = Image.new("RGB", (4, 2), (0, 0, 255))
+    exif = turned.getexif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to view
+    turned.save(tmp_path / "t.jpg", exif=exif)
+    assert load_image("t.jpg", tmp_path, "bench", "row 2").size == (2, 4)
