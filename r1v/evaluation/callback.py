@@ -50,11 +50,11 @@ class EvalCallback(Callback):
         if step == self._last or getattr(pl_module, "model", None) is None:
             return
         self._last = step
-        engine = _engine()
+        gather, engine = pl_module.generation_engine()
         items, correct = self.items(), 0
         was_training = pl_module.model.training
         pl_module.model.eval()
-        with pl_module.decode_ready(), trainer.precision_plugin.forward_context():
+        with pl_module.decode_ready(gather), trainer.precision_plugin.forward_context():
             for start in range(0, len(items), self.batch_size):
                 batch = items[start : start + self.batch_size]
                 rows = generate(engine, pl_module.model, pl_module.processor, batch, 1, self.max_new_tokens, True,
@@ -75,9 +75,3 @@ class EvalCallback(Callback):
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         self._evaluate(trainer, pl_module)
-
-
-def _engine() -> Any:
-    from r1v.registry import get_registry
-
-    return get_registry().build("rollout", "hf")

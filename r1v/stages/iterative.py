@@ -93,7 +93,9 @@ class IterativeSFT:
         holder = SFTStage(self._round_cfg(1, lrs[0], 1))
         holder.configure_model()  # loads checkpoint= (the start)
         model, processor = holder.model, holder.processor
-        engine = reg.build("rollout", "hf")
+        from r1v.infer import fastest_engine
+
+        engine = fastest_engine(model)[0]  # static KV cache + CUDA graphs where the backbone allows, else hf
         ctx = ScoreContext(model, processor, engine, int(self.stage["errors"]["max_new_tokens"]),
                            int(self.stage["errors"].get("batch_size", 32)))  # fmt: skip
         finished = {int(r["round"]): r for r in state["rounds"]}

@@ -183,11 +183,9 @@ class SFTStage(L.LightningModule):
         out = self.model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["labels"])
         self.log("val/loss", out.loss, prog_bar=True, batch_size=len(samples))
         if batch_idx * len(samples) < int(self.stage.get("val_generate", 0)):
-            if not hasattr(self, "_engine"):  # built once, on first use
-                self._engine = get_registry().build("rollout", "hf")
-            # the hf engine calls modules, so a model too big to gather whole is fetched layer by layer
-            with self.decode_ready(gather_mode(self.model, self.ds_engine(), "auto")):
-                texts = self._engine.generate(self.model, self.processor, samples, int(self.stage["max_new_tokens"]),
+            gather, engine = self.generation_engine()
+            with self.decode_ready(gather):
+                texts = engine.generate(self.model, self.processor, samples, int(self.stage["max_new_tokens"]),
                                               greedy=True)  # fmt: skip
             acc = sum(equivalent(extract_answer(t), s.answer) for t, s in zip(texts, samples, strict=True))
             self.log("val/accuracy", acc / len(samples), prog_bar=True, batch_size=len(samples))
@@ -199,6 +197,23 @@ class SFTStage(L.LightningModule):
         the engine's per-module hooks lifted, or fetched layer by layer with ``gather="layer"``
         (:func:`r1v.weights.decode_ready`); elsewhere a no-op."""
         return decode_ready(self.model, self.ds_engine(), gather)
+
+    def generation_engine(self) -> tuple[str, Any]:
+        """(gather mode, engine) for greedy generation inside the fit (validation, the eval callback): the fastest
+        engine that runs the backbone (:func:`r1v.infer.fastest_engine`: ``static`` where it can), or ``hf`` when
+        a ZeRO-3 model too big to gather whole is fetched layer by layer (``static`` reads whole weights).
+        Collective under ZeRO-3: call on every rank."""
+        from r1v.infer import fastest_engine
+
+        mode = gather_mode(self.model, self.ds_engine(), "auto")
+        if mode == "layer":
+            if not hasattr(self, "_hf_engine"):
+                self._hf_engine = get_registry().build("rollout", "hf")
+            return mode, self._hf_engine
+        if not hasattr(self, "_fast_engine"):  # built once; the backbone is checked with its weights whole
+            with self.decode_ready():
+                self._fast_engine = fastest_engine(self.model)[0]
+        return mode, self._fast_engine
 
     def ds_engine(self) -> Any:
         """The DeepSpeed engine of this fit (None without DeepSpeed or outside a fit)."""
