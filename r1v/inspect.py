@@ -157,11 +157,15 @@ def default_settings(cfg: dict[str, Any]) -> tuple[planner.Settings, dict[str, s
                         completion_len=int(stage.get("max_completion_tokens", 8192)),
                         beta=float(stage.get("beta", stage.get("kl_coef", 0.0)) or 0.0),
                         rollout_gather="layer" if stage.get("rollout_gather") == "layer" else "whole")  # fmt: skip
+    chunk = int(stage.get("logp_chunk" if rl else "loss_chunk_tokens") or 0)
+    if chunk:
+        sources["loss_chunk"] = f"stage.{'logp_chunk' if rl else 'loss_chunk_tokens'}"
     ckpt = stage.get("activation_checkpointing") or ()
     ckpt = (ckpt,) if isinstance(ckpt, str) else tuple(ckpt)
     if ckpt:
         sources["ckpt"] = "stage.activation_checkpointing"
-    return planner.Settings(zero=zero, gpus=gpus, tiles=tiles, rl=rl, ckpt=ckpt, **rl_knobs), sources
+    return planner.Settings(zero=zero, gpus=gpus, tiles=tiles, rl=rl, ckpt=ckpt, loss_chunk=chunk, **rl_knobs), \
+        sources  # fmt: skip
 
 
 def dtype_notes(vlm: nn.Module, s: planner.Settings) -> list[str]:

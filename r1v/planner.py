@@ -21,7 +21,9 @@ I = MLP width, V = vocabulary. Per GPU:
   SDPA/flash, so no L² term). A part of ``layers`` layers over ``t`` tokens keeps ``layers·t·a`` bytes; with
   activation checkpointing ``layers·t·2h`` (each layer's input) + ``t·a`` (one layer recomputed during
   backward). The adapter (LayerNorm → Linear → GELU → Linear) keeps ``2·(2·in + 2·hidden)`` per token.
-  **Logits**: ``B·L·V·4`` (the fp32 upcast for the loss), doubled when gradients flow (its gradient).
+  **Logits**: ``B·L·V·4`` (the fp32 upcast for the loss), doubled when gradients flow (its gradient); with
+  the LM head run in chunks of ``C`` tokens, each recomputed in the backward (``loss_chunk``: SFT's
+  ``stage.loss_chunk_tokens``, RL's ``stage.logp_chunk``), ``B·min(L, C)·V·4``, doubled likewise.
 - **rollout** (RL): KV cache of the sequences decoded at once:
   ``2 · layers · kv · 2 bytes · R · (prompt_len + completion_len)``, R = ``rollout_batch`` (default G).
 - **rollout gather** (RL under ZeRO-3 on N > 1 GPUs, ``rollout_gather=whole``): an engine that reads whole
@@ -65,6 +67,8 @@ KNOBS: dict[str, str] = {
     "beta": "RL: KL weight β; > 0 keeps a reference model (default: stage.beta or stage.kl_coef, else 0)",
     "reference": "RL: full (a frozen copy of the whole model, default) or trainable (copies of trainable parts)",
     "rollout_gather": "RL under ZeRO-3: whole (the model gathered for the rollout, default) or layer (per layer)",
+    "loss_chunk": "tokens per LM-head chunk of the loss (0: the full logits; default: stage.loss_chunk_tokens, "
+    "RL: stage.logp_chunk)",
 }
 
 
@@ -106,6 +110,7 @@ class Settings:
     beta: float = 0.0
     reference: str = "full"
     rollout_gather: str = "whole"
+    loss_chunk: int = 0
 
     @property
     def tokens(self) -> int:
@@ -178,7 +183,8 @@ def estimate(parts: Iterable[Part], s: Settings) -> Estimate:
         est.activations += act
     backbone = next((p for p in parts if p.vocab), None)
     if backbone is not None:
-        est.logits = s.micro_batch * s.tokens * backbone.vocab * 4 * (2 if grad_flows else 1)
+        rows = min(s.tokens, s.loss_chunk) if s.loss_chunk else s.tokens  # chunks: one chunk's logits at a time
+        est.logits = s.micro_batch * rows * backbone.vocab * 4 * (2 if grad_flows else 1)
         est.activations += est.logits
         if s.rl:
             rollout = s.rollout_batch or s.group_size
@@ -319,7 +325,8 @@ def report(parts: list[Part], s: Settings, sources: Mapping[str, str] | None = N
         f"(from {src.get('gpus', 'planner.gpus')})",
         f"  precision     bf16 weights ({s.weight_bytes} B), gradients {s.grad_bytes} B, AdamW {s.optim_bytes} B "
         f"per trainable parameter (fp32 master + 2 moments)",
-        f"  batch         micro-batch {s.micro_batch}; {mode}; {s.images} image(s) × {s.tiles} tile(s) per sample",
+        f"  batch         micro-batch {s.micro_batch}; {mode}; {s.images} image(s) × {s.tiles} tile(s) per sample"
+        + (f"; LM head in chunks of {s.loss_chunk} tokens" if s.loss_chunk else ""),
         f"  checkpointing {ckpt}",
         f"  weights      {gib(est.weights)}",
         f"  reference    {gib(est.reference)}",

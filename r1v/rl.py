@@ -39,9 +39,10 @@ def token_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: torch.Te
                    with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
     """Log-probs ``[B, T]`` of the last ``n_completion`` tokens of each row (and their entropies).
 
-    The LM head runs on ``chunk`` positions at a time and only the sampled token's log-prob is kept,
-    so the full ``[B, L, vocab]`` fp32 logits never exist (152k vocab × 8k tokens × 4 B = 5 GB per row).
-    Rows are right-aligned prompts + completions (left padding), as the rollout produces them.
+    The LM head runs on ``chunk`` positions at a time (:func:`chunked_logprobs`), so the full
+    ``[B, L, vocab]`` fp32 logits never exist, in the forward nor, with gradients, kept for the backward
+    (152k vocab × 8k tokens × 4 B = 5 GB per row). Rows are right-aligned prompts + completions (left
+    padding), as the rollout produces them.
     """
     embeds = model.embed(input_ids, pixel_values)
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -50,14 +51,33 @@ def token_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: torch.Te
     head = model.backbone.get_output_embeddings()
     h = hidden[:, -n_completion - 1 : -1]  # [B, T, D]: position t predicts token t+1
     targets = input_ids[:, -n_completion:]  # [B, T]
+    return chunked_logprobs(head, h, targets, chunk, with_entropy)
+
+
+def chunked_logprobs(head: torch.nn.Module, h: torch.Tensor, targets: torch.Tensor, chunk: int = 1024,
+                     with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+    """Hidden states ``[B, T, D]`` and target ids ``[B, T]`` -> the targets' log-probs ``[B, T]`` (and the
+    entropies), through the LM head ``chunk`` positions at a time in fp32.
+
+    With gradients each chunk is recomputed in the backward (activation checkpointing): autograd keeps only
+    the chunk's hidden states, not its ``[B, chunk, V]`` log-softmax, so the peak is one chunk's logits
+    instead of all of them (what a plain chunked loop still keeps for the backward).
+    """
+
+    def one(hc: torch.Tensor, tc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logp = torch.log_softmax(head(hc).float(), dim=-1)  # [B, c, V]
+        ent = -(logp.exp() * logp).sum(-1).detach() if with_entropy else logp.new_zeros(())
+        return torch.gather(logp, 2, tc[..., None])[..., 0], ent
+
     out, ent = [], []
-    for s in range(0, n_completion, chunk):
-        logits = head(h[:, s : s + chunk]).float()  # [B, c, V]
-        logp = torch.log_softmax(logits, dim=-1)
-        out.append(torch.gather(logp, 2, targets[:, s : s + chunk, None])[..., 0])
-        if with_entropy:
-            with torch.no_grad():
-                ent.append(-(logp.exp() * logp).sum(-1))
+    for s in range(0, h.shape[1], chunk):
+        args = (h[:, s : s + chunk], targets[:, s : s + chunk])
+        if torch.is_grad_enabled():
+            lp, e = torch.utils.checkpoint.checkpoint(one, *args, use_reentrant=False)
+        else:
+            lp, e = one(*args)
+        out.append(lp)
+        ent.append(e)
     return torch.cat(out, 1), (torch.cat(ent, 1) if with_entropy else None)
 
 

@@ -65,11 +65,24 @@ class VisionLanguageModel(nn.Module):
         packed ones (see ``Processor.pack``).
         """
         embeds = self.embed(input_ids, pixel_values)
-        if position_ids is None and attention_mask is not None and attention_mask.ndim == 2:
-            # positions count real tokens only, so padding never shifts them
-            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        position_ids = _positions(attention_mask, position_ids)
         return self.backbone(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
                              labels=labels, **kwargs)  # fmt: skip
+
+    def hidden_states(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """(B, L) ids [+ tiles] -> (B, L, D) the backbone's last hidden states, without the LM head (for losses
+        that run the head in chunks: :func:`r1v.rl.chunked_logprobs`)."""
+        embeds = self.embed(input_ids, pixel_values)
+        base = self.backbone.base_model
+        return base(inputs_embeds=embeds, attention_mask=attention_mask,
+                    position_ids=_positions(attention_mask, position_ids), **kwargs).last_hidden_state  # fmt: skip
 
     @torch.no_grad()
     def generate(
@@ -82,3 +95,10 @@ class VisionLanguageModel(nn.Module):
         """Left-padded prompts -> (B, new_tokens) completions, with the backbone's KV cache."""
         embeds = self.embed(input_ids, pixel_values)
         return self.backbone.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
+
+
+def _positions(attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None) -> torch.Tensor | None:
+    """Positions that count real tokens only, so padding never shifts them (given ones win: packed rows)."""
+    if position_ids is None and attention_mask is not None and attention_mask.ndim == 2:
+        return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    return position_ids

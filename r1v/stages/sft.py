@@ -29,6 +29,7 @@ from r1v.model import varlen
 from r1v.model.build import PARTS, apply_freeze, build
 from r1v.perf import FlopCounter, peak_flops
 from r1v.registry import get_registry
+from r1v.rl import chunked_logprobs
 from r1v.runs import NonFiniteError
 from r1v.weights import decode_ready, full_state, gather_mode
 
@@ -152,20 +153,36 @@ class SFTStage(L.LightningModule):
         self.skipped += batch["skipped"]
         if batch.get("empty"):  # every sample skipped, or only a lock-step pad
             return self.empty_loss()
-        out = self.model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["labels"],
-                         position_ids=batch.get("position_ids"), **batch.get("attn_kwargs", {}))  # fmt: skip
+        loss = self.loss(batch)
         self.count_work(batch)
         if poisoned("nan_loss", self.global_step):
-            out.loss = out.loss * float("nan")
-        if not torch.isfinite(out.loss):
+            loss = loss * float("nan")
+        if not torch.isfinite(loss):
             self.nonfinite("loss")
             return None  # Lightning skips backward and the optimizer step
         n_tokens = int((batch["labels"] != -100).sum())
-        self.log("train/loss", out.loss, prog_bar=True, batch_size=len(batch["ids"]))
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["ids"]))
         self.log("train/answer_tokens", float(n_tokens), reduce_fx="sum", batch_size=len(batch["ids"]))
         self.log("train/skipped_samples", float(self.skipped), batch_size=1)
         self.log("train/nonfinite_skipped", float(self.nonfinite_total), batch_size=1)  # cumulative, every step
-        return out.loss
+        return loss
+
+    def loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Mean cross-entropy over the answer tokens (labels ≠ -100). ``stage.loss_chunk_tokens=N`` runs the LM
+        head on N answer tokens at a time, each chunk recomputed in the backward, so the ``[tokens, vocab]``
+        fp32 logits (16k tokens × 152k × 4 B ≈ 10 GB, twice with their gradient) never exist; 0 (default):
+        transformers' loss over the full logits. The two are equal (tests/unit/test_model.py)."""
+        kw = {"position_ids": batch.get("position_ids"), **batch.get("attn_kwargs", {})}
+        chunk = int(self.stage.get("loss_chunk_tokens") or 0)
+        if not chunk:
+            return self.model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["labels"],
+                              **kw).loss  # fmt: skip
+        hidden = self.model.hidden_states(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], **kw)
+        labels = batch["labels"][:, 1:]  # (B, L-1): position t predicts token t+1
+        keep = labels != -100
+        h, targets = hidden[:, :-1][keep][None], labels[keep][None]  # (1, N, D), (1, N): answer tokens only
+        logp, _ = chunked_logprobs(self.model.backbone.get_output_embeddings(), h, targets, chunk)
+        return -logp.mean()
 
     def empty_loss(self) -> torch.Tensor | None:
         """The loss of a batch with nothing to train on. Alone, None skips the step; with several ranks the

@@ -288,3 +288,49 @@ def test_activation_checkpointing_same_gradients_and_refusal(tiny_vlm):
         (off or model.backbone.gradient_checkpointing_disable)()
         model.zero_grad()
         model.train(was)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_chunked_loss_equals_the_full_logits_loss_and_keeps_no_logits(tiny_vlm, packed):
+    """stage.loss_chunk_tokens: the same loss and gradients as transformers' loss over the full logits, while
+    autograd keeps no [tokens, vocab] tensor for the backward (each chunk is recomputed)."""
+    from types import SimpleNamespace
+
+    from r1v.model import varlen
+    from r1v.stages.sft import SFTStage
+
+    model, proc = tiny_vlm
+    encoded = [proc.encode(s, "answer") for s in (sample(40), sample(41, n_images=2), sample(42))]
+    varlen.register()
+    old = model.backbone.config._attn_implementation
+    model.backbone.config._attn_implementation = varlen.NAME
+    batch = proc.pack(encoded, 1, attn=varlen.NAME) if packed else proc.collate(encoded)
+    vocab = model.backbone.get_output_embeddings().weight.shape[0]
+    answer_tokens = int((batch["labels"] != -100).sum())
+
+    def run(chunk: int) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+        model.zero_grad()
+        biggest = [0]
+
+        def pack_hook(t: torch.Tensor) -> torch.Tensor:
+            biggest[0] = max(biggest[0], t.numel() if t.dim() >= 2 and t.shape[-1] == vocab else 0)
+            return t
+
+        fake = SimpleNamespace(model=model, stage={"loss_chunk_tokens": chunk})
+        with torch.autograd.graph.saved_tensors_hooks(pack_hook, lambda t: t):
+            loss = SFTStage.loss(fake, batch)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, biggest[0]
+
+    try:
+        full, g_full, kept_full = run(0)
+        chunked, g_chunk, kept_chunk = run(4)
+    finally:
+        model.zero_grad()
+        model.backbone.config._attn_implementation = old
+    torch.testing.assert_close(chunked, full, atol=1e-6, rtol=1e-5)
+    assert g_full.keys() == g_chunk.keys() and g_full
+    for n in g_full:
+        torch.testing.assert_close(g_chunk[n], g_full[n], atol=1e-6, rtol=1e-4)
+    assert kept_full >= answer_tokens * vocab  # transformers keeps the whole logits (at least the answers')
+    assert kept_chunk == 0  # the chunks keep only hidden states; their logits are recomputed in the backward

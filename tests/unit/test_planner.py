@@ -45,6 +45,15 @@ def test_activations_logits_and_zero3_gather_by_hand():
     assert est.activations == 25_600 + 20_000_000 + 80_000_000
 
 
+def test_chunked_lm_head_keeps_one_chunk_of_logits():
+    s = Settings(zero=0, gpus=1, micro_batch=2, seq_len=1000, overhead_gib=0)
+    full, chunked = estimate(small_model(), s), estimate(small_model(), Settings(**{**s.__dict__, "loss_chunk": 256}))
+    assert full.logits == 2 * 1000 * 5000 * 4 * 2
+    assert chunked.logits == 2 * 256 * 5000 * 4 * 2 and full.total - chunked.total == full.logits - chunked.logits
+    longer = estimate(small_model(), Settings(**{**s.__dict__, "loss_chunk": 4096}))
+    assert longer.logits == full.logits  # a chunk longer than the sequence is the whole sequence
+
+
 def test_checkpointing_keeps_layer_inputs_plus_one_layer():
     s = Settings(zero=0, gpus=1, micro_batch=2, seq_len=1000, overhead_gib=0, ckpt=("backbone",))
     est = estimate(small_model(), s)
@@ -79,7 +88,7 @@ def test_zero3_rollout_gather_is_a_phase_of_its_own():
 
 
 def test_whole_model_r1v38b_grpo_on_8_gpus_must_gather_layer_by_layer(r1v38b_parts):
-    """R1V3-style whole-model GRPO at 38B: the states fit sharded (≈ 109 GiB) but not beside a 62.6 GiB gather,
+    """R1V3-style whole-model GRPO at 38B: the states fit sharded (≈ 108 GiB) but not beside a 62.6 GiB gather,
     so the advice is ZeRO-3 with rollouts gathered layer by layer."""
     full = r1v38b_parts("stage=sft", "stage.trainable=[vision,adapter,backbone]")
     s = Settings(zero=3, gpus=8, rl=True, group_size=8, prompt_len=1024, completion_len=1024, beta=0.04,
@@ -156,3 +165,9 @@ def test_settings_read_from_the_config():
     stage = {"name": "sft", "activation_checkpointing": ["backbone"]}
     s, sources = default_settings({"model": {"max_tiles": 1}, "stage": stage, "trainer": {"devices": 1}})
     assert s.ckpt == ("backbone",) and sources["ckpt"] == "stage.activation_checkpointing"
+    s, sources = default_settings({"model": {"max_tiles": 1}, "stage": {"name": "grpo", "logp_chunk": 512},
+                                   "trainer": {"devices": 1}})  # fmt: skip
+    assert s.loss_chunk == 512 and sources["loss_chunk"] == "stage.logp_chunk"
+    s, _ = default_settings({"model": {"max_tiles": 1}, "stage": {"name": "sft", "loss_chunk_tokens": 2048},
+                             "trainer": {"devices": 1}})  # fmt: skip
+    assert s.loss_chunk == 2048
