@@ -30,6 +30,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from _common import QUIET  # run as a script from benchmarks/
+
 MODEL = {"model": "r1v_small", "cpu": False, "extra": []}  # --model / --cpu (a CPU smoke run of the script itself)
 WORDS = [
     "the",
@@ -106,8 +108,7 @@ def planner_total(args: list[str], knobs: dict[str, int]) -> float | None:
 def run(spec: dict, data: Path, work: Path, out: Path, steps: int, batch: int, warmup: int) -> dict:
     args = overrides(spec, data, steps, batch)
     log = out / f"{spec['name']}.log"
-    cmd = [sys.executable, "-m", "r1v.train", *args, f"run={spec['name']}", "logger=csv",
-           "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false"]  # fmt: skip
+    cmd = [sys.executable, "-m", "r1v.train", *args, f"run={spec['name']}", *QUIET]
     with open(log, "w") as f:
         code = subprocess.run(cmd, cwd=work, stdout=f, stderr=subprocess.STDOUT,
                               env={**os.environ, "HF_HUB_OFFLINE": "1"}).returncode  # fmt: skip

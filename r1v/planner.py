@@ -153,6 +153,11 @@ def adapter_bytes(in_width: int, hidden: int) -> int:
     return 2 * (2 * in_width + 2 * hidden)
 
 
+def kv_cache_bytes(layers: int, kv_dim: int, rows: int, tokens: int, elem_bytes: int = 2) -> int:
+    """K and V of ``rows`` sequences of ``tokens`` positions: ``2 · layers · kv · bytes · rows · tokens``."""
+    return 2 * layers * kv_dim * elem_bytes * rows * tokens
+
+
 def estimate(parts: Iterable[Part], s: Settings) -> Estimate:
     """Apply the module docstring's formulas to ``parts`` (in forward order) under settings ``s``."""
     parts = list(parts)
@@ -188,7 +193,7 @@ def estimate(parts: Iterable[Part], s: Settings) -> Estimate:
         est.activations += est.logits
         if s.rl:
             rollout = s.rollout_batch or s.group_size
-            est.rollout = 2 * backbone.layers * backbone.kv_dim * s.weight_bytes * rollout * s.tokens
+            est.rollout = kv_cache_bytes(backbone.layers, backbone.kv_dim, rollout, s.tokens, s.weight_bytes)
     if s.rl and s.zero == 3 and n > 1 and s.rollout_gather == "whole":
         est.gather = total_params * s.weight_bytes * (1 - 1 / n)
     return est

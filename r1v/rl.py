@@ -44,10 +44,7 @@ def token_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: torch.Te
     (152k vocab × 8k tokens × 4 B = 5 GB per row). Rows are right-aligned prompts + completions (left
     padding), as the rollout produces them.
     """
-    embeds = model.embed(input_ids, pixel_values)
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    base = model.backbone.base_model
-    hidden = base(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
+    hidden = model.hidden_states(input_ids, attention_mask, pixel_values)  # [B, L, D]
     head = model.backbone.get_output_embeddings()
     h = hidden[:, -n_completion - 1 : -1]  # [B, T, D]: position t predicts token t+1
     targets = input_ids[:, -n_completion:]  # [B, T]

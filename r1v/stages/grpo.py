@@ -34,7 +34,7 @@ from r1v.config import ConfigError, build_plugin
 from r1v.data.sampler import is_pad, mark
 from r1v.faults import maybe_die, poisoned
 from r1v.interfaces import RewardInput, Sample
-from r1v.registry import get_registry
+from r1v.registry import did_you_mean, get_registry
 from r1v.reward_runner import RewardRunner
 from r1v.rl import (
     AdapterReference,
@@ -46,7 +46,7 @@ from r1v.rl import (
     token_logprobs,
 )
 from r1v.stages.sft import SFTStage, grads_finite
-from r1v.weights import gathered
+from r1v.weights import GATHER_MODES, gathered
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,10 @@ class GRPOStage(SFTStage):
         self.beta = float(getattr(self.loss_fn, "beta", 0.0))
         self.length = _build("length", st["length"], "stage.length")
         self.engine = _build("rollout", st["rollout"], "stage.rollout")
+        gather = str(st.get("rollout_gather", "auto"))
+        if gather not in GATHER_MODES:
+            raise ConfigError(f"stage.rollout_gather={gather}: must be one of {', '.join(GATHER_MODES)}"
+                              f"{did_you_mean(gather, GATHER_MODES)}")  # fmt: skip
         self.runner = RewardRunner(self.rewards(), float(st["reward_timeout_s"]), str(st["reward_isolation"]),
                                    int(st["reward_workers"]), st.get("max_reward_failure_share"))  # fmt: skip
         ssb = st.get("ssb") or {}
@@ -177,12 +181,13 @@ class GRPOStage(SFTStage):
         :func:`r1v.weights.gather_mode`; the KV cache of ``rows`` sequences is reserved) and the engine that
         can decode that way: an engine that reads whole weight tensors (``rollout=static``) cannot decode
         layer by layer, so those rollouts use ``rollout=hf`` with the same sampling knobs (said once)."""
+        from r1v.planner import kv_cache_bytes
         from r1v.weights import gather_mode
 
         cfg = self.model.backbone.config
-        kv = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads)
+        kv_dim = cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads)
         context = int(self.stage["max_new_tokens"]) + 2048  # prompts (image tokens included) rarely pass 2k
-        reserve = kv * 2 * rows * context  # bf16 K and V of every row at full length
+        reserve = kv_cache_bytes(cfg.num_hidden_layers, kv_dim, rows, context)  # bf16, every row at full length
         mode = gather_mode(self.model, self.ds_engine(), str(self.stage.get("rollout_gather", "auto")), reserve)
         if mode == "whole" or not getattr(self.engine, "needs_whole_weights", False):
             return mode, self.engine

@@ -9,7 +9,6 @@ stage config chooses target, trainable parts and optimisation. The model is buil
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -93,6 +92,17 @@ class SFTStage(L.LightningModule):
         self._resume_pos: tuple[int, int] | None = None
         self.skipped = 0
         self.nonfinite_total, self.nonfinite_streak = 0, 0  # steps skipped for a non-finite loss or gradient
+        chunk = self.stage.get("loss_chunk_tokens") or 0
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0:
+            from r1v.config import ConfigError
+
+            raise ConfigError(f"stage.loss_chunk_tokens={chunk!r}: expected a whole number ≥ 0 (0: transformers' "
+                              "loss over the full logits)")  # fmt: skip
+        # throughput accounting (count_work / log_throughput): built on the first batch, when the model exists
+        self._flops: FlopCounter | None = None
+        self._peak: float | None = None
+        self._clock: float | None = None
+        self._work: tuple[int, int, float] | None = None
 
     # -- model ---------------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -280,8 +290,8 @@ class SFTStage(L.LightningModule):
     # -- throughput: real tokens, model FLOPs, MFU (benchmarks/sft_throughput.py reads these) ----------------
     def count_work(self, batch: dict[str, Any]) -> None:
         """Remember this batch's real (unpadded) tokens, padded tokens and model FLOPs for :meth:`log_throughput`."""
-        if not hasattr(self, "_flops"):
-            self._flops, self._peak, self._clock = FlopCounter(self.model), peak_flops(self.device), None
+        if self._flops is None:
+            self._flops, self._peak = FlopCounter(self.model), peak_flops(self.device)
         lengths = batch.get("lengths") or [int(batch["input_ids"].shape[1])] * int(batch["input_ids"].shape[0])
         tiles = 0 if batch["pixel_values"] is None else int(batch["pixel_values"].shape[0])
         self._work = (sum(lengths), int(batch["input_ids"].numel()), self._flops.step(lengths, tiles))
@@ -291,13 +301,13 @@ class SFTStage(L.LightningModule):
         MFU against the GPU's dense bf16 peak. One device sync per batch, so the clock sees finished work."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        now, last = time.perf_counter(), getattr(self, "_clock", None)
+        now, last = time.perf_counter(), self._clock
         self._clock = now
         stats: dict[str, float] = {}
         if self.device.type == "cuda":  # high-water marks since the run started (the planner's prediction)
             stats["perf/peak_alloc_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
             stats["perf/peak_reserved_gib"] = torch.cuda.max_memory_reserved(self.device) / 2**30
-        work = getattr(self, "_work", None)
+        work = self._work
         if last is not None and work is not None:
             dt = now - last
             real, padded, flops = work
@@ -326,7 +336,7 @@ class SFTStage(L.LightningModule):
         sched = get_cosine_schedule_with_warmup(opt, warmup, total)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
-    # -- checkpoints: trainable weights, data position, RNG --------------------------------------
+    # -- checkpoints: trainable weights, data position (RNG streams: the r1v.rng.RNGStates callback) ------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         keep = {f"model.{n}" for n in self.trainable}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
@@ -336,7 +346,6 @@ class SFTStage(L.LightningModule):
             "data_position": {"epoch": self.current_epoch, "consumed": consumed},
             "skipped": self.skipped,
             "nonfinite": self.nonfinite_total,
-            "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -350,9 +359,6 @@ class SFTStage(L.LightningModule):
             self._resume_pos = (int(pos["epoch"]), int(pos["consumed"]))
         self.skipped = int(state.get("skipped", 0))
         self.nonfinite_total = int(state.get("nonfinite", 0))
-        if "rng" in state:
-            torch.set_rng_state(state["rng"]["torch"])
-            random.setstate(state["rng"]["python"])
 
     def export_trainable(self, path: Path) -> None:
         """Trainable weights as safetensors (the stage's product; load with ``checkpoint=``).

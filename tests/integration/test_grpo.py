@@ -113,6 +113,7 @@ def test_completions_that_never_close_think_are_scored(reassembled_run, tmp_path
         ("stage.max_new_tokens=600", "stage.max_new_tokens=600 does not fit the backbone's context of 512 tokens"),
         ("reward=[acuracy]", "no option 'acuracy' in config group 'reward'"),
         ("stage.policy_loss.loss_agg=mean", "policy_loss grpo: loss_agg 'mean' is not allowed"),
+        ("stage.rollout_gather=layers", "stage.rollout_gather=layers: must be one of auto, whole, layer"),
     ],
 )
 def test_bad_grpo_settings_are_one_line(tmp_path, override, message):

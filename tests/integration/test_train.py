@@ -152,3 +152,15 @@ def test_ckpt_every_zero_writes_no_checkpoint_and_says_so(tmp_path):
     log = (run / "train.log").read_text()
     assert log.count("stage.ckpt_every=0: no checkpoints are written") == 1
     assert "set-up before fit" in log and "weights export" in log
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("stage.loss_chunk_tokens=abc", "stage.loss_chunk_tokens='abc': expected a whole number ≥ 0"),
+    ("stage.activation_checkpointing=[visoin]", "stage.activation_checkpointing: 'visoin' cannot checkpoint; "
+                                                "allowed: backbone"),
+])  # fmt: skip
+def test_bad_throughput_knobs_are_one_line(tmp_path, override, message):
+    proc = run_cli(["stage=sft", override, "stage.max_steps=1", "run=bad", *FAST], tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("r1v: error:")]
+    assert message in line
