@@ -6,6 +6,7 @@
 # rollout / reference / update. Adapter-only (R1V) runs use the planner's recommended strategy; whole-model (R1V3)
 # runs use ZeRO-3 with activation checkpointing.
 #   DEPTH=8 STEPS=2 MAX_NEW=1024 bash benchmarks/gpu_r1v38b_cut.sh        (results under $OUT)
+# GPUS=1 runs on one GPU (default 2). ONLY="grpo_adapter_z3 grpo_whole_z3" runs a subset; LIMIT=seconds cuts each run.
 set -euo pipefail
 out=${OUT:-.}
 src=$(cd "$(dirname "$0")" && pwd)
@@ -15,43 +16,47 @@ DEPTH=${DEPTH:-8}
 STEPS=${STEPS:-2}
 MAX_NEW=${MAX_NEW:-1024}
 CUT="model=r1v38b model.backbone.num_hidden_layers=$DEPTH model.vision.num_hidden_layers=$DEPTH allow_random_weights=true"
-Q="logger=csv trainer.enable_progress_bar=false trainer.enable_model_summary=false trainer.devices=2
+Q="logger=csv trainer.enable_progress_bar=false trainer.enable_model_summary=false trainer.devices=${GPUS:-2}
    trainer.log_every_n_steps=1 stage.ckpt_every=0 stage.val_every=100000 stage.val_generate=0"
 G="stage=grpo stage.batch_size=8 stage.group_size=8 stage.micro_batch_size=4 stage.max_new_tokens=$MAX_NEW
    stage.max_steps=$STEPS stage.policy_loss.beta=0.04 stage.lr=1e-6 stage.rollout.name=static"
 WHOLE="stage.trainable=[vision,adapter,backbone] stage.activation_checkpointing=[backbone]"
+want() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
 run() {  # name, overrides...
+  want "$1" || return 0
   local name=$1 s=$SECONDS; shift
   ${LIMIT:+timeout $LIMIT} python3 -m r1v.train $CUT $Q run="$name" "$@" > "$out/$name.log" 2>&1 \
-    || { tail -20 "$out/$name.log"; return 0; }
+    || tail -20 "$out/$name.log"  # a run cut by LIMIT still counts the steps it logged
   echo "$((SECONDS - s)) s: $name"
-  cp "runs/$name/metrics.csv" "$out/metrics_$name.csv"
+  cp "runs/$name/metrics.csv" "$out/metrics_$name.csv" 2>/dev/null || true
 }
 longest() {  # the widest batch an SFT run saw (tokens), the planner's sequence length for it
   python3 -c "import csv; print(int(max(float(r['perf/padded_tokens']) for r in csv.DictReader(open('$out/metrics_$1.csv')) if r.get('perf/padded_tokens'))))" 2>/dev/null || echo 8192
 }
 plan() {  # name, planner knobs + overrides: the planner's per-GPU total for the same composition
+  want "$1" || return 0
   local name=$1; shift
-  python3 -m r1v inspect $CUT "$@" planner.gpus=2 2>/dev/null | awk '/^  total /{print $2}' > "$out/plan_$name.txt"
+  python3 -m r1v inspect $CUT "$@" planner.gpus=${GPUS:-2} 2>/dev/null | awk '/^  total /{print $2}' > "$out/plan_$name.txt"
 }
 # SFT: the JSONL of benchmarks/sft_throughput.py (200–8000 tokens, one image each), 2 samples per GPU, packed
 python3 -c "import sys; sys.path.insert(0, '$src'); from pathlib import Path; import sft_throughput as s; s.write_data(Path('$work/data'), 64, 0)"
 S="stage=sft data=jsonl data.train=$work/data/train.jsonl stage.batch_size=2 stage.max_steps=3 stage.packing=true"
 run sft_adapter_z2 $S trainer=deepspeed_z2
-plan sft_adapter_z2 stage=sft trainer=deepspeed_z2 planner.seq_len="$(longest sft_adapter_z2)" planner.micro_batch=1 planner.images=2
+plan sft_adapter_z2 stage=sft trainer=deepspeed_z2 planner.seq_len="$(longest sft_adapter_z2)" planner.micro_batch=1 planner.images=2 planner.tiles=3
 run sft_whole_z3 $S trainer=deepspeed_z3 $WHOLE
-plan sft_whole_z3 stage=sft trainer=deepspeed_z3 $WHOLE planner.seq_len="$(longest sft_whole_z3)" planner.micro_batch=1 planner.images=2
+plan sft_whole_z3 stage=sft trainer=deepspeed_z3 $WHOLE planner.seq_len="$(longest sft_whole_z3)" planner.micro_batch=1 planner.images=2 planner.tiles=3
 run grpo_adapter_z3 $G trainer=deepspeed_z3
-plan grpo_adapter_z3 $G trainer=deepspeed_z3 planner.prompt_len=512 planner.completion_len=$MAX_NEW planner.rollout_batch=64 planner.micro_batch=4
+plan grpo_adapter_z3 $G trainer=deepspeed_z3 planner.prompt_len=512 planner.completion_len=$MAX_NEW planner.tiles=1
 run grpo_whole_z3 $G trainer=deepspeed_z3 $WHOLE
-plan grpo_whole_z3 $G trainer=deepspeed_z3 $WHOLE planner.prompt_len=512 planner.completion_len=$MAX_NEW planner.rollout_batch=64 planner.micro_batch=4
+plan grpo_whole_z3 $G trainer=deepspeed_z3 $WHOLE planner.prompt_len=512 planner.completion_len=$MAX_NEW planner.tiles=1
 python3 - "$out" <<'PY'
 import csv, json, os, sys
 out, res = sys.argv[1], {}
 for name in ("sft_adapter_z2", "sft_whole_z3", "grpo_adapter_z3", "grpo_whole_z3"):
     path = f"{out}/metrics_{name}.csv"
     if not os.path.exists(path):
-        res[name] = {"failed": True}
+        if os.path.exists(f"{out}/{name}.log"):
+            res[name] = {"failed": True}
         continue
     rows = list(csv.DictReader(open(path)))
     f = lambda r, k: float(r[k]) if r.get(k) else None

@@ -33,6 +33,7 @@ from pathlib import Path
 from _common import QUIET  # run as a script from benchmarks/
 
 MODEL = {"model": "r1v_small", "cpu": False, "extra": []}  # --model / --cpu (a CPU smoke run of the script itself)
+LIMIT: dict[str, float | None] = {"s": None}  # --limit: seconds per run
 WORDS = [
     "the",
     "red",
@@ -110,13 +111,20 @@ def run(spec: dict, data: Path, work: Path, out: Path, steps: int, batch: int, w
     log = out / f"{spec['name']}.log"
     cmd = [sys.executable, "-m", "r1v.train", *args, f"run={spec['name']}", *QUIET]
     with open(log, "w") as f:
-        code = subprocess.run(cmd, cwd=work, stdout=f, stderr=subprocess.STDOUT,
-                              env={**os.environ, "HF_HUB_OFFLINE": "1"}).returncode  # fmt: skip
+        try:  # a run cut by --limit keeps the batches it logged
+            code = subprocess.run(cmd, cwd=work, stdout=f, stderr=subprocess.STDOUT, timeout=LIMIT["s"],
+                                  env={**os.environ, "HF_HUB_OFFLINE": "1"}).returncode  # fmt: skip
+        except subprocess.TimeoutExpired:
+            code = 0 if (work / "runs" / spec["name"] / "metrics.csv").exists() else 124
+            print(f"{spec['name']}: cut at {LIMIT['s']} s; counting the batches it logged")
     if code:
         print(f"{spec['name']}: failed ({code}); tail of {log}:\n" + "".join(log.read_text().splitlines(True)[-15:]))
         return {**spec, "failed": True}
     with open(work / "runs" / spec["name"] / "metrics.csv") as fh:
         rows = [r for r in csv.DictReader(fh) if r.get("perf/tflops")]
+    if not rows:
+        print(f"{spec['name']}: no batch logged; see {log}")
+        return {**spec, "failed": True}
     counted = rows[warmup:] or rows
     f = lambda k: [float(r[k]) for r in counted if r.get(k)]  # noqa: E731
     seconds, real, padded = sum(f("perf/batch_s")), sum(f("perf/real_tokens")), sum(f("perf/padded_tokens"))
@@ -159,7 +167,9 @@ def main() -> None:
     ap.add_argument("--model", default="r1v_small", help="model preset (the backbone comes from each --run)")
     ap.add_argument("--extra", nargs="*", default=[], help="overrides added to every run (e.g. cut depths)")
     ap.add_argument("--cpu", action="store_true", help="trainer=cpu: check the script on a tiny model")
+    ap.add_argument("--limit", type=float, help="seconds per run; a cut run counts the batches it logged")
     args = ap.parse_args()
+    LIMIT["s"] = args.limit
     MODEL.update(model=args.model, cpu=args.cpu, extra=args.extra)
     args.out.mkdir(parents=True, exist_ok=True)
     work = args.out / "work"

@@ -152,11 +152,19 @@ def default_settings(cfg: dict[str, Any]) -> tuple[planner.Settings, dict[str, s
     tiles = max_tiles + (1 if thumbnail and max_tiles > 1 else 0)
     rl = "grpo" in str(stage.get("name", "")) or "group_size" in stage
     rl_knobs = {}
-    if rl:  # RL knobs the stage may carry (names of the GRPO stage to come; planner.* overrides them)
-        rl_knobs = dict(group_size=int(stage.get("group_size", 8)),
-                        completion_len=int(stage.get("max_completion_tokens", 8192)),
-                        beta=float(stage.get("beta", stage.get("kl_coef", 0.0)) or 0.0),
+    if rl:  # the GRPO stage's knobs (conf/stage/grpo.yaml); planner.* overrides them
+        loss = stage.get("policy_loss") or {}
+        group = int(stage.get("group_size", 8))
+        rl_knobs = dict(group_size=group,
+                        completion_len=int(stage.get("max_new_tokens", 8192)),
+                        micro_batch=int(stage.get("micro_batch_size", 1)),
+                        rollout_batch=int(stage.get("batch_size", 1)) * group,
+                        beta=float(loss.get("beta", stage.get("beta", 0.0)) or 0.0),
                         rollout_gather="layer" if stage.get("rollout_gather") == "layer" else "whole")  # fmt: skip
+        for k, src in (("group_size", "group_size"), ("completion_len", "max_new_tokens"),
+                       ("micro_batch", "micro_batch_size"), ("beta", "policy_loss.beta")):  # fmt: skip
+            sources[k] = f"stage.{src}"
+        sources["rollout_batch"] = "stage.batch_size × stage.group_size"
     chunk = int(stage.get("logp_chunk" if rl else "loss_chunk_tokens") or 0)
     if chunk:
         sources["loss_chunk"] = f"stage.{'logp_chunk' if rl else 'loss_chunk_tokens'}"

@@ -66,11 +66,15 @@ def chunked_logprobs(head: torch.nn.Module, h: torch.Tensor, targets: torch.Tens
         ent = -(logp.exp() * logp).sum(-1).detach() if with_entropy else logp.new_zeros(())
         return torch.gather(logp, 2, tc[..., None])[..., 0], ent
 
+    # ZeRO-3 releases the head's weight after each forward, the recompute's too: the weight saved by the
+    # recomputed chunk then reads as an empty placeholder, which the checkpoint's metadata check would take for
+    # a different recomputation (its values are the same: ZeRO-3 gathers it again for the backward).
+    check = "none" if hasattr(getattr(head, "weight", None), "ds_id") else "default"
     out, ent = [], []
     for s in range(0, h.shape[1], chunk):
         args = (h[:, s : s + chunk], targets[:, s : s + chunk])
         if torch.is_grad_enabled():
-            lp, e = torch.utils.checkpoint.checkpoint(one, *args, use_reentrant=False)
+            lp, e = torch.utils.checkpoint.checkpoint(one, *args, use_reentrant=False, determinism_check=check)
         else:
             lp, e = one(*args)
         out.append(lp)

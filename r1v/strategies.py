@@ -37,6 +37,15 @@ def _keep_arange_dtype(enabled: bool) -> Any:
 
 
 class DeepSpeedStrategy(_LightningDeepSpeed):
+    def _auto_select_batch_size(self) -> int:
+        """DeepSpeed's ``train_micro_batch_size_per_gpu`` (its throughput log only: Lightning runs the loop).
+        Lightning builds the train loader to read it, before ``configure_model`` has built a ZeRO-3 model that
+        the loader's collator may need; an r1v stage says its batch size instead."""
+        stage = getattr(self.lightning_module, "stage", None)
+        if isinstance(stage, dict):
+            return int(stage.get("batch_size") or 1)
+        return super()._auto_select_batch_size()
+
     @contextmanager
     def model_sharded_context(self) -> Generator[None, None, None]:
         with _keep_arange_dtype(self.zero_stage_3), super().model_sharded_context():

@@ -27,14 +27,41 @@ def gathered(module: nn.Module | Iterable[nn.Parameter], modifier_rank: int | No
     A no-op without ZeRO-3. With ``modifier_rank=0`` the values rank 0 writes are broadcast on exit:
     weights must be loaded this way under ZeRO-3, or they land in empty partitions (the loss then
     starts in the hundreds, as seen on the H200s).
+
+    Persistent parameters (small ones ZeRO-3 keeps whole on every rank) are left out of DeepSpeed's
+    gather: they are already whole, and re-partitioning them on exit fails while a module that is
+    mid-forward holds them (a rollout or reference pass inside the training step). With
+    ``modifier_rank`` their new values are broadcast and written into each rank's shard here.
     """
     source = module.parameters() if isinstance(module, nn.Module) else module
     params = [p for p in source if hasattr(p, "ds_id")]
     if not params:
         return nullcontext()
-    import deepspeed
+    return _gathered(params, modifier_rank)
 
-    return deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank)
+
+@contextmanager
+def _gathered(params: list[nn.Parameter], modifier_rank: int | None) -> Iterator[None]:
+    import deepspeed
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+    whole = [p for p in params if getattr(p, "ds_persist", False) and p.ds_status == ZeroParamStatus.AVAILABLE]
+    rest = [p for p in params if not any(p is q for q in whole)]
+    with deepspeed.zero.GatheredParameters(rest, modifier_rank=modifier_rank) if rest else nullcontext():
+        yield
+    if modifier_rank is None or not whole:
+        return
+    dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank = torch.distributed.get_rank() if dist else 0
+    with torch.no_grad():
+        for p in whole:
+            if dist:
+                torch.distributed.broadcast(p.data, src=modifier_rank)
+            shard = p.ds_tensor  # this rank's flat slice of the parameter (padded at the end)
+            flat = p.data.reshape(-1)
+            start = rank * shard.numel()
+            n = max(0, min(shard.numel(), flat.numel() - start))
+            shard.data[:n].copy_(flat[start : start + n])
 
 
 def zero3_offload(engine: Any) -> Any:

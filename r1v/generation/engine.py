@@ -31,6 +31,14 @@ PER_SAMPLE_KNOBS = ("repetition_penalty", "temperature", "top_p")
 _PREFILL_MASK_ELEMENTS = 1 << 28  # rows per prefill chunk keep the (rows, 1, P, P) mask under 256M entries
 
 
+def never_generated(model: Any) -> tuple[int, ...]:
+    """Token ids a rollout must never sample: the VLM's ``<IMG_CONTEXT>`` placeholder. A completion holding
+    one cannot be scored: re-embedding prompt + completion finds more image slots than image tokens (seen
+    with random weights on the H200). Both engines suppress them."""
+    ident = getattr(model, "img_context_id", None)
+    return (int(ident),) if ident is not None else ()
+
+
 @dataclass
 class _State:
     """Device buffers a captured step reads and writes (their addresses are baked into the graphs)."""
@@ -61,8 +69,8 @@ class StaticEngine:
 
     Sampling knobs may differ per sample (``sample_params``: repetition_penalty, temperature, top_p).
     ``max_batch_size`` splits a large rollout batch (the cache is B × capacity × layers × KV width).
-    ``top_p_method``: ``auto`` (= ``sort`` for now), ``sort``, ``bisect`` or ``triton`` (one-launch kernel, CUDA
-    only; r1v/generation/sampling.py).
+    ``top_p_method``: ``auto`` (``triton`` on CUDA where triton imports, else ``sort``), ``sort``, ``bisect`` or
+    ``triton`` (one-launch kernel, CUDA only; r1v/generation/sampling.py).
     """
 
     needs_whole_weights = True
@@ -92,6 +100,7 @@ class StaticEngine:
         self.max_batch_size, self.check_every, self.fuse = max_batch_size, check_every, fuse
         self._state: _State | None = None
         self._decoder: Decoder | None = None
+        self._suppress: torch.Tensor | None = None
 
     # -- the rollout-engine interface ------------------------------------------------------------
     def generate(self, model: Any, processor: Any, samples: list[Any], max_new_tokens: int, greedy: bool = False,
@@ -119,7 +128,8 @@ class StaticEngine:
             embeds = model.embed(ids, pixels)  # (B, P, D), image tokens spliced
             rows += self.decode(model.backbone, embeds, mask, max_new_tokens, greedy,
                                 {k: v[start : start + step] for k, v in knobs.items()},
-                                eos=tok.eos_token_id, pad=tok.pad_token_id, on_token=on_token)  # fmt: skip
+                                eos=tok.eos_token_id, pad=tok.pad_token_id, on_token=on_token,
+                                suppress=never_generated(model))  # fmt: skip
         return rows
 
     def _knobs(self, n: int, sample_params: Sequence[Mapping[str, float]] | None) -> dict[str, list[float]]:
@@ -152,11 +162,13 @@ class StaticEngine:
     @torch.no_grad()
     def decode(self, lm: torch.nn.Module, embeds: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, greedy: bool,
                knobs: Mapping[str, list[float]], eos: int | None, pad: int,
-               on_token: Callable[[list[int]], None] | None = None) -> list[list[int]]:  # fmt: skip
+               on_token: Callable[[list[int]], None] | None = None,
+               suppress: Sequence[int] = ()) -> list[list[int]]:  # fmt: skip
         """Left-padded prompt embeddings (B, P, D) with mask (B, P) -> completion ids per row.
 
         ``eos=None`` never stops early (benchmarks). Rows are cut after their first EOS. ``on_token`` gets
         each step's tokens (one per row; ``pad`` for rows already ended) and costs a host sync per step.
+        Tokens in ``suppress`` are never chosen (the image placeholder: see :func:`never_generated`).
         """
         dec = self.decoder(lm)
         b, p = mask.shape
@@ -166,7 +178,8 @@ class StaticEngine:
         st = self._buffers(dec, b, math.ceil(need / self.window) * self.window if graphs else need, max_new_tokens,
                            dev)  # fmt: skip
         kb = Knobs.build(knobs["temperature"], knobs["top_p"], knobs["repetition_penalty"], dev)
-        mode = (greedy, kb.top_p is not None, kb.penalty is not None, eos, pad, max_new_tokens)
+        mode = (greedy, kb.top_p is not None, kb.penalty is not None, eos, pad, max_new_tokens, tuple(suppress))
+        self._suppress = torch.tensor(list(suppress), dtype=torch.long, device=dev) if suppress else None
         for name in ("temperature", "top_p", "penalty"):  # values into the captured buffers
             src = getattr(kb, name)
             if src is not None:
@@ -214,10 +227,11 @@ class StaticEngine:
 
     def _choose(self, logits: torch.Tensor, knobs: Knobs, greedy: bool, seen: torch.Tensor | None,
                 device: torch.device) -> torch.Tensor:  # fmt: skip
-        """(B, V) logits -> (B,) tokens. ``auto`` top-p is the sort (:func:`resolve_top_p_method` says why the
-        Triton kernel is opt-in); the torch bisection's 32 unfused halvings cost more than the sort on the H200
-        (6.23 vs 4.28 ms per step, benchmarks/README.md)."""
+        """(B, V) logits -> (B,) tokens, with ``auto`` top-p resolved by :func:`resolve_top_p_method` (the torch
+        bisection's 32 unfused halvings cost more than the sort on the H200: 6.23 vs 4.28 ms per step)."""
         method = resolve_top_p_method(self.top_p_method, logits.device)
+        if self._suppress is not None:  # a fixed index tensor: capturable
+            logits = logits.index_fill(1, self._suppress, float("-inf"))
         return self._draw(logits, seen, knobs.penalty if seen is not None else None, knobs.temperature, knobs.top_p,
                           greedy, method)  # fmt: skip
 

@@ -92,7 +92,10 @@ class VisionLanguageModel(nn.Module):
         pixel_values: torch.Tensor | None = None,
         **generate_kwargs: Any,
     ) -> torch.Tensor:
-        """Left-padded prompts -> (B, new_tokens) completions, with the backbone's KV cache."""
+        """Left-padded prompts -> (B, new_tokens) completions, with the backbone's KV cache. The image
+        placeholder is never generated (:func:`r1v.generation.engine.never_generated`)."""
+        suppress = list(generate_kwargs.pop("suppress_tokens", None) or [])
+        generate_kwargs["suppress_tokens"] = sorted({*suppress, self.img_context_id})
         embeds = self.embed(input_ids, pixel_values)
         return self.backbone.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
 

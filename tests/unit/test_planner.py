@@ -152,14 +152,21 @@ def test_knob_parsing():
         planner.parse_knobs({"ckpt": "adapter"}, Settings())
 
 
-def test_settings_read_from_the_config():
+def test_settings_read_from_the_config(compose):
     from r1v.inspect import default_settings
 
-    cfg = {"model": {"max_tiles": 12, "use_thumbnail": True}, "stage": {"name": "grpo", "group_size": 16, "beta": 0.04},
+    cfg = {"model": {"max_tiles": 12, "use_thumbnail": True}, "stage": {"name": "align"},
            "trainer": {"devices": 4, "strategy": {"stage": 2}}}  # fmt: skip
     s, sources = default_settings(cfg)
-    assert (s.zero, s.gpus, s.tiles, s.rl, s.group_size, s.beta) == (2, 4, 13, True, 16, 0.04)
+    assert (s.zero, s.gpus, s.tiles, s.rl) == (2, 4, 13, False)
     assert sources == {"zero": "trainer.strategy.stage", "gpus": "trainer.devices"}
+    # the GRPO stage's own knob names (conf/stage/grpo.yaml), as a composed run has them
+    cfg = compose("stage=grpo", "stage.group_size=16", "stage.policy_loss.beta=0.04", "stage.max_new_tokens=1024",
+                  "stage.batch_size=4", "stage.micro_batch_size=2")  # fmt: skip
+    s, sources = default_settings(cfg)
+    assert (s.rl, s.group_size, s.beta, s.completion_len, s.rollout_batch, s.micro_batch) == (True, 16, 0.04, 1024,
+                                                                                              64, 2)  # fmt: skip
+    assert sources["beta"] == "stage.policy_loss.beta" and sources["completion_len"] == "stage.max_new_tokens"
     s, _ = default_settings({"model": {"max_tiles": 1}, "stage": {"name": "align"}, "trainer": {"devices": "auto"}})
     assert (s.zero, s.gpus, s.tiles, s.rl, s.ckpt) == (0, 8, 1, False, ())
     stage = {"name": "sft", "activation_checkpointing": ["backbone"]}

@@ -46,6 +46,35 @@ def test_greedy_matches_hf_engine_token_for_token(registry, trained_vlm, one_thr
     assert short == [r[:5] for r in ref]  # cut at the budget: no EOS appended
 
 
+def test_the_image_placeholder_is_never_generated(registry, compose, one_thread):
+    """A rollout holding <IMG_CONTEXT> cannot be scored (re-embedding finds an image slot too many: seen with
+    random weights on the H200). With the LM head pushed towards it, it would be every greedy and most sampled
+    tokens; both engines suppress it, agree greedily, and the sampled completions embed again."""
+    from r1v.model.build import build
+
+    model, processor = build(compose("model=tiny_reasoner")["model"], registry)
+    ctx = model.img_context_id
+    with torch.no_grad():
+        head = model.backbone.get_output_embeddings().weight
+        head[ctx] = 50 * head.norm(dim=1).max() * torch.ones_like(head[ctx]) / head.shape[1] ** 0.5
+    samples = [_val(i) for i in range(3)]
+    ids = processor.collate([processor.encode(s, target=None) for s in samples], padding_side="left")
+    logits = model(ids["input_ids"], ids["attention_mask"], ids["pixel_values"]).logits[:, -1]
+    assert (logits.argmax(-1) == ctx).all()  # without the suppression it would be chosen
+    ref = registry.build("rollout", "hf").generate_ids(model, processor, samples, 12, greedy=True)
+    ours = registry.build("rollout", "static").generate_ids(model, processor, samples, 12, greedy=True)
+    assert ours == ref and all(ctx not in row for row in ours)
+    torch.manual_seed(0)
+    sampled = registry.build("rollout", "static", temperature=1.0, top_p=1.0).generate_ids(model, processor,
+                                                                                           samples, 12)  # fmt: skip
+    assert all(ctx not in row for row in sampled)
+    from r1v.rl import completion_rows
+
+    prompts = [processor.encode(s, target=None)["input_ids"] for s in samples]
+    rows, attn, _ = completion_rows([list(p) for p in prompts], sampled, processor.tokenizer.pad_token_id)
+    assert model.hidden_states(rows, attn, ids["pixel_values"]).shape[:2] == rows.shape
+
+
 def test_greedy_matches_hf_engine_with_per_sample_penalty(registry, tiny_vlm, one_thread):
     """The untrained tiny model repeats itself, so a penalty of 2 changes its text; row i must follow
     its own P exactly as the reference engine's per-sample processor does."""

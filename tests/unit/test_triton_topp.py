@@ -145,7 +145,8 @@ def test_interp_draws_follow_the_tempered_nucleus_distribution(topp):
 
 
 def test_the_method_knob(monkeypatch):
-    """``auto`` stays the sort (triton is opt-in until measured in a whole rollout); ``triton`` needs triton."""
+    """``auto`` is the kernel on a CUDA device where triton imports (measured in a whole rollout: 4.23 → 3.15 ms
+    per step), else the sort; ``triton`` needs triton."""
     cpu, cuda = torch.device("cpu"), torch.device("cuda")  # a device object needs no GPU
     assert resolve_top_p_method("auto", cpu) == "sort" and resolve_top_p_method("bisect", cuda) == "bisect"
     with pytest.raises(ValueError, match="top_p_method"):
@@ -153,8 +154,8 @@ def test_the_method_knob(monkeypatch):
     for available in (False, True):
         monkeypatch.setattr(sampling, "triton_available", lambda a=available: a)
         monkeypatch.setattr(engine_mod, "triton_available", lambda a=available: a)
-        assert resolve_top_p_method("auto", cuda) == "sort" and resolve_top_p_method("triton", cuda) == "triton"
-        assert resolve_top_p_method("auto", cpu) == "sort"
+        assert resolve_top_p_method("auto", cuda) == ("triton" if available else "sort")
+        assert resolve_top_p_method("auto", cpu) == "sort" and resolve_top_p_method("triton", cuda) == "triton"
         if available:
             assert engine_mod.StaticEngine(top_p_method="triton").top_p_method == "triton"
         else:

@@ -1,0 +1,83 @@
+"""The training entry point under real DeepSpeed ZeRO-3 on the CPU (tests/unit/cpu_deepspeed_train.py).
+
+Each test is a failure first seen on the H200s, where ZeRO-3 partitions parameters and releases them after
+every module's forward:
+
+- GRPO's log-probs recompute each LM-head chunk in the backward; the released head weight read as a
+  different recomputation (``CheckpointError``). The step must equal the one without recomputation, and
+  agree with ZeRO-2's.
+- SFT built the train loader (its collator reads the backbone) before ``configure_model`` had built the
+  ZeRO-3 model (``AttributeError``): whole-model packed SFT with loss chunks and activation checkpointing.
+- Whole-model GRPO with layer-by-layer rollouts: the reference swap re-partitioned persistent parameters
+  that a module mid-forward still held (``RuntimeError: Cannot free a ZeRO-3 parameter``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(not importlib.util.find_spec("deepspeed"), reason="needs deepspeed")
+
+SCRIPT = Path(__file__).with_name("cpu_deepspeed_train.py")
+QUIET = ["logger=csv", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+         "stage.val_every=1000", "stage.val_generate=0", "stage.ckpt_every=0"]  # fmt: skip
+WHOLE = ["stage.trainable=[vision,adapter,backbone]", "stage.activation_checkpointing=[backbone]"]  # R1V3
+
+
+def train(cwd: Path, name: str, *args: str, env: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
+    """One run; its exported trainable weights."""
+    from safetensors.torch import load_file
+
+    proc = subprocess.run([sys.executable, str(SCRIPT), f"run={name}", *QUIET, *args], cwd=cwd, text=True,
+                          capture_output=True, timeout=600,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return load_file(str(cwd / "runs" / name / "final" / "trainable.safetensors"))
+
+
+def grpo(sft_run: Path, zero: int, lr: float) -> list[str]:
+    return [f"trainer=deepspeed_z{zero}", "model=tiny_reasoner", f"checkpoint={sft_run}", "stage=grpo",
+            "stage.max_steps=1", "stage.batch_size=4", "stage.group_size=4", "stage.micro_batch_size=8",
+            "stage.max_new_tokens=64", "stage.policy_loss.beta=0.04", f"stage.lr={lr}", "stage.logp_chunk=16",
+            "stage.rollout.compile=false"]  # fmt: skip
+
+
+def test_grpo_step_under_zero3_recomputes_head_chunks(sft_run, tmp_path):
+    """One GRPO step (advantages ≠ 0 from the trained tiny reasoner) under ZeRO-3: Adam's first step moves
+    every adapter weight by ≈ lr, in the direction ZeRO-2's step takes (same rollouts, bf16 reductions in
+    another order: measured 83–88% of signs agree)."""
+    still = train(tmp_path, "z3_lr0", *grpo(sft_run, 3, 0.0))
+    z3 = train(tmp_path, "z3", *grpo(sft_run, 3, 1e-2))
+    z2 = train(tmp_path, "z2", *grpo(sft_run, 2, 1e-2))
+    for k in still:
+        d3, d2 = (z3[k].float() - still[k].float()), (z2[k].float() - still[k].float())
+        assert 0.005 < float(d3.abs().median()) < 0.015, k  # a gradient reached every element
+        assert float((d3.sign() == d2.sign()).float().mean()) > 0.7, k
+
+
+def test_whole_model_packed_sft_under_zero3_with_loss_chunks(tmp_path):
+    """Whole-model SFT, packed, with activation checkpointing: the loss through the LM head in chunks
+    recomputed in the backward trains to exactly the weights of the unchunked loss."""
+    base = ["trainer=deepspeed_z3", "stage=sft", "stage.packing=true", "stage.max_steps=3", "stage.batch_size=2",
+            "stage.lr=1e-3", *WHOLE]  # fmt: skip
+    chunked = train(tmp_path, "chunked", *base, "stage.loss_chunk_tokens=16")
+    whole = train(tmp_path, "whole", *base)
+    assert chunked.keys() == whole.keys() and any(k.startswith("backbone.") for k in whole)
+    for k in whole:
+        torch.testing.assert_close(chunked[k], whole[k], rtol=0, atol=0)
+
+
+def test_whole_model_grpo_with_layer_by_layer_rollouts_under_zero3(tmp_path):
+    """R1V3's setting: every part trained, β > 0 (the reference swap), rollouts fetching one layer at a time."""
+    weights = train(tmp_path, "layered", "trainer=deepspeed_z3", "stage=grpo", "stage.max_steps=1",
+                    "stage.batch_size=2", "stage.group_size=4", "stage.micro_batch_size=4", "stage.max_new_tokens=16",
+                    "stage.policy_loss.beta=0.04", "stage.rollout_gather=layer", "stage.rollout.compile=false",
+                    *WHOLE)  # fmt: skip
+    assert {k.split(".")[0] for k in weights} == {"vision", "adapter", "backbone"}
