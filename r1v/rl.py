@@ -153,42 +153,63 @@ class AdapterReference:
     the copy is the whole model's trainable weights (on ``device``, CPU to save GPU memory).
 
     Under ZeRO-3 a parameter's ``.data`` is an empty placeholder that the engine's hooks fill on each
-    forward from the rank's partition, so swapping ``.data`` would be undone by the next fetch. There
-    the initial values are kept whole on the CPU, written into the partitions for the block (gather,
-    copy, re-partition) and the policy's current values put back the same way: two small collectives
-    per reference pass for an adapter. Construction and :meth:`active` are then collective.
+    forward from the rank's partition (``ds_tensor``), so swapping ``.data`` would be undone by the next
+    fetch. There each rank keeps the initial values of its own partitions only (1/N of the copy, on
+    ``device``, CPU by default) and swaps them in and out of the partitions in place: no collective and no
+    whole-model gather, which whole-model training at 38B could not afford (64 GiB per GPU, 77 GB of host
+    memory per rank). Persistent parameters (small ones every rank holds whole) are swapped whole as well.
     """
 
     def __init__(self, model: torch.nn.Module, names: list[str], device: str | torch.device | None = None) -> None:
-        from r1v.weights import gathered
-
         params = dict(model.named_parameters())
         self.params = {n: params[n] for n in names}
         self.zero3 = any(hasattr(p, "ds_id") for p in self.params.values())
-        with gathered(list(self.params.values())):
-            self.initial = {n: p.detach().to("cpu" if self.zero3 else (device or p.device), copy=True)
-                            for n, p in self.params.items()}  # fmt: skip
+        if self.zero3:
+            self.initial = self._zero3_values("cpu" if device is None else device)
+            return
+        self.initial = {n: p.detach().to(device or p.device, copy=True) for n, p in self.params.items()}
 
-    def _write(self, values: dict[str, torch.Tensor]) -> None:
-        from r1v.weights import gathered
+    def _zero3_values(self, device: str | torch.device | None) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+        """Each parameter's partition on this rank, and the whole value of persistent ones (small: gathered
+        if they are not whole right now); copies on ``device`` (None: where they are)."""
+        import deepspeed
+        from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
 
-        with gathered(list(self.params.values()), modifier_rank=0), torch.no_grad():
+        out = {}
+        for n, p in self.params.items():
+            persist = getattr(p, "ds_persist", False)
+            if p.ds_status != ZeroParamStatus.NOT_AVAILABLE and not persist:
+                if p.ds_active_sub_modules:  # a module mid-forward holds it whole: its partition would not be read
+                    raise RuntimeError(f"reference swap: ZeRO-3 parameter '{n}' is gathered by a running module")
+                p.partition(param_list=[p], has_been_updated=False)  # released, as DeepSpeed's hooks would
+            whole = None
+            if persist:
+                with deepspeed.zero.GatheredParameters([p]) if p.ds_status == ZeroParamStatus.NOT_AVAILABLE \
+                        else contextlib.nullcontext():  # fmt: skip
+                    whole = p.data.detach().to(device or p.ds_tensor.device, copy=True)
+            out[n] = (p.ds_tensor.detach().to(device or p.ds_tensor.device, copy=True), whole)
+        return out
+
+    def _zero3_write(self, values: dict[str, tuple[torch.Tensor, torch.Tensor | None]]) -> None:
+        from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+        with torch.no_grad():
             for n, p in self.params.items():
-                p.data.copy_(values[n].to(p.device, p.dtype))
+                shard, whole = values[n]
+                p.ds_tensor.data.copy_(shard)
+                if whole is not None and p.ds_status == ZeroParamStatus.AVAILABLE:  # held whole: read as is
+                    p.data.copy_(whole)
 
     @contextlib.contextmanager
     def active(self) -> Iterator[None]:
         """Within this block the model computes the reference policy."""
         if self.zero3:
-            from r1v.weights import gathered
-
-            with gathered(list(self.params.values())):
-                current = {n: p.detach().to("cpu", copy=True) for n, p in self.params.items()}
-            self._write(self.initial)
+            current = self._zero3_values(None)  # the policy's partitions, copied where they are (1/N of the model)
+            self._zero3_write(self.initial)
             try:
                 yield
             finally:
-                self._write(current)
+                self._zero3_write(current)
             return
         saved = {n: p.data for n, p in self.params.items()}
         try:
