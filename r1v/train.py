@@ -98,6 +98,20 @@ def build_datasets(cfg: dict[str, Any], registry: Any) -> tuple[Any, Any]:
     return entry.factory(split="train", **knobs), entry.factory(split="val", **knobs)
 
 
+def build_device(trainer: dict[str, Any]) -> Any:
+    """Where the model is built before the Trainer exists: on this rank's GPU when the run trains on one, so
+    random-weight parts initialise in milliseconds (1.9B on the CPU took about a minute per rank; ZeRO-3 builds
+    partitioned on the GPU anyway), else on the CPU (no context)."""
+    import os
+    from contextlib import nullcontext
+
+    import torch
+
+    if str(trainer.get("accelerator", "auto")) in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return nullcontext()
+
+
 def build_trainer(cfg: dict[str, Any], run_dir: Path, resume_step: int | None = None) -> Any:
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
@@ -203,7 +217,8 @@ def _train(cfg: DictConfig, container: dict[str, Any], registry: Any, run_dir: P
         strategy = container["trainer"].get("strategy")  # a DeepSpeed config, or a name like "ddp"
         # build now (width mismatches surface before any training), except under ZeRO-3 (built partitioned)
         if not isinstance(strategy, dict) or int(strategy.get("stage", 0)) != 3:
-            stage.configure_model()
+            with build_device(container["trainer"]):
+                stage.configure_model()
     owner = launch_rank_is_zero()  # rank 0 (holding the lock) writes the folder's files; the others only read
     if owner:
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)

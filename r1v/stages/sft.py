@@ -98,6 +98,10 @@ class SFTStage(L.LightningModule):
 
             raise ConfigError(f"stage.loss_chunk_tokens={chunk!r}: expected a whole number ≥ 0 (0: transformers' "
                               "loss over the full logits)")  # fmt: skip
+        if not isinstance(self.stage.get("packing", False), bool):  # "yes"/"no" would both be true
+            from r1v.config import ConfigError
+
+            raise ConfigError(f"stage.packing={self.stage['packing']!r}: expected true or false")
         # throughput accounting (count_work / log_throughput): built on the first batch, when the model exists
         self._flops: FlopCounter | None = None
         self._peak: float | None = None

@@ -156,6 +156,7 @@ def test_ckpt_every_zero_writes_no_checkpoint_and_says_so(tmp_path):
 
 @pytest.mark.parametrize(("override", "message"), [
     ("stage.loss_chunk_tokens=abc", "stage.loss_chunk_tokens='abc': expected a whole number ≥ 0"),
+    ("stage.packing=yes", "stage.packing='yes': expected true or false"),
     ("stage.activation_checkpointing=[visoin]", "stage.activation_checkpointing: 'visoin' cannot checkpoint; "
                                                 "allowed: backbone"),
 ])  # fmt: skip

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-pytestmark = pytest.mark.skipif(not importlib.util.find_spec("deepspeed"), reason="needs deepspeed")
+needs_deepspeed = pytest.mark.skipif(not importlib.util.find_spec("deepspeed"), reason="needs deepspeed")
 
 SCRIPT = Path(__file__).with_name("cpu_deepspeed_train.py")
 QUIET = ["logger=csv", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
@@ -49,6 +49,7 @@ def grpo(sft_run: Path, zero: int, lr: float) -> list[str]:
             "stage.rollout.compile=false"]  # fmt: skip
 
 
+@needs_deepspeed
 def test_grpo_step_under_zero3_recomputes_head_chunks(sft_run, tmp_path):
     """One GRPO step (advantages ≠ 0 from the trained tiny reasoner) under ZeRO-3: Adam's first step moves
     every adapter weight by ≈ lr, in the direction ZeRO-2's step takes (same rollouts, bf16 reductions in
@@ -62,6 +63,7 @@ def test_grpo_step_under_zero3_recomputes_head_chunks(sft_run, tmp_path):
         assert float((d3.sign() == d2.sign()).float().mean()) > 0.7, k
 
 
+@needs_deepspeed
 def test_whole_model_packed_sft_under_zero3_with_loss_chunks(tmp_path):
     """Whole-model SFT, packed, with activation checkpointing: the loss through the LM head in chunks
     recomputed in the backward trains to exactly the weights of the unchunked loss."""
@@ -74,6 +76,7 @@ def test_whole_model_packed_sft_under_zero3_with_loss_chunks(tmp_path):
         torch.testing.assert_close(chunked[k], whole[k], rtol=0, atol=0)
 
 
+@needs_deepspeed
 def test_whole_model_grpo_with_layer_by_layer_rollouts_under_zero3(tmp_path):
     """R1V3's setting: every part trained, β > 0 (the reference swap), rollouts fetching one layer at a time."""
     weights = train(tmp_path, "layered", "trainer=deepspeed_z3", "stage=grpo", "stage.max_steps=1",
@@ -81,3 +84,19 @@ def test_whole_model_grpo_with_layer_by_layer_rollouts_under_zero3(tmp_path):
                     "stage.policy_loss.beta=0.04", "stage.rollout_gather=layer", "stage.rollout.compile=false",
                     *WHOLE)  # fmt: skip
     assert {k.split(".")[0] for k in weights} == {"vision", "adapter", "backbone"}
+
+
+def test_models_are_built_on_the_gpu_the_run_trains_on(monkeypatch):
+    """Random-weight parts initialise where the run trains: on this rank's GPU for a GPU trainer (1.9B took
+    about a minute per rank on the CPU), never for a CPU trainer or without CUDA."""
+    from contextlib import nullcontext
+
+    from r1v.train import build_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert build_device({"accelerator": "gpu"}) == torch.device("cuda", 1)
+    assert build_device({}) == torch.device("cuda", 1)  # accelerator auto
+    assert isinstance(build_device({"accelerator": "cpu"}), nullcontext)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert isinstance(build_device({"accelerator": "gpu"}), nullcontext)
