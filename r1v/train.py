@@ -100,8 +100,8 @@ def build_datasets(cfg: dict[str, Any], registry: Any) -> tuple[Any, Any]:
 
 def build_device(trainer: dict[str, Any]) -> Any:
     """Where the model is built before the Trainer exists: on this rank's GPU when the run trains on one, so
-    random-weight parts initialise in milliseconds (1.9B on the CPU took about a minute per rank; ZeRO-3 builds
-    partitioned on the GPU anyway), else on the CPU (no context)."""
+    random-weight parts initialise there (r1v_small with Qwen2.5-1.5B on the H200: the run's set-up took 2.7 s,
+    against 67 s when built on the CPU; ZeRO-3 builds partitioned on the GPU anyway), else on the CPU."""
     import os
     from contextlib import nullcontext
 
