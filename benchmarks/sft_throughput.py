@@ -26,8 +26,10 @@ import math
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from _common import QUIET  # run as a script from benchmarks/
@@ -120,6 +122,7 @@ def run(spec: dict, data: Path, work: Path, out: Path, steps: int, batch: int, w
     if code:
         print(f"{spec['name']}: failed ({code}); tail of {log}:\n" + "".join(log.read_text().splitlines(True)[-15:]))
         return {**spec, "failed": True}
+    shutil.copy(work / "runs" / spec["name"] / "metrics.csv", out / f"metrics_{spec['name']}.csv")
     with open(work / "runs" / spec["name"] / "metrics.csv") as fh:
         rows = [r for r in csv.DictReader(fh) if r.get("perf/tflops")]
     if not rows:
@@ -167,12 +170,14 @@ def main() -> None:
     ap.add_argument("--model", default="r1v_small", help="model preset (the backbone comes from each --run)")
     ap.add_argument("--extra", nargs="*", default=[], help="overrides added to every run (e.g. cut depths)")
     ap.add_argument("--cpu", action="store_true", help="trainer=cpu: check the script on a tiny model")
+    ap.add_argument("--work", type=Path, help="where the runs and data go (default: a new temporary folder)")
     ap.add_argument("--limit", type=float, help="seconds per run; a cut run counts the batches it logged")
     args = ap.parse_args()
     LIMIT["s"] = args.limit
     MODEL.update(model=args.model, cpu=args.cpu, extra=args.extra)
     args.out.mkdir(parents=True, exist_ok=True)
-    work = args.out / "work"
+    # runs (their exported weights: GBs for full fine-tuning) stay out of --out, which a GPU call brings back
+    work = args.work or Path(tempfile.mkdtemp(prefix="sft_throughput_"))
     data = write_data(work / "data", args.n, seed=0)
     results = []
     for spec in args.run:  # written after every run: a cut call keeps what finished
