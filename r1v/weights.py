@@ -46,7 +46,8 @@ def _gathered(params: list[nn.Parameter], modifier_rank: int | None) -> Iterator
     from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
 
     whole = [p for p in params if getattr(p, "ds_persist", False) and p.ds_status == ZeroParamStatus.AVAILABLE]
-    rest = [p for p in params if not any(p is q for q in whole)]
+    held = {id(p) for p in whole}
+    rest = [p for p in params if id(p) not in held]
     with deepspeed.zero.GatheredParameters(rest, modifier_rank=modifier_rank) if rest else nullcontext():
         yield
     if modifier_rank is None or not whole:

@@ -101,9 +101,9 @@ def test_each_samples_drlc_penalty_reaches_the_sampler(compose, registry, tmp_pa
             seen.extend(self.penalties.tolist())
         return original(self, input_ids, scores)
 
-    def spy_decode(self, lm, embeds, mask, max_new_tokens, greedy, knobs, eos, pad, on_token=None):
+    def spy_decode(self, lm, embeds, mask, max_new_tokens, greedy, knobs, eos, pad, **kwargs):
         seen.extend(knobs["repetition_penalty"])
-        return original_decode(self, lm, embeds, mask, max_new_tokens, greedy, knobs, eos, pad, on_token)
+        return original_decode(self, lm, embeds, mask, max_new_tokens, greedy, knobs, eos, pad, **kwargs)
 
     monkeypatch.setattr(rollout.PerSampleRepetitionPenalty, "__call__", spy)
     monkeypatch.setattr(StaticEngine, "decode", spy_decode)
