@@ -187,14 +187,30 @@ SWAP = textwrap.dedent("""
             assert all(p.ds_persist for p in gathered), [tuple(p.ds_shape) for p in gathered]
             assert torch.equal(engine(x), y0), "reference not swapped in"
         assert torch.equal(engine(x), y1), "policy not restored"
-    print("OK", torch.distributed.get_rank())
+
+    # gathered(modifier_rank=0) on a live engine: persistent parameters (whole on every rank after a forward)
+    # take rank 0's values on every rank, in their whole value and in each rank's shard
+    from r1v.weights import gathered
+    rank = torch.distributed.get_rank()
+    assert any(p.ds_persist and p.numel() > 0 for p in net.parameters())  # whole right now
+    with gathered(net, modifier_rank=0), torch.no_grad():
+        if rank == 0:
+            for p in net.parameters():
+                p.fill_(0.25)
+    with gathered(net), torch.no_grad():
+        assert all(torch.all(p == 0.25) for p in net.parameters()), rank
+    for p in net.parameters():
+        n = max(0, min(p.ds_tensor.numel(), p.ds_numel - rank * p.ds_tensor.numel()))
+        assert torch.all(p.ds_tensor[:n] == 0.25), (rank, tuple(p.ds_shape))
+    print("OK", rank)
 """)
 
 
 def test_reference_swap_on_two_ranks_moves_only_each_ranks_partitions(tmp_path):
     """The ZeRO-3 reference swap works on each rank's own partitions (no whole-model gather): on 2 gloo ranks,
     after a real optimizer step the swapped-in model computes exactly the initial outputs, and the policy's
-    outputs come back after; partitioned and persistent (whole on every rank) parameters alike."""
+    outputs come back after; partitioned and persistent (whole on every rank) parameters alike. Then
+    ``gathered(modifier_rank=0)`` on the live engine gives every rank rank 0's values, persistent ones included."""
     import os
     import random
 
