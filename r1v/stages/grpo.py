@@ -182,13 +182,20 @@ class GRPOStage(SFTStage):
         can decode that way: an engine that reads whole weight tensors (``rollout=static``) cannot decode
         layer by layer, so those rollouts use ``rollout=hf`` with the same sampling knobs (said once)."""
         from r1v.planner import kv_cache_bytes
-        from r1v.weights import gather_mode
+        from r1v.weights import gather_mode, gathered_bytes, zero3_offload
 
         cfg = self.model.backbone.config
         kv_dim = cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads)
         context = int(self.stage["max_new_tokens"]) + 2048  # prompts (image tokens included) rarely pass 2k
         reserve = kv_cache_bytes(cfg.num_hidden_layers, kv_dim, rows, context)  # bf16, every row at full length
-        mode = gather_mode(self.model, self.ds_engine(), str(self.stage.get("rollout_gather", "auto")), reserve)
+        engine = self.ds_engine()
+        mode = gather_mode(self.model, engine, str(self.stage.get("rollout_gather", "auto")), reserve)
+        if zero3_offload(engine) is not None and getattr(self, "_gather_said", None) != mode:  # once per change
+            self._gather_said = mode
+            log.info("rollout: ZeRO-3 weights gathered %s (stage.rollout_gather=%s; %.1f GiB gathered, %.1f GiB "
+                     "KV cache reserved)", "whole, once per rollout" if mode == "whole" else "layer by layer",
+                     self.stage.get("rollout_gather", "auto"), gathered_bytes(self.model) / 2**30,
+                     reserve / 2**30)  # fmt: skip
         if mode == "whole" or not getattr(self.engine, "needs_whole_weights", False):
             return mode, self.engine
         if not hasattr(self, "_layer_engine"):

@@ -84,6 +84,8 @@ def test_whole_model_grpo_with_layer_by_layer_rollouts_under_zero3(tmp_path):
                     "stage.policy_loss.beta=0.04", "stage.rollout_gather=layer", "stage.rollout.compile=false",
                     *WHOLE)  # fmt: skip
     assert {k.split(".")[0] for k in weights} == {"vision", "adapter", "backbone"}
+    log = (tmp_path / "runs" / "layered" / "train.log").read_text()
+    assert log.count("rollout: ZeRO-3 weights gathered layer by layer (stage.rollout_gather=layer") == 1
 
 
 def test_models_are_built_on_the_gpu_the_run_trains_on(monkeypatch):
