@@ -31,14 +31,6 @@ PER_SAMPLE_KNOBS = ("repetition_penalty", "temperature", "top_p")
 _PREFILL_MASK_ELEMENTS = 1 << 28  # rows per prefill chunk keep the (rows, 1, P, P) mask under 256M entries
 
 
-def never_generated(model: Any) -> tuple[int, ...]:
-    """Token ids a rollout must never sample: the VLM's ``<IMG_CONTEXT>`` placeholder. A completion holding
-    one cannot be scored: re-embedding prompt + completion finds more image slots than image tokens (seen
-    with random weights on the H200). Both engines suppress them."""
-    ident = getattr(model, "img_context_id", None)
-    return (int(ident),) if ident is not None else ()
-
-
 @dataclass
 class _State:
     """Device buffers a captured step reads and writes (their addresses are baked into the graphs)."""
@@ -129,7 +121,7 @@ class StaticEngine:
             rows += self.decode(model.backbone, embeds, mask, max_new_tokens, greedy,
                                 {k: v[start : start + step] for k, v in knobs.items()},
                                 eos=tok.eos_token_id, pad=tok.pad_token_id, on_token=on_token,
-                                suppress=never_generated(model))  # fmt: skip
+                                suppress=getattr(model, "never_generated", ()))  # fmt: skip
         return rows
 
     def _knobs(self, n: int, sample_params: Sequence[Mapping[str, float]] | None) -> dict[str, list[float]]:
@@ -168,7 +160,7 @@ class StaticEngine:
 
         ``eos=None`` never stops early (benchmarks). Rows are cut after their first EOS. ``on_token`` gets
         each step's tokens (one per row; ``pad`` for rows already ended) and costs a host sync per step.
-        Tokens in ``suppress`` are never chosen (the image placeholder: see :func:`never_generated`).
+        Tokens in ``suppress`` are never chosen (the VLM's ``never_generated``: its image placeholder).
         """
         dec = self.decoder(lm)
         b, p = mask.shape

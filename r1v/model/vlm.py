@@ -50,6 +50,13 @@ class VisionLanguageModel(nn.Module):
         flat = image_tokens.reshape(-1, image_tokens.shape[-1]).to(embeds.dtype)  # (N·T, D)
         return embeds.masked_scatter(slots.unsqueeze(-1), flat)  # row-major: sample by sample, in order
 
+    @property
+    def never_generated(self) -> tuple[int, ...]:
+        """Token ids a rollout must never sample: the ``<IMG_CONTEXT>`` placeholder. A completion holding one
+        cannot be scored: re-embedding prompt + completion finds more image slots than image tokens (seen with
+        random weights on the H200). Every rollout engine suppresses them."""
+        return (self.img_context_id,)
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -92,10 +99,10 @@ class VisionLanguageModel(nn.Module):
         pixel_values: torch.Tensor | None = None,
         **generate_kwargs: Any,
     ) -> torch.Tensor:
-        """Left-padded prompts -> (B, new_tokens) completions, with the backbone's KV cache. The image
-        placeholder is never generated (:func:`r1v.generation.engine.never_generated`)."""
+        """Left-padded prompts -> (B, new_tokens) completions, with the backbone's KV cache; tokens in
+        :attr:`never_generated` are suppressed."""
         suppress = list(generate_kwargs.pop("suppress_tokens", None) or [])
-        generate_kwargs["suppress_tokens"] = sorted({*suppress, self.img_context_id})
+        generate_kwargs["suppress_tokens"] = sorted({*suppress, *self.never_generated})
         embeds = self.embed(input_ids, pixel_values)
         return self.backbone.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
 

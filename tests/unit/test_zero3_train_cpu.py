@@ -31,13 +31,13 @@ QUIET = ["logger=csv", "trainer.enable_progress_bar=false", "trainer.enable_mode
 WHOLE = ["stage.trainable=[vision,adapter,backbone]", "stage.activation_checkpointing=[backbone]"]  # R1V3
 
 
-def train(cwd: Path, name: str, *args: str, env: dict[str, str] | None = None) -> dict[str, torch.Tensor]:
+def train(cwd: Path, name: str, *args: str) -> dict[str, torch.Tensor]:
     """One run; its exported trainable weights."""
     from safetensors.torch import load_file
 
     proc = subprocess.run([sys.executable, str(SCRIPT), f"run={name}", *QUIET, *args], cwd=cwd, text=True,
                           capture_output=True, timeout=600,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})})  # fmt: skip
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     return load_file(str(cwd / "runs" / name / "final" / "trainable.safetensors"))
 
