@@ -17,3 +17,21 @@ def train(cwd: Path, *args: str) -> None:
                           text=True)  # fmt: skip
     if proc.returncode:
         raise SystemExit(f"failed: r1v.train {' '.join(args)}\n{proc.stderr[-3000:]}")
+
+
+# CUDA kernel classes by name (profiler keys, lower-cased), first match wins; the rest is "other".
+# Attention comes before GEMM: FlashAttention's kernel names carry "cutlass" in their template arguments.
+KERNEL_CLASSES = (
+    ("attention", ("attention", "fmha", "flash", "efficient")),
+    ("gemm", ("gemm", "gemv", "matmul", "cutlass", "sm90_xmma", "nvjet")),
+    ("sampling", ("sort", "scan", "cumsum", "exponential", "argmax", "radix")),
+    ("optimizer", ("multi_tensor", "adam")),
+    ("norm", ("rms", "layer_norm", "norm_")),
+    ("softmax / loss", ("softmax", "cross_entropy", "nll_loss", "logsumexp")),
+)
+
+
+def kernel_class(name: str, other: str = "other") -> str:
+    """The class of one CUDA kernel, by substrings of its name (see KERNEL_CLASSES)."""
+    name = name.lower()
+    return next((cls for cls, keys in KERNEL_CLASSES if any(k in name for k in keys)), other)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _common import kernel_class  # run as a script from benchmarks/
 
 
 def sync() -> None:
@@ -114,16 +115,9 @@ def kernel_classes(engine: Any, lm: Any, ids: torch.Tensor, mask: torch.Tensor, 
         ours(engine, lm, ids, mask, new, False)
     classes: dict[str, float] = {}
     for e in prof.key_averages():
-        name = e.key.lower()
         us = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0.0)
-        if any(s in name for s in ("gemm", "gemv", "matmul", "cutlass", "sm90_xmma", "nvjet")):
-            cls = "gemm"
-        elif any(s in name for s in ("attention", "fmha", "flash", "efficient")):
-            cls = "attention"
-        elif any(s in name for s in ("sort", "scan", "cumsum", "exponential", "argmax", "softmax", "radix")):
-            cls = "sampling"
-        else:
-            cls = "other (norms, rotary, elementwise, copies)"
+        cls = kernel_class(e.key, "other (norms, rotary, elementwise, copies)")
+        cls = {"softmax / loss": "sampling", "norm": "other (norms, rotary, elementwise, copies)"}.get(cls, cls)
         classes[cls] = classes.get(cls, 0.0) + us
     return classes
 

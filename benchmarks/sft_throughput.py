@@ -92,7 +92,8 @@ def overrides(spec: dict, data: Path, steps: int, batch: int) -> list[str]:
            f"trainer.devices={spec['gpus']}",
            "data=jsonl", f"data.train={data}", f"stage.trainable={trainable}", f"stage.batch_size={batch}",
            f"stage.max_steps={steps}", "stage.val_every=100000", "stage.ckpt_every=0", "stage.val_generate=0",
-           "stage.lr=1e-5", "stage.warmup_ratio=0", "trainer.log_every_n_steps=1", "data.loader.num_workers=4",
+           "stage.lr=1e-5", "stage.warmup_ratio=0", "allow_random_weights=true", "trainer.log_every_n_steps=1",
+           "data.loader.num_workers=4",
            f"stage.packing={'true' if spec['batching'] == 'packed' else 'false'}"]  # fmt: skip
     if spec["ckpt"]:
         out.append("stage.activation_checkpointing=[backbone]")
@@ -124,7 +125,8 @@ def run(spec: dict, data: Path, work: Path, out: Path, steps: int, batch: int, w
         return {**spec, "failed": True}
     shutil.copy(work / "runs" / spec["name"] / "metrics.csv", out / f"metrics_{spec['name']}.csv")
     with open(work / "runs" / spec["name"] / "metrics.csv") as fh:
-        rows = [r for r in csv.DictReader(fh) if r.get("perf/tflops")]
+        logged = [r for r in csv.DictReader(fh) if r.get("perf/padded_tokens")]
+    rows = [r for r in logged if r.get("perf/tflops")]  # the first batch has no rate (its clock starts there)
     if not rows:
         print(f"{spec['name']}: no batch logged; see {log}")
         return {**spec, "failed": True}
@@ -136,7 +138,7 @@ def run(spec: dict, data: Path, work: Path, out: Path, steps: int, batch: int, w
     alloc = max((float(r["perf/peak_alloc_gib"]) for r in rows if r.get("perf/peak_alloc_gib")), default=0.0)
     with_mfu = [r for r in counted if r.get("perf/mfu")]  # the GPU's peak, recovered from one logged MFU
     peak_flops = float(with_mfu[0]["perf/tflops"]) * 1e12 / float(with_mfu[0]["perf/mfu"]) if with_mfu else None
-    widest = max(float(r["perf/padded_tokens"]) for r in rows)
+    widest = max(float(r["perf/padded_tokens"]) for r in logged)  # the first batch included: it may set the peak
     knobs = {"zero": spec["zero"], "gpus": spec["gpus"], "images": batch if spec["batching"] == "packed" else 1,
              "tiles": 3, "micro_batch": 1 if spec["batching"] == "packed" else batch,
              "seq_len": int(widest if spec["batching"] == "packed" else widest / batch)}  # fmt: skip

@@ -56,6 +56,9 @@ class FlopCounter:
 
     def __init__(self, model: nn.Module) -> None:
         self.shapes = {p: part_shape(getattr(model, p)) for p in PARTS}
+        head = model.backbone.get_output_embeddings() if hasattr(model.backbone, "get_output_embeddings") else None
+        w = getattr(head, "weight", None)  # (vocab, hidden); under ZeRO-3 a 0-element shard with its full ds_numel
+        self.head_params = 0 if w is None else (w.numel() or int(getattr(w, "ds_numel", 0)))
         vision = model.vision
         grid = int(getattr(vision, "grid_size", 0))
         self.patches = grid * grid  # tokens per tile inside the encoder (class token ignored)
@@ -67,11 +70,14 @@ class FlopCounter:
             self.mult_w[p] = 2 + (2 if flows else 0) + (2 if s.trainable else 0)
             self.mult_a[p] = 3 if flows else 1
 
-    def step(self, lengths: Sequence[int], tiles: int) -> float:
-        """FLOPs of one forward + backward over samples of these token lengths with ``tiles`` image tiles."""
+    def step(self, lengths: Sequence[int], tiles: int, head_tokens: int | None = None) -> float:
+        """FLOPs of one forward + backward over samples of these token lengths with ``tiles`` image tiles.
+        ``head_tokens``: the tokens the LM head runs on when it runs on fewer than all of them (SFT's chunked
+        loss computes logits for the answer tokens only); None: every token."""
         v, a, b = (self.shapes[p] for p in PARTS)
         tokens = sum(lengths)
-        flops = self.mult_w["backbone"] * b.matmul_params * tokens
+        head = tokens if head_tokens is None else head_tokens
+        flops = self.mult_w["backbone"] * ((b.matmul_params - self.head_params) * tokens + self.head_params * head)
         flops += self.mult_a["backbone"] * 2 * b.layers * b.attn_width * sum(n * n for n in lengths)
         if tiles:
             flops += self.mult_w["vision"] * v.matmul_params * tiles * self.patches

@@ -184,8 +184,9 @@ class SFTStage(L.LightningModule):
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:
         """Mean cross-entropy over the answer tokens (labels ≠ -100). ``stage.loss_chunk_tokens=N`` runs the LM
         head on N answer tokens at a time, each chunk recomputed in the backward, so the ``[tokens, vocab]``
-        fp32 logits (16k tokens × 152k × 4 B ≈ 10 GB, twice with their gradient) never exist; 0 (default):
-        transformers' loss over the full logits. The two are equal (tests/unit/test_model.py)."""
+        fp32 logits (16k tokens × 152k × 4 B ≈ 10 GB, twice with their gradient) never exist (default 4,096: a
+        padded batch of 4 × 8k tokens ran out of memory on an H200 in transformers' loss); 0: transformers' loss
+        over the full logits. The two are equal (tests/unit/test_model.py)."""
         kw = {"position_ids": batch.get("position_ids"), **batch.get("attn_kwargs", {})}
         chunk = int(self.stage.get("loss_chunk_tokens") or 0)
         if not chunk:
@@ -298,7 +299,9 @@ class SFTStage(L.LightningModule):
             self._flops, self._peak = FlopCounter(self.model), peak_flops(self.device)
         lengths = batch.get("lengths") or [int(batch["input_ids"].shape[1])] * int(batch["input_ids"].shape[0])
         tiles = 0 if batch["pixel_values"] is None else int(batch["pixel_values"].shape[0])
-        self._work = (sum(lengths), int(batch["input_ids"].numel()), self._flops.step(lengths, tiles))
+        # the chunked loss runs the LM head on answer tokens only: count the head's FLOPs where it ran
+        head = int((batch["labels"][:, 1:] != -100).sum()) if self.stage.get("loss_chunk_tokens") else None
+        self._work = (sum(lengths), int(batch["input_ids"].numel()), self._flops.step(lengths, tiles, head))
 
     def log_throughput(self) -> None:
         """Per batch (one GPU): seconds since the previous batch ended, tokens/s and model TFLOP/s on real tokens,
@@ -312,11 +315,12 @@ class SFTStage(L.LightningModule):
             stats["perf/peak_alloc_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
             stats["perf/peak_reserved_gib"] = torch.cuda.max_memory_reserved(self.device) / 2**30
         work = self._work
+        if work is not None:  # the first batch too (no rate: its clock starts here), so its width is on record
+            stats.update({"perf/real_tokens": float(work[0]), "perf/padded_tokens": float(work[1])})
         if last is not None and work is not None:
             dt = now - last
-            real, padded, flops = work
-            stats.update({"perf/batch_s": dt, "perf/real_tokens": float(real), "perf/padded_tokens": float(padded),
-                          "perf/tokens_per_s": real / dt, "perf/tflops": flops / dt / 1e12})  # fmt: skip
+            real, _, flops = work
+            stats.update({"perf/batch_s": dt, "perf/tokens_per_s": real / dt, "perf/tflops": flops / dt / 1e12})
             if self._peak:
                 stats["perf/mfu"] = flops / dt / self._peak
         if stats:

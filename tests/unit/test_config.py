@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,19 @@ def test_required_value_must_be_set():
     with pytest.raises(ConfigError) as e:
         precheck_overrides(["data=jsonl"])
     assert "data.train must be set (add data.train=...)" in one_line(e)
+
+
+@pytest.mark.parametrize("preset", [None, "max_split_size_mb:128"])
+def test_train_turns_on_expandable_segments_unless_the_user_chose(monkeypatch, preset):
+    """r1v.train sets PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True before anything allocates on CUDA (the
+    H200 runs cached tens of GiB above allocation without it); a value the user set is left alone."""
+    import r1v.train
+
+    if preset is None:
+        monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    else:
+        monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", preset)
+    seen = []
+    monkeypatch.setattr(r1v.train, "hydra_entry", lambda *a: seen.append(os.environ["PYTORCH_CUDA_ALLOC_CONF"]))
+    r1v.train.main([])
+    assert seen == [preset or "expandable_segments:True"]

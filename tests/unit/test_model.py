@@ -240,6 +240,9 @@ def test_flop_counter_counts_what_trains(tiny_vlm):
         b = shapes["backbone"]
         text_only = full.step([10, 30], tiles=0)
         assert text_only == 6 * b.matmul_params * 40 + 3 * 2 * b.layers * b.attn_width * (100 + 900)
+        # SFT's chunked loss runs the LM head on the answer tokens only: its FLOPs are counted there alone
+        assert full.head_params == cfg.vocab_size * cfg.hidden_size
+        assert full.step([10, 30], tiles=0, head_tokens=7) == text_only - 6 * full.head_params * (40 - 7)
         for n, p in model.named_parameters():
             p.requires_grad_(n.startswith("adapter."))
         r1v = FlopCounter(model)
