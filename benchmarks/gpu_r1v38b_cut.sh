@@ -30,8 +30,10 @@ run() {  # name, overrides...
   echo "$((SECONDS - s)) s: $name"
   cp "runs/$name/metrics.csv" "$out/metrics_$name.csv" 2>/dev/null || true
 }
-longest() {  # the widest batch an SFT run saw (tokens), the planner's sequence length for it
-  python3 -c "import csv; print(int(max(float(r['perf/padded_tokens']) for r in csv.DictReader(open('$out/metrics_$1.csv')) if r.get('perf/padded_tokens'))))" 2>/dev/null || echo 8192
+shape() {  # the planner's knobs for the widest batch a packed SFT run logged (tokens, tiles, answer tokens)
+  python3 -c "import csv, sys; sys.path.insert(0, '$src'); from sft_throughput import planner_shape as p
+rows = [r for r in csv.DictReader(open('$out/metrics_$1.csv')) if r.get('perf/padded_tokens')]
+print(' '.join(f'planner.{k}={v}' for k, v in p(rows, 1, True).items()))" 2>/dev/null || echo planner.seq_len=8192
 }
 plan() {  # name, planner knobs + overrides: the planner's per-GPU total for the same composition
   want "$1" || return 0
@@ -42,9 +44,9 @@ plan() {  # name, planner knobs + overrides: the planner's per-GPU total for the
 python3 -c "import sys; sys.path.insert(0, '$src'); from pathlib import Path; import sft_throughput as s; s.write_data(Path('$work/data'), 64, 0)"
 S="stage=sft data=jsonl data.train=$work/data/train.jsonl stage.batch_size=2 stage.max_steps=3 stage.packing=true"
 run sft_adapter_z2 $S trainer=deepspeed_z2
-plan sft_adapter_z2 stage=sft trainer=deepspeed_z2 planner.seq_len="$(longest sft_adapter_z2)" planner.micro_batch=1 planner.images=2 planner.tiles=3
+plan sft_adapter_z2 stage=sft trainer=deepspeed_z2 $(shape sft_adapter_z2)
 run sft_whole_z3 $S trainer=deepspeed_z3 $WHOLE
-plan sft_whole_z3 stage=sft trainer=deepspeed_z3 $WHOLE planner.seq_len="$(longest sft_whole_z3)" planner.micro_batch=1 planner.images=2 planner.tiles=3
+plan sft_whole_z3 stage=sft trainer=deepspeed_z3 $WHOLE $(shape sft_whole_z3)
 run grpo_adapter_z3 $G trainer=deepspeed_z3
 plan grpo_adapter_z3 $G trainer=deepspeed_z3 planner.prompt_len=512 planner.completion_len=$MAX_NEW planner.tiles=1
 run grpo_whole_z3 $G trainer=deepspeed_z3 $WHOLE

@@ -109,6 +109,19 @@ def planner_total(args: list[str], knobs: dict[str, int]) -> float | None:
     return float(m.group(1)) if m else None
 
 
+def planner_shape(logged: list[dict], batch: int, packed: bool) -> dict[str, int]:
+    """The planner's batch knobs for the widest batch a run logged (the first batch included): its tokens, image
+    tiles and answer tokens (the chunked loss runs the LM head on those only). Packed: one sequence of it;
+    padded: ``batch`` sequences of the widest padded length, tiles and answers shared out (rounded up)."""
+    wide = max(logged, key=lambda r: float(r["perf/padded_tokens"]))
+    tokens = int(float(wide["perf/padded_tokens"]))
+    tiles, answer = (int(float(wide.get(k) or 0)) for k in ("perf/tiles", "perf/answer_tokens"))
+    if packed:
+        return {"micro_batch": 1, "seq_len": tokens, "images": 1, "tiles": tiles, "answer_tokens": answer}
+    return {"micro_batch": batch, "seq_len": tokens // batch, "images": 1, "tiles": -(-tiles // batch),
+            "answer_tokens": -(-answer // batch)}  # fmt: skip
+
+
 def run(spec: dict, data: Path, work: Path, out: Path, steps: int, batch: int, warmup: int) -> dict:
     args = overrides(spec, data, steps, batch)
     log = out / f"{spec['name']}.log"
@@ -138,10 +151,7 @@ def run(spec: dict, data: Path, work: Path, out: Path, steps: int, batch: int, w
     alloc = max((float(r["perf/peak_alloc_gib"]) for r in rows if r.get("perf/peak_alloc_gib")), default=0.0)
     with_mfu = [r for r in counted if r.get("perf/mfu")]  # the GPU's peak, recovered from one logged MFU
     peak_flops = float(with_mfu[0]["perf/tflops"]) * 1e12 / float(with_mfu[0]["perf/mfu"]) if with_mfu else None
-    widest = max(float(r["perf/padded_tokens"]) for r in logged)  # the first batch included: it may set the peak
-    knobs = {"zero": spec["zero"], "gpus": spec["gpus"], "images": batch if spec["batching"] == "packed" else 1,
-             "tiles": 3, "micro_batch": 1 if spec["batching"] == "packed" else batch,
-             "seq_len": int(widest if spec["batching"] == "packed" else widest / batch)}  # fmt: skip
+    knobs = {"zero": spec["zero"], "gpus": spec["gpus"], **planner_shape(logged, batch, spec["batching"] == "packed")}
     planned = planner_total(args, knobs)
     return {**spec, "batches_counted": len(counted), "real_tokens_per_s_per_gpu": real / seconds,
             "padding_share": 1 - real / padded, "tflops_per_gpu": flops / seconds / 1e12,

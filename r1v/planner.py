@@ -23,7 +23,8 @@ I = MLP width, V = vocabulary. Per GPU:
   backward). The adapter (LayerNorm → Linear → GELU → Linear) keeps ``2·(2·in + 2·hidden)`` per token.
   **Logits**: ``B·L·V·4`` (the fp32 upcast for the loss), doubled when gradients flow (its gradient); with
   the LM head run in chunks of ``C`` tokens, each recomputed in the backward (``loss_chunk``: SFT's
-  ``stage.loss_chunk_tokens``, RL's ``stage.logp_chunk``), ``B·min(L, C)·V·4``, doubled likewise.
+  ``stage.loss_chunk_tokens``, RL's ``stage.logp_chunk``), ``B·min(L, C, A)·V·4``, doubled likewise, where
+  ``A`` (``answer_tokens``) is the number of SFT tokens that carry a loss (default ``L``).
 - **rollout** (RL): KV cache of the sequences decoded at once:
   ``2 · layers · kv · 2 bytes · R · (prompt_len + completion_len)``, R = ``rollout_batch`` (default G).
 - **rollout gather** (RL under ZeRO-3 on N > 1 GPUs, ``rollout_gather=whole``): an engine that reads whole
@@ -69,6 +70,8 @@ KNOBS: dict[str, str] = {
     "rollout_gather": "RL under ZeRO-3: whole (the model gathered for the rollout, default) or layer (per layer)",
     "loss_chunk": "tokens per LM-head chunk of the loss (0: the full logits; default: stage.loss_chunk_tokens, "
     "RL: stage.logp_chunk)",
+    "answer_tokens": "SFT: tokens per sequence that carry a loss; the chunked loss runs the LM head on these only "
+    "(default: every token, the worst case)",
 }
 
 
@@ -111,6 +114,7 @@ class Settings:
     reference: str = "full"
     rollout_gather: str = "whole"
     loss_chunk: int = 0
+    answer_tokens: int | None = None
 
     @property
     def tokens(self) -> int:
@@ -188,7 +192,9 @@ def estimate(parts: Iterable[Part], s: Settings) -> Estimate:
         est.activations += act
     backbone = next((p for p in parts if p.vocab), None)
     if backbone is not None:
-        rows = min(s.tokens, s.loss_chunk) if s.loss_chunk else s.tokens  # chunks: one chunk's logits at a time
+        rows = s.tokens
+        if s.loss_chunk:  # one chunk's logits at a time; SFT's chunks cover the answer tokens only
+            rows = min(rows, s.loss_chunk, s.answer_tokens if s.answer_tokens is not None and not s.rl else rows)
         est.logits = s.micro_batch * rows * backbone.vocab * 4 * (2 if grad_flows else 1)
         est.activations += est.logits
         if s.rl:

@@ -106,7 +106,7 @@ class SFTStage(L.LightningModule):
         self._flops: FlopCounter | None = None
         self._peak: float | None = None
         self._clock: float | None = None
-        self._work: tuple[int, int, float] | None = None
+        self._work: tuple[int, int, float, int, int] | None = None  # real, padded, FLOPs, tiles, answer tokens
 
     # -- model ---------------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -300,8 +300,10 @@ class SFTStage(L.LightningModule):
         lengths = batch.get("lengths") or [int(batch["input_ids"].shape[1])] * int(batch["input_ids"].shape[0])
         tiles = 0 if batch["pixel_values"] is None else int(batch["pixel_values"].shape[0])
         # the chunked loss runs the LM head on answer tokens only: count the head's FLOPs where it ran
-        head = int((batch["labels"][:, 1:] != -100).sum()) if self.stage.get("loss_chunk_tokens") else None
-        self._work = (sum(lengths), int(batch["input_ids"].numel()), self._flops.step(lengths, tiles, head))
+        answer = int((batch["labels"][:, 1:] != -100).sum())
+        head = answer if self.stage.get("loss_chunk_tokens") else None
+        flops = self._flops.step(lengths, tiles, head)
+        self._work = (sum(lengths), int(batch["input_ids"].numel()), flops, tiles, answer)
 
     def log_throughput(self) -> None:
         """Per batch (one GPU): seconds since the previous batch ended, tokens/s and model TFLOP/s on real tokens,
@@ -315,11 +317,12 @@ class SFTStage(L.LightningModule):
             stats["perf/peak_alloc_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
             stats["perf/peak_reserved_gib"] = torch.cuda.max_memory_reserved(self.device) / 2**30
         work = self._work
-        if work is not None:  # the first batch too (no rate: its clock starts here), so its width is on record
-            stats.update({"perf/real_tokens": float(work[0]), "perf/padded_tokens": float(work[1])})
+        if work is not None:  # the first batch too (no rate: its clock starts here): its shape may set the peak
+            stats.update({"perf/real_tokens": float(work[0]), "perf/padded_tokens": float(work[1]),
+                          "perf/tiles": float(work[3]), "perf/answer_tokens": float(work[4])})  # fmt: skip
         if last is not None and work is not None:
             dt = now - last
-            real, _, flops = work
+            real, _, flops = work[:3]
             stats.update({"perf/batch_s": dt, "perf/tokens_per_s": real / dt, "perf/tflops": flops / dt / 1e12})
             if self._peak:
                 stats["perf/mfu"] = flops / dt / self._peak

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from r1v import planner
-from r1v.planner import Part, Settings, estimate, recommend
+from r1v.planner import Part, Settings, estimate, parse_knobs, recommend
 
 
 def test_one_billion_trainable_zero3_on_8_gpus():
@@ -52,6 +52,12 @@ def test_chunked_lm_head_keeps_one_chunk_of_logits():
     assert chunked.logits == 2 * 256 * 5000 * 4 * 2 and full.total - chunked.total == full.logits - chunked.logits
     longer = estimate(small_model(), Settings(**{**s.__dict__, "loss_chunk": 4096}))
     assert longer.logits == full.logits  # a chunk longer than the sequence is the whole sequence
+    # SFT's chunked loss runs the head on answer tokens only; the full-logits loss (chunk 0) on every token
+    short = estimate(small_model(), Settings(**{**s.__dict__, "loss_chunk": 256, "answer_tokens": 40}))
+    assert short.logits == 2 * 40 * 5000 * 4 * 2
+    unchunked = estimate(small_model(), Settings(**{**s.__dict__, "answer_tokens": 40}))
+    assert unchunked.logits == full.logits
+    assert parse_knobs({"answer_tokens": "40"}, s).answer_tokens == 40
 
 
 def test_checkpointing_keeps_layer_inputs_plus_one_layer():
