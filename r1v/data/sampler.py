@@ -18,11 +18,12 @@ checkpoint; on resume the sampler skips exactly those, so no sample is seen twic
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 PAD = "_pad"  # Sample.meta key of a lock-step repeat
 
@@ -103,3 +104,23 @@ class ResumableSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return -(-self.n // self.world_size)  # every rank the same: ceil(n / world_size)
+
+
+class WindowLoader(DataLoader):
+    """A DataLoader whose batches come in windows of ``window`` (one optimizer step's gradient accumulation),
+    read ahead so that every batch carries its window's total of loss tokens (``window_tokens``, from each
+    batch's ``loss_tokens``) and whether it opens the window (``window_first``). The SFT loss divides by that
+    total, so a window of micro-batches trains exactly like one batch of all their tokens: a per-micro-batch
+    mean would weigh a token of a short micro-batch more than one of a long one."""
+
+    def __init__(self, *args: Any, window: int = 1, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.window = window
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        batches = super().__iter__()
+        while group := list(itertools.islice(batches, self.window)):
+            total = sum(int(b.get("loss_tokens", 0)) for b in group)
+            for i, b in enumerate(group):
+                b["window_tokens"], b["window_first"] = total, i == 0
+                yield b

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from r1v.answers import equivalent, extract_answer
 from r1v.data.processor import Processor
-from r1v.data.sampler import ResumableSampler
+from r1v.data.sampler import ResumableSampler, WindowLoader
 from r1v.faults import maybe_die, poisoned
 from r1v.interfaces import RewardInput, Sample
 from r1v.model import varlen
@@ -74,6 +74,8 @@ class Collator:
         else:
             batch = self.processor.collate(encoded, self.padding_side)
         batch["skipped"] = skipped
+        if torch.is_tensor(batch.get("labels")):  # the tokens the loss averages over (SFTStage.token_weight)
+            batch["loss_tokens"] = int((batch["labels"][:, 1:] != -100).sum())
         return batch
 
 
@@ -107,6 +109,7 @@ class SFTStage(L.LightningModule):
         self._peak: float | None = None
         self._clock: float | None = None
         self._work: tuple[int, int, float, int, int] | None = None  # real, padded, FLOPs, tiles, answer tokens
+        self._window_total = 1.0  # loss tokens of the current accumulation window, all ranks (token_weight)
 
     # -- model ---------------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -136,17 +139,24 @@ class SFTStage(L.LightningModule):
         self.datasets = {"train": train, "val": val}
 
     def train_dataloader(self) -> DataLoader:
-        return self.resumable_loader(self.datasets["train"], self.train_collator())
+        return self.resumable_loader(self.datasets["train"], self.train_collator(), window=self.accumulate)
 
-    def resumable_loader(self, ds: Dataset, collate_fn: Any) -> DataLoader:
-        """Batches of ``stage.batch_size`` in a seeded order sharded by rank, continuing mid-epoch on resume."""
+    @property
+    def accumulate(self) -> int:
+        """Batches per optimizer step (``stage.accumulate_grad_batches``)."""
+        return int(self.stage.get("accumulate_grad_batches") or 1)
+
+    def resumable_loader(self, ds: Dataset, collate_fn: Any, window: int = 1) -> DataLoader:
+        """Batches of ``stage.batch_size`` in a seeded order sharded by rank, continuing mid-epoch on resume;
+        ``window`` > 1: read ahead a window at a time (:class:`~r1v.data.sampler.WindowLoader`)."""
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self._trainer else (1, 0)
         sampler = ResumableSampler(len(ds), seed=int(self.cfg["seed"]), rank=rank, world_size=world)
         if self._resume_pos:
             sampler.resume_at(*self._resume_pos)
-        return DataLoader(ds, batch_size=int(self.stage["batch_size"]), sampler=sampler, drop_last=False,
-                          collate_fn=collate_fn,
-                          num_workers=int(self.cfg["data"].get("loader", {}).get("num_workers", 0)))  # fmt: skip
+        kind, extra = (WindowLoader, {"window": window}) if window > 1 else (DataLoader, {})
+        return kind(ds, batch_size=int(self.stage["batch_size"]), sampler=sampler, drop_last=False,
+                    collate_fn=collate_fn, num_workers=int(self.cfg["data"].get("loader", {}).get("num_workers", 0)),
+                    **extra)  # fmt: skip
 
     def train_collator(self) -> Collator:
         """Padded batches, or packed rows with ``stage.packing=true`` (no cross-sample attention)."""
@@ -165,6 +175,7 @@ class SFTStage(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         self.batches_done += 1
         self.skipped += batch["skipped"]
+        weight = self.token_weight(batch)  # every rank, every batch: it may all-reduce
         if batch.get("empty"):  # every sample skipped, or only a lock-step pad
             return self.empty_loss()
         loss = self.loss(batch)
@@ -179,7 +190,22 @@ class SFTStage(L.LightningModule):
         self.log("train/answer_tokens", float(n_tokens), reduce_fx="sum", batch_size=len(batch["ids"]))
         self.log("train/skipped_samples", float(self.skipped), batch_size=1)
         self.log("train/nonfinite_skipped", float(self.nonfinite_total), batch_size=1)  # cumulative, every step
-        return loss
+        return loss if weight is None else loss * weight
+
+    def token_weight(self, batch: dict[str, Any]) -> float | None:
+        """Scale of this batch's mean loss so that one optimizer step averages over every loss token of its
+        window on every rank: ``n / T · accumulate · world``, where ``n`` is this batch's loss tokens and ``T``
+        the window's total over all ranks (all-reduced when the window opens). Lightning divides by
+        ``accumulate`` and DDP/DeepSpeed average over ranks, which cancels the last two factors. None when one
+        batch on one device makes a step (the mean is already that average)."""
+        world = self.trainer.world_size if self._trainer else 1
+        if (self.accumulate == 1 and world == 1) or "loss_tokens" not in batch:
+            return None
+        if batch.get("window_first", True):
+            local = float(batch.get("window_tokens", batch["loss_tokens"]))
+            total = self.trainer.strategy.reduce(torch.tensor(local, device=self.device), reduce_op="sum")
+            self._window_total = max(float(total), 1.0)
+        return batch["loss_tokens"] / self._window_total * self.accumulate * world
 
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:
         """Mean cross-entropy over the answer tokens (labels ≠ -100). ``stage.loss_chunk_tokens=N`` runs the LM

@@ -52,13 +52,15 @@ def test_the_image_placeholder_is_never_generated(registry, compose, one_thread)
     tokens; both engines suppress it, agree greedily, and the sampled completions embed again."""
     from r1v.model.build import build
 
+    torch.manual_seed(0)
     model, processor = build(compose("model=tiny_reasoner")["model"], registry)
     ctx = model.img_context_id
-    with torch.no_grad():
-        head = model.backbone.get_output_embeddings().weight
-        head[ctx] = 50 * head.norm(dim=1).max() * torch.ones_like(head[ctx]) / head.shape[1] ** 0.5
     samples = [_val(i) for i in range(3)]
     ids = processor.collate([processor.encode(s, target=None) for s in samples], padding_side="left")
+    with torch.no_grad():  # the placeholder's head row along the prompts' last hidden state: its logit wins
+        h = model.hidden_states(ids["input_ids"], ids["attention_mask"], ids["pixel_values"])[:, -1].mean(0)
+        head = model.backbone.get_output_embeddings().weight
+        head[ctx] = 50 * head.norm(dim=1).max() * h / h.norm()
     logits = model(ids["input_ids"], ids["attention_mask"], ids["pixel_values"]).logits[:, -1]
     assert (logits.argmax(-1) == ctx).all()  # without the suppression it would be chosen
     ref = registry.build("rollout", "hf").generate_ids(model, processor, samples, 12, greedy=True)
