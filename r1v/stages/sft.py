@@ -199,13 +199,14 @@ class SFTStage(L.LightningModule):
         ``accumulate`` and DDP/DeepSpeed average over ranks, which cancels the last two factors. None when one
         batch on one device makes a step (the mean is already that average)."""
         world = self.trainer.world_size if self._trainer else 1
-        if (self.accumulate == 1 and world == 1) or "loss_tokens" not in batch:
+        if self.accumulate == 1 and world == 1:
             return None
+        n = int(batch.get("loss_tokens", 0))  # 0 for an empty batch, which still joins the all-reduce
         if batch.get("window_first", True):
-            local = float(batch.get("window_tokens", batch["loss_tokens"]))
+            local = float(batch.get("window_tokens", n))
             total = self.trainer.strategy.reduce(torch.tensor(local, device=self.device), reduce_op="sum")
             self._window_total = max(float(total), 1.0)
-        return batch["loss_tokens"] / self._window_total * self.accumulate * world
+        return n / self._window_total * self.accumulate * world
 
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:
         """Mean cross-entropy over the answer tokens (labels ≠ -100). ``stage.loss_chunk_tokens=N`` runs the LM
