@@ -100,6 +100,12 @@ class SFTStage(L.LightningModule):
 
             raise ConfigError(f"stage.loss_chunk_tokens={chunk!r}: expected a whole number ≥ 0 (0: transformers' "
                               "loss over the full logits)")  # fmt: skip
+        acc = self.stage.get("accumulate_grad_batches", 1)
+        if isinstance(acc, bool) or not isinstance(acc, int) or acc < 1:
+            from r1v.config import ConfigError
+
+            raise ConfigError(f"stage.accumulate_grad_batches={acc!r}: expected a whole number ≥ 1 (batches per "
+                              "optimizer step)")  # fmt: skip
         if not isinstance(self.stage.get("packing", False), bool):  # "yes"/"no" would both be true
             from r1v.config import ConfigError
 
@@ -144,7 +150,7 @@ class SFTStage(L.LightningModule):
     @property
     def accumulate(self) -> int:
         """Batches per optimizer step (``stage.accumulate_grad_batches``)."""
-        return int(self.stage.get("accumulate_grad_batches") or 1)
+        return int(self.stage.get("accumulate_grad_batches", 1))
 
     def resumable_loader(self, ds: Dataset, collate_fn: Any, window: int = 1) -> DataLoader:
         """Batches of ``stage.batch_size`` in a seeded order sharded by rank, continuing mid-epoch on resume;

@@ -95,6 +95,8 @@ def test_packed_training_runs_and_learns(tmp_path):
     rows = [r for r in logged if r.get("perf/tflops")]
     assert len(logged) == 8 and len(rows) == 7  # the first batch: its width (it may set the peak), no rate
     assert float(logged[0]["perf/padded_tokens"]) > 0 and not logged[0].get("perf/tflops")
+    for r in logged:  # each batch's shape for the planner: 8 samples with one tile each here, their answers
+        assert float(r["perf/tiles"]) >= 8 and 0 < float(r["perf/answer_tokens"]) < float(r["perf/real_tokens"])
     for r in rows:
         assert float(r["perf/real_tokens"]) == float(r["perf/padded_tokens"]) > 0
         assert float(r["perf/tokens_per_s"]) > 0 and float(r["perf/tflops"]) > 0
@@ -160,6 +162,7 @@ def test_ckpt_every_zero_writes_no_checkpoint_and_says_so(tmp_path):
 @pytest.mark.parametrize(("override", "message"), [
     ("stage.loss_chunk_tokens=abc", "stage.loss_chunk_tokens='abc': expected a whole number ≥ 0"),
     ("stage.packing=yes", "stage.packing='yes': expected true or false"),
+    ("stage.accumulate_grad_batches=0", "stage.accumulate_grad_batches=0: expected a whole number ≥ 1"),
     ("stage.activation_checkpointing=[visoin]", "stage.activation_checkpointing: 'visoin' cannot checkpoint; "
                                                 "allowed: backbone"),
 ])  # fmt: skip
