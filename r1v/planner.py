@@ -194,7 +194,8 @@ def estimate(parts: Iterable[Part], s: Settings) -> Estimate:
     if backbone is not None:
         rows = s.tokens
         if s.loss_chunk:  # one chunk's logits at a time; SFT's chunks cover the answer tokens only
-            rows = min(rows, s.loss_chunk, s.answer_tokens if s.answer_tokens is not None and not s.rl else rows)
+            answer = s.tokens if s.answer_tokens is None or s.rl else s.answer_tokens
+            rows = min(s.tokens, s.loss_chunk, answer)
         est.logits = s.micro_batch * rows * backbone.vocab * 4 * (2 if grad_flows else 1)
         est.activations += est.logits
         if s.rl:

@@ -117,3 +117,18 @@ def sft_run(tmp_path_factory, worker_id, reassembled_run):
     """Plain SFT on reasoning chains (stage 1 of hybrid optimisation, 200 steps) from the re-assembly."""
     return shared_run(tmp_path_factory, worker_id, "sft",
                       ["stage=sft", "model=tiny_reasoner", f"checkpoint={reassembled_run}"])  # fmt: skip
+
+
+def reasoning_jsonl(folder: Path, n: int = 32) -> Path:
+    """A JSONL of ``n`` one-image samples whose reasoning chains run 1–60 words (so micro-batches differ in loss
+    tokens), with its image beside it."""
+    import json
+
+    from PIL import Image
+
+    Image.effect_noise((32, 32), 60).convert("RGB").save(folder / "a.png")
+    rows = [{"id": f"s{i}", "images": ["a.png"], "question": "<image>\nHow many shapes?", "answer": "3",
+             "reasoning": " ".join(["count the shapes"] * (1 + (i * 7) % 20))} for i in range(n)]  # fmt: skip
+    path = folder / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

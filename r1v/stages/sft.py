@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 
 from r1v.answers import equivalent, extract_answer
+from r1v.config import ConfigError
 from r1v.data.processor import Processor
 from r1v.data.sampler import ResumableSampler, WindowLoader
 from r1v.faults import maybe_die, poisoned
@@ -96,19 +97,13 @@ class SFTStage(L.LightningModule):
         self.nonfinite_total, self.nonfinite_streak = 0, 0  # steps skipped for a non-finite loss or gradient
         chunk = self.stage.get("loss_chunk_tokens") or 0
         if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0:
-            from r1v.config import ConfigError
-
             raise ConfigError(f"stage.loss_chunk_tokens={chunk!r}: expected a whole number ≥ 0 (0: transformers' "
                               "loss over the full logits)")  # fmt: skip
         acc = self.stage.get("accumulate_grad_batches", 1)
         if isinstance(acc, bool) or not isinstance(acc, int) or acc < 1:
-            from r1v.config import ConfigError
-
             raise ConfigError(f"stage.accumulate_grad_batches={acc!r}: expected a whole number ≥ 1 (batches per "
                               "optimizer step)")  # fmt: skip
         if not isinstance(self.stage.get("packing", False), bool):  # "yes"/"no" would both be true
-            from r1v.config import ConfigError
-
             raise ConfigError(f"stage.packing={self.stage['packing']!r}: expected true or false")
         # throughput accounting (count_work / log_throughput): built on the first batch, when the model exists
         self._flops: FlopCounter | None = None
@@ -333,7 +328,7 @@ class SFTStage(L.LightningModule):
         lengths = batch.get("lengths") or [int(batch["input_ids"].shape[1])] * int(batch["input_ids"].shape[0])
         tiles = 0 if batch["pixel_values"] is None else int(batch["pixel_values"].shape[0])
         # the chunked loss runs the LM head on answer tokens only: count the head's FLOPs where it ran
-        answer = int((batch["labels"][:, 1:] != -100).sum())
+        answer = batch["loss_tokens"]  # counted by the collator, on the CPU
         head = answer if self.stage.get("loss_chunk_tokens") else None
         flops = self._flops.step(lengths, tiles, head)
         self._work = (sum(lengths), int(batch["input_ids"].numel()), flops, tiles, answer)
@@ -420,7 +415,6 @@ class SFTStage(L.LightningModule):
 def enable_checkpointing(model: torch.nn.Module, parts: Any) -> None:
     """``stage.activation_checkpointing=[backbone]``: recompute each layer's activations in backward (keeps only
     layer inputs; ~1/3 more compute, not counted in the logged MFU). Parts without support are refused."""
-    from r1v.config import ConfigError
 
     def switch(module: Any) -> Any:  # transformers ≥ 5.20 renamed it; older ones only have the first name
         return getattr(module, "activation_checkpointing_enable", None) or getattr(

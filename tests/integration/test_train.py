@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import run_cli
+from tests.conftest import reasoning_jsonl, run_cli
 
 pytestmark = pytest.mark.slow
 QUIET = ["stage.batch_size=4", "stage.val_generate=0", "logger=csv", "trainer.enable_progress_bar=false"]
@@ -178,13 +178,8 @@ def test_gradient_accumulation_trains_like_one_batch_of_all_its_tokens(tmp_path)
     order; reasoning chains of 1–60 words): each micro-batch's loss is divided by its window's loss tokens,
     read ahead (r1v.data.sampler.WindowLoader). A mean per micro-batch, which weighs a token of a short
     micro-batch more, ended up to 0.01 away (checked by disabling the weighting)."""
-    from PIL import Image
-
-    Image.effect_noise((32, 32), 60).convert("RGB").save(tmp_path / "a.png")
-    rows = [{"id": f"s{i}", "images": ["a.png"], "question": "<image>\nHow many shapes?", "answer": "3",
-             "reasoning": " ".join(["count the shapes"] * (1 + (i * 7) % 20))} for i in range(32)]  # fmt: skip
-    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    common = ["model=tiny_reasoner", "stage=sft", "data=jsonl", f"data.train={tmp_path / 'train.jsonl'}",
+    data = reasoning_jsonl(tmp_path)
+    common = ["model=tiny_reasoner", "stage=sft", "data=jsonl", f"data.train={data}",
               "stage.max_steps=3", "stage.val_every=1000", "stage.ckpt_every=0", "stage.lr=5e-3",
               "stage.warmup_ratio=0", "stage.trainable=[adapter,backbone]", *QUIET[1:]]  # fmt: skip
     weights = {}

@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import reasoning_jsonl
+
 needs_deepspeed = pytest.mark.skipif(not importlib.util.find_spec("deepspeed"), reason="needs deepspeed")
 
 SCRIPT = Path(__file__).with_name("cpu_deepspeed_train.py")
@@ -109,16 +111,9 @@ def test_gradient_accumulation_under_deepspeed_trains_like_one_batch(tmp_path):
     """Under DeepSpeed (ZeRO-2, bf16) accumulating 2 batches of 4 lands where batches of 8 do: mean |Δw| 3.9e-5
     measured (bf16 rounding), against 4.2e-4 when each micro-batch's loss was its own mean (reasoning chains of
     1–60 words, so micro-batches differ in loss tokens)."""
-    import json
-
-    from PIL import Image
-
-    Image.effect_noise((32, 32), 60).convert("RGB").save(tmp_path / "a.png")
-    rows = [{"id": f"s{i}", "images": ["a.png"], "question": "<image>\nHow many shapes?", "answer": "3",
-             "reasoning": " ".join(["count the shapes"] * (1 + (i * 7) % 20))} for i in range(32)]  # fmt: skip
-    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = reasoning_jsonl(tmp_path)
     base = ["trainer=deepspeed_z2", "model=tiny_reasoner", "stage=sft", "data=jsonl",
-            f"data.train={tmp_path / 'train.jsonl'}", "stage.max_steps=3", "stage.lr=5e-3", "stage.warmup_ratio=0",
+            f"data.train={data}", "stage.max_steps=3", "stage.lr=5e-3", "stage.warmup_ratio=0",
             "stage.trainable=[adapter,backbone]"]  # fmt: skip
     big = train(tmp_path, "big", *base, "stage.batch_size=8")
     acc = train(tmp_path, "acc", *base, "stage.batch_size=4", "stage.accumulate_grad_batches=2")
