@@ -39,6 +39,8 @@ class PerSampleRepetitionPenalty:
 class HFGenerate:
     """Reference engine: left-padded batch, image tokens spliced, transformers' ``generate``."""
 
+    name = "hf"  # the registry name, for messages
+
     def __init__(self, temperature: float = 0.6, top_p: float = 0.95, repetition_penalty: float = 1.0) -> None:
         self.temperature, self.top_p, self.repetition_penalty = temperature, top_p, repetition_penalty
 

@@ -133,11 +133,16 @@ class Decoder:
                         torch.cat(p, out=buffer)
 
     def fingerprint(self) -> tuple[int, ...]:
-        """Storage addresses of every tensor a step reads (a CUDA graph replays those addresses)."""
+        """Storage addresses of every model tensor a step reads (a CUDA graph replays those addresses): the
+        embedding, final norm and LM head, every layer's tensors, the fused buffers, and the rotary module's
+        buffers (``inv_freq``). A tensor missing here would let a replay read memory freed since its capture."""
         out = [self.base.embed_tokens.weight.data_ptr(), self.base.norm.weight.data_ptr(),
                self.lm.lm_head.weight.data_ptr()]  # fmt: skip
+        out += [t.data_ptr() for t in self.base.rotary_emb.buffers()]
         for layer in self.layers:
             out += [t.data_ptr() for t in vars(layer).values() if t is not None]
+        for fused in self.fused:
+            out += [t.data_ptr() for t in fused if t is not None]
         return tuple(out)
 
     # -- pieces ----------------------------------------------------------------------------------

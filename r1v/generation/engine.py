@@ -48,6 +48,7 @@ class _State:
     out: torch.Tensor  # (B, max_new)
     seen: torch.Tensor  # (B, V) bool, generated tokens (repetition penalty)
     knobs: Knobs
+    suppress: torch.Tensor | None = None  # (S,) token ids never chosen; replaced only together with the graphs
     graphs: dict[tuple, Any] = field(default_factory=dict)
     pool: Any = None
     key: tuple = ()
@@ -65,6 +66,7 @@ class StaticEngine:
     ``triton`` (one-launch kernel, CUDA only; r1v/generation/sampling.py).
     """
 
+    name = "static"  # the registry name, for messages
     needs_whole_weights = True
 
     def __init__(self, temperature: float = 0.6, top_p: float = 0.95, repetition_penalty: float = 1.0,
@@ -92,7 +94,6 @@ class StaticEngine:
         self.max_batch_size, self.check_every, self.fuse = max_batch_size, check_every, fuse
         self._state: _State | None = None
         self._decoder: Decoder | None = None
-        self._suppress: torch.Tensor | None = None
 
     # -- the rollout-engine interface ------------------------------------------------------------
     def generate(self, model: Any, processor: Any, samples: list[Any], max_new_tokens: int, greedy: bool = False,
@@ -171,25 +172,29 @@ class StaticEngine:
                            dev)  # fmt: skip
         kb = Knobs.build(knobs["temperature"], knobs["top_p"], knobs["repetition_penalty"], dev)
         mode = (greedy, kb.top_p is not None, kb.penalty is not None, eos, pad, max_new_tokens, tuple(suppress))
-        self._suppress = torch.tensor(list(suppress), dtype=torch.long, device=dev) if suppress else None
         for name in ("temperature", "top_p", "penalty"):  # values into the captured buffers
             src = getattr(kb, name)
             if src is not None:
                 getattr(st.knobs, name).copy_(src)
         knobs_live = Knobs(st.knobs.temperature, st.knobs.top_p if mode[1] else None,
                            st.knobs.penalty if mode[2] else None)  # fmt: skip
-        key = (dec.fingerprint(), mode) if graphs else ()
-        if graphs and st.key != key:
-            # stale: other weights' storage (a ZeRO-3 gather) or another sampling mode. The old graphs go with
-            # their memory pool: capturing into a pool whose graphs were all destroyed trips the allocator.
+        # Every tensor a captured step reads outside its own pool is either a state buffer (filled in place, it
+        # lives as long as the graphs) or one of the model's tensors, whose addresses are the key: a replay
+        # must never read a tensor made for an earlier call (freed memory, garbage indices on the GPU).
+        key = (dec.fingerprint(), mode)
+        if st.key != key:
+            # stale: other weights' storage (a ZeRO-3 gather, rebuilt fused buffers) or another sampling mode. The
+            # old graphs go with their memory pool: capturing into a pool whose graphs were all destroyed trips
+            # the allocator.
             st.graphs.clear()
             st.pool = None
             st.key = key
+            st.suppress = torch.tensor(list(suppress), dtype=torch.long, device=dev) if suppress else None
 
         real = mask.sum(1)
         st.pad.copy_(p - real)
         h_last = self._prefill(dec, st, embeds, mask)  # (B, D)
-        first = self._choose(dec.logits(h_last), knobs_live, greedy, st.seen if mode[2] else None, dev)
+        first = self._choose(dec.logits(h_last), knobs_live, greedy, st.seen if mode[2] else None, st.suppress)
         st.out.fill_(pad)
         st.out[:, 0] = first
         st.tok.copy_(first)
@@ -218,12 +223,13 @@ class StaticEngine:
         return [row[: row.index(eos) + 1] if eos is not None and eos in row else row for row in out]
 
     def _choose(self, logits: torch.Tensor, knobs: Knobs, greedy: bool, seen: torch.Tensor | None,
-                device: torch.device) -> torch.Tensor:  # fmt: skip
+                suppress: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
         """(B, V) logits -> (B,) tokens, with ``auto`` top-p resolved by :func:`resolve_top_p_method` (the torch
-        bisection's 32 unfused halvings cost more than the sort on the H200: 6.23 vs 4.28 ms per step)."""
+        bisection's 32 unfused halvings cost more than the sort on the H200: 6.23 vs 4.28 ms per step).
+        ``suppress`` is the state's (S,) index buffer, never a tensor made for one call (a graph bakes it in)."""
         method = resolve_top_p_method(self.top_p_method, logits.device)
-        if self._suppress is not None:  # a fixed index tensor: capturable
-            logits = logits.index_fill(1, self._suppress, float("-inf"))
+        if suppress is not None:
+            logits = logits.index_fill(1, suppress, float("-inf"))
         return self._draw(logits, seen, knobs.penalty if seen is not None else None, knobs.temperature, knobs.top_p,
                           greedy, method)  # fmt: skip
 
@@ -273,7 +279,7 @@ class StaticEngine:
         # an additive float mask built once per step: a bool mask is converted inside SDPA in every layer
         bias = torch.zeros(allowed.shape, dtype=h.dtype, device=h.device).masked_fill_(~allowed, float("-inf"))
         h = dec.forward(h, cos, sin, st.k, st.v, st.col, window, bias[:, None, None])
-        nxt = self._choose(dec.logits(h), knobs, greedy, st.seen if knobs.penalty is not None else None, h.device)
+        nxt = self._choose(dec.logits(h), knobs, greedy, st.seen if knobs.penalty is not None else None, st.suppress)
         nxt = torch.where(st.done, torch.full_like(nxt, pad), nxt)
         st.out.index_copy_(1, st.t, nxt[:, None])
         if eos is not None:

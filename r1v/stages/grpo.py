@@ -25,6 +25,7 @@ import logging
 import random
 import time
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 import torch
@@ -223,8 +224,8 @@ class GRPOStage(SFTStage):
         self.model.eval()
         gather, engine = self.rollout_engine(len(expanded))
         with self.decode_ready(gather):  # ZeRO-3: gathered once (no per-module hooks in decode) or layer by layer
-            ids = engine.generate_ids(self.model, self.processor, expanded, int(self.stage["max_new_tokens"]),
-                                      greedy=False, sample_params=params)  # fmt: skip
+            ids = self.run_engine("rollout", engine, partial(engine.generate_ids, self.model, self.processor, expanded,
+                                  int(self.stage["max_new_tokens"]), greedy=False, sample_params=params))  # fmt: skip
         self.model.train(was_training)
         maybe_die("mid_rollout", self.global_step)
         texts = [self.processor.decode_completion(x) for x in ids]

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import lightning as L
 import torch
@@ -23,7 +24,7 @@ from r1v.answers import equivalent, extract_answer
 from r1v.config import ConfigError
 from r1v.data.processor import Processor
 from r1v.data.sampler import ResumableSampler, WindowLoader
-from r1v.faults import maybe_die, poisoned
+from r1v.faults import abort_run, maybe_die, poisoned
 from r1v.interfaces import RewardInput, Sample
 from r1v.model import varlen
 from r1v.model.build import PARTS, apply_freeze, build
@@ -34,6 +35,7 @@ from r1v.runs import NonFiniteError
 from r1v.weights import decode_ready, full_state, gather_mode
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 def grads_finite(model: torch.nn.Module) -> bool | None:
@@ -245,8 +247,8 @@ class SFTStage(L.LightningModule):
         if batch_idx * len(samples) < int(self.stage.get("val_generate", 0)):
             gather, engine = self.generation_engine()
             with self.decode_ready(gather):
-                texts = engine.generate(self.model, self.processor, samples, int(self.stage["max_new_tokens"]),
-                                              greedy=True)  # fmt: skip
+                texts = self.run_engine("generation", engine, partial(engine.generate, self.model, self.processor,
+                                        samples, int(self.stage["max_new_tokens"]), greedy=True))  # fmt: skip
             acc = sum(equivalent(extract_answer(t), s.answer) for t, s in zip(texts, samples, strict=True))
             self.log("val/accuracy", acc / len(samples), prog_bar=True, batch_size=len(samples))
             for key, parts in score_rewards(self.rewards(), samples, texts).items():
@@ -274,6 +276,21 @@ class SFTStage(L.LightningModule):
             with self.decode_ready():
                 self._fast_engine = fastest_engine(self.model)[0]
         return mode, self._fast_engine
+
+    def run_engine(self, kind: str, engine: Any, call: Callable[[], _T]) -> _T:
+        """``call()`` — one call of a generation engine — where any failure ends the run in one line, exit 1, with
+        no further device call (:func:`r1v.faults.abort_run`): after a CUDA device-side assert the context is dead,
+        and Lightning's teardown would only bury the cause. ``R1V_POISON=engine_error:<n>`` fails it at step n."""
+        try:
+            if poisoned("engine_error", self.global_step):
+                raise RuntimeError("CUDA error: device-side assert triggered (injected: R1V_POISON=engine_error)")
+            return call()
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [""])[0]
+            name = getattr(engine, "name", type(engine).__name__)
+            hint = "; try stage.rollout.name=hf" if name != "hf" else ""
+            abort_run(f"{kind} engine '{name}' failed at step {self.global_step}: {type(e).__name__}: {first}{hint} "
+                      "(log: {log})", e, self.trainer.default_root_dir, self.trainer.loggers)  # fmt: skip
 
     def ds_engine(self) -> Any:
         """The DeepSpeed engine of this fit (None without DeepSpeed or outside a fit)."""

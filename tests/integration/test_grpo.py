@@ -154,3 +154,24 @@ def test_ssb_offline_prefilter_keeps_prompts_with_a_learning_signal(reassembled_
     assert 0 < sum(r["kept"] for r in rows) < 16
     kept = sum(r["kept"] for r in rows)
     assert f"pre-filter kept {kept} of 16 prompts" in proc.stdout + proc.stderr
+
+
+def test_a_failing_rollout_engine_ends_the_run_in_one_line(tmp_path):
+    """A rollout engine that fails (on the GPU: a device-side assert, after which the CUDA context is dead) ends
+    the run at once: one line on stderr naming the engine, the step and the way out, exit 1, the traceback in the
+    run's log, the finished steps' metrics and checkpoints kept."""
+    args = [*GRPO, "stage.max_new_tokens=8", "stage.batch_size=2", "stage.group_size=2", "stage.max_steps=4",
+            "stage.ckpt_every=1", "stage.val_every=100", "run=e"]  # fmt: skip
+    proc = run_cli(args, tmp_path, env={"R1V_POISON": "engine_error:2"}, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert lines[-1] == ("r1v: error: rollout engine 'static' failed at step 2: RuntimeError: CUDA error: device-side "
+                         "assert triggered (injected: R1V_POISON=engine_error); try stage.rollout.name=hf "
+                         "(log: runs/e/train.log)")  # fmt: skip
+    assert "Traceback" not in proc.stderr + proc.stdout
+    run = tmp_path / "runs" / "e"
+    log = (run / "train.log").read_text()
+    assert "Traceback (most recent call last)" in log and "in run_engine" in log
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 2
+    assert column(metrics(run), "reward/total") and len(column(metrics(run), "time/rollout_s")) == 2

@@ -1,0 +1,107 @@
+"""rollout=static's captured step reads only tensors that outlive its CUDA graphs.
+
+A CUDA graph replays the addresses it was captured with. A tensor the step reads that was made for one
+``decode()`` call (and freed after it) is garbage on the next replay: on an H100 the suppress-id tensor
+rebuilt per call made ``index_fill`` read freed memory and GRPO died at its second rollout with a
+device-side assert. Here, on the CPU, every tensor the step function reads that it did not make itself
+is recorded (a dispatch mode sees every aten op), and must (a) keep its storage across ``decode()`` calls
+and (b) be a state buffer or a tensor in :meth:`Decoder.fingerprint` (the graphs' key).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from r1v.data.synthetic import generate
+
+
+class _ExternalReads(TorchDispatchMode):
+    """Storages the ops inside the mode read but did not allocate themselves, by storage address."""
+
+    def __init__(self, into: dict[int, torch.Tensor]) -> None:
+        super().__init__()
+        self.external = into  # address -> tensor (held: its address cannot be reused while recorded)
+        self.made: set[int] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        # lift_fresh takes a constant written in the code (``x[:, 0] = False``), made for this op alone
+        fresh = func is torch.ops.aten.lift_fresh.default
+        for t in [] if fresh else tree_leaves((args, kwargs or {})):
+            if isinstance(t, torch.Tensor):
+                ptr = t.untyped_storage().data_ptr()
+                if ptr and ptr not in self.made:
+                    self.external.setdefault(ptr, t)
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                ptr = t.untyped_storage().data_ptr()
+                if ptr not in self.external:
+                    self.made.add(ptr)
+        return out
+
+
+def _recording(engine) -> list[dict[int, torch.Tensor]]:
+    """Wrap ``engine._step`` (the function a graph captures): one dict of external reads per ``decode()`` call."""
+    calls: list[dict[int, torch.Tensor]] = []
+    step, decode = engine._step, engine.decode
+
+    def recorded_decode(*a, **k):
+        calls.append({})
+        return decode(*a, **k)
+
+    def recorded_step(*a, **k):
+        with _ExternalReads(calls[-1]):
+            return step(*a, **k)
+
+    engine._step, engine.decode = recorded_step, recorded_decode
+    return calls
+
+
+def _state_ptrs(st) -> set[int]:
+    tensors = [st.k, st.v, st.tok, st.col, st.pos, st.t, st.pad, st.done, st.out, st.seen, st.suppress,
+               st.knobs.temperature, st.knobs.top_p, st.knobs.penalty]  # fmt: skip
+    return {t.untyped_storage().data_ptr() for t in tensors if t is not None}
+
+
+@pytest.mark.parametrize("fuse", [False, True])
+def test_every_tensor_a_step_reads_keeps_its_address_across_calls(registry, tiny_vlm, fuse, one_thread):
+    model, processor = tiny_vlm
+    assert model.never_generated  # the suppress path is on (the image placeholder)
+    engine = registry.build("rollout", "static", temperature=1.0, top_p=0.9, fuse=fuse)
+    calls = _recording(engine)
+    first = [generate(i, "val")[0] for i in range(4)]
+    other = [generate(i, "val")[0] for i in range(10, 14)]  # other prompts, the same batch: the state is reused
+    params = [{"repetition_penalty": 1.0 + 0.2 * i} for i in range(4)]  # penalty and top-p on: every buffer read
+    torch.manual_seed(0)
+    for samples in (first, first, other):
+        engine.generate_ids(model, processor, samples, 6, sample_params=params)
+    assert len(calls) == 3 and all(calls)
+    for k, reads in enumerate(calls[1:], start=2):
+        moved = sorted(tuple(t.shape) for ptr, t in reads.items() if ptr not in calls[0])
+        assert not moved, f"call {k}: the step reads tensors made for this call: shapes {moved}"
+    st, dec = engine._state, engine._decoder
+    covered = _state_ptrs(st) | set(dec.fingerprint())
+    uncovered = sorted(tuple(t.shape) for ptr, t in calls[0].items() if ptr not in covered)
+    assert not uncovered, f"read by the step but neither state nor in the graph key: shapes {uncovered}"
+    assert st.suppress is not None and st.suppress.untyped_storage().data_ptr() in calls[0]
+
+
+def test_the_graph_key_follows_rebuilt_fused_buffers(tiny_vlm):
+    """New fused buffers (a re-collected model of another shape, or another model at the freed addresses)
+    change :meth:`Decoder.fingerprint`, so the graphs that baked in the old ones are dropped."""
+    from r1v.generation import Decoder
+
+    model, _ = tiny_vlm
+    dec = Decoder(model.backbone, fuse=True)
+    before = dec.fingerprint()
+    dec.collect()  # same weights: the buffers are refilled in place
+    assert dec.fingerprint() == before
+    held = dec.fused
+    dec.fused = []  # the next collect allocates new buffers
+    dec.collect()
+    assert dec.fingerprint() != before and held[0][0].data_ptr() not in dec.fingerprint()
+    rotary = next(model.backbone.model.rotary_emb.buffers())
+    assert rotary.data_ptr() in dec.fingerprint()
