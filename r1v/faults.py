@@ -64,7 +64,8 @@ def maybe_die(point: str, step: int) -> None:
         os._exit(137)
 
 
-def abort_run(line: str, error: BaseException, run_dir: str | os.PathLike[str], loggers: Any = ()) -> NoReturn:
+def abort_run(line: str, error: BaseException, run_dir: str | os.PathLike[str], loggers: Any = (),
+              release: Any = None) -> NoReturn:  # fmt: skip
     """End this process at once after ``error``, with ``line`` as the only thing on stderr and exit status 1.
 
     For failures after which the device must not be touched again: a CUDA device-side assert kills the
@@ -72,8 +73,9 @@ def abort_run(line: str, error: BaseException, run_dir: str | os.PathLike[str], 
     callback — raises again and buries the cause under a second traceback. So nothing runs after it: the
     traceback goes to the run's log file (the logging module's file handlers, e.g. Hydra's
     ``<run>/train.log``; ``<run>/error.log`` when there is none), the loggers' rows of finished steps are
-    flushed (host-side writes only), and checkpoints are left as they are (each was written atomically, so
-    ``resume=auto`` continues from the last one). ``{log}`` in ``line`` becomes the log's path.
+    flushed (host-side writes only), ``release()`` frees host resources (worker processes), and checkpoints
+    are left as they are (each was written atomically, so ``resume=auto`` continues from the last one).
+    ``{log}`` in ``line`` becomes the log's path.
     """
     record = logging.LogRecord("r1v", logging.ERROR, __file__, 0, "%s", (line.replace("{log}", "below"),),
                                (type(error), error, error.__traceback__))  # fmt: skip
@@ -90,6 +92,9 @@ def abort_run(line: str, error: BaseException, run_dir: str | os.PathLike[str], 
     for logger in loggers or ():
         with contextlib.suppress(Exception):  # the rows are a courtesy; the one line below must still come out
             logger.save()
+    if release is not None:
+        with contextlib.suppress(Exception):
+            release()
     sys.stdout.flush()
     sys.stderr.write(f"r1v: error: {line.replace('{log}', os.path.relpath(log_path))}\n")
     sys.stderr.flush()

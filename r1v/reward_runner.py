@@ -111,9 +111,14 @@ class RewardRunner:
                                              initializer=die_with_parent)  # fmt: skip
         return self._pool
 
-    def close(self) -> None:
+    def close(self, kill: bool = False) -> None:
+        """Stop the worker processes; ``kill=True`` terminates them first and waits, so that nothing of the pool
+        (processes, semaphores) outlives a process about to end with ``os._exit``."""
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            if kill:
+                for proc in list((getattr(self._pool, "_processes", None) or {}).values()):
+                    proc.terminate()
+            self._pool.shutdown(wait=kill, cancel_futures=True)
             self._pool = None
 
     def __getstate__(self) -> dict[str, Any]:  # Lightning may deep-copy the module that holds us

@@ -509,3 +509,6 @@ class GRPOStage(SFTStage):
 
     def on_train_end(self) -> None:
         self.runner.close()
+
+    def release(self) -> None:
+        self.runner.close(kill=True)  # the reward worker processes and their semaphores

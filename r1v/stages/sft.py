@@ -290,7 +290,10 @@ class SFTStage(L.LightningModule):
             name = getattr(engine, "name", type(engine).__name__)
             hint = "; try stage.rollout.name=hf" if name != "hf" else ""
             abort_run(f"{kind} engine '{name}' failed at step {self.global_step}: {type(e).__name__}: {first}{hint} "
-                      "(log: {log})", e, self.trainer.default_root_dir, self.trainer.loggers)  # fmt: skip
+                      "(log: {log})", e, self.trainer.default_root_dir, self.trainer.loggers, self.release)  # fmt: skip
+
+    def release(self) -> None:
+        """Free this stage's host-side resources before the process ends abruptly (:meth:`run_engine`)."""
 
     def ds_engine(self) -> Any:
         """The DeepSpeed engine of this fit (None without DeepSpeed or outside a fit)."""
