@@ -66,3 +66,47 @@ def test_sampling_is_seeded_on_the_gpu(registry, cuda_vlm, compile):
     torch.manual_seed(1)
     b = engine.generate_ids(model, processor, samples, 32)
     assert a == b and len({tuple(r) for r in a}) > 1
+
+
+def _mixed(call: int) -> list:
+    """Six prompts whose image counts (0, 1 or 2) and lengths change from call to call, as rollout batches do."""
+    from r1v.interfaces import IMAGE_PLACEHOLDER, Sample
+
+    out = []
+    for i in range(6):
+        s = generate(10 * call + i, "val")[0]
+        n = (i + call) % 3
+        question = s.question.replace(IMAGE_PLACEHOLDER + "\n", "") + " Count carefully." * ((i + call) % 4)
+        out.append(Sample(f"{s.id}-{n}", "\n".join([IMAGE_PLACEHOLDER] * n + [question]), s.answer, s.images * n))
+    return out
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_consecutive_rollouts_replay_graphs_safely(registry, cuda_vlm, compile):
+    """Rollout after rollout, as GRPO makes them: prompts of other lengths and image counts each call, the
+    image placeholder suppressed, top-p on then off, the weights changed in place between calls (an optimizer
+    step) and the allocator churned by other work. Every greedy call equals the reference engine; every sampled
+    token is a real token (a replay reading a freed index tensor died here: a device-side assert in index_fill)."""
+    model, processor = cuda_vlm
+    ctx, vocab = model.img_context_id, model.backbone.get_output_embeddings().weight.shape[0]
+    engine = registry.build("rollout", "static", window=16, compile=compile, temperature=1.0, top_p=0.9)
+    ref = registry.build("rollout", "hf")
+    w = model.backbone.model.layers[0].mlp.down_proj.weight
+    saved = w.detach().clone()
+    try:
+        for call in range(6):
+            samples = _mixed(call // 2)  # two calls in a row with the same shapes: the second replays the graphs
+            greedy = engine.generate_ids(model, processor, samples, 40, greedy=True)
+            assert greedy == ref.generate_ids(model, processor, samples, 40, greedy=True), f"call {call}"
+            engine.top_p = 0.9 if call % 4 < 2 else 1.0
+            torch.manual_seed(call)
+            sampled = engine.generate_ids(model, processor, samples * 2, 40)
+            assert all(0 <= t < vocab and t != ctx for row in sampled for t in row), f"call {call}"
+            churn = [torch.full((k,), 2**40, dtype=torch.long, device="cuda") for k in range(1, 257)]
+            del churn  # freed blocks now hold out-of-range indices
+            with torch.no_grad():
+                w.add_(torch.randn_like(w) * 0.05)
+        torch.cuda.synchronize()
+    finally:
+        with torch.no_grad():
+            w.copy_(saved)
