@@ -111,18 +111,22 @@ class StaticEngine:
         knobs = self._knobs(len(samples), sample_params)
         step = self.max_batch_size or len(samples)
         tok = processor.tokenizer
+        device = next(model.parameters()).device
         rows: list[list[int]] = []
-        for start in range(0, len(samples), step):
-            part = samples[start : start + step]
-            batch = processor.collate([processor.encode(s, target=None) for s in part], padding_side="left")
-            device = next(model.parameters()).device
-            ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-            pixels = None if batch["pixel_values"] is None else batch["pixel_values"].to(device)
-            embeds = model.embed(ids, pixels)  # (B, P, D), image tokens spliced
-            rows += self.decode(model.backbone, embeds, mask, max_new_tokens, greedy,
-                                {k: v[start : start + step] for k, v in knobs.items()},
-                                eos=tok.eos_token_id, pad=tok.pad_token_id, on_token=on_token,
-                                suppress=getattr(model, "never_generated", ()))  # fmt: skip
+        # The engine computes in the weights' own dtype, whatever autocast a caller's precision plugin has on
+        # (Lightning's bf16-mixed around validation and training steps): its KV cache has that dtype, and
+        # autocast would hand it bf16 K/V from fp32 weights (index_copy_ refused the mix on the H100).
+        with torch.autocast(device.type, enabled=False):
+            for start in range(0, len(samples), step):
+                part = samples[start : start + step]
+                batch = processor.collate([processor.encode(s, target=None) for s in part], padding_side="left")
+                ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+                pixels = None if batch["pixel_values"] is None else batch["pixel_values"].to(device)
+                embeds = model.embed(ids, pixels)  # (B, P, D), image tokens spliced
+                rows += self.decode(model.backbone, embeds, mask, max_new_tokens, greedy,
+                                    {k: v[start : start + step] for k, v in knobs.items()},
+                                    eos=tok.eos_token_id, pad=tok.pad_token_id, on_token=on_token,
+                                    suppress=getattr(model, "never_generated", ()))  # fmt: skip
         return rows
 
     def _knobs(self, n: int, sample_params: Sequence[Mapping[str, float]] | None) -> dict[str, list[float]]:

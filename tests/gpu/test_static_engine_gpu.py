@@ -110,3 +110,35 @@ def test_consecutive_rollouts_replay_graphs_safely(registry, cuda_vlm, compile):
     finally:
         with torch.no_grad():
             w.copy_(saved)
+
+
+def test_a_replay_never_reads_a_tensor_of_an_earlier_call(registry, compose):
+    """Deterministic form of the GRPO crash: the LM head is pushed towards the image placeholder (unsuppressed, it
+    would be every greedy token), and in each call, between the prefill and the first replay (the streaming
+    callback), every free small block of the allocator is taken and filled with an out-of-range index. A graph
+    that reads a tensor made for an earlier call reads one of them: a device-side assert, or the placeholder."""
+    from r1v.model.build import build
+
+    torch.manual_seed(0)
+    model, processor = build(compose("model=tiny_reasoner")["model"], registry)
+    samples = _samples(4)
+    ctx = model.img_context_id
+    ids = processor.collate([processor.encode(s, target=None) for s in samples], padding_side="left")
+    with torch.no_grad():
+        h = model.hidden_states(ids["input_ids"], ids["attention_mask"], ids["pixel_values"])[:, -1].mean(0)
+        head = model.backbone.get_output_embeddings().weight
+        head[ctx] = 50 * head.norm(dim=1).max() * h / h.norm()
+    model = model.cuda().eval()
+    ref = registry.build("rollout", "hf").generate_ids(model, processor, samples, 24, greedy=True)
+    assert all(ctx not in row for row in ref)
+    engine = registry.build("rollout", "static", window=16)
+    for call in range(3):
+        fillers: list[torch.Tensor] = []
+
+        def take_free_blocks(tokens: list[int], fillers: list[torch.Tensor] = fillers) -> None:
+            if not fillers:  # 512-byte blocks: 8192 of them cover every free block of the small pool's segments
+                fillers.extend(torch.full((1,), 2**40, dtype=torch.long, device="cuda") for _ in range(8192))
+
+        out = engine.generate_ids(model, processor, samples, 24, greedy=True, on_token=take_free_blocks)
+        torch.cuda.synchronize()
+        assert fillers and out == ref, f"call {call}"

@@ -105,3 +105,14 @@ def test_the_graph_key_follows_rebuilt_fused_buffers(tiny_vlm):
     assert dec.fingerprint() != before and held[0][0].data_ptr() not in dec.fingerprint()
     rotary = next(model.backbone.model.rotary_emb.buffers())
     assert rotary.data_ptr() in dec.fingerprint()
+
+
+def test_a_callers_autocast_does_not_reach_the_engine(registry, tiny_vlm, one_thread):
+    """Lightning's bf16-mixed runs validation and training steps under autocast; the engine computes in the
+    weights' own dtype anyway (its fp32 KV cache was handed bf16 K/V and index_copy_ refused: seen on the H100)."""
+    model, processor = tiny_vlm
+    samples = [generate(i, "val")[0] for i in range(3)]
+    engine = registry.build("rollout", "static")
+    plain = engine.generate_ids(model, processor, samples, 8, greedy=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert engine.generate_ids(model, processor, samples, 8, greedy=True) == plain
