@@ -26,13 +26,15 @@ def accuracy(weights: Path, n: int) -> float:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    import r1v.train  # noqa: F401
-    from r1v.answers import equivalent, extract_answer
-    from r1v.config import conf_dir
+    from r1v.core.config import register_resolvers
+
+    register_resolvers()
+    from r1v.core.config import conf_dir
+    from r1v.core.registry import get_registry
     from r1v.data.synthetic import generate
+    from r1v.evaluation.answers import equivalent, extract_answer
     from r1v.model.build import build
-    from r1v.registry import get_registry
-    from r1v.stages.sft import load_trainable
+    from r1v.model.load import load_trainable
 
     with initialize_config_dir(config_dir=conf_dir(), version_base=None):
         cfg = OmegaConf.to_container(compose("config", overrides=["model=tiny_reasoner"]), resolve=True)

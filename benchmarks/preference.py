@@ -31,10 +31,12 @@ def greedy_accuracy(checkpoint: Path, n: int = 64) -> float:
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    import r1v.train  # noqa: F401  (registers the run-name resolver)
-    from r1v.config import conf_dir, register_plugin_configs
-    from r1v.registry import get_registry
-    from r1v.stages.common import inference_model
+    from r1v.core.config import register_resolvers
+
+    register_resolvers()
+    from r1v.core.config import conf_dir, register_plugin_configs
+    from r1v.core.registry import get_registry
+    from r1v.model.load import inference_model
     from tests.conftest import held_out_accuracy
 
     register_plugin_configs(get_registry())

@@ -25,10 +25,12 @@ def main() -> None:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    import r1v.train  # noqa: F401  (registers the run-name resolver)
-    from r1v.config import conf_dir, register_plugin_configs
+    from r1v.core.config import register_resolvers
+
+    register_resolvers()
+    from r1v.core.config import conf_dir, register_plugin_configs
+    from r1v.core.registry import get_registry
     from r1v.model.build import build
-    from r1v.registry import get_registry
 
     register_plugin_configs(get_registry())
     with initialize_config_dir(config_dir=conf_dir(), version_base=None):

@@ -147,9 +147,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 
-    from r1v_plugins.qwen2 import qwen2
-
     from r1v.generation import StaticEngine
+    from r1v.model.parts.qwen2 import qwen2
 
     device = torch.device("cpu" if args.cpu or not torch.cuda.is_available() else "cuda")
     torch.manual_seed(0)

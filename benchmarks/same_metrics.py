@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import train  # noqa: E402
+from _common import train
 
 JOBS = {
     "main": [],

@@ -34,13 +34,15 @@ def main() -> None:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    import r1v.train  # noqa: F401
-    from r1v.config import conf_dir, register_plugin_configs
+    from r1v.core.config import register_resolvers
+
+    register_resolvers()
+    from r1v.core.config import conf_dir, register_plugin_configs
+    from r1v.core.registry import get_registry
     from r1v.data.datasets import JsonlDataset
     from r1v.model import varlen
     from r1v.model.build import apply_freeze, build
-    from r1v.perf import FlopCounter, peak_flops
-    from r1v.registry import get_registry
+    from r1v.runtime.perf import FlopCounter, peak_flops
     from r1v.stages.sft import Collator, SFTStage, enable_checkpointing
 
     register_plugin_configs(get_registry())

@@ -63,7 +63,8 @@ WORDS = [
 def write_data(folder: Path, n: int, seed: int) -> Path:
     """n samples, total length log-uniform in 200–8000 tokens (tiny tokenizer: calibrated below)."""
     from PIL import Image
-    from r1v_plugins.tiny import tokenizer
+
+    from r1v.model.parts.tiny import tokenizer
 
     tok, rng = tokenizer(), random.Random(seed)
     per_word = len(tok(" ".join(WORDS * 20))["input_ids"]) / (len(WORDS) * 20)

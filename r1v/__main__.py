@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from r1v.registry import RegistryError, get_registry
+from r1v.core.registry import RegistryError, get_registry
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -44,8 +44,8 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     """Every bad row of a dataset (file:line, what is wrong) and a summary, before training; exit 1 if any."""
     from pathlib import Path
 
+    from r1v.cli.describe import compose
     from r1v.data.check import check
-    from r1v.inspect import compose
 
     overrides = list(args.overrides)
     if overrides and "=" not in overrides[0]:  # a JSONL file first: shorthand for data=jsonl data.train=FILE
@@ -60,7 +60,8 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any, Any, str]:
-    from r1v.infer import fastest_engine, load_model
+    from r1v.cli.infer import load_model
+    from r1v.generation.choose import fastest_engine
 
     model, processor, _ = load_model(args.checkpoint, list(args.overrides), args.device)
     engine, name = fastest_engine(model, temperature=args.temperature, top_p=args.top_p)
@@ -69,7 +70,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, Any, str]:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     """Ask a trained model about images: its <think> reasoning and answer stream to the terminal."""
-    from r1v.infer import chat, load_images
+    from r1v.cli.infer import chat, load_images
 
     images = load_images(args.image or [])
     model, processor, engine, _ = _load(args)
@@ -80,7 +81,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     """Batch inference: one JSON line per completion (prompt, completion, extracted answer, correctness where
     the row has an answer, lengths, timing); rows already in --out are skipped, so a killed run continues."""
-    from r1v.infer import generate_file
+    from r1v.cli.infer import generate_file
 
     model, processor, engine, name = _load(args)
     greedy = args.n == 1 and not args.sample
@@ -105,7 +106,7 @@ def _model_options(p: argparse.ArgumentParser, max_new: int) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """One self-contained HTML page for runs: metric plots, and for RL runs the logged rollouts per step."""
-    from r1v.html_report import build_report
+    from r1v.reports.html import build_report
 
     out = args.out or str(Path(args.runs[0]) / "report.html")
     print(build_report(args.runs, out))
@@ -114,14 +115,14 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     """Build a composition on the meta device: parameters per part, trainable count, per-GPU memory plan."""
-    from r1v.inspect import inspect
+    from r1v.cli.describe import inspect
 
     print("\n".join(inspect(args.overrides)))
     return 0
 
 
 def _inspect_epilog() -> str:
-    from r1v.planner import KNOBS
+    from r1v.runtime.planner import KNOBS
 
     knobs = "\n".join(f"  planner.{k:<15} {v}" for k, v in KNOBS.items())
     return (
@@ -149,7 +150,7 @@ def parse_size(text: str) -> int:
 def export_source(source: Path) -> tuple[Path | None, Path | None]:
     """(run folder, trainable weights) for a run or a checkpoint in one; (None, None) for an InternVL folder."""
     if source.is_dir() and (source / "config.yaml").is_file():
-        from r1v.runs import trained_weights
+        from r1v.runtime.runs import trained_weights
 
         weights = trained_weights(source)
         if not weights.is_file():
@@ -178,7 +179,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from r1v.model.build import build
     from r1v.model.internvl import build_from_folder, export_folder, read_config
-    from r1v.stages.sft import load_trainable
+    from r1v.model.load import load_trainable
 
     source = Path(args.source)
     run, weights = export_source(source)
@@ -221,7 +222,7 @@ Examples:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     """Draw loss, reward parts, accuracy and response length of one or more runs (PNG files)."""
-    from r1v.plots import plot_runs
+    from r1v.reports.plots import plot_runs
 
     out = args.out or str(Path(args.runs[0]) / "plots")
     for path in plot_runs(args.runs, out):
@@ -300,9 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except Exception as e:  # a user error (config, data, weights, checkpoint ...) is one line and exit 2
-        from r1v.train import _user_errors
+        from r1v.core.errors import USER_ERRORS
 
-        if not isinstance(e, (RegistryError, ValueError, FileNotFoundError, FileExistsError, *_user_errors())):
+        if not isinstance(e, (RegistryError, ValueError, FileNotFoundError, FileExistsError, *USER_ERRORS)):
             raise
         print(f"r1v: error: {e}", file=sys.stderr)
         return 2

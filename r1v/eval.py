@@ -11,50 +11,17 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-import r1v.train  # noqa: F401  (registers the run-name resolver the composed config uses)
-from r1v.config import ConfigError, conf_dir, hydra_entry
-from r1v.registry import get_registry
+from r1v.core.config import ConfigError, conf_dir, hydra_entry, register_resolvers
+from r1v.core.registry import get_registry
 
 log = logging.getLogger("r1v.eval")
-PART_GROUPS = ("model", "vision", "adapter", "backbone")
-
-
-def run_folder_of(checkpoint: str) -> Path | None:
-    """The run folder a checkpoint belongs to (itself, or a parent of ``final/…`` / ``checkpoints/…``)."""
-    p = Path(str(checkpoint))
-    for cand in [p, *p.parents][:3]:
-        if (cand / "config.yaml").is_file() and (cand / "run.json").is_file():
-            return cand
-    return None
-
-
-def trained_model(cfg: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """The model node to evaluate: the checkpoint run's own composition, or the configured one when model
-    overrides are given — refused in one line when it names other parts than the checkpoint was trained with."""
-    ckpt = cfg.get("checkpoint")
-    folder = run_folder_of(ckpt) if ckpt else None
-    if folder is None:  # bare weights: the configured composition (a shape mismatch is one line when loading)
-        return cfg["model"]
-    run_cfg = folder / "config.yaml"
-    trained = OmegaConf.to_container(OmegaConf.load(run_cfg), resolve=True)["model"]
-    if not any(o.lstrip("+~").split("=")[0].split(".")[0] in PART_GROUPS for o in overrides):
-        return trained
-
-    def parts(m: dict[str, Any]) -> dict[str, Any]:
-        return {"internvl": m["internvl"]} if m.get("internvl") else {p: m[p]["name"] for p in PART_GROUPS[1:]}
-
-    if parts(trained) != parts(cfg["model"]):
-        diff = [f"{k}: {v} (checkpoint) vs {parts(cfg['model']).get(k)} (config)" for k, v in parts(trained).items()
-                if parts(cfg["model"]).get(k) != v]  # fmt: skip
-        raise ConfigError(f"checkpoint {ckpt} was trained with another composition ({'; '.join(diff)}); drop the "
-                          "model overrides to use the checkpoint's own, or evaluate a matching checkpoint")  # fmt: skip
-    return cfg["model"]
+register_resolvers()  # the composed config names the run by ${r1v_run_name:…}
 
 
 def run_eval(cfg: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    from r1v.config import build_plugin
+    from r1v.core.config import build_plugin
     from r1v.evaluation.harness import evaluate, table
-    from r1v.stages.common import autocast, inference_model, stage_device
+    from r1v.model.load import autocast, load_for_inference, run_folder_of, stage_device
 
     registry = get_registry()
     knobs = {"path": cfg.get("path"), "limit": cfg.get("limit"), **(cfg.get("benchmark_knobs") or {})}
@@ -74,8 +41,7 @@ def run_eval(cfg: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     from r1v.evaluation.judge import build_judge
 
     judge = build_judge(cfg.get("judge"))  # an unreachable endpoint stops here, before any generation
-    cfg = {**cfg, "model": trained_model(cfg, overrides)}
-    model, processor = inference_model(cfg)
+    model, processor, cfg = load_for_inference(cfg, overrides)
     greedy = n == 1
     engine = registry.build("rollout", "hf", **({} if greedy else {"temperature": float(cfg["temperature"]),
                                                                    "top_p": float(cfg["top_p"])}))  # fmt: skip
@@ -96,7 +62,7 @@ def run_eval(cfg: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
 def _hydra_main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from r1v.train import exit_on_user_error
+    from r1v.core.errors import exit_on_user_error
 
     exit_on_user_error(run_eval, OmegaConf.to_container(cfg, resolve=True), list(HydraConfig.get().overrides.task))
 

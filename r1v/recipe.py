@@ -25,10 +25,10 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from r1v.config import ConfigError, conf_dir, hydra_entry
-from r1v.registry import did_you_mean, get_registry
-from r1v.reward_runner import die_with_parent
-from r1v.runs import RunError, lock_run_folder, unlock_run_folder, write_json_atomic
+from r1v.core.config import ConfigError, conf_dir, hydra_entry
+from r1v.core.registry import did_you_mean, get_registry
+from r1v.rl.rewards import die_with_parent
+from r1v.runtime.runs import RunError, lock_run_folder, unlock_run_folder, write_json_atomic
 
 log = logging.getLogger("r1v.recipe")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_]+)\}")
@@ -147,7 +147,7 @@ def _run_stages(cfg: dict[str, Any], recipe: dict[str, Any], stages: list[dict[s
         rec["eval"] = _evaluate(folder / name, recipe.get("eval") or {}, folder / "logs" / f"{name}.log")
         rec.update(status="done", finished=time.time())
         write_json_atomic(state_path, state)
-    from r1v.report import write_report
+    from r1v.reports.recipe import write_report
 
     write_report(folder, state, stages)
     log.info("recipe %s finished: %s", recipe["name"], folder / "report.md")
@@ -172,7 +172,7 @@ def _evaluate(run_dir: Path, ev: dict[str, Any], log_path: Path) -> dict[str, An
 
 @hydra.main(config_path=conf_dir(), config_name="recipe", version_base=None)
 def _hydra_main(cfg: DictConfig) -> None:
-    from r1v.train import exit_on_user_error
+    from r1v.core.errors import exit_on_user_error
 
     exit_on_user_error(run_recipe, OmegaConf.to_container(cfg, resolve=True))
 

@@ -7,164 +7,30 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from r1v.config import ConfigError, conf_dir, hydra_entry, validate
-from r1v.registry import RegistryError, get_registry
-from r1v.runs import default_run_name
+from r1v.core.config import conf_dir, hydra_entry, register_resolvers, validate
+from r1v.core.errors import exit_on_user_error
+from r1v.core.registry import get_registry
+from r1v.data.build import build_datasets
+from r1v.stages.setup import build_device, build_trainer, preflight
 
 log = logging.getLogger("r1v.train")
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, RegistryError, FileNotFoundError)
-
-if not OmegaConf.has_resolver("r1v_run_name"):
-    OmegaConf.register_new_resolver("r1v_run_name", default_run_name)
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from r1v.data.datasets import DataError
-    from r1v.evaluation.readers import BenchmarkError
-    from r1v.judge import JudgeError
-    from r1v.model.build import ModelConfigError
-    from r1v.reward_runner import RewardFailureError
-    from r1v.runs import RunError
-    from r1v.scoring import ScoringError
-    from r1v.weights import WeightsError
-
-    return (
-        *USER_ERRORS,
-        DataError,
-        ModelConfigError,
-        RunError,
-        WeightsError,
-        ScoringError,
-        JudgeError,
-        BenchmarkError,
-        RewardFailureError,
-    )
-
-
-def exit_on_user_error(fn: Any, *args: Any) -> Any:
-    """``fn(*args)``; a user error (bad config, data, weights, benchmark copy …) is one line and exit 2."""
-    try:
-        return fn(*args)
-    except _user_errors() as e:
-        print(f"r1v: error: {e}", file=sys.stderr)
-        sys.exit(2)
-
-
-RANDOM_WEIGHTS_LIMIT = 3_000_000_000  # parameters without weights above which a run needs allow_random_weights
-
-
-def preflight(cfg: dict[str, Any]) -> None:
-    """What a run lacks before anything heavy starts: a GPU the trainer asks for, and weights for a
-    large composition (random weights for billions of parameters are almost always a missing path)."""
-    import torch
-
-    accel = str(cfg["trainer"].get("accelerator", "cpu"))
-    if accel in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"trainer.accelerator={accel}: no GPU is visible here; use trainer=cpu, or run on a GPU "
-                          "machine (trainer=gpu / deepspeed_z2 / deepspeed_z3)")  # fmt: skip
-    model = cfg["model"]
-    if model.get("internvl") or cfg.get("allow_random_weights") or cfg["stage"]["name"] == "reassemble":
-        return
-    missing = [p for p in ("vision", "backbone") if isinstance(model.get(p), dict) and "pretrained" in model[p]
-               and not model[p]["pretrained"]]  # fmt: skip
-    if not missing:
-        return
-    from r1v.inspect import build_on_meta, count
-
-    vlm = build_on_meta(cfg)
-    n = sum(count(getattr(vlm, p))[0] for p in missing)
-    if n > RANDOM_WEIGHTS_LIMIT:
-        paths = " ".join(f"model.{p}.pretrained=<local folder>" for p in missing)
-        raise ConfigError(
-            f"model={model.get('preset', '?')}: {', '.join(missing)} ({n / 1e9:.1f}B parameters) would start from "
-            f"random weights; give {paths}, or for a shape-only run cut the depth (model.backbone.num_hidden_layers=2 "
-            "model.vision.num_hidden_layers=2) or set allow_random_weights=true"
-        )
-
-
-def build_datasets(cfg: dict[str, Any], registry: Any) -> tuple[Any, Any]:
-    data = cfg["data"]
-    knobs = {k: v for k, v in data.items() if k not in ("name", "loader")}
-    if cfg["stage"].get("target") == "reasoning" and data["name"] == "jsonl":
-        knobs["require_reasoning"] = True
-    entry = registry.get("dataset", data["name"])
-    return entry.factory(split="train", **knobs), entry.factory(split="val", **knobs)
-
-
-def build_device(trainer: dict[str, Any]) -> Any:
-    """Where the model is built before the Trainer exists: on this rank's GPU when the run trains on one, so
-    random-weight parts initialise there (r1v_small with Qwen2.5-1.5B on the H200: the run's set-up took 2.7 s,
-    against 67 s when built on the CPU; ZeRO-3 builds partitioned on the GPU anyway), else on the CPU."""
-    import torch
-
-    if str(trainer.get("accelerator", "auto")) in ("gpu", "cuda", "auto") and torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return nullcontext()
-
-
-def build_trainer(cfg: dict[str, Any], run_dir: Path, resume_step: int | None = None) -> Any:
-    from hydra.utils import instantiate
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-
-    from r1v.rng import RNGStates
-    from r1v.runs import AtomicCheckpointIO, checkpoint_dir
-
-    stage = cfg["stage"]
-    loggers = []
-    for spec in (cfg.get("logger") or {}).values():
-        extra = {"resume_step": resume_step} if spec["_target_"].endswith("RunCSVLogger") else {}
-        loggers.append(instantiate(spec, save_dir=str(run_dir), **extra))
-    every = int(stage["ckpt_every"])
-    callbacks = [
-        LearningRateMonitor(logging_interval="step"),
-        RNGStates(),  # every rank's torch/CUDA/numpy/python streams in the checkpoint, each rank's own restored
-    ]
-    if every > 0:
-        callbacks.insert(0, ModelCheckpoint(dirpath=checkpoint_dir(run_dir), filename="step{step:06d}",
-                                            auto_insert_metric_name=False, every_n_train_steps=every, save_top_k=1,
-                                            save_last=True))  # fmt: skip
-    else:  # benchmarks: a full-model checkpoint (tens of GB with optimizer states) is most of a short run's time
-        log.warning("stage.ckpt_every=%d: no checkpoints are written; a stopped run cannot resume", every)
-    ev = cfg.get("evaluation") or {}
-    if ev.get("enabled"):  # held-out evaluation every N steps, with the harness of python -m r1v.eval
-        from r1v.evaluation.callback import EvalCallback
-
-        try:
-            callbacks.append(EvalCallback(**{k: v for k, v in ev.items() if k != "enabled"}))
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"evaluation: {e}") from None
-    trainer_cfg = dict(cfg["trainer"])
-    if stage.get("log_every"):  # a stage that must log every step (GRPO) overrides the trainer preset
-        trainer_cfg["log_every_n_steps"] = int(stage["log_every"])
-    strategy = trainer_cfg.get("strategy")
-    deepspeed = isinstance(strategy, dict) and "DeepSpeed" in str(strategy.get("_target_", ""))
-    plugins = [] if deepspeed else [AtomicCheckpointIO()]  # DeepSpeed writes checkpoint folders itself
-    return instantiate(
-        trainer_cfg, _convert_="all", default_root_dir=str(run_dir), max_steps=int(stage["max_steps"]),
-        val_check_interval=int(stage["val_every"]), check_val_every_n_epoch=None,
-        accumulate_grad_batches=int(stage["accumulate_grad_batches"]),
-        gradient_clip_val=stage.get("gradient_clip_val"), logger=loggers or False, callbacks=callbacks,
-        plugins=plugins, num_sanity_val_steps=0, enable_checkpointing=every > 0,
-        use_distributed_sampler=False,  # ResumableSampler shards by rank itself; Lightning's wrapper would reshuffle
-    )  # fmt: skip
+register_resolvers()
 
 
 def run(cfg: DictConfig, run_dir: Path) -> Path:
     """Validate, build data and model, train; returns the run folder.
 
     Rank 0 of the launch holds ``run_dir/run.lock`` from before the checkpoints are looked at until the run
-    ends (or dies): a second training process on the same folder is refused (:func:`r1v.runs.lock_run_folder`).
+    ends (or dies): a second training process on the same folder is refused (:func:`r1v.runtime.runs.lock_run_folder`).
     """
-    from r1v.runs import launch_rank_is_zero, lock_run_folder, unlock_run_folder
+    from r1v.runtime.runs import launch_rank_is_zero, lock_run_folder, unlock_run_folder
 
     registry = get_registry()
     container: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
@@ -188,7 +54,7 @@ def _train(cfg: DictConfig, container: dict[str, Any], registry: Any, run_dir: P
     import lightning as L
 
     from r1v.data.sampler import PadAware
-    from r1v.runs import (
+    from r1v.runtime.runs import (
         checkpoint_step,
         launch_rank_is_zero,
         provenance,

@@ -31,8 +31,8 @@ def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeo
 
 def held_out_accuracy(model, processor, registry, n: int = 32) -> float:
     """Greedy accuracy on the first ``n`` synthetic validation questions (answers checked as in training)."""
-    from r1v.answers import equivalent, extract_answer
     from r1v.data.synthetic import generate
+    from r1v.evaluation.answers import equivalent, extract_answer
 
     samples = [generate(i, "val")[0] for i in range(n)]
     texts = registry.build("rollout", "hf").generate(model, processor, samples, max_new_tokens=100, greedy=True)
@@ -41,7 +41,7 @@ def held_out_accuracy(model, processor, registry, n: int = 32) -> float:
 
 @pytest.fixture(scope="session")
 def registry():
-    from r1v.registry import get_registry
+    from r1v.core.registry import get_registry
 
     return get_registry()
 
@@ -54,9 +54,11 @@ def compose():
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    import r1v.train  # noqa: F401  (registers the run-name resolver)
-    from r1v.config import conf_dir, register_plugin_configs
-    from r1v.registry import get_registry
+    from r1v.core.config import register_resolvers
+
+    register_resolvers()
+    from r1v.core.config import conf_dir, register_plugin_configs
+    from r1v.core.registry import get_registry
 
     register_plugin_configs(get_registry())
 

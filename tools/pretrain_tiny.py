@@ -1,6 +1,6 @@
 """Pre-train the embedded tiny parts on the synthetic task family, deterministically.
 
-    python tools/pretrain_tiny.py    # writes tokenizer.json, *.safetensors, MANIFEST.json in plugins/r1v_plugins/tiny/
+    python tools/pretrain_tiny.py    # writes tokenizer.json, *.safetensors, MANIFEST.json in r1v/model/parts/tiny/
 
 Mirrors R1V's ingredients at toy scale:
   * a vision encoder whose features carry colour, shape and position (trained to classify the
@@ -26,12 +26,11 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
 
-from r1v_plugins import tiny  # noqa: E402
-
+from r1v.core.interfaces import IMG_CONTEXT, IMG_END, IMG_START, THINK_CLOSE, THINK_OPEN  # noqa: E402
 from r1v.data import synthetic  # noqa: E402
 from r1v.data.images import preprocess  # noqa: E402
-from r1v.interfaces import IMG_CONTEXT, IMG_END, IMG_START, THINK_CLOSE, THINK_OPEN  # noqa: E402
-from r1v.weights import to_cpu_contiguous  # noqa: E402
+from r1v.model.parts import tiny  # noqa: E402
+from r1v.runtime.weights import to_cpu_contiguous  # noqa: E402
 
 OUT = tiny.HERE
 CLASSES = [None] + [(c, s) for c in synthetic.COLORS for s in synthetic.SHAPES]  # 13 cell classes
@@ -70,7 +69,7 @@ def build_tokenizer(rows) -> None:
 
 
 def pretrain_vision(steps: int, batch: int, seed: int) -> None:
-    from r1v_plugins.vision import tiny as tiny_vision
+    from r1v.model.parts.timm_vit import tiny as tiny_vision
 
     torch.manual_seed(seed)
     enc = tiny_vision(pretrained=None)
@@ -107,7 +106,7 @@ def pretrain_vision(steps: int, batch: int, seed: int) -> None:
 
 
 def pretrain_lm(variant: str, rows, steps: int, batch: int, seed: int) -> None:
-    from r1v_plugins.backbones import tiny_lm
+    from r1v.model.parts.backbones import tiny_lm
 
     torch.manual_seed(seed)
     bb = tiny_lm(variant, pretrained=None)

@@ -1,72 +1,9 @@
-"""Language backbones: the tiny pretrained pair (instruct substitute + reasoner) and any local HF LM."""
+"""Language backbones: the tiny pretrained pair and any local HF causal LM (r1v.model.parts.backbones)."""
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-from pathlib import Path
-
-import torch
-
 from r1v import hookimpl
-from r1v.interfaces import LanguageBackbone
-from r1v.weights import hf_from_folder, load_into, skip_hf_init
-
-from . import tiny as tiny_parts
-
-
-def tiny_lm(variant: str, pretrained: str | None = "builtin", attn_implementation: str = "sdpa") -> LanguageBackbone:
-    """A tiny Qwen2 LM; 'instruct' answers directly, 'reasoner' writes ``<think>`` chains first."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    tok = tiny_parts.tokenizer()
-    config = Qwen2Config(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id, **tiny_parts.LM)  # fmt: skip
-    config._attn_implementation = attn_implementation
-    with skip_hf_init() if pretrained else nullcontext():  # weights are loaded right below
-        model = Qwen2ForCausalLM(config)
-    if pretrained:
-        path = tiny_parts.HERE / tiny_parts.WEIGHTS[variant] if pretrained == "builtin" else Path(pretrained)
-        load_into(model, path, f"backbone 'tiny_{variant}'")
-    style = "r1" if variant == "reasoner" else "direct"
-    return LanguageBackbone(model, tok, tiny_parts.template(style), reasoning=variant == "reasoner")
-
-
-def tiny_instruct(pretrained: str | None = "builtin", attn_implementation: str = "sdpa") -> LanguageBackbone:
-    """Tiny Qwen2 'instruct' LM (the substitute for alignment): scene text + question → answer."""
-    return tiny_lm("instruct", pretrained, attn_implementation)
-
-
-def tiny_reasoner(pretrained: str | None = "builtin", attn_implementation: str = "sdpa") -> LanguageBackbone:
-    """Tiny Qwen2 'reasoner' LM (the R1-distill stand-in): scene text + question → <think> → answer."""
-    return tiny_lm("reasoner", pretrained, attn_implementation)
-
-
-def hf(path: str, dtype: str = "bfloat16", reasoning: bool = True, chat_template: str | None = None,
-       attn_implementation: str = "sdpa") -> LanguageBackbone:  # fmt: skip
-    """Any Hugging Face causal LM from a local folder (config.json + safetensors + tokenizer)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if not Path(path, "config.json").is_file():
-        raise FileNotFoundError(f"backbone 'hf': {path} is not a model folder (no config.json there)")
-    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = hf_from_folder(AutoModelForCausalLM, path, "backbone 'hf'", dtype=getattr(torch, dtype),
-                           attn_implementation=attn_implementation)  # fmt: skip
-    template = read_template(chat_template) or tok.chat_template
-    if not template:
-        from r1v.model.build import ModelConfigError
-
-        raise ModelConfigError(f"backbone 'hf': the tokenizer in {path} has no chat template; "
-                               "set model.backbone.chat_template=/path/to/template.jinja")  # fmt: skip
-    return LanguageBackbone(model, tok, template, reasoning=reasoning)
-
-
-def read_template(value: str | None) -> str | None:
-    """A Jinja chat template given inline or as a path to a file."""
-    if not value or "{{" in value or "{%" in value:
-        return value
-    if not Path(value).is_file():
-        raise FileNotFoundError(f"chat template file {value} does not exist")
-    return Path(value).read_text()
+from r1v.model.parts.backbones import hf, tiny_instruct, tiny_reasoner
 
 
 @hookimpl

@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from r1v import hookimpl
+from r1v.core.interfaces import IMAGE_PLACEHOLDER
 from r1v.evaluation.readers import BenchmarkError, find_files, load_image, read_rows
 from r1v.evaluation.scoring import LETTERS, EvalItem
-from r1v.interfaces import IMAGE_PLACEHOLDER
 
 _IMAGE_TAG = re.compile(r"<image (\d+)>")
 

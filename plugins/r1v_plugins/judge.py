@@ -7,9 +7,9 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 from r1v import hookimpl
-from r1v.answers import equivalent, extract_answer
-from r1v.interfaces import Sample, ScoreContext
-from r1v.judge import ChatEndpoint, parse_score, user_message
+from r1v.core.interfaces import Sample, ScoreContext
+from r1v.evaluation.answers import equivalent, extract_answer
+from r1v.evaluation.endpoint import ChatEndpoint, parse_score, user_message
 
 RUBRICS = {
     "quality": "How clear, well-posed and answerable is this question? 0 = garbled or unanswerable, "

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from r1v import hookimpl
-from r1v.answers import chain_of, equivalent, extract_answer
-from r1v.interfaces import Sample, ScoreContext
+from r1v.core.interfaces import Sample, ScoreContext
+from r1v.evaluation.answers import chain_of, equivalent, extract_answer
 
 
 class Rationalize:

@@ -6,8 +6,8 @@ import re
 from typing import Any
 
 from r1v import hookimpl
-from r1v.answers import equivalent, extract_answer
-from r1v.interfaces import RewardInput
+from r1v.core.interfaces import RewardInput
+from r1v.evaluation.answers import equivalent, extract_answer
 
 _FORMAT = re.compile(r"^(?P<think>.*\S.*?)\s*</think>\s*(?P<answer>.*\\boxed\{.+\}.*)$", re.DOTALL)
 
@@ -66,7 +66,7 @@ class RewardModel:
         if self._model is None:
             self._load()
         if self.kind == "r1v":  # the composition sees the images
-            from r1v.interfaces import Sample
+            from r1v.core.interfaces import Sample
 
             sample = Sample(str(x.extra.get("id", "rm")), x.prompt, x.answer or "", list(x.images))
             return {"reward_model": self.scale * self._model.score([sample], [x.completion])[0] + self.shift}

@@ -15,8 +15,8 @@ import numpy as np
 from PIL import Image
 
 from r1v import hookimpl
-from r1v.interfaces import THINK_CLOSE, Sample, ScoreContext
-from r1v.scoring import completion_nll, without_images
+from r1v.core.interfaces import THINK_CLOSE, Sample, ScoreContext
+from r1v.evaluation.sample_scores import completion_nll, without_images
 
 _WORD = re.compile(r"[A-Za-z]+")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)?")

@@ -42,9 +42,9 @@ def check(cfg: dict[str, Any], max_tokens: int | None = None) -> list[Report]:
     """Check the composed config's train and val datasets (JSONL-backed ones row by row)."""
     import torch
 
+    from r1v.core.registry import get_registry
+    from r1v.data.build import build_datasets
     from r1v.model.build import build
-    from r1v.registry import get_registry
-    from r1v.train import build_datasets
 
     registry = get_registry()
     data = dict(cfg["data"])

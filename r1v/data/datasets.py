@@ -22,15 +22,12 @@ from typing import Any
 from PIL import Image
 from torch.utils.data import Dataset
 
+from r1v.core.errors import DataError
+from r1v.core.interfaces import IMAGE_PLACEHOLDER, Sample
 from r1v.data import synthetic
-from r1v.interfaces import IMAGE_PLACEHOLDER, Sample
 
 log = logging.getLogger(__name__)
 BAD_SAMPLE_POLICIES = ("skip", "error")
-
-
-class DataError(ValueError):
-    """Bad input data (one line: file, line, field, what is allowed)."""
 
 
 def error_kind(message: str) -> str:
@@ -216,8 +213,8 @@ class SyntheticPairs(SyntheticDataset):
     def __getitem__(self, i: int) -> Sample:
         import random
 
+        from r1v.core.interfaces import THINK_CLOSE
         from r1v.data.processor import boxed
-        from r1v.interfaces import THINK_CLOSE
 
         s = super().__getitem__(i)
         wrong = synthetic.wrong_answer(s.answer, s.meta["task"], random.Random(f"{s.id}/wrong"))

@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
+from r1v.core.interfaces import IMAGE_PLACEHOLDER, IMG_CONTEXT, IMG_END, IMG_START, THINK_CLOSE, Sample
 from r1v.data.images import IMAGENET_MEAN, IMAGENET_STD, preprocess
-from r1v.interfaces import IMAGE_PLACEHOLDER, IMG_CONTEXT, IMG_END, IMG_START, THINK_CLOSE, Sample
 from r1v.model.varlen import NAME as VARLEN
 from r1v.model.varlen import packed_kwargs
 

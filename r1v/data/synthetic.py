@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from r1v.interfaces import IMAGE_PLACEHOLDER, Sample
+from r1v.core.interfaces import IMAGE_PLACEHOLDER, Sample
 
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 200, 30)}
 SHAPES = ("circle", "square", "triangle")

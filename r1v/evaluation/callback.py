@@ -3,7 +3,7 @@ optimizer steps (and at the end), logged as ``eval/<benchmark>/pass@1`` next to 
 
 Enabled with ``evaluation.enabled=true`` (conf/evaluation/default.yaml). Every rank evaluates the same
 questions (under ZeRO-3 the decode loop is collective: parameters gathered once, hooks lifted, see
-:func:`r1v.weights.decode_ready`), so the logged value needs no reduction. Greedy, one sample per question.
+:func:`r1v.runtime.weights.decode_ready`), so the logged value needs no reduction. Greedy, one sample per question.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ class EvalCallback(Callback):
 
     def items(self) -> list[Any]:
         if self._items is None:
-            from r1v.config import build_plugin
-            from r1v.registry import get_registry
+            from r1v.core.config import build_plugin
+            from r1v.core.registry import get_registry
 
             node = {"name": self.benchmark, **self.knobs, **({"limit": self.limit} if self.limit else {})}
             self._items = build_plugin(get_registry(), "benchmark", node, f"evaluation.benchmark={self.benchmark}")

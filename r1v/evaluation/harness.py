@@ -12,8 +12,8 @@ from pathlib import Path
 from statistics import mean, median
 from typing import Any
 
+from r1v.core.interfaces import Sample
 from r1v.evaluation.scoring import EvalItem, pass_at_k, prompt_text, score
-from r1v.interfaces import Sample
 
 log = logging.getLogger(__name__)
 

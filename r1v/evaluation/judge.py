@@ -1,6 +1,6 @@
 """An optional LLM judge for evaluation (R1V's maintainers recommend one: rule extraction under-scores
 reasoning models that state the answer in prose). Any OpenAI-compatible endpoint (vLLM, SGLang, a hosted
-API) via :class:`r1v.judge.ChatEndpoint`; the endpoint is checked before anything is generated.
+API) via :class:`r1v.evaluation.endpoint.ChatEndpoint`; the endpoint is checked before anything is generated.
 
 ``mode=fallback`` (default) asks the judge only when the rule-based check says wrong; ``always`` asks for
 every completion. The verdict replaces the rule's; ``samples.jsonl`` records both.
@@ -12,8 +12,8 @@ import logging
 import re
 from typing import Any
 
+from r1v.evaluation.endpoint import ChatEndpoint, JudgeError
 from r1v.evaluation.scoring import LETTERS, EvalItem
-from r1v.judge import ChatEndpoint, JudgeError
 
 PROMPT = """You are grading an answer to a question against the reference answer.
 

@@ -16,11 +16,8 @@ from typing import Any
 
 from PIL import Image
 
+from r1v.core.errors import BenchmarkError
 from r1v.data.images import to_rgb
-
-
-class BenchmarkError(ValueError):
-    """A benchmark's local copy is missing or not in the expected form (one line)."""
 
 
 def find_files(root: str | Path, patterns: Iterable[str], what: str, layout: str) -> list[Path]:

@@ -2,10 +2,10 @@
 pass@k.
 
 Extraction, in order: the last ``\\boxed{}`` after ``</think>``, else the last "Answer:" line (both via
-:func:`r1v.answers.extract_answer`). For multiple choice the extracted text is then read as an option
+:func:`r1v.evaluation.answers.extract_answer`). For multiple choice the extracted text is then read as an option
 letter ("B", "(B)", "B.", "B) 42", "option B") or, failing that, matched against the option texts
 (quoted, with or without its letter). Equivalence for open answers is math-verify's behind
-:func:`r1v.answers.equivalent`.
+:func:`r1v.evaluation.answers.equivalent`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import string
 from dataclasses import dataclass, field
 from typing import Any
 
-from r1v.answers import equivalent, extract_answer, normalize
+from r1v.evaluation.answers import equivalent, extract_answer, normalize
 
 MC_PROMPT = ("Answer the multiple choice preceding question. The last line of your response should follow this "
              "format: 'Answer: \\boxed{$LETTER}' (without quotes) where LETTER is one of the options. Think step by "

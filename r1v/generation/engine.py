@@ -58,7 +58,7 @@ class StaticEngine:
     """Rollout engine with a static KV cache; CUDA graphs on the GPU, the same loop eagerly on the CPU.
 
     It reads whole weight tensors (``needs_whole_weights``): under ZeRO-3 the model must be gathered for it
-    (:func:`r1v.weights.decode_ready` with ``gather="whole"``).
+    (:func:`r1v.runtime.weights.decode_ready` with ``gather="whole"``).
 
     Sampling knobs may differ per sample (``sample_params``: repetition_penalty, temperature, top_p).
     ``max_batch_size`` splits a large rollout batch (the cache is B × capacity × layers × KV width).

@@ -32,12 +32,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from r1v.core.errors import ModelConfigError
+from r1v.core.interfaces import LanguageBackbone
+from r1v.core.registry import Registry, get_registry
 from r1v.data.processor import Processor
-from r1v.interfaces import LanguageBackbone
-from r1v.model.build import PARTS, ModelConfigError, assemble
+from r1v.model.assemble import PARTS, assemble
 from r1v.model.vlm import VisionLanguageModel
-from r1v.registry import Registry, get_registry
-from r1v.weights import WeightsError, zero3_active
+from r1v.runtime.weights import WeightsError, zero3_active
 
 log = logging.getLogger(__name__)
 
@@ -184,8 +185,9 @@ def _construct(make: Callable[[], nn.Module], fast: bool) -> nn.Module:
 
 
 def _qwen2(llm_config: Mapping[str, Any], attn_implementation: str, fast: bool) -> nn.Module:
-    from r1v_plugins.qwen2 import no_init
     from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from r1v.model.parts.qwen2 import no_init
 
     config = Qwen2Config(**llm_config)
     config._attn_implementation = attn_implementation
@@ -251,8 +253,8 @@ def build_from_folder(folder: str | Path, registry: Registry | None = None, *, d
 
     ``max_tiles``/``use_thumbnail``: default the folder's tiling. On the meta device only headers are read.
     """
-    from r1v_plugins.internvit import from_config
-    from r1v_plugins.qwen2 import default_dtype
+    from r1v.model.parts.internvit import from_config
+    from r1v.model.parts.qwen2 import default_dtype
 
     folder = Path(folder)
     cfg = {**CHAT_DEFAULTS, **read_config(folder)}
@@ -297,8 +299,8 @@ def build_from_model_node(model_cfg: Mapping[str, Any], registry: Registry) -> t
 def export_config(model: VisionLanguageModel, source_config: Mapping[str, Any] | None = None,
                   max_tiles: int | None = None, use_thumbnail: bool | None = None) -> dict[str, Any]:  # fmt: skip
     """The source's config.json updated to the model (vocab size, pixel shuffle, select_layer), or one generated."""
-    from r1v_plugins.adapters import MLPAdapter
-    from r1v_plugins.internvit import InternViT, RMSNorm
+    from r1v.model.parts.internvit import InternViT, RMSNorm
+    from r1v.model.parts.mlp import MLPAdapter
 
     vis, ada, lm = model.vision, model.adapter, model.backbone
     kinds = {"vision": isinstance(vis, InternViT), "adapter": isinstance(ada, MLPAdapter),

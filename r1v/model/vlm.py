@@ -85,7 +85,7 @@ class VisionLanguageModel(nn.Module):
         **kwargs: Any,
     ) -> torch.Tensor:
         """(B, L) ids [+ tiles] -> (B, L, D) the backbone's last hidden states, without the LM head (for losses
-        that run the head in chunks: :func:`r1v.rl.chunked_logprobs`)."""
+        that run the head in chunks: :func:`r1v.rl.grpo.chunked_logprobs`)."""
         embeds = self.embed(input_ids, pixel_values)
         base = self.backbone.base_model
         return base(inputs_embeds=embeds, attention_mask=attention_mask,

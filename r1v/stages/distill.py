@@ -34,13 +34,13 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from r1v.answers import chain_of, equivalent, extract_answer
-from r1v.config import build_plugin
+from r1v.core.config import build_plugin
+from r1v.core.interfaces import ScoreContext
+from r1v.core.registry import Registry, get_registry
 from r1v.data.datasets import image_refs
-from r1v.interfaces import ScoreContext
-from r1v.registry import Registry, get_registry
-from r1v.runs import write_json_atomic
-from r1v.scoring import SCORER_POLICIES, ScoringError, batches, impute_mean, minmax, run_scorer
+from r1v.evaluation.answers import chain_of, equivalent, extract_answer
+from r1v.evaluation.sample_scores import SCORER_POLICIES, ScoringError, batches, impute_mean, minmax, run_scorer
+from r1v.runtime.runs import write_json_atomic
 
 log = logging.getLogger(__name__)
 GROUPS = ("vision", "text", "integration")
@@ -112,7 +112,7 @@ def _length_stats(values: list[int]) -> dict[str, float]:
 def distill(dataset: Any, indices: list[int], ctx: ScoreContext, plugins: DistillPlugins, dcfg: Mapping[str, Any],
             out_dir: Path) -> DistillResult:  # fmt: skip
     """Run AL-CoTD over ``dataset[indices]`` with ``ctx.model``; write the data set into ``out_dir``."""
-    from r1v_plugins.length import sampling_params
+    from r1v.core.interfaces import sampling_params
 
     policy = str(dcfg.get("on_scorer_error", "keep"))
     batch_size = int(dcfg.get("batch_size", 32))
@@ -211,9 +211,9 @@ class Distill:
         self.cfg = dict(cfg)
 
     def run_stage(self, run_dir: Path) -> DistillResult | None:
-        from r1v.runs import already_finished
-        from r1v.stages.common import inference_model
-        from r1v.train import build_datasets
+        from r1v.data.build import build_datasets
+        from r1v.model.load import inference_model
+        from r1v.runtime.runs import already_finished
 
         if already_finished(run_dir, "distill.json", self.cfg.get("resume"), "a distilled data set"):
             return None

@@ -16,7 +16,7 @@ One ``training_step`` is one rollout batch:
 
 A **step** is one optimizer update, so ``max_steps`` counts μ per rollout batch. Per-token log-probs
 come in chunks (no [B, T, vocab] fp32 logits); the reference for adapter-only training is the same
-trunk with a copy of the initial adapter swapped in (:class:`r1v.rl.AdapterReference`).
+trunk with a copy of the initial adapter swapped in (:class:`r1v.rl.grpo.AdapterReference`).
 """
 
 from __future__ import annotations
@@ -31,13 +31,11 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from r1v.config import ConfigError, build_plugin
+from r1v.core.config import ConfigError, build_plugin
+from r1v.core.interfaces import RewardInput, Sample
+from r1v.core.registry import did_you_mean, get_registry
 from r1v.data.sampler import is_pad, mark
-from r1v.faults import maybe_die, poisoned
-from r1v.interfaces import RewardInput, Sample
-from r1v.registry import did_you_mean, get_registry
-from r1v.reward_runner import RewardRunner
-from r1v.rl import (
+from r1v.rl.grpo import (
     AdapterReference,
     Rollout,
     SelectiveSampleBuffer,
@@ -46,8 +44,10 @@ from r1v.rl import (
     group_advantages,
     token_logprobs,
 )
+from r1v.rl.rewards import RewardRunner
+from r1v.runtime.faults import maybe_die, poisoned
+from r1v.runtime.weights import GATHER_MODES, gathered
 from r1v.stages.sft import SFTStage, grads_finite
-from r1v.weights import GATHER_MODES, gathered
 
 log = logging.getLogger(__name__)
 
@@ -179,11 +179,11 @@ class GRPOStage(SFTStage):
     # -- rollout ---------------------------------------------------------------------------------
     def rollout_engine(self, rows: int) -> tuple[str, Any]:
         """How this rollout gets its weights under ZeRO-3 (``stage.rollout_gather``: auto | whole | layer, see
-        :func:`r1v.weights.gather_mode`; the KV cache of ``rows`` sequences is reserved) and the engine that
+        :func:`r1v.runtime.weights.gather_mode`; the KV cache of ``rows`` sequences is reserved) and the engine that
         can decode that way: an engine that reads whole weight tensors (``rollout=static``) cannot decode
         layer by layer, so those rollouts use ``rollout=hf`` with the same sampling knobs (said once)."""
-        from r1v.planner import kv_cache_bytes
-        from r1v.weights import gather_mode, gathered_bytes, zero3_offload
+        from r1v.runtime.planner import kv_cache_bytes
+        from r1v.runtime.weights import gather_mode, gathered_bytes, zero3_offload
 
         cfg = self.model.backbone.config
         kv_dim = cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads)
@@ -214,7 +214,7 @@ class GRPOStage(SFTStage):
         for s in samples:
             if not s.answer and any(getattr(fn, "needs_answer", False) for _, fn in self.rewards().values()):
                 raise ConfigError(f"sample {s.id} has no ground-truth 'answer', which reward 'accuracy' needs")
-        from r1v_plugins.length import sampling_params
+        from r1v.core.interfaces import sampling_params
 
         expanded = [s for s in samples for _ in range(self.G)]
         params = None
@@ -463,7 +463,7 @@ class GRPOStage(SFTStage):
         import json
         from pathlib import Path
 
-        from r1v.html_report import thumbnail_b64
+        from r1v.reports.html import thumbnail_b64
 
         lines = []
         for i, s in enumerate(samples[: max(1, int(self.stage.get("completions_prompts") or 1))]):

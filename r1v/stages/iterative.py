@@ -7,7 +7,7 @@ Round t (τ_t from ``stage.taus``, learning rate from ``stage.lrs``) trains on
 where E_{t−1} is the set of pool samples the previous round's model (round 1: ``checkpoint=``)
 answers wrongly — found by generating and checking the extracted answer with math-verify. Scores
 come from the ``stage.rm.scorer`` plugin on R1V's 0–5 scale (``stage.rm.calibration=quantile`` maps
-unbounded scorers onto it, see :mod:`r1v.scoring`). With ``stage.redistill=true`` the chains are
+unbounded scorers onto it, see :mod:`r1v.evaluation.sample_scores`). With ``stage.redistill=true`` the chains are
 re-distilled (AL-CoTD, the ``distill`` config) with the current model before each round and re-scored.
 
 Layout of ``runs/<run>/``::
@@ -34,16 +34,23 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from r1v.answers import equivalent, extract_answer
-from r1v.config import ConfigError, build_plugin
+from r1v.core.config import ConfigError, build_plugin
+from r1v.core.interfaces import ScoreContext
+from r1v.core.registry import get_registry
 from r1v.data.datasets import OverlayDataset
-from r1v.faults import maybe_die
-from r1v.interfaces import ScoreContext
-from r1v.registry import get_registry
-from r1v.runs import RunError, check_checkpoint, checkpoint_dir, checkpoint_step, trained_weights, write_json_atomic
-from r1v.scoring import batches as chunks
-from r1v.scoring import calibrate, run_scorer
-from r1v.stages.common import autocast, stage_device
+from r1v.evaluation.answers import equivalent, extract_answer
+from r1v.evaluation.sample_scores import batches as chunks
+from r1v.evaluation.sample_scores import calibrate, run_scorer
+from r1v.model.load import autocast, stage_device
+from r1v.runtime.faults import maybe_die
+from r1v.runtime.runs import (
+    RunError,
+    check_checkpoint,
+    checkpoint_dir,
+    checkpoint_step,
+    trained_weights,
+    write_json_atomic,
+)
 
 log = logging.getLogger(__name__)
 STATE = "iterative.json"
@@ -71,9 +78,9 @@ class IterativeSFT:
 
     # -- the rounds ----------------------------------------------------------------------------------
     def run_stage(self, run_dir: Path) -> dict[str, Any]:
+        from r1v.data.build import build_datasets
         from r1v.stages.distill import build_plugins
         from r1v.stages.sft import SFTStage
-        from r1v.train import build_datasets
 
         taus, lrs = check_config(self.stage)
         state = self._load_state(run_dir)
@@ -93,7 +100,7 @@ class IterativeSFT:
         holder = SFTStage(self._round_cfg(1, lrs[0], 1))
         holder.configure_model()  # loads checkpoint= (the start)
         model, processor = holder.model, holder.processor
-        from r1v.infer import fastest_engine
+        from r1v.generation.choose import fastest_engine
 
         engine = fastest_engine(model)[0]  # static KV cache + CUDA graphs where the backbone allows, else hf
         ctx = ScoreContext(model, processor, engine, int(self.stage["errors"]["max_new_tokens"]),
@@ -107,7 +114,7 @@ class IterativeSFT:
                 prev = str(trained_weights(rdir))
                 continue
             if prev and t > 1:
-                from r1v.stages.sft import load_trainable
+                from r1v.model.load import load_trainable
 
                 load_trainable(model, prev)  # the previous round's weights (matters after a resume)
             model.to(device).eval()
@@ -171,8 +178,8 @@ class IterativeSFT:
     def _train_round(self, t: int, lr: float, n: int, rdir: Path, train: Any, val: Any, selection: dict[str, Any],
                      holder: Any) -> dict[str, Any]:  # fmt: skip
         from r1v.data.sampler import PadAware
+        from r1v.stages.setup import build_trainer
         from r1v.stages.sft import SFTStage
-        from r1v.train import build_trainer
 
         steps_per_epoch = math.ceil(n / int(self.stage["batch_size"]))
         steps = steps_per_epoch * int(self.stage["epochs_per_round"])

@@ -27,12 +27,12 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from r1v.config import ConfigError, build_plugin
+from r1v.core.config import ConfigError, build_plugin
+from r1v.core.interfaces import RewardInput
+from r1v.core.registry import get_registry
 from r1v.data.datasets import image_refs
-from r1v.interfaces import RewardInput
-from r1v.registry import get_registry
-from r1v.reward_runner import RewardRunner
-from r1v.runs import write_json_atomic
+from r1v.rl.rewards import RewardRunner
+from r1v.runtime.runs import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +56,10 @@ class MakePairs:
             )
 
     def run_stage(self, run_dir: Path) -> dict[str, Any] | None:
-        from r1v.runs import already_finished
-        from r1v.stages.common import autocast, inference_model, stage_device
+        from r1v.data.build import build_datasets
+        from r1v.model.load import autocast, inference_model, stage_device
+        from r1v.runtime.runs import already_finished
         from r1v.stages.sft import build_rewards
-        from r1v.train import build_datasets
 
         if already_finished(run_dir, "pairs.json", self.cfg.get("resume"), "pairs"):
             return None

@@ -3,8 +3,8 @@
 Each batch holds ``stage.batch_size`` pairs (prompt with its images, chosen, rejected; ``data=pairs`` or
 ``data=synthetic_pairs``). Chosen and rejected rows go through the policy together, and through the
 frozen reference — the starting policy: for adapter-only training the same trunk with a copy of the
-initial adapter swapped in (:class:`r1v.rl.AdapterReference`) — without gradients. The loss is
-``w1·DPO + w2·BCO + w3·NLL(chosen)/|chosen|`` (:func:`r1v.preference.mpo_loss`); BCO's δ is a running
+initial adapter swapped in (:class:`r1v.rl.grpo.AdapterReference`) — without gradients. The loss is
+``w1·DPO + w2·BCO + w3·NLL(chosen)/|chosen|`` (:func:`r1v.rl.preference.mpo_loss`); BCO's δ is a running
 mean checkpointed with the run. Validation logs the same pair metrics on the val pairs, and greedy
 accuracy where the pairs carry an ``answer``.
 """
@@ -17,11 +17,11 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from r1v.config import ConfigError
+from r1v.core.config import ConfigError
+from r1v.core.interfaces import Sample
 from r1v.data.sampler import is_pad
-from r1v.interfaces import Sample
-from r1v.preference import RunningMean, mpo_loss
-from r1v.rl import AdapterReference, completion_rows, token_logprobs
+from r1v.rl.grpo import AdapterReference, completion_rows, token_logprobs
+from r1v.rl.preference import RunningMean, mpo_loss
 from r1v.stages.sft import SFTStage
 
 

@@ -22,10 +22,10 @@ from typing import Any
 
 from safetensors import safe_open
 
+from r1v.core.registry import get_registry
 from r1v.model.build import ModelConfigError, build
-from r1v.registry import get_registry
-from r1v.runs import trained_weights, weights_of, write_json_atomic
-from r1v.weights import full_state
+from r1v.runtime.runs import trained_weights, weights_of, write_json_atomic
+from r1v.runtime.weights import full_state
 
 log = logging.getLogger(__name__)
 

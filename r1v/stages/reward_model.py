@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from r1v.interfaces import Sample
-from r1v.preference import bradley_terry_loss
-from r1v.rl import completion_rows
+from r1v.core.interfaces import Sample
+from r1v.rl.grpo import completion_rows
+from r1v.rl.preference import bradley_terry_loss
 from r1v.stages.mpo import PairCollator, check_pairs
 from r1v.stages.sft import SFTStage
 
@@ -28,7 +28,7 @@ HEAD = "reward_head"
 def add_head(model: nn.Module) -> list[str]:
     """Attach the scalar head ``model.reward_head`` (hidden → 1; zero bias, small weights so that
     scores start near 0); returns its parameter names."""
-    from r1v.weights import gathered
+    from r1v.runtime.weights import gathered
 
     hidden = int(model.backbone.config.hidden_size)
     head = nn.Linear(hidden, 1)  # partitioned when built inside ZeRO-3's zero.Init: write it gathered
@@ -43,7 +43,7 @@ def add_head(model: nn.Module) -> list[str]:
 def scores(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
            pixel_values: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
     """``[B]`` scalar scores: the head on the final hidden state of each row's last real token (rows laid
-    out as :func:`r1v.rl.completion_rows`: left-padded prompts, right-padded completions)."""
+    out as :func:`r1v.rl.grpo.completion_rows`: left-padded prompts, right-padded completions)."""
     embeds = model.embed(input_ids, pixel_values)  # [B, L, D]
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     hidden = model.backbone.base_model(inputs_embeds=embeds, attention_mask=attention_mask,
@@ -60,7 +60,7 @@ class RewardModelStage(SFTStage):
         super().configure_model()
         self.trainable += add_head(self.model)
         if self.cfg.get("checkpoint"):  # a previous reward-model run: its head too
-            from r1v.stages.sft import load_trainable
+            from r1v.model.load import load_trainable
 
             load_trainable(self.model, self.cfg["checkpoint"])
 
@@ -105,10 +105,10 @@ class LoadedRewardModel:
     def __init__(self, run: str | Path, device: str = "cpu") -> None:
         from omegaconf import OmegaConf
 
+        from r1v.core.registry import get_registry
         from r1v.model.build import build
-        from r1v.registry import get_registry
-        from r1v.runs import trained_weights
-        from r1v.stages.sft import load_trainable
+        from r1v.model.load import load_trainable
+        from r1v.runtime.runs import trained_weights
 
         cfg: Mapping[str, Any] = OmegaConf.to_container(OmegaConf.load(Path(run) / "config.yaml"), resolve=True)
         self.model, self.processor = build(cfg["model"], get_registry())

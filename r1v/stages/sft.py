@@ -20,19 +20,20 @@ import torch
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 
-from r1v.answers import equivalent, extract_answer
-from r1v.config import ConfigError
+from r1v.core.config import ConfigError
+from r1v.core.interfaces import RewardInput, Sample
+from r1v.core.registry import get_registry
 from r1v.data.processor import Processor
 from r1v.data.sampler import ResumableSampler, WindowLoader
-from r1v.faults import abort_run, maybe_die, poisoned
-from r1v.interfaces import RewardInput, Sample
+from r1v.evaluation.answers import equivalent, extract_answer
 from r1v.model import varlen
 from r1v.model.build import PARTS, apply_freeze, build
-from r1v.perf import FlopCounter, peak_flops
-from r1v.registry import get_registry
-from r1v.rl import chunked_logprobs
-from r1v.runs import NonFiniteError
-from r1v.weights import decode_ready, full_state, gather_mode
+from r1v.model.load import load_trainable
+from r1v.rl.grpo import chunked_logprobs
+from r1v.runtime.faults import abort_run, maybe_die, poisoned
+from r1v.runtime.perf import FlopCounter, peak_flops
+from r1v.runtime.runs import NonFiniteError
+from r1v.runtime.weights import decode_ready, full_state, gather_mode
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -257,15 +258,15 @@ class SFTStage(L.LightningModule):
     def decode_ready(self, gather: str = "whole") -> Any:
         """Context for generation inside the fit loop: under ZeRO-3 the parameters are gathered once and
         the engine's per-module hooks lifted, or fetched layer by layer with ``gather="layer"``
-        (:func:`r1v.weights.decode_ready`); elsewhere a no-op."""
+        (:func:`r1v.runtime.weights.decode_ready`); elsewhere a no-op."""
         return decode_ready(self.model, self.ds_engine(), gather)
 
     def generation_engine(self) -> tuple[str, Any]:
         """(gather mode, engine) for greedy generation inside the fit (validation, the eval callback): the fastest
-        engine that runs the backbone (:func:`r1v.infer.fastest_engine`: ``static`` where it can), or ``hf`` when
+        engine that runs the backbone (:func:`r1v.cli.infer.fastest_engine`: ``static`` where it can), or ``hf`` when
         a ZeRO-3 model too big to gather whole is fetched layer by layer (``static`` reads whole weights).
         Collective under ZeRO-3: call on every rank."""
-        from r1v.infer import fastest_engine
+        from r1v.generation.choose import fastest_engine
 
         mode = gather_mode(self.model, self.ds_engine(), "auto")
         if mode == "layer":
@@ -279,8 +280,8 @@ class SFTStage(L.LightningModule):
 
     def run_engine(self, kind: str, engine: Any, call: Callable[[], _T]) -> _T:
         """``call()`` — one call of a generation engine — where any failure ends the run in one line, exit 1, with
-        no further device call (:func:`r1v.faults.abort_run`): after a CUDA device-side assert the context is dead,
-        and Lightning's teardown would only bury the cause. ``R1V_POISON=engine_error:<n>`` fails it at step n."""
+        no further device call (:func:`r1v.runtime.faults.abort_run`): after a CUDA device-side assert the context is
+        dead, and Lightning's teardown would only bury the cause. ``R1V_POISON=engine_error:<n>`` fails it at step n."""
         try:
             if poisoned("engine_error", self.global_step):
                 raise RuntimeError("CUDA error: device-side assert triggered (injected: R1V_POISON=engine_error)")
@@ -395,7 +396,7 @@ class SFTStage(L.LightningModule):
         sched = get_cosine_schedule_with_warmup(opt, warmup, total)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
-    # -- checkpoints: trainable weights, data position (RNG streams: the r1v.rng.RNGStates callback) ------
+    # -- checkpoints: trainable weights, data position (RNG streams: the r1v.runtime.rng.RNGStates callback) ------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         keep = {f"model.{n}" for n in self.trainable}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
@@ -452,7 +453,7 @@ def enable_checkpointing(model: torch.nn.Module, parts: Any) -> None:
 
 def build_rewards(cfg: Mapping[str, Any]) -> dict[str, tuple[float, Any]]:
     """The ``reward=[...]`` composition of a config: key -> (weight, reward callable)."""
-    from r1v.config import build_plugin
+    from r1v.core.config import build_plugin
 
     reg = get_registry()
     return {key: (float(node.get("weight", 1.0)),
@@ -480,16 +481,3 @@ def score_rewards(
                 sums[part] = sums.get(part, 0.0) + float(value)
             sums["total"] += weight * float(parts.get(key, sum(parts.values())))
     return {k: v / max(len(samples), 1) for k, v in sums.items()}
-
-
-def load_trainable(model: torch.nn.Module, checkpoint: str) -> None:
-    """Load a previous stage's weights (``checkpoint=<run folder | .safetensors | .ckpt>``) on top."""
-    from r1v.runs import weights_of
-    from r1v.weights import load_into
-
-    path = weights_of(checkpoint)
-    if path.suffix == ".ckpt":
-        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]  # never unpickle code
-        model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()}, strict=False)
-        return
-    load_into(model, path, f"checkpoint {checkpoint}", strict=False)

@@ -29,8 +29,8 @@ ARGS = ["stage=grpo", "model=tiny_reasoner", "stage.max_new_tokens=48", "stage.b
 def runs(tmp_path_factory, compose):
     from safetensors.torch import save_file
 
+    from r1v.core.registry import get_registry
     from r1v.model.build import build
-    from r1v.registry import get_registry
 
     cwd = tmp_path_factory.mktemp("grpo_zero")
     torch.manual_seed(0)  # one adapter for both: zero.Init would draw its own random init per strategy

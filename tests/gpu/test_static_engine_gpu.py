@@ -70,7 +70,7 @@ def test_sampling_is_seeded_on_the_gpu(registry, cuda_vlm, compile):
 
 def _mixed(call: int) -> list:
     """Six prompts whose image counts (0, 1 or 2) and lengths change from call to call, as rollout batches do."""
-    from r1v.interfaces import IMAGE_PLACEHOLDER, Sample
+    from r1v.core.interfaces import IMAGE_PLACEHOLDER, Sample
 
     out = []
     for i in range(6):

@@ -1,7 +1,7 @@
 """GPU: the default job under trainer=gpu, deepspeed_z2 and deepspeed_z3 (skipped without CUDA).
 
 ZeRO-3 builds the model inside ``configure_model`` on partitioned parameters; weights must still be
-loaded whole (``r1v.weights.gathered``), so all three strategies start from the same loss.
+loaded whole (``r1v.runtime.weights.gathered``), so all three strategies start from the same loss.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ def runs(tmp_path_factory, compose):
     # One adapter init for all: zero.Init draws random init on the GPU, so only loaded weights compare.
     from safetensors.torch import save_file
 
+    from r1v.core.registry import get_registry
     from r1v.model.build import build
-    from r1v.registry import get_registry
 
     torch.manual_seed(0)
     model, _ = build(compose()["model"], get_registry())

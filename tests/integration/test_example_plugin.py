@@ -86,8 +86,8 @@ def test_autoload_disabled_hides_example(site: Path, tmp_path: Path) -> None:
 def test_components_work(site: Path, tmp_path: Path) -> None:
     code = """
 import torch
-from r1v.interfaces import RewardInput
-from r1v.registry import get_registry
+from r1v.core.interfaces import RewardInput
+from r1v.core.registry import get_registry
 reg = get_registry()
 enc = reg.build("vision", "example_cnn")
 assert (enc.image_size, enc.grid_size, enc.hidden_size) == (64, 8, 32)

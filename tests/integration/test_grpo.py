@@ -87,8 +87,8 @@ def test_completions_that_never_close_think_are_scored(reassembled_run, tmp_path
 
     # stage.logp_probe: the chunked, micro-batched, left-padded log-probs written before the first update
     # equal a plain full-logits forward of the same starting model on prompt + reference answer
-    from r1v.stages.common import inference_model
-    from r1v.train import build_datasets
+    from r1v.data.build import build_datasets
+    from r1v.model.load import inference_model
 
     probe = torch.load(tmp_path / "runs" / "short" / "logp_probe.pt", weights_only=False)
     cfg = compose("model=tiny_reasoner", f"checkpoint={reassembled_run}")

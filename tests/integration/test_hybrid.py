@@ -19,7 +19,7 @@ REASONER = ["model=tiny_reasoner"]
 
 def accuracy_of(weights: Path, registry, compose, n: int = 96) -> float:
     from r1v.model.build import build
-    from r1v.stages.sft import load_trainable
+    from r1v.model.load import load_trainable
 
     model, processor = build(compose("model=tiny_reasoner")["model"], registry)
     load_trainable(model, str(weights))
@@ -69,11 +69,11 @@ def test_distill_writes_an_sft_dataset_with_provenance(sft_run, tmp_path):
 
 
 def _distill_in_process(compose, registry, tmp_path, sft_run, monkeypatch, **overrides):
+    from r1v.core.interfaces import ScoreContext
     from r1v.data.datasets import SyntheticDataset
-    from r1v.interfaces import ScoreContext
     from r1v.model.build import build
+    from r1v.model.load import load_trainable
     from r1v.stages.distill import build_plugins, distill
-    from r1v.stages.sft import load_trainable
 
     cfg = compose(*REASONER, "distill.reviser.name=drop", *[f"{k}={v}" for k, v in overrides.items()])
     model, processor = build(cfg["model"], registry)
@@ -88,9 +88,8 @@ def _distill_in_process(compose, registry, tmp_path, sft_run, monkeypatch, **ove
 def test_each_samples_drlc_penalty_reaches_the_sampler(compose, registry, tmp_path, sft_run, monkeypatch, engine):
     """The penalties the sampler applies, row by row, are the per-sample P of the provenance (both engines;
     that the static engine applies a row's P as transformers does: tests/unit/test_static_engine.py)."""
-    from r1v_plugins import rollout
-
     from r1v.generation import StaticEngine
+    from r1v.generation import hf as rollout
 
     seen: list[float] = []
     original = rollout.PerSampleRepetitionPenalty.__call__
@@ -214,7 +213,7 @@ def test_reward_model_score_outside_0_5_is_one_line(sft_run, tmp_path, compose, 
     from omegaconf import OmegaConf
     from r1v_plugins.scorers import ChainRules
 
-    from r1v.scoring import ScoringError
+    from r1v.evaluation.sample_scores import ScoringError
     from r1v.train import run
 
     monkeypatch.setattr(ChainRules, "one", lambda self, s: 7.5)  # a 0–5 scorer that misbehaves

@@ -21,7 +21,7 @@ def column(run, key: str) -> list[float]:
 
 
 def accuracy_of(compose, registry, checkpoint) -> float:
-    from r1v.stages.common import inference_model
+    from r1v.model.load import inference_model
 
     model, processor = inference_model(compose("model=tiny_reasoner", f"checkpoint={checkpoint}"))
     return held_out_accuracy(model, processor, registry, n=64)

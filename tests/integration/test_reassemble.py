@@ -16,7 +16,7 @@ QUIET = ["trainer.enable_progress_bar=false", "logger=csv"]
 
 def test_reassembled_reasoner_reads_images_without_training(default_run, tmp_path, registry, compose):
     from r1v.model.build import build
-    from r1v.stages.sft import load_trainable
+    from r1v.model.load import load_trainable
 
     proc = run_cli(["stage=reassemble", "model=tiny_reasoner", f"checkpoint={default_run}", "run=re", *QUIET],
                    tmp_path)  # fmt: skip
@@ -39,7 +39,7 @@ def test_reassembled_reasoner_reads_images_without_training(default_run, tmp_pat
 
 
 def test_width_mismatch_is_one_line(tmp_path):
-    from r1v_plugins.adapters import MLPAdapter
+    from r1v.model.parts.mlp import MLPAdapter
 
     adapter = MLPAdapter(in_features=64, llm_hidden=96)  # trained for a 96-wide backbone
     save_file(

@@ -40,14 +40,14 @@ def test_default_run_learns_and_writes_its_folder(default_run):
 def test_aligned_adapter_lets_the_lm_read_images(default_run, tiny_vlm, registry):
     """The trained adapter answers held-out image questions far better than the random one."""
     from r1v.data.synthetic import generate
-    from r1v.stages.sft import load_trainable
+    from r1v.model.load import load_trainable
 
     model, proc = tiny_vlm
     samples = [generate(i, "val")[0] for i in range(48)]
     engine = registry.build("rollout", "hf")
 
     def accuracy() -> float:
-        from r1v.answers import equivalent, extract_answer
+        from r1v.evaluation.answers import equivalent, extract_answer
 
         texts = engine.generate(model, proc, samples, max_new_tokens=12, greedy=True)
         return sum(equivalent(extract_answer(t), s.answer) for t, s in zip(texts, samples, strict=True)) / len(samples)

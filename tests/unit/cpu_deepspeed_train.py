@@ -12,22 +12,22 @@ import sys
 import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy as LightningDeepSpeed
 
-import r1v.strategies
+import r1v.runtime.strategies
 
 
-def _setup_environment(self: r1v.strategies.DeepSpeedStrategy) -> None:
+def _setup_environment(self: r1v.runtime.strategies.DeepSpeedStrategy) -> None:
     super(LightningDeepSpeed, self).setup_environment()  # skip Lightning's CUDA check
 
 
-def _setup_distributed(self: r1v.strategies.DeepSpeedStrategy) -> None:
+def _setup_distributed(self: r1v.runtime.strategies.DeepSpeedStrategy) -> None:
     self.set_world_ranks()
     self._init_deepspeed_distributed()
 
 
 if __name__ == "__main__":  # reward workers re-import this file: train only in the main process
-    r1v.strategies.DeepSpeedStrategy.setup_environment = _setup_environment
-    r1v.strategies.DeepSpeedStrategy.setup_distributed = _setup_distributed
-    r1v.strategies.DeepSpeedStrategy.root_device = property(lambda self: torch.device("cpu", 0))
+    r1v.runtime.strategies.DeepSpeedStrategy.setup_environment = _setup_environment
+    r1v.runtime.strategies.DeepSpeedStrategy.setup_distributed = _setup_distributed
+    r1v.runtime.strategies.DeepSpeedStrategy.root_device = property(lambda self: torch.device("cpu", 0))
     from r1v.train import main
 
     sys.argv = ["r1v.train", "trainer.accelerator=cpu", "trainer.devices=1",

@@ -49,26 +49,26 @@ def test_zero3_folder_loading_streams_every_tensor(saved_tiny, monkeypatch):
     config and the folder's tensors streamed in; it equals from_pretrained, with cut layers skipped."""
     from transformers import Qwen2ForCausalLM
 
-    import r1v.weights
+    import r1v.runtime.weights
 
     tiny, folder = saved_tiny
-    monkeypatch.setattr(r1v.weights, "zero3_active", lambda: True)
-    loaded = r1v.weights.hf_from_folder(Qwen2ForCausalLM, folder, "backbone 't'", dtype=torch.float32)
+    monkeypatch.setattr(r1v.runtime.weights, "zero3_active", lambda: True)
+    loaded = r1v.runtime.weights.hf_from_folder(Qwen2ForCausalLM, folder, "backbone 't'", dtype=torch.float32)
     ids = torch.arange(3, 20)[None]
     with torch.no_grad():
         torch.testing.assert_close(loaded.eval()(ids).logits, tiny(ids).logits)
     assert loaded.lm_head.weight is loaded.model.embed_tokens.weight or not tiny.config.tie_word_embeddings
     from transformers import AutoModelForCausalLM
 
-    auto = r1v.weights.hf_from_folder(AutoModelForCausalLM, folder, "backbone 'hf'", dtype=torch.float32)
+    auto = r1v.runtime.weights.hf_from_folder(AutoModelForCausalLM, folder, "backbone 'hf'", dtype=torch.float32)
     with torch.no_grad():  # backbone=hf's Auto class takes the same path
         torch.testing.assert_close(auto.eval()(ids).logits, tiny(ids).logits)
 
     config = Qwen2ForCausalLM.config_class.from_pretrained(folder)
     config.num_hidden_layers = 1
     later = ("model.layers.1.", "model.layers.2.", "model.layers.3.")
-    cut = r1v.weights.hf_from_folder(Qwen2ForCausalLM, folder, "backbone 't'", config=config, dtype=torch.float32,
-                                     skip=lambda k: k.startswith(later))  # fmt: skip
+    cut = r1v.runtime.weights.hf_from_folder(Qwen2ForCausalLM, folder, "backbone 't'", config=config,
+                                             dtype=torch.float32, skip=lambda k: k.startswith(later))  # fmt: skip
     torch.testing.assert_close(cut.model.layers[0].mlp.up_proj.weight, tiny.model.layers[0].mlp.up_proj.weight)
 
 
@@ -76,22 +76,22 @@ def test_zero3_folder_missing_tensor_is_one_line(saved_tiny, monkeypatch):
     from safetensors.torch import load_file, save_file
     from transformers import Qwen2ForCausalLM
 
-    import r1v.weights
+    import r1v.runtime.weights
 
     _, folder = saved_tiny
     state = load_file(str(folder / "model.safetensors"))
     del state["model.norm.weight"]
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    monkeypatch.setattr(r1v.weights, "zero3_active", lambda: True)
-    with pytest.raises(r1v.weights.WeightsError) as e:
-        r1v.weights.hf_from_folder(Qwen2ForCausalLM, folder, "backbone 't'", dtype=torch.float32)
+    monkeypatch.setattr(r1v.runtime.weights, "zero3_active", lambda: True)
+    with pytest.raises(r1v.runtime.weights.WeightsError) as e:
+        r1v.runtime.weights.hf_from_folder(Qwen2ForCausalLM, folder, "backbone 't'", dtype=torch.float32)
     assert "backbone 't'" in str(e.value) and "model.norm.weight" in str(e.value) and "\n" not in str(e.value)
 
 
 def test_rotary_frequencies_stay_fp32(registry):
     """zero.Init and .to(bfloat16) round the rotary inv_freq buffer to bf16 (positions off by radians
     after a few thousand tokens); fp32_rotary recomputes it exactly."""
-    from r1v.weights import fp32_rotary
+    from r1v.runtime.weights import fp32_rotary
 
     model = registry.build("backbone", "tiny_reasoner").model
     exact = model.model.rotary_emb.inv_freq.clone()

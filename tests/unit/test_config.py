@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from r1v.config import ConfigError, conf_dir, precheck_overrides, validate
+from r1v.core.config import ConfigError, conf_dir, precheck_overrides, validate
 
 CONF = Path(conf_dir())
 PLUGIN_GROUPS = ("vision", "adapter", "backbone", "data", "reward", "stage")

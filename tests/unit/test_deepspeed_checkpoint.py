@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from r1v.runs import (
+from r1v.runtime.runs import (
     SEAL,
     RunError,
     check_checkpoint,
@@ -52,7 +52,7 @@ class FakeEngine:
 
 
 def _strategy(engine: FakeEngine):
-    from r1v.strategies import DeepSpeedStrategy
+    from r1v.runtime.strategies import DeepSpeedStrategy
 
     strategy = DeepSpeedStrategy(config={"zero_optimization": {"stage": 2}})
     strategy.model = engine  # ``deepspeed_engine`` is the wrapped model
@@ -148,8 +148,8 @@ SCRIPT = textwrap.dedent("""
     import sys, torch, lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.strategies import DeepSpeedStrategy as LightningDeepSpeed
-    from r1v.rng import RNGStates
-    from r1v.strategies import DeepSpeedStrategy
+    from r1v.runtime.rng import RNGStates
+    from r1v.runtime.strategies import DeepSpeedStrategy
 
     class CPUDeepSpeed(DeepSpeedStrategy):  # Lightning allows DeepSpeed on CUDA only; DeepSpeed itself runs on CPU
         def setup_environment(self):

@@ -160,8 +160,8 @@ def test_missing_column_and_missing_copy_are_one_line(registry, tmp_path):
 
 
 def test_llm_judge_fallback_always_and_bad_replies(fake_judge):
+    from r1v.evaluation.endpoint import JudgeError
     from r1v.evaluation.judge import AnswerJudge
-    from r1v.judge import JudgeError
 
     item = EvalItem("q", "Which is larger?", "B", "mc", ["1", "2"])
     fake_judge.reply = lambda body: "The response says two.\nVerdict: correct"

@@ -8,11 +8,11 @@ import time
 
 import pytest
 import torch
-from r1v_plugins.policy_losses import aggregate, grpo, grpo_loss
 
-from r1v.interfaces import RewardInput
-from r1v.reward_runner import RewardRunner
-from r1v.rl import AdapterReference, Rollout, SelectiveSampleBuffer, equal_groups, group_advantages
+from r1v.core.interfaces import RewardInput
+from r1v.rl.grpo import AdapterReference, Rollout, SelectiveSampleBuffer, equal_groups, group_advantages
+from r1v.rl.policy_loss import aggregate, grpo, grpo_loss
+from r1v.rl.rewards import RewardRunner
 
 
 def test_group_advantages_by_hand():
@@ -144,7 +144,7 @@ def test_adapter_reference_swaps_only_the_trainable_copy():
 
 def test_chunked_logprobs_equal_the_full_computation(tiny_vlm):
     from r1v.data.synthetic import generate
-    from r1v.rl import token_logprobs
+    from r1v.rl.grpo import token_logprobs
 
     model, processor = tiny_vlm
     samples = [generate(i, "val")[0] for i in range(3)]
@@ -235,8 +235,8 @@ def test_layer_by_layer_rollouts_switch_a_whole_weight_engine_to_hf(tiny_vlm, mo
     is replaced by rollout=hf with the same sampling knobs (said once); other engines and whole gathers stay."""
     from types import SimpleNamespace
 
-    from r1v import weights
     from r1v.generation import StaticEngine
+    from r1v.runtime import weights
     from r1v.stages.grpo import GRPOStage
 
     model, _ = tiny_vlm

@@ -29,12 +29,12 @@ def test_tiny_towers_give_patch_grids(registry, name):
 @pytest.mark.parametrize(("kind", "tiny"), [("siglip", "siglip_tiny"), ("clip", "clip_tiny")])
 def test_local_folder_loads_the_same_tower(registry, tmp_path, kind, tiny, zero3, monkeypatch):
     """Also along the ZeRO-3 path (simulated on CPU: built from the config, tensors streamed in)."""
-    import r1v.weights
+    import r1v.runtime.weights
 
     torch.manual_seed(0)
     a = registry.build("vision", tiny).eval()
     a.model.save_pretrained(tmp_path)
-    monkeypatch.setattr(r1v.weights, "zero3_active", lambda: zero3)
+    monkeypatch.setattr(r1v.runtime.weights, "zero3_active", lambda: zero3)
     b = registry.build("vision", kind, pretrained=str(tmp_path), select_layer=a.select_layer).eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():

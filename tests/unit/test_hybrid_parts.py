@@ -12,10 +12,10 @@ import pytest
 import torch
 from PIL import ImageFilter
 
-from r1v.answers import equivalent, extract_answer
+from r1v.core.interfaces import Sample, ScoreContext
 from r1v.data.synthetic import generate
-from r1v.interfaces import Sample, ScoreContext
-from r1v.scoring import (
+from r1v.evaluation.answers import equivalent, extract_answer
+from r1v.evaluation.sample_scores import (
     ScoringError,
     calibrate,
     completion_nll,
@@ -62,8 +62,9 @@ def test_extract_answer_last_boxed_after_think():
 
 
 def test_per_sample_repetition_penalty_matches_transformers_rowwise():
-    from r1v_plugins.rollout import PerSampleRepetitionPenalty
     from transformers import RepetitionPenaltyLogitsProcessor
+
+    from r1v.generation.hf import PerSampleRepetitionPenalty
 
     g = torch.Generator().manual_seed(0)
     scores = torch.randn(3, 20, generator=g)
@@ -84,7 +85,7 @@ def test_per_sample_repetition_penalty_matches_transformers_rowwise():
 
 
 def test_per_sample_repetition_penalty_without_generated_tokens():
-    from r1v_plugins.rollout import PerSampleRepetitionPenalty
+    from r1v.generation.hf import PerSampleRepetitionPenalty
 
     scores = torch.randn(3, 20, generator=torch.Generator().manual_seed(1))
     out = PerSampleRepetitionPenalty(torch.tensor([1.0, 1.5, 2.0]))(torch.zeros(3, 0, dtype=torch.long), scores)
@@ -174,7 +175,7 @@ def test_drlc_rejects_invalid_knobs(registry, knobs):
 
 
 def test_fixed_and_reward_only_controllers_sampling_params(registry):
-    from r1v_plugins.length import sampling_params
+    from r1v.core.interfaces import sampling_params
 
     fixed = registry.build("length", "fixed", repetition_penalty=1.3)
     for scores in ({"vision": 0.0, "text": 0.0, "integration": 0.0}, {"vision": 1.0, "text": 0.3, "integration": 1.0}):

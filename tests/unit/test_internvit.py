@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
-from r1v_plugins.internvit import InternViT, internvit_6b, internvit_300m, internvit_tiny
 from safetensors.torch import save_file
 
+from r1v.core.interfaces import Sample
 from r1v.data.synthetic import generate
-from r1v.interfaces import Sample
+from r1v.model.parts.internvit import InternViT, internvit_6b, internvit_300m, internvit_tiny
 
 # The published shapes, written out here (not imported) so the counts are checked independently.
 SIX_B = dict(image=448, patch=14, c=3200, depth=45, mlp=12800, qkv_bias=False, qk_norm=True, norm="rms")
@@ -210,8 +210,8 @@ def test_pretrained_loads_and_wrong_shapes_are_named(tmp_path):
 
 
 def test_composes_into_the_tiny_vlm(compose):
+    from r1v.core.registry import get_registry
     from r1v.model.build import build
-    from r1v.registry import get_registry
 
     registry = get_registry(refresh=True)
     assert {"internvit_6b", "internvit_300m", "internvit_tiny"} <= set(registry.names("vision"))

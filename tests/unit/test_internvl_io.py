@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from r1v_plugins import tiny
 from safetensors.torch import load_file, save_file
 
 from r1v.data.synthetic import generate
 from r1v.model.build import ModelConfigError
 from r1v.model.internvl import build_from_folder, export_folder, iter_tensors, read_config
-from r1v.weights import WeightsError
+from r1v.model.parts import tiny
+from r1v.runtime.weights import WeightsError
 from tests.conftest import run_cli
 
 VISION = dict(image_size=64, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -37,9 +37,10 @@ def llm_config(vocab: int, hidden: int = LLM_HIDDEN) -> dict:
 
 def random_state(vocab: int) -> dict[str, torch.Tensor]:
     """InternVL-named random weights (InternViT + mlp1 + Qwen2ForCausalLM), every tensor randomised."""
-    from r1v_plugins.adapters import MLPAdapter
-    from r1v_plugins.internvit import from_config
     from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from r1v.model.parts.internvit import from_config
+    from r1v.model.parts.mlp import MLPAdapter
 
     torch.manual_seed(0)
     parts = {

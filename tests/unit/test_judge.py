@@ -1,4 +1,4 @@
-"""The OpenAI-compatible judge (``openai_judge`` scorer and reviser, r1v.judge's client) against a small
+"""The OpenAI-compatible judge (``openai_judge`` scorer and reviser, r1v.evaluation.endpoint's client) against a small
 local fake server: never the internet."""
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from r1v.core.interfaces import ScoreContext
 from r1v.data.synthetic import generate
-from r1v.interfaces import ScoreContext
-from r1v.judge import ChatEndpoint, JudgeError, image_part, parse_score, user_message
-from r1v.scoring import run_scorer
+from r1v.evaluation.endpoint import ChatEndpoint, JudgeError, image_part, parse_score, user_message
+from r1v.evaluation.sample_scores import run_scorer
 
 
 @dataclass

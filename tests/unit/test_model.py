@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 from PIL import Image
-from r1v_plugins.adapters import MLPAdapter, pixel_shuffle
 
+from r1v.core.interfaces import IMG_CONTEXT, Sample
 from r1v.data.synthetic import generate
-from r1v.interfaces import IMG_CONTEXT, Sample
 from r1v.model.build import ModelConfigError, apply_freeze, build
+from r1v.model.parts.mlp import MLPAdapter, pixel_shuffle
 
 
 def test_pixel_shuffle_shapes_and_versions():
@@ -129,7 +129,7 @@ def test_missing_image_tokens_are_added_with_mean_embeddings():
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-    from r1v.interfaces import IMG_END, IMG_START, LanguageBackbone
+    from r1v.core.interfaces import IMG_END, IMG_START, LanguageBackbone
     from r1v.model.build import ensure_special_tokens
 
     vocab = {w: i for i, w in enumerate(["<eos>", "<pad>", "how", "many", "?"])}
@@ -222,7 +222,7 @@ def test_varlen_packing_matches_samples_alone(tiny_vlm):
 def test_flop_counter_counts_what_trains(tiny_vlm):
     """6·N·t for full fine-tuning; frozen encoder in front costs 2·N_v, a frozen backbone after a trainable
     adapter 4·N_b (activation gradients only); attention n² per sample, so packing changes no FLOP."""
-    from r1v.perf import FlopCounter, part_shape
+    from r1v.runtime.perf import FlopCounter, part_shape
 
     model, _ = tiny_vlm
     shapes = {p: part_shape(getattr(model, p)) for p in ("vision", "adapter", "backbone")}
@@ -256,7 +256,7 @@ def test_flop_counter_counts_what_trains(tiny_vlm):
 def test_activation_checkpointing_same_gradients_and_refusal(tiny_vlm):
     """stage.activation_checkpointing=[backbone] recomputes in backward with identical gradients; a part that
     cannot checkpoint is refused in one line naming the allowed ones."""
-    from r1v.config import ConfigError
+    from r1v.core.config import ConfigError
     from r1v.stages.sft import enable_checkpointing
 
     model, proc = tiny_vlm

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from r1v import planner
-from r1v.planner import Part, Settings, estimate, parse_knobs, recommend
+from r1v.runtime import planner
+from r1v.runtime.planner import Part, Settings, estimate, parse_knobs, recommend
 
 
 def test_one_billion_trainable_zero3_on_8_gpus():
@@ -110,7 +110,7 @@ def test_qwen2_32b_layer_activation_constant():
 
 @pytest.fixture(scope="module")
 def r1v38b_parts(compose):
-    from r1v.inspect import build_on_meta, model_parts
+    from r1v.cli.describe import build_on_meta, model_parts
 
     def parts(*overrides: str) -> list[Part]:
         return model_parts(build_on_meta(compose("model=r1v38b", *overrides)), tiles_per_sample=13)
@@ -159,7 +159,7 @@ def test_knob_parsing():
 
 
 def test_settings_read_from_the_config(compose):
-    from r1v.inspect import default_settings
+    from r1v.cli.describe import default_settings
 
     cfg = {"model": {"max_tiles": 12, "use_thumbnail": True}, "stage": {"name": "align"},
            "trainer": {"devices": 4, "strategy": {"stage": 2}}}  # fmt: skip

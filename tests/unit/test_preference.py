@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from r1v.preference import RunningMean, bco_loss, bradley_terry_loss, dpo_loss, mpo_loss, nll_loss
+from r1v.rl.preference import RunningMean, bco_loss, bradley_terry_loss, dpo_loss, mpo_loss, nll_loss
 
 
 def sig(x: float) -> float:
@@ -100,8 +100,8 @@ def test_pairs_file_bad_rows_one_line_each(tmp_path):
 
 
 def test_synthetic_pairs_are_right_versus_wrong():
-    from r1v.answers import equivalent, extract_answer
     from r1v.data.datasets import SyntheticPairs
+    from r1v.evaluation.answers import equivalent, extract_answer
 
     for style in ("answer", "reasoning"):
         ds = SyntheticPairs(20, "train", style=style)
@@ -131,7 +131,7 @@ def test_reward_folder_without_scalar_head_is_one_line(registry, tmp_path):
 
 def test_reward_scores_read_the_last_real_token(tiny_vlm):
     """scores() takes the head at each row's last attended position, whatever the padding around it."""
-    from r1v.rl import completion_rows
+    from r1v.rl.grpo import completion_rows
     from r1v.stages.reward_model import add_head, scores
 
     model, processor = tiny_vlm

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from r1v.config import ConfigError
+from r1v.core.config import ConfigError
 from r1v.recipe import changed_keys, check_stages
 
 
@@ -19,7 +19,7 @@ def test_shipped_recipes_are_valid(name, registry):
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    from r1v.config import conf_dir
+    from r1v.core.config import conf_dir
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=conf_dir(), version_base=None):
@@ -55,7 +55,7 @@ def test_plots_from_a_metrics_file(tmp_path):
     """python -m r1v plot: one PNG per panel that has data, several runs overlaid; a run without
     metrics.csv is one line."""
     from r1v.__main__ import main as cli
-    from r1v.plots import panels, read_metrics
+    from r1v.reports.plots import panels, read_metrics
 
     for name, shift in (("a", 0.0), ("b", 0.1)):
         run = tmp_path / name

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from r1v import hookimpl
-from r1v.hookspecs import KIND_HOOKS
-from r1v.registry import Registry, RegistryError, make_plugin_manager
+from r1v.core.hookspecs import KIND_HOOKS
+from r1v.core.registry import Registry, RegistryError, make_plugin_manager
 
 
 def test_every_kind_has_builtins(registry):

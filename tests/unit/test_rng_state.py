@@ -1,5 +1,5 @@
 """Every rank's RNG streams are saved in the checkpoint and each rank's own restored on resume
-(:class:`r1v.rng.RNGStates`): the draws after a resume are the draws an uninterrupted run makes, and the
+(:class:`r1v.runtime.rng.RNGStates`): the draws after a resume are the draws an uninterrupted run makes, and the
 checkpoint still loads with ``torch.load(weights_only=True)``."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from r1v.rng import RNGStates
+from r1v.runtime.rng import RNGStates
 
 
 def draws(k: int = 4) -> list[float]:
@@ -72,7 +72,7 @@ class _Noisy(L.LightningModule):
 def _fit(tmp_path: Path, seed: int, ckpt: Path | None = None, rows: int = 12) -> dict[int, list[float]]:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from r1v.runs import AtomicCheckpointIO
+    from r1v.runtime.runs import AtomicCheckpointIO
 
     _seed(seed)
     module = _Noisy(rows)

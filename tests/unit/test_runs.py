@@ -11,11 +11,11 @@ import sys
 import pytest
 import torch
 
-from r1v.runs import (
+from r1v.core.config import default_run_name
+from r1v.runtime.runs import (
     AtomicCheckpointIO,
     RunError,
     check_checkpoint,
-    default_run_name,
     lock_run_folder,
     resolve_resume,
     unlock_run_folder,
@@ -74,7 +74,7 @@ def test_run_name_is_shared_by_torchrun_ranks(monkeypatch):
 
 def _holder(folder, *, then: str = "time.sleep(120)") -> subprocess.Popen:
     """A python process that takes ``folder``'s lock, says so on stdout, then runs ``then``."""
-    code = (f"import time; from pathlib import Path; from r1v.runs import lock_run_folder; "
+    code = (f"import time; from pathlib import Path; from r1v.runtime.runs import lock_run_folder; "
             f"lock_run_folder(Path({str(folder)!r})); print('locked', flush=True); {then}")  # fmt: skip
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "locked"
@@ -99,7 +99,7 @@ def test_a_locked_run_folder_is_refused_naming_the_holder_and_a_killed_holder_do
         assert lock_run_folder(folder) == folder.resolve() / "run.lock"  # ... and does not block
         assert (folder / "run.lock").read_text().strip() == str(os.getpid())
         assert lock_run_folder(folder)  # re-entrant within the process
-        probe = subprocess.run([sys.executable, "-c", f"from r1v.runs import lock_run_folder; "
+        probe = subprocess.run([sys.executable, "-c", f"from r1v.runtime.runs import lock_run_folder; "
                                 f"lock_run_folder({str(folder)!r})"], capture_output=True, text=True)  # fmt: skip
         assert probe.returncode != 0 and f"(pid {os.getpid()}," in probe.stderr
     finally:
@@ -128,14 +128,14 @@ def test_a_second_launch_on_a_locked_folder_is_one_error_line(tmp_path):
 
 def test_a_recipe_locks_its_folder_and_its_stages_lock_their_own(tmp_path, monkeypatch):
     import r1v.recipe
-    import r1v.report
+    import r1v.reports.recipe
 
     folder = (tmp_path / "rec").resolve()
     seen = []
 
     def stage(module, args, log_path):  # stands in for `python -m r1v.train` of a stage, in its own process
         name = next(a.split("=", 1)[1] for a in args if a.startswith("run="))
-        code = ("import sys; from r1v.runs import RunError, lock_run_folder\n"
+        code = ("import sys; from r1v.runtime.runs import RunError, lock_run_folder\n"
                 f"lock_run_folder({str(folder / name)!r})\n"  # the stage's own folder: free
                 f"try:\n    lock_run_folder({str(folder)!r})\nexcept RunError as e:\n    print(e)\n"
                 "else:\n    sys.exit(3)")  # fmt: skip
@@ -144,7 +144,7 @@ def test_a_recipe_locks_its_folder_and_its_stages_lock_their_own(tmp_path, monke
         return proc.returncode
 
     monkeypatch.setattr(r1v.recipe, "_run", stage)
-    monkeypatch.setattr(r1v.report, "write_report", lambda *a: None)
+    monkeypatch.setattr(r1v.reports.recipe, "write_report", lambda *a: None)
     cfg = {"recipe": {"name": "t", "stages": [{"name": "a", "args": ["stage=sft"]}]}, "paths": {"runs": str(tmp_path)},
            "run": "rec", "seed": 0, "resume": None}  # fmt: skip
     assert r1v.recipe.run_recipe(cfg) == folder
@@ -157,7 +157,7 @@ def test_a_recipe_locks_its_folder_and_its_stages_lock_their_own(tmp_path, monke
 def test_only_rank_zero_removes_leftovers_of_interrupted_saves(tmp_path, monkeypatch):
     """Rank 0 holds the lock; the other ranks of a launch (maybe a refused second one) never delete a save in
     progress, but all of them put back a checkpoint folder an interrupted swap had moved aside."""
-    from r1v.runs import latest_good_checkpoint
+    from r1v.runtime.runs import latest_good_checkpoint
 
     ckpts = tmp_path / "run" / "checkpoints"
     AtomicCheckpointIO().save_checkpoint({"global_step": 3}, ckpts / "step000003.ckpt")

@@ -13,15 +13,16 @@ import pytest
 import torch
 from PIL import Image
 
-from r1v.config import ConfigError, check_targets, check_writable
-from r1v.runs import RunError, check_checkpoint, latest_good_checkpoint
+from r1v.core.config import ConfigError, check_targets, check_writable
+from r1v.runtime.runs import RunError, check_checkpoint, latest_good_checkpoint
 
 # -- config safety ------------------------------------------------------------------------------------------------
 
 
 def test_targets_outside_the_allow_list_are_refused():
-    check_targets({"trainer": {"_target_": "lightning.pytorch.Trainer", "strategy": {"_target_": "r1v.strategies.X"}},
-                   "logger": {"csv": {"_target_": "r1v.loggers.RunCSVLogger"}}})  # fmt: skip
+    check_targets({"trainer": {"_target_": "lightning.pytorch.Trainer",
+                               "strategy": {"_target_": "r1v.runtime.strategies.X"}},
+                   "logger": {"csv": {"_target_": "r1v.runtime.loggers.RunCSVLogger"}}})  # fmt: skip
     with pytest.raises(ConfigError, match=r"trainer\.strategy\._target_: 'os\.system' is not allowed"):
         check_targets({"trainer": {"strategy": {"_target_": "os.system"}}})
     with pytest.raises(ConfigError, match=r"logger\.x\[0\]\._target_: 'lightningx\.Evil'"):
@@ -87,8 +88,8 @@ def test_a_corrupt_checkpoint_is_named_and_the_previous_good_one_used(tmp_path, 
 
 
 def test_a_reward_failing_on_most_calls_stops_with_its_name():
-    from r1v.interfaces import RewardInput
-    from r1v.reward_runner import RewardFailureError, RewardRunner
+    from r1v.core.interfaces import RewardInput
+    from r1v.rl.rewards import RewardFailureError, RewardRunner
 
     def flaky(x: RewardInput) -> dict[str, float]:
         if int(x.extra["id"]) % 4:  # 3 of 4 calls fail
@@ -225,7 +226,7 @@ def test_a_scorer_past_its_time_limit_is_a_counted_failure():
     import time
     from collections import Counter
 
-    from r1v.scoring import run_scorer
+    from r1v.evaluation.sample_scores import run_scorer
 
     class Slow:
         def score(self, samples, ctx):
@@ -236,7 +237,7 @@ def test_a_scorer_past_its_time_limit_is_a_counted_failure():
                 out.append(float("inf") if s.id == "inf" else 1.0)
             return out
 
-    from r1v.interfaces import Sample
+    from r1v.core.interfaces import Sample
 
     samples = [Sample(i, "q", "a", []) for i in ("a", "hang", "inf", "b")]
     failures: Counter[str] = Counter()

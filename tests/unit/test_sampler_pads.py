@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from r1v.core.interfaces import Sample
 from r1v.data.sampler import PAD, PadAware, PadIndex, ResumableSampler, is_pad
-from r1v.interfaces import Sample
 
 CASES = [(10, 3), (10, 4), (7, 2), (13, 5), (2, 3), (1, 4), (20, 2), (12, 4)]
 
@@ -118,9 +118,8 @@ def test_grpo_marks_pad_prompts_and_their_completions_weigh_nothing():
     """The sum of the micro-batch losses weighted by ``loss_shares``, with the pads' tokens masked as ``_batch``
     does, equals the loss over the real completions alone, in value and gradient, for every aggregation; a
     micro-batch of pads only contributes nothing."""
-    from r1v_plugins.policy_losses import grpo_loss
-
-    from r1v.rl import Rollout
+    from r1v.rl.grpo import Rollout
+    from r1v.rl.policy_loss import grpo_loss
     from r1v.stages.grpo import _Indexed, loss_shares
 
     idx, sample = _Indexed(_samples(3))[PadIndex(2)]

@@ -23,7 +23,7 @@ def _val(i: int):
 def trained_vlm(sft_run, registry, compose):
     """The SFT-trained tiny reasoner (real <think> chains, EOS at different lengths per sample)."""
     from r1v.model.build import build
-    from r1v.stages.sft import load_trainable
+    from r1v.model.load import load_trainable
 
     model, processor = build(compose("model=tiny_reasoner")["model"], registry)
     load_trainable(model, str(sft_run))
@@ -70,7 +70,7 @@ def test_the_image_placeholder_is_never_generated(registry, compose, one_thread)
     sampled = registry.build("rollout", "static", temperature=1.0, top_p=1.0).generate_ids(model, processor,
                                                                                            samples, 12)  # fmt: skip
     assert all(ctx not in row for row in sampled)
-    from r1v.rl import completion_rows
+    from r1v.rl.grpo import completion_rows
 
     prompts = [processor.encode(s, target=None)["input_ids"] for s in samples]
     rows, attn, _ = completion_rows([list(p) for p in prompts], sampled, processor.tokenizer.pad_token_id)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import torch
-from r1v_plugins import tiny
 
-from r1v.answers import equivalent, extract_answer
+from r1v.core.interfaces import IMG_END, IMG_START
 from r1v.data.synthetic import generate
-from r1v.interfaces import IMG_END, IMG_START
+from r1v.evaluation.answers import equivalent, extract_answer
+from r1v.model.parts import tiny
 
 
 def test_files_match_manifest():

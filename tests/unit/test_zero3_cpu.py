@@ -20,8 +20,8 @@ SCRIPT = textwrap.dedent("""
     import deepspeed
     from transformers import Qwen2Config
     from transformers.models.qwen2.modeling_qwen2 import Qwen2RotaryEmbedding
-    from r1v.rl import AdapterReference
-    from r1v.weights import fp32_rotary, gathered, zero3_active
+    from r1v.rl.grpo import AdapterReference
+    from r1v.runtime.weights import fp32_rotary, gathered, zero3_active
 
     cfg = {"train_batch_size": 1, "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0},
            "bf16": {"enabled": True}}
@@ -51,7 +51,7 @@ SCRIPT = textwrap.dedent("""
         assert torch.equal(model[1].weight, initial + 1.0), "policy not restored"
 
     # decode_ready on a real ZeRO-3 engine: no per-module hooks inside, the same outputs, hooks back after
-    from r1v.weights import decode_ready, zero3_offload
+    from r1v.runtime.weights import decode_ready, zero3_offload
     ds = {"train_batch_size": 1, "zero_allow_untested_optimizer": True, "zero_optimization": cfg["zero_optimization"]}
     with deepspeed.zero.Init(config_dict_or_path=ds):
         net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
@@ -100,7 +100,7 @@ SCRIPT = textwrap.dedent("""
     # gather="layer" (a model whose gathered copy does not fit): nothing gathered up front, the hooks stay and
     # fetch each module as transformers' generate reaches it; the same tokens, never the whole model at once
     from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
-    from r1v.weights import gather_mode, gathered_bytes
+    from r1v.runtime.weights import gather_mode, gathered_bytes
     assert gather_mode(lm, lm_engine, "auto") == "whole"  # off the GPU there is nothing to choose
     assert gather_mode(lm, None, "layer") == "whole" and gather_mode(lm, lm_engine, "layer") == "layer"
     assert gathered_bytes(lm) == 0  # one rank: its shard is the whole parameter
@@ -136,7 +136,7 @@ def test_gather_mode_chooses_by_free_memory(monkeypatch):
 
     import torch
 
-    from r1v import weights
+    from r1v.runtime import weights
 
     def param(numel: int, shard: int) -> SimpleNamespace:
         return SimpleNamespace(ds_id=1, ds_numel=numel, ds_tensor=torch.empty(shard), element_size=lambda: 2,
@@ -159,7 +159,7 @@ SWAP = textwrap.dedent("""
     import os, torch
     torch.distributed.init_process_group("gloo")
     import deepspeed
-    from r1v.rl import AdapterReference
+    from r1v.rl.grpo import AdapterReference
 
     # threshold 10: the 8-wide biases and norm stay whole on every rank (persistent), the matrices are split
     ds = {"train_batch_size": 2, "zero_allow_untested_optimizer": True,
@@ -190,7 +190,7 @@ SWAP = textwrap.dedent("""
 
     # gathered(modifier_rank=0) on a live engine: persistent parameters (whole on every rank after a forward)
     # take rank 0's values on every rank, in their whole value and in each rank's shard
-    from r1v.weights import gathered
+    from r1v.runtime.weights import gathered
     rank = torch.distributed.get_rank()
     assert any(p.ds_persist and p.numel() > 0 for p in net.parameters())  # whole right now
     with gathered(net, modifier_rank=0), torch.no_grad():

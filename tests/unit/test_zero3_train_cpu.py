@@ -95,7 +95,7 @@ def test_models_are_built_on_the_gpu_the_run_trains_on(monkeypatch):
     about a minute per rank on the CPU), never for a CPU trainer or without CUDA."""
     from contextlib import nullcontext
 
-    from r1v.train import build_device
+    from r1v.stages.setup import build_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setenv("LOCAL_RANK", "1")

@@ -8,10 +8,10 @@ import time
 
 import pytest
 import torch
-from r1v_plugins import qwen2
-from r1v_plugins.qwen2 import PRESETS, PresetMismatchError
-from r1v_plugins.tiny import tokenizer as tiny_tokenizer
 
+from r1v.model.parts import qwen2
+from r1v.model.parts.qwen2 import PRESETS, PresetMismatchError
+from r1v.model.parts.tiny import tokenizer as tiny_tokenizer
 from tests.conftest import run_cli
 
 # Published shapes (config.json of each checkpoint), written out here so the presets are checked independently:
@@ -123,8 +123,9 @@ def test_matching_folder_builds_on_meta_without_reading_weights(registry, tmp_pa
 
 def test_local_folder_loads_weights_and_cuts_depth(monkeypatch, tmp_path):
     """A tiny preset (same code path as the real ones): a full folder loads; a depth cut keeps its first layers."""
-    from r1v_plugins import tiny as tiny_parts
     from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from r1v.model.parts import tiny as tiny_parts
 
     tok = tiny_parts.tokenizer()
     shapes = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
@@ -147,7 +148,7 @@ def test_local_folder_loads_weights_and_cuts_depth(monkeypatch, tmp_path):
 
 
 def test_r1v38b_part_sizes(compose, registry):
-    from r1v.inspect import build_on_meta, count
+    from r1v.cli.describe import build_on_meta, count
 
     vlm = build_on_meta(compose("model=r1v38b"))
     sizes = {p: count(getattr(vlm, p))[0] for p in ("vision", "adapter", "backbone")}

@@ -20,11 +20,8 @@ from typing import Any
 
 from PIL import Image
 
+from r1v.core.errors import JudgeError
 from r1v.data.images import to_rgb
-
-
-class JudgeError(RuntimeError):
-    """The judge endpoint cannot be used (one line: URL, what failed, what to check)."""
 
 
 class ChatEndpoint:

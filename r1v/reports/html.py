@@ -1,6 +1,6 @@
 """``python -m r1v report <run>…``: one self-contained HTML page per set of runs (no server, no network).
 
-For every run: its stage and provenance, the metric panels of :mod:`r1v.plots` (PNG, inlined), and for RL
+For every run: its stage and provenance, the metric panels of :mod:`r1v.reports.plots` (PNG, inlined), and for RL
 runs the logged rollouts (``completions.jsonl``): per logged step and prompt, the image thumbnail, the
 question and reference answer, and each of the G completions with its reward, reward parts, advantage and
 length — the ``<think>`` chain folded — so reward hacking, collapse (all G the same), exploding length or
@@ -17,8 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from r1v.core.interfaces import THINK_CLOSE
 from r1v.data.images import to_rgb
-from r1v.interfaces import THINK_CLOSE
 
 CSS = """
 body{font:14px/1.45 system-ui,sans-serif;margin:24px;color:#1b1f24;max-width:1400px}
@@ -129,7 +129,7 @@ def _facts(run: Path) -> str:
 
 def build_report(run_dirs: list[str | Path], out: str | Path) -> Path:
     """Write the HTML page for ``run_dirs`` to ``out``; returns its path."""
-    from r1v.plots import plot_runs
+    from r1v.reports.plots import plot_runs
 
     runs = [Path(r) for r in run_dirs]
     for r in runs:

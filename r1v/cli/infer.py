@@ -18,11 +18,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-import torch
-
-from r1v.answers import equivalent, extract_answer
+from r1v.core.interfaces import IMAGE_PLACEHOLDER, THINK_CLOSE, Sample
 from r1v.data.datasets import DataError, JsonlDataset
-from r1v.interfaces import IMAGE_PLACEHOLDER, THINK_CLOSE, Sample
+from r1v.evaluation.answers import equivalent, extract_answer
+from r1v.model.load import inference_config, load_for_inference
 
 log = logging.getLogger(__name__)
 R1V_SAMPLING = {"temperature": 0.6, "top_p": 0.95}  # R1V's recommended decoding (its README / paper)
@@ -36,36 +35,7 @@ class PromptDataset(JsonlDataset):
 
 def load_model(checkpoint: str | None, overrides: list[str], device: str = "auto") -> tuple[Any, Any, dict]:
     """(model, processor, config) for ``checkpoint`` on ``device`` (auto: CUDA when present)."""
-    from r1v.eval import trained_model
-    from r1v.inspect import compose
-    from r1v.stages.common import inference_model
-
-    if checkpoint and not Path(checkpoint).exists():
-        raise FileNotFoundError(f"--checkpoint {checkpoint} does not exist (a run folder or a weights file)")
-    cfg = compose([*overrides, *([f"checkpoint={checkpoint}"] if checkpoint else [])])
-    cfg["model"] = trained_model(cfg, overrides)
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if device == "cuda" and not torch.cuda.is_available():
-        raise FileNotFoundError("--device cuda: no GPU is visible here (use --device cpu)")
-    cfg["trainer"] = {**cfg["trainer"], "accelerator": "gpu" if use_cuda else "cpu",
-                      "precision": "bf16-mixed" if use_cuda else "32-true"}  # fmt: skip
-    model, processor = inference_model(cfg)
-    return model, processor, cfg
-
-
-def fastest_engine(model: Any, **knobs: Any) -> tuple[Any, str]:
-    """(engine, name): ``static`` when it can run the backbone, else ``hf`` (one log line says why)."""
-    from r1v.generation import Decoder, UnsupportedModelError
-    from r1v.registry import get_registry
-
-    try:
-        Decoder(model.backbone)
-        name = "static"
-    except UnsupportedModelError as e:
-        log.info("using rollout=hf: %s", e)
-        name = "hf"
-    entry = get_registry().get("rollout", name)
-    return entry.factory(**{k: v for k, v in knobs.items() if k in entry.knobs()}), name
+    return load_for_inference(inference_config(checkpoint, overrides, device), overrides)
 
 
 def make_sample(question: str, images: list[Any], sample_id: str = "chat") -> Sample:

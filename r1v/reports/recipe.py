@@ -1,5 +1,5 @@
 """The recipe report: ``report.md`` with the per-stage table (held-out score after each stage, what each
-stage ended with) and PNG curves per stage (:mod:`r1v.plots`), plus the held-out score across stages."""
+stage ended with) and PNG curves per stage (:mod:`r1v.reports.plots`), plus the held-out score across stages."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from r1v.plots import plot_runs, read_metrics
+from r1v.reports.plots import plot_runs, read_metrics
 
 # stage summary files (data-only stages) -> the fields worth a column
 STAGE_FILES = {"distill.json": ("samples", "kept", "revised", "dropped"), "pairs.json": ("prompts", "pairs"),

@@ -17,13 +17,10 @@ from typing import Any
 
 import pluggy
 
-from r1v import hookspecs
+from r1v.core import hookspecs
+from r1v.core.errors import RegistryError
 
 AUTOLOAD_ENV = "R1V_DISABLE_PLUGIN_AUTOLOAD"
-
-
-class RegistryError(LookupError):
-    """A name, option or plugin that cannot be resolved. The message is one line for the user."""
 
 
 def did_you_mean(word: str, choices: list[str] | tuple[str, ...] | Any) -> str:
@@ -127,6 +124,27 @@ class Registry:
         return self._entries[kind]
 
 
+# The built-in plugins, imported by name when a plugin manager is made (pytest lists its own plugins so).
+BUILTIN_MODULES = [
+    "r1v_plugins.vision",
+    "r1v_plugins.internvit",
+    "r1v_plugins.hf_vision",
+    "r1v_plugins.adapters",
+    "r1v_plugins.backbones",
+    "r1v_plugins.qwen2",
+    "r1v_plugins.rewards",
+    "r1v_plugins.length",
+    "r1v_plugins.rollout",
+    "r1v_plugins.datasets",
+    "r1v_plugins.scorers",
+    "r1v_plugins.revisers",
+    "r1v_plugins.judge",
+    "r1v_plugins.policy_losses",
+    "r1v_plugins.benchmarks",
+    "r1v_plugins.stages",
+]
+
+
 def _providers(pm: pluggy.PluginManager) -> dict[str, str]:
     """plugin name -> 'distribution version' for entry-point plugins; built-ins are 'r1v x.y'."""
     from r1v import __version__
@@ -147,11 +165,9 @@ def make_plugin_manager(autoload: bool | None = None, extra: list[Any] | None = 
 
     ``check_pending`` turns a misspelled hook name in any plugin into an error naming it.
     """
-    import r1v_plugins
-
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
-    for modname in r1v_plugins.BUILTIN_MODULES:
+    for modname in BUILTIN_MODULES:  # by name: the library never imports the built-ins' modules itself
         pm.register(importlib.import_module(modname), name=modname)
     if autoload is None:
         autoload = os.environ.get(AUTOLOAD_ENV, "") not in ("1", "true", "yes")

@@ -33,31 +33,14 @@ import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from r1v.faults import maybe_die
+from r1v.core.errors import NonFiniteError, RunError  # noqa: F401  (importable from here too)
+from r1v.runtime.faults import maybe_die
 
 LAST = "last.ckpt"
 SEAL = "r1v_complete.json"  # inside a DeepSpeed checkpoint folder: its files and sizes, written last
 LOCK = "run.lock"
 DIR_TMP = ".tmp-dir"  # suffix of a DeepSpeed checkpoint folder being written: ``.<name>.tmp-dir``
 log = logging.getLogger(__name__)
-
-
-class RunError(RuntimeError):
-    """A run folder or checkpoint that cannot be used as asked (one line)."""
-
-
-class NonFiniteError(RunError):
-    """Too many non-finite losses or gradients in a row: the run stops, its checkpoints kept."""
-
-
-def default_run_name(stage: str) -> str:
-    """``<stage>-<time>``; under torchrun every rank shares TORCHELASTIC_RUN_ID, so ranks agree."""
-    if os.environ.get("R1V_RUN_NAME"):
-        return os.environ["R1V_RUN_NAME"]
-    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
-    if run_id not in ("", "none"):
-        return f"{stage}-{run_id}"
-    return f"{stage}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
 def launch_rank_is_zero() -> bool:

@@ -3,7 +3,7 @@
 Composes the Hydra config exactly as ``python -m r1v.train`` would, builds the model on the meta device
 (no memory, no weights read; a 38B model in seconds), applies the stage's freeze policy, and prints the
 parameters per part (vision, adapter, backbone), the total, the trainable count, and the per-GPU memory
-plan of :mod:`r1v.planner`. ``planner.*`` overrides are planner knobs, taken off before composing.
+plan of :mod:`r1v.runtime.planner`. ``planner.*`` overrides are planner knobs, taken off before composing.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ from typing import Any
 
 from torch import nn
 
-from r1v import planner
+from r1v.core.config import compose
 from r1v.model.build import PARTS
+from r1v.model.meta import build_on_meta, count
+from r1v.runtime import planner
 
 PLANNER_PREFIX = "planner."
 
@@ -32,47 +34,6 @@ def split_overrides(args: Sequence[str]) -> tuple[list[str], dict[str, str]]:
         else:
             hydra.append(arg)
     return hydra, knobs
-
-
-def compose(overrides: list[str]) -> dict[str, Any]:
-    """The resolved config of ``python -m r1v.train <overrides>`` (one-line errors, validated names and knobs)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
-
-    import r1v.train  # noqa: F401  (registers the run-name resolver)
-    from r1v.config import conf_dir, precheck_overrides, register_plugin_configs, validate
-    from r1v.registry import get_registry
-
-    registry = get_registry()
-    register_plugin_configs(registry)
-    precheck_overrides(overrides)
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=conf_dir(), version_base=None):
-        cfg = OmegaConf.to_container(hydra_compose("config", overrides=overrides), resolve=True)
-    GlobalHydra.instance().clear()
-    validate(cfg, registry)
-    return cfg
-
-
-def build_on_meta(cfg: dict[str, Any]) -> nn.Module:
-    """The VLM with the stage's trainable set, on the meta device (shapes only)."""
-    import torch
-
-    from r1v.model.build import apply_freeze, build
-    from r1v.registry import get_registry
-
-    with torch.device("meta"):
-        vlm, _ = build(cfg["model"], get_registry())
-    apply_freeze(vlm, list(cfg["stage"].get("trainable") or ["all"]))
-    return vlm
-
-
-def count(module: nn.Module) -> tuple[int, int]:
-    """(parameters, trainable parameters); tied parameters count once."""
-    params = list(module.parameters())
-    return sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
 
 
 def largest_block(module: nn.Module) -> int:

@@ -23,7 +23,8 @@ from concurrent.futures import ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from typing import Any
 
-from r1v.interfaces import RewardInput
+from r1v.core.errors import RewardFailureError
+from r1v.core.interfaces import RewardInput
 
 log = logging.getLogger(__name__)
 ISOLATIONS = ("process", "inline")
@@ -82,10 +83,6 @@ def _call(fn: Any, x: RewardInput, timeout_s: float) -> tuple[str, Any]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
-
-
-class RewardFailureError(RuntimeError):
-    """A reward failed on more than the allowed share of its calls (one line; the run stops)."""
 
 
 class RewardRunner:

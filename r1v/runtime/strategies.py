@@ -6,9 +6,9 @@
   to bf16, which corrupts rotary-embedding frequencies built in ``configure_model``; transformers applies the
   same guard in ``from_pretrained``);
 - checkpoint folders are written atomically: every rank writes into ``.<name>.tmp-dir`` next to the target,
-  then rank 0 seals the folder (:data:`r1v.runs.SEAL`: its files and sizes) and renames it into place, so a
+  then rank 0 seals the folder (:data:`r1v.runtime.runs.SEAL`: its files and sizes) and renames it into place, so a
   kill at any moment leaves the previous checkpoint intact and an unsealed folder is never loaded
-  (:func:`r1v.runs.check_checkpoint`). Removing an old checkpoint first hides it under a temporary name.
+  (:func:`r1v.runtime.runs.check_checkpoint`). Removing an old checkpoint first hides it under a temporary name.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from typing import Any
 
 from lightning.pytorch.strategies import DeepSpeedStrategy as _LightningDeepSpeed
 
-from r1v.faults import maybe_die
-from r1v.runs import DIR_TMP, seal_checkpoint_dir
+from r1v.runtime.faults import maybe_die
+from r1v.runtime.runs import DIR_TMP, seal_checkpoint_dir
 
 
 def _keep_arange_dtype(enabled: bool) -> Any:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from r1v.registry import Registry, RegistryError, did_you_mean
+from r1v.core.errors import ConfigError
+from r1v.core.registry import Registry, RegistryError, did_you_mean
 
 # config node -> (registry kind, keys that are not factory knobs)
 PLUGIN_NODES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -33,8 +35,22 @@ ADAPTER_FIXED = ("vision_hidden", "llm_hidden")
 DATASET_FIXED = ("split",)
 
 
-class ConfigError(ValueError):
-    """An override or config value that cannot be used (one line)."""
+def default_run_name(stage: str) -> str:
+    """``<stage>-<time>``; under torchrun every rank shares TORCHELASTIC_RUN_ID, so ranks agree."""
+    if os.environ.get("R1V_RUN_NAME"):
+        return os.environ["R1V_RUN_NAME"]
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
+    if run_id not in ("", "none"):
+        return f"{stage}-{run_id}"
+    return f"{stage}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def register_resolvers() -> None:
+    """The resolvers conf/ uses (``${r1v_run_name:…}``); idempotent, called by everything that composes."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("r1v_run_name"):
+        OmegaConf.register_new_resolver("r1v_run_name", default_run_name)
 
 
 def conf_dir() -> str:
@@ -240,7 +256,7 @@ def hydra_entry(hydra_main: Any, config: str, argv: list[str] | None = None) -> 
     pre-check the overrides against ``config`` (one-line errors, exit 2), then hand over to Hydra."""
     import sys
 
-    from r1v.registry import get_registry
+    from r1v.core.registry import get_registry
 
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -252,3 +268,24 @@ def hydra_entry(hydra_main: Any, config: str, argv: list[str] | None = None) -> 
         sys.exit(2)
     sys.argv = [sys.argv[0], *argv]
     hydra_main()
+
+
+def compose(overrides: list[str], config: str = "config") -> dict[str, Any]:
+    """The resolved config of ``python -m r1v.train <overrides>`` (one-line errors, validated names and knobs)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from r1v.core.registry import get_registry
+
+    register_resolvers()
+    registry = get_registry()
+    register_plugin_configs(registry)
+    precheck_overrides(overrides, config)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=conf_dir(), version_base=None):
+        cfg = OmegaConf.to_container(hydra_compose(config, overrides=overrides), resolve=True)
+    GlobalHydra.instance().clear()
+    validate(cfg, registry)
+    return cfg  # type: ignore[return-value]

@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-from r1v.interfaces import IMAGE_PLACEHOLDER, Sample, ScoreContext
+from r1v.core.errors import ScoringError
+from r1v.core.interfaces import IMAGE_PLACEHOLDER, Sample, ScoreContext
 
 log = logging.getLogger(__name__)
 SCORER_POLICIES = ("keep", "drop", "error")
@@ -29,16 +30,12 @@ CALIBRATIONS = ("none", "quantile")
 DEFAULT_QUANTILES = (1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6)
 
 
-class ScoringError(ValueError):
-    """A scorer result that cannot be used (one line: scorer, sample, value, what is allowed)."""
-
-
 def run_scorer(name: str, scorer: Any, samples: list[Sample], ctx: ScoreContext, failures: Counter[str],
                policy: str = "keep", timeout_s: float | None = None) -> list[float | None]:  # fmt: skip
     """Scores of ``samples``; a batch that raises (or runs past ``timeout_s`` per sample) is retried sample by
     sample, and a sample that still fails (raises, times out, gives NaN or inf) yields None and is counted in
     ``failures[name]`` — unless ``policy=error``."""
-    from r1v.reward_runner import time_limit
+    from r1v.rl.rewards import time_limit
 
     try:
         with time_limit(timeout_s * len(samples) if timeout_s else None):

@@ -13,11 +13,9 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from r1v.core.errors import WeightsError
+
 log = logging.getLogger(__name__)
-
-
-class WeightsError(ValueError):
-    """A weights file that does not fit the model (one line: file, tensor, shapes)."""
 
 
 def gathered(module: nn.Module | Iterable[nn.Parameter], modifier_rank: int | None = None) -> Any:

@@ -264,7 +264,7 @@ def parse_knobs(pairs: Mapping[str, str], base: Settings) -> Settings:
     """Apply ``planner.<knob>=value`` strings to ``base``; unknown knobs and bad values raise one line."""
     import yaml
 
-    from r1v.registry import did_you_mean
+    from r1v.core.registry import did_you_mean
 
     kinds = {f.name: f.type for f in fields(Settings)}
     changes: dict[str, Any] = {}

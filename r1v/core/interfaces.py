@@ -1,0 +1,108 @@
+"""Small shared types that plugins produce and consume. No heavy imports here."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from PIL import Image
+
+# Special tokens every backbone's tokenizer must know (added when missing, see model/tokens.py).
+IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
+IMAGE_PLACEHOLDER = "<image>"  # what users write in questions; expanded to IMG_START + contexts + IMG_END
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+
+@dataclass
+class Sample:
+    """One training/evaluation example, the documented JSONL schema in memory.
+
+    ``question`` holds one ``<image>`` per entry of ``images`` (prepended when absent).
+    ``reasoning`` is the worked chain for ``<think>`` (optional); ``answer`` the verifiable answer.
+    """
+
+    id: str
+    question: str
+    answer: str
+    images: list[Image.Image] = field(default_factory=list)
+    reasoning: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    image_paths: list[str] = field(default_factory=list)  # where the images came from (absolute), if files
+
+
+@runtime_checkable
+class VisionEncoder(Protocol):
+    image_size: int  # tile side in pixels
+    grid_size: int  # patches per side
+    hidden_size: int
+
+    def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:  # (N,3,S,S) -> (N,g,g,C)
+        ...
+
+
+@runtime_checkable
+class Adapter(Protocol):
+    downsample_ratio: float
+    in_features: int  # width of the encoder features it expects (before pixel shuffle)
+    out_features: int  # backbone hidden size it produces
+
+    def __call__(self, features: torch.Tensor) -> torch.Tensor:  # (N,g,g,C) -> (N,T,D)
+        ...
+
+
+@dataclass
+class LanguageBackbone:
+    """A causal LM (Hugging Face ``PreTrainedModel`` with ``generate``) and how to prompt it.
+
+    ``chat_template`` is a Jinja template used by ``tokenizer.apply_chat_template``; for R1-style
+    reasoners its generation prompt ends with ``<think>\\n`` (the pre-filled assistant turn).
+    """
+
+    model: Any
+    tokenizer: Any
+    chat_template: str | None = None
+    reasoning: bool = True  # R1 format: completions are "<reasoning></think>\n\n<answer>"
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+
+@dataclass
+class RewardInput:
+    """Everything a reward may look at for one completion."""
+
+    prompt: str
+    completion: str
+    answer: str | None
+    images: list[Image.Image] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ScoreContext:
+    """What model-based scorers and revisers may use: the current model (eval mode), its processor,
+    a rollout engine and the generation budget. Heuristic scorers ignore it."""
+
+    model: Any = None
+    processor: Any = None
+    engine: Any = None
+    max_new_tokens: int = 128
+    batch_size: int = 32
+
+
+@runtime_checkable
+class LengthController(Protocol):
+    """A length controller (``stage.length`` / ``distill.length``): ``length -> reward term`` after generation
+    (0 for controllers that only set knobs); it may also give per-sample sampling knobs before generation by a
+    ``sampling_params(scores) -> {"repetition_penalty": …}`` method (DRLC), read by :func:`sampling_params`."""
+
+    def __call__(self, length: int) -> float: ...
+
+
+def sampling_params(controller: object, scores: Mapping[str, float]) -> dict[str, float]:
+    """The controller's per-sample sampling knobs ({} for controllers that only shape rewards)."""
+    fn = getattr(controller, "sampling_params", None)
+    return dict(fn(scores)) if fn else {}
