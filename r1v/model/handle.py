@@ -1,0 +1,151 @@
+"""A model in a notebook: :class:`Model` holds the VLM, its processor and its composed config, and answers
+questions about images the way ``python -m r1v chat`` and ``generate`` do (the fastest engine that runs the
+backbone, R1V's prompt with ``<think>`` pre-filled). Made by :func:`r1v.load` and :func:`r1v.create_model`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from r1v.core.config import compose
+from r1v.core.errors import DataError
+from r1v.core.interfaces import IMAGE_PLACEHOLDER, Sample
+from r1v.core.registry import get_registry
+from r1v.evaluation.answers import extract_answer
+from r1v.generation.choose import fastest_engine
+from r1v.model.build import apply_freeze, build
+from r1v.model.load import inference_config, load_for_inference
+
+ImageLike = Any  # a PIL image or a path to an image file
+PART_KINDS = ("vision", "adapter", "backbone")
+
+
+def as_image(image: ImageLike) -> Any:
+    """A PIL image in RGB from an image or a path (one line naming the path when it cannot be read)."""
+    from PIL import Image
+
+    from r1v.data.images import to_rgb
+
+    if not isinstance(image, str | Path):
+        return to_rgb(image)
+    if not Path(image).is_file():
+        raise FileNotFoundError(f"image {image} does not exist")
+    try:
+        with Image.open(image) as im:
+            return to_rgb(im)
+    except OSError as e:
+        raise DataError(f"image {image} cannot be read as an image ({type(e).__name__})") from None
+
+
+def as_sample(question: str | Sample, images: Sequence[ImageLike] = (), sample_id: str = "api") -> Sample:
+    """A :class:`Sample` with one ``<image>`` per image (prepended when the question has none)."""
+    if isinstance(question, Sample):
+        return question
+    pics = [as_image(i) for i in images]
+    if pics and IMAGE_PLACEHOLDER not in question:
+        question = "\n".join([IMAGE_PLACEHOLDER] * len(pics) + [question])
+    return Sample(sample_id, question, "", pics)
+
+
+@dataclass
+class Model:
+    """A composed (and possibly trained) model, ready to answer questions.
+
+    ``vlm`` is the :class:`~r1v.model.vlm.VisionLanguageModel` (a ``torch.nn.Module``), ``processor`` turns samples
+    into token ids and tiles, ``config`` is the composed config it was built from (``config["model"]`` names the
+    parts). Greedy decoding by default; ``greedy=False`` samples with R1V's temperature 0.6 and top-p 0.95.
+    """
+
+    vlm: torch.nn.Module
+    processor: Any
+    config: dict[str, Any]
+    _engines: dict[tuple[float, float], tuple[Any, str]] = field(default_factory=dict, repr=False)
+
+    def engine(self, temperature: float = 0.6, top_p: float = 0.95) -> tuple[Any, str]:
+        """(engine, name): ``static`` where it runs the backbone, else ``hf``; one per sampling setting."""
+        key = (float(temperature), float(top_p))
+        if key not in self._engines:
+            self._engines[key] = fastest_engine(self.vlm, temperature=temperature, top_p=top_p)
+        return self._engines[key]
+
+    def generate(self, questions: str | Sample | Sequence[str | Sample], images: Sequence[ImageLike] = (), *,
+                 max_new_tokens: int = 512, greedy: bool = True, temperature: float = 0.6,
+                 top_p: float = 0.95) -> str | list[str]:  # fmt: skip
+        """Completions (``<think>`` chain, then the answer) for one question or a list of them. ``images`` go with
+        a single question; for a list, pass :class:`~r1v.core.interfaces.Sample` objects with their own images."""
+        single = isinstance(questions, str | Sample)
+        batch = [as_sample(questions, images)] if single else [as_sample(q) for q in questions]  # type: ignore[union-attr]
+        if not single and images:
+            raise ValueError("images go with a single question; for several, pass Samples with their own images")
+        engine, _ = self.engine(temperature, top_p)
+        with torch.no_grad():
+            texts = engine.generate(self.vlm, self.processor, batch, max_new_tokens, greedy=greedy)
+        return texts[0] if single else texts
+
+    def chat(self, question: str, images: Sequence[ImageLike] = (), *, max_new_tokens: int = 512,
+             greedy: bool = True, stream: Callable[[str], None] | None = None) -> dict[str, Any]:  # fmt: skip
+        """One turn: the completion, the extracted answer and whether ``</think>`` closed. ``stream(text)`` gets
+        the text as it is generated (the static engine streams token by token)."""
+        from r1v.core.interfaces import THINK_CLOSE
+
+        engine, _ = self.engine()
+        tok, ids, shown = self.processor.tokenizer, [], [0]
+
+        def on_token(step: list[int]) -> None:
+            if step[0] in (tok.eos_token_id, tok.pad_token_id) or stream is None:
+                return
+            ids.append(step[0])
+            text = tok.decode(ids, skip_special_tokens=False)
+            if not text.endswith("\ufffd"):  # a multi-byte character still incomplete: wait for its next token
+                stream(text[shown[0] :])
+                shown[0] = len(text)
+
+        knobs = {"on_token": on_token} if stream is not None and hasattr(engine, "decode") else {}
+        with torch.no_grad():
+            rows = engine.generate_ids(self.vlm, self.processor, [as_sample(question, images)], max_new_tokens,
+                                       greedy=greedy, **knobs)  # fmt: skip
+        text = self.processor.decode_completion(rows[0])
+        if stream is not None and len(text) > shown[0]:
+            stream(text[shown[0] :])
+        return {"completion": text, "answer": extract_answer(text), "closed_think": THINK_CLOSE in text}
+
+    @property
+    def parts(self) -> dict[str, str]:
+        """The registry names of the parts (or the InternVL folder the model came from)."""
+        m = self.config["model"]
+        return {"internvl": m["internvl"]} if m.get("internvl") else {p: m[p]["name"] for p in PART_KINDS}
+
+
+def load_model(checkpoint: str | Path, *overrides: str, device: str = "auto") -> Model:
+    """:func:`r1v.load`: a run folder, a weights file inside one, or an InternVL-chat folder."""
+    path = Path(checkpoint)
+    if path.is_dir() and (path / "config.json").is_file() and not (path / "run.json").is_file():
+        overrides = ("model=internvl_chat", f"model.internvl={path}", *overrides)  # an InternVL-chat folder
+        checkpoint = None  # type: ignore[assignment]
+    cfg = inference_config(None if checkpoint is None else str(checkpoint), list(overrides), device)
+    vlm, processor, cfg = load_for_inference(cfg, list(overrides))
+    return Model(vlm, processor, cfg)
+
+
+def create_model(preset: str | None = None, *overrides: str, device: str = "cpu", **parts: str) -> Model:
+    """:func:`r1v.create_model`: a composition by preset (``model=`` option) and/or parts (``vision=``, ``adapter=``,
+    ``backbone=``), plus Hydra overrides; ``device="meta"`` builds shapes only (no memory, no weights)."""
+    unknown = sorted(set(parts) - set(PART_KINDS))
+    if unknown:
+        raise ValueError(f"create_model: unknown part '{unknown[0]}' (parts: {', '.join(PART_KINDS)})")
+    args = [*([f"model={preset}"] if preset else []), *(f"{k}={v}" for k, v in parts.items()), *overrides]
+    cfg = compose(args)
+    with torch.device(device):
+        vlm, processor = build(cfg["model"], get_registry())
+    apply_freeze(vlm, list(cfg["stage"].get("trainable") or ["all"]))
+    return Model(vlm if device == "meta" else vlm.eval(), processor, cfg)
+
+
+def plugin_table(kind: str | None = None) -> list[dict[str, Any]]:
+    """:func:`r1v.list_plugins`: every registered component of ``kind`` (all kinds when None)."""
+    return [{"kind": e.kind, "name": e.name, "provider": e.provider, "description": e.description,
+             "knobs": e.knobs()} for e in get_registry().entries(kind)]  # fmt: skip
