@@ -1,18 +1,11 @@
 """``stage=grpo``: Group Relative Policy Optimisation (R1V's hybrid-optimisation stage 3), with the
 variants users compare (Dr. GRPO, DAPO) and R1V2's Selective Sample Buffer.
 
-One ``training_step`` is one rollout batch:
-
-1. **rollout** — ``stage.batch_size`` prompts, ``stage.group_size`` (G) completions each, sampled by the
-   ``stage.rollout`` engine (per-sample knobs from the ``stage.length`` controller, e.g. DRLC's P);
-2. **rewards** — the ``reward=[...]`` plugins (time-limited, failures counted), plus the length
-   controller's shaping term; **advantages** Â = (r − mean_group) / std_group (``scale_rewards``);
-3. **dynamic sampling** (optional) — groups whose rewards are all equal are dropped and refilled with
-   new prompts; **SSB** (optional) — completions with Â ≠ 0 enter a buffer and are replayed with
-   probability ∝ |Â| (with their stored old log-probs) to fill the batch up to B·G;
-4. **update** — μ (``stage.mu``) optimizer steps over the batch, each accumulating micro-batches of
-   ``stage.micro_batch_size`` completions through the ``stage.policy_loss`` plugin (clipped ratio
-   against the stored old log-probs, + β·KL(k3) to the frozen reference when β > 0).
+One ``training_step`` is one rollout batch, made into an :class:`~r1v.stages.grpo.phases.Experience` phase by
+phase (``phases.py``: rollout → rewards → advantages → dynamic-sampling refill → old log-probs → R1V2's Selective
+Sample Buffer → reference log-probs), then :meth:`GRPOStage.update`: μ (``stage.mu``) optimizer steps over the
+batch, each accumulating micro-batches of ``stage.micro_batch_size`` completions through the ``stage.policy_loss``
+plugin (clipped ratio against the stored old log-probs, + β·KL(k3) to the frozen reference when β > 0).
 
 A **step** is one optimizer update, so ``max_steps`` counts μ per rollout batch. Per-token log-probs
 come in chunks (no [B, T, vocab] fp32 logits); the reference for adapter-only training is the same
@@ -32,21 +25,24 @@ import torch
 from torch.utils.data import DataLoader
 
 from r1v.core.config import ConfigError, build_plugin
-from r1v.core.interfaces import RewardInput, Sample
+from r1v.core.interfaces import Sample
 from r1v.core.registry import did_you_mean, get_registry
-from r1v.data.sampler import is_pad, mark
-from r1v.rl.grpo import (
-    AdapterReference,
-    Rollout,
-    SelectiveSampleBuffer,
-    completion_rows,
-    equal_groups,
-    group_advantages,
-    token_logprobs,
-)
+from r1v.data.sampler import mark
+from r1v.rl.grpo import AdapterReference, Rollout, SelectiveSampleBuffer, completion_rows, token_logprobs
 from r1v.rl.rewards import RewardRunner
 from r1v.runtime.faults import maybe_die, poisoned
 from r1v.runtime.weights import GATHER_MODES, gathered
+from r1v.stages.grpo.phases import (
+    Experience,
+    grouped_rollouts,
+    mark_lockstep_pads,
+    old_logprobs,
+    reference_logprobs,
+    refill,
+    replay_from_buffer,
+    score,
+    unpadded,
+)
 from r1v.stages.sft import SFTStage, grads_finite
 
 log = logging.getLogger(__name__)
@@ -68,11 +64,6 @@ class _Indexed(torch.utils.data.Dataset):
 
 def _build(kind: str, node: Mapping[str, Any], where: str) -> Any:
     return build_plugin(get_registry(), kind, node, where)
-
-
-def _unpadded(rollouts: list[Rollout]) -> list[Rollout]:
-    """The rollouts of real prompts (all of them when every prompt of the batch is a lock-step pad)."""
-    return [r for r in rollouts if not r.meta.get("pad")] or rollouts
 
 
 def loss_shares(micro: list[list[Rollout]], agg: str) -> list[float]:
@@ -210,7 +201,8 @@ class GRPOStage(SFTStage):
 
     @torch.no_grad()
     def rollout(self, samples: list[Sample]) -> tuple[list[Rollout], list[dict[str, float]], list[str]]:
-        """G completions per prompt, their reward parts and advantages (completions grouped by prompt)."""
+        """Phases 1–3 for ``samples``: G completions per prompt (grouped by prompt), their reward parts (:func:`score`)
+        and advantages (:func:`grouped_rollouts`), and the decoded completions."""
         for s in samples:
             if not s.answer and any(getattr(fn, "needs_answer", False) for _, fn in self.rewards().values()):
                 raise ConfigError(f"sample {s.id} has no ground-truth 'answer', which reward 'accuracy' needs")
@@ -229,21 +221,10 @@ class GRPOStage(SFTStage):
         self.model.train(was_training)
         maybe_die("mid_rollout", self.global_step)
         texts = [self.processor.decode_completion(x) for x in ids]
-        inputs = [RewardInput(prompt=s.question, completion=t, answer=s.answer, images=s.images,
-                              extra={**s.meta, "id": s.id}) for s, t in zip(expanded, texts, strict=True)]  # fmt: skip
-        parts, totals = self.runner.score(inputs)
-        shaping = self.length if callable(self.length) else None
-        for k, x in enumerate(ids):
-            extra = float(shaping(len(x))) if shaping else 0.0
-            if extra:
-                parts[k]["length"] = extra
-                totals[k] += extra
-        rewards = torch.tensor(totals)
-        adv = group_advantages(rewards, self.G, bool(self.stage["scale_rewards"]))
+        parts, totals = score(self.runner, self.length, expanded, texts, ids)
         prompt_ids = [self.processor.encode(s, target=None)["input_ids"] for s in samples]
         eos = self.processor.tokenizer.eos_token_id
-        rollouts = [Rollout(k // self.G, prompt_ids[k // self.G], x, float(adv[k]), reward=totals[k],
-                            meta={"truncated": not x or x[-1] != eos}) for k, x in enumerate(ids)]  # fmt: skip
+        rollouts = grouped_rollouts(prompt_ids, ids, totals, self.G, bool(self.stage["scale_rewards"]), eos)
         return rollouts, parts, texts
 
     # -- tensors ---------------------------------------------------------------------------------
@@ -278,78 +259,55 @@ class GRPOStage(SFTStage):
 
     # -- the step --------------------------------------------------------------------------------
     def training_step(self, batch: list[tuple[int, Sample]], batch_idx: int) -> None:
+        """One rollout batch: its experience, phase by phase (r1v/stages/grpo/phases.py), then μ updates on it."""
         self.batches_done += 1
         self._tiles = {}
         # Sampling draws from a stream that is a function of (seed, step, rank) alone: a run resumed from any
         # checkpoint samples exactly the completions an uninterrupted one does, whatever else consumed the
         # global RNG in between (the data loader's iterator draws its base seed from it on creation).
         torch.manual_seed(step_seed(int(self.cfg.get("seed", 0)), self.global_step, self.global_rank))
-        t0 = time.perf_counter()
-        indices, samples = [i for i, _ in batch], [s for _, s in batch]
+        exp = Experience(prompts=[s for _, s in batch], indices=[i for i, _ in batch])
         if self.global_step == 0 and self.batches_done == 1 and int(self.stage.get("logp_probe") or 0):
             self.write_logp_probe(int(self.stage["logp_probe"]))
-        rollouts, parts, texts = self.rollout(samples)
-        self._write_completions(samples, rollouts, parts, texts)
-        # A lock-step pad prompt (the sampler's repeat on a shorter share) is rolled out like the others, so every
-        # rank does the same work and collectives, but weighs nothing: Â = 0 (never buffered), its tokens masked
-        # out of the loss (``_batch``), its rewards left out of the logged ones.
-        for r in rollouts:
-            if is_pad(samples[r.sample_index]):
-                r.advantage, r.meta["pad"] = 0.0, True
-        parts = [p for p, r in zip(parts, rollouts, strict=True) if not r.meta.get("pad")] or parts
-        prompts = list(samples)
-        n_effective = sum(abs(r.advantage) > 1e-8 for r in rollouts)
-        effective_share = n_effective / len(_unpadded(rollouts))
+        n_prompts = len(exp.prompts)
+        exp.rollouts, exp.parts, exp.texts = self.rollout(exp.prompts)  # phases 1-3
+        self._write_completions(exp.prompts, exp.rollouts, exp.parts, exp.texts)
+        mark_lockstep_pads(exp)
         ds = self.stage.get("dynamic_sampling") or {}
-        if ds.get("enabled"):  # drop all-equal groups, refill with fresh prompts
-            keep = self._drop_equal(rollouts)
-            for _ in range(int(ds.get("max_refills", 2))):
-                if len(keep) >= len(samples) * self.G:
-                    break
-                extra_idx = [self._refill.randrange(len(self.datasets["train"])) for _ in samples]
-                extra = [self.datasets["train"][i] for i in extra_idx]
-                more, more_parts, _ = self.rollout(extra)
-                offset = len(prompts)
-                prompts += extra
-                indices += extra_idx
-                for r in more:
-                    r.sample_index += offset
-                parts += more_parts
-                keep += self._drop_equal(more)
-            rollouts = keep[: len(samples) * self.G]
-        items = [(r, prompts[r.sample_index]) for r in rollouts]
-        t_rollout = time.perf_counter() - t0
+        if ds.get("enabled"):  # phase 4
+            refill(exp, self.rollout, lambda: self._refill.randrange(len(self.datasets["train"])),
+                   self.datasets["train"], self.G, int(ds.get("max_refills", 2)))  # fmt: skip
+        exp.items = [(r, exp.prompts[r.sample_index]) for r in exp.rollouts]
+        exp.seconds["rollout"] = time.perf_counter() - exp.started
 
-        # old log-probs for the fresh rollouts (μ = 1 without replay: the detached current ones are equal)
         t1 = time.perf_counter()
-        need_old = self.mu > 1 or self.ssb is not None
-        if need_old:
-            with torch.no_grad():
-                for mb in self._micro(items):
-                    lp, _ = self._logp(self._batch(mb))
-                    for (r, _), row, n in zip(mb, lp, (len(r.completion_ids) for r, _ in mb), strict=True):
-                        r.old_logp = row[:n].detach().float().cpu()
-        replayed = 0
-        if self.ssb is not None:
-            self.ssb.add([r for r, _ in items], indices)
-            target = len(samples) * self.G
-            effective = [(r, s) for r, s in items if abs(r.advantage) > 1e-8]
-            fill = [(r, self.datasets["train"][i]) for r, i in self.ssb.sample(target - len(effective))]
-            replayed = len(fill)
-            items = effective + fill
-        if not items:
+        micro = int(self.stage["micro_batch_size"])
+        need_old = self.mu > 1 or self.ssb is not None  # μ = 1 without replay: the detached current ones are equal
+        if need_old:  # phase 5
+            old_logprobs(exp.items, micro, self._items_logp)
+        if self.ssb is not None:  # phase 6
+            replay_from_buffer(exp, self.ssb, self.datasets["train"], n_prompts * self.G)
+        if not exp.items:
             log.warning("grpo: step %d has no completion with a learning signal (all groups equal)", self.global_step)
-            self._log_step(parts, _unpadded(rollouts), texts, effective_share, t_rollout, 0.0, 0.0, {}, replayed)
+            self._log_step(exp, {})
             return None
-        ref: list[torch.Tensor] = []
-        if self.reference is not None:
-            with torch.no_grad(), self.reference.active():
-                ref = [self._logp(self._batch(mb))[0] for mb in self._micro(items)]
-        t_ref = time.perf_counter() - t1
+        if self.reference is not None:  # phase 7
+            with self.reference.active():
+                exp.reference = reference_logprobs(exp.items, micro, self._items_logp)
+        exp.seconds["reference"] = time.perf_counter() - t1
+        self._log_step(exp, self.update(exp, need_old))
+        return None
 
+    def _items_logp(self, items: list[tuple[Rollout, Sample]]) -> torch.Tensor:
+        return self._logp(self._batch(items))[0]
+
+    def update(self, exp: Experience, need_old: bool) -> dict[str, list[float]]:
+        """μ optimizer steps on ``exp.items``, each accumulating its micro-batches through the ``stage.policy_loss``
+        plugin, weighted so the sum is the aggregate over the whole batch (:func:`loss_shares`); a non-finite
+        gradient skips that step. Returns the loss plugin's metrics per micro-batch."""
         t2 = time.perf_counter()
         opt, sched = self.optimizers(), self.lr_schedulers()
-        micro = self._micro(items)
+        micro = self._micro(exp.items)
         agg = self.stage["policy_loss"].get("loss_agg", "seq_mean")
         shares = loss_shares([[r for r, _ in mb] for mb in micro], agg)  # lock-step pads weigh nothing
         metrics: dict[str, list[float]] = {}
@@ -359,8 +317,8 @@ class GRPOStage(SFTStage):
                 batch = self._batch(mb)
                 logp, ent = self._logp(batch, entropy=True)
                 old = self._old(mb, logp) if need_old else logp.detach()
-                loss, m = self.loss_fn(logp, old, ref[k] if ref else None, batch["advantages"],
-                                       batch["completion_mask"])  # fmt: skip
+                ref = exp.reference[k] if exp.reference else None
+                loss, m = self.loss_fn(logp, old, ref, batch["advantages"], batch["completion_mask"])
                 share = shares[k]
                 if poisoned("nan_loss", self.global_step):
                     loss = loss * float("nan")
@@ -379,10 +337,8 @@ class GRPOStage(SFTStage):
                 self.clip_gradients(opt, gradient_clip_val=float(clip), gradient_clip_algorithm="norm")
             opt.step()
             sched.step()
-        t_update = time.perf_counter() - t2
-        self._log_step(parts, _unpadded(rollouts), texts, effective_share, t_rollout, t_ref, t_update, metrics,
-                       replayed)  # fmt: skip
-        return None
+        exp.seconds["update"] = time.perf_counter() - t2
+        return metrics
 
     @torch.no_grad()
     def write_logp_probe(self, k: int) -> None:
@@ -416,19 +372,14 @@ class GRPOStage(SFTStage):
                         "logp": rows, "tensors": tensors}, path)  # fmt: skip
             log.info("grpo: log-probs of %d fixed sequences written to %s", len(rows), path)
 
-    def _drop_equal(self, rollouts: list[Rollout]) -> list[Rollout]:
-        flat = equal_groups(torch.tensor([r.reward for r in rollouts]), self.G)
-        return [r for k, r in enumerate(rollouts) if not flat[k // self.G]]
-
     def _old(self, mb: list[tuple[Rollout, Sample]], logp: torch.Tensor) -> torch.Tensor:
         old = torch.zeros_like(logp)
         for b, (r, _) in enumerate(mb):
             old[b, : len(r.completion_ids)] = r.old_logp.to(logp.device, logp.dtype)
         return old
 
-    def _log_step(self, parts: list[dict[str, float]], rollouts: list[Rollout], texts: list[str], effective: float,
-                  t_rollout: float, t_ref: float, t_update: float, metrics: Mapping[str, list[float]],
-                  replayed: int) -> None:  # fmt: skip
+    def _log_step(self, exp: Experience, metrics: Mapping[str, list[float]]) -> None:
+        parts, rollouts = exp.parts, unpadded(exp.rollouts)
         n = len(parts)
         rewards = torch.tensor([r.reward for r in rollouts])
         logs = {"reward/total": float(rewards.mean()), "reward/total_std": float(rewards.std()) if n > 1 else 0.0}
@@ -439,13 +390,14 @@ class GRPOStage(SFTStage):
         lengths = torch.tensor([float(len(r.completion_ids)) for r in rollouts])
         logs.update({"completion/length_mean": float(lengths.mean()), "completion/length_max": float(lengths.max()),
                      "completion/clipped_share": sum(r.meta["truncated"] for r in rollouts) / len(rollouts),
-                     "effective_share": effective, "time/rollout_s": t_rollout, "time/reference_s": t_ref,
-                     "time/update_s": t_update,
+                     "effective_share": exp.effective_share, "time/rollout_s": exp.seconds["rollout"],
+                     "time/reference_s": exp.seconds.get("reference", 0.0),
+                     "time/update_s": exp.seconds.get("update", 0.0),
                      "reward/failures": float(sum(self.runner.failures.values()))})  # fmt: skip
         for key in self.runner.rewards:  # per plugin: which one fails matters more than how many in all
             logs[f"reward/failures/{key}"] = float(self.runner.failures[key])
         if self.ssb is not None:
-            logs["ssb/size"], logs["ssb/replayed"] = float(len(self.ssb)), float(replayed)
+            logs["ssb/size"], logs["ssb/replayed"] = float(len(self.ssb)), float(exp.replayed)
         for key, vals in metrics.items():
             logs[f"train/{key}"] = sum(vals) / len(vals)
         self.log_dict(logs, batch_size=len(rollouts))
