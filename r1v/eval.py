@@ -21,6 +21,7 @@ register_resolvers()  # the composed config names the run by ${r1v_run_name:…}
 def run_eval(cfg: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     from r1v.core.config import build_plugin
     from r1v.evaluation.harness import evaluate, table
+    from r1v.generation.choose import choose_engine
     from r1v.model.load import autocast, load_for_inference, run_folder_of, stage_device
 
     registry = get_registry()
@@ -43,8 +44,8 @@ def run_eval(cfg: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     judge = build_judge(cfg.get("judge"))  # an unreachable endpoint stops here, before any generation
     model, processor, cfg = load_for_inference(cfg, overrides)
     greedy = n == 1
-    engine = registry.build("rollout", "hf", **({} if greedy else {"temperature": float(cfg["temperature"]),
-                                                                   "top_p": float(cfg["top_p"])}))  # fmt: skip
+    knobs = {} if greedy else {"temperature": float(cfg["temperature"]), "top_p": float(cfg["top_p"])}
+    engine, _ = choose_engine(model, "hf", **knobs)  # transformers' generate: the reference decoding for scores
     ckpt = cfg.get("checkpoint")
     base = (run_folder_of(ckpt) if ckpt else None) or Path(".")
     out = Path(cfg["out"]) if cfg.get("out") else base / "eval" / str(cfg["benchmark"])

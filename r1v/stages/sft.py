@@ -8,6 +8,7 @@ stage config chooses target, trainable parts and optimisation. The model is buil
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -26,6 +27,7 @@ from r1v.core.registry import get_registry
 from r1v.data.processor import Processor
 from r1v.data.sampler import ResumableSampler, WindowLoader
 from r1v.evaluation.answers import equivalent, extract_answer
+from r1v.generation.choose import choose_engine
 from r1v.model import varlen
 from r1v.model.build import PARTS, apply_freeze, build
 from r1v.model.load import load_trainable
@@ -98,6 +100,7 @@ class SFTStage(L.LightningModule):
         self._resume_pos: tuple[int, int] | None = None
         self.skipped = 0
         self.nonfinite_total, self.nonfinite_streak = 0, 0  # steps skipped for a non-finite loss or gradient
+        self._engines: dict[str, Any] = {}  # generation engine per ZeRO-3 gather mode (generation_engine)
         chunk = self.stage.get("loss_chunk_tokens") or 0
         if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0:
             raise ConfigError(f"stage.loss_chunk_tokens={chunk!r}: expected a whole number ≥ 0 (0: transformers' "
@@ -262,21 +265,14 @@ class SFTStage(L.LightningModule):
         return decode_ready(self.model, self.ds_engine(), gather)
 
     def generation_engine(self) -> tuple[str, Any]:
-        """(gather mode, engine) for greedy generation inside the fit (validation, the eval callback): the fastest
-        engine that runs the backbone (:func:`r1v.cli.infer.fastest_engine`: ``static`` where it can), or ``hf`` when
-        a ZeRO-3 model too big to gather whole is fetched layer by layer (``static`` reads whole weights).
-        Collective under ZeRO-3: call on every rank."""
-        from r1v.generation.choose import fastest_engine
-
+        """(gather mode, engine) for greedy generation inside the fit (validation, the eval callback), chosen by
+        :func:`r1v.generation.choose.choose_engine`: the fastest engine that runs the backbone, or ``hf`` when a
+        ZeRO-3 model too big to gather whole is fetched layer by layer. Collective under ZeRO-3: call on every rank."""
         mode = gather_mode(self.model, self.ds_engine(), "auto")
-        if mode == "layer":
-            if not hasattr(self, "_hf_engine"):
-                self._hf_engine = get_registry().build("rollout", "hf")
-            return mode, self._hf_engine
-        if not hasattr(self, "_fast_engine"):  # built once; the backbone is checked with its weights whole
-            with self.decode_ready():
-                self._fast_engine = fastest_engine(self.model)[0]
-        return mode, self._fast_engine
+        if mode not in self._engines:  # built once per mode; the backbone is checked with its weights whole
+            with self.decode_ready() if mode == "whole" else contextlib.nullcontext():
+                self._engines[mode] = choose_engine(self.model, "auto", mode)[0]
+        return mode, self._engines[mode]
 
     def run_engine(self, kind: str, engine: Any, call: Callable[[], _T]) -> _T:
         """``call()`` — one call of a generation engine — where any failure ends the run in one line, exit 1, with

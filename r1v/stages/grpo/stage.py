@@ -28,6 +28,7 @@ from r1v.core.config import ConfigError, build_plugin
 from r1v.core.interfaces import Sample
 from r1v.core.registry import did_you_mean, get_registry
 from r1v.data.sampler import mark
+from r1v.generation.choose import choose_engine
 from r1v.rl.grpo import AdapterReference, Rollout, SelectiveSampleBuffer, completion_rows, token_logprobs
 from r1v.rl.rewards import RewardRunner
 from r1v.runtime.faults import maybe_die, poisoned
@@ -192,8 +193,8 @@ class GRPOStage(SFTStage):
             return mode, self.engine
         if not hasattr(self, "_layer_engine"):
             node = self.stage["rollout"]
-            knobs = {k: node[k] for k in ("temperature", "top_p", "repetition_penalty") if k in node}
-            self._layer_engine = _build("rollout", {"name": "hf", **knobs}, "stage.rollout")
+            knobs = {k: v for k, v in node.items() if k != "name"}
+            self._layer_engine = choose_engine(self.model, str(node["name"]), mode, **knobs)[0]
             log.warning("rollout: the gathered model does not fit beside its ZeRO-3 shards (stage.rollout_gather="
                         "%s), so rollouts fetch it layer by layer with rollout=hf instead of rollout=%s",
                         self.stage.get("rollout_gather", "auto"), node.get("name"))  # fmt: skip
