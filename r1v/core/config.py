@@ -3,6 +3,7 @@ every mistake into one line naming the group, key or option and what is allowed.
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Mapping
 from datetime import datetime
@@ -64,13 +65,53 @@ def conf_dir() -> str:
     return str(Path(__file__).resolve().parents[1] / "conf")
 
 
+# registry kind -> (config group, package, knobs the builder passes itself): options made from registrations
+DERIVED_GROUPS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "vision": ("vision", "model.vision", ()),
+    "adapter": ("adapter", "model.adapter", ADAPTER_FIXED),
+    "backbone": ("backbone", "model.backbone", ()),
+    "reward": ("reward", "rewards.{name}", ()),
+    "dataset": ("data", "data", DATASET_FIXED),
+}
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def derived_node(entry: Any, fixed: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A component's config option, made from its registration alone: ``name`` plus every keyword argument of the
+    factory with its default (``???`` — must be set — where it has none). A reward also gets its ``weight``
+    (``register(..., weight=0.5)``; default 1.0). Defaults that a YAML cannot hold (objects) are left to the factory."""
+    node: dict[str, Any] = {"name": entry.name}
+    if entry.kind == "reward":
+        node["weight"] = float(entry.meta.get("weight", 1.0))
+    for p in inspect.signature(entry.factory).parameters.values():
+        if p.name in fixed or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if p.default is p.empty:
+            node[p.name] = "???"
+        elif isinstance(p.default, _PLAIN) or (isinstance(p.default, list | tuple)
+                                               and all(isinstance(v, _PLAIN) for v in p.default)):  # fmt: skip
+            node[p.name] = list(p.default) if isinstance(p.default, tuple) else p.default
+    return node
+
+
 def register_plugin_configs(registry: Registry) -> None:
-    """Let plugins add Hydra options (``register_configs`` hook) to the ConfigStore, once."""
+    """Make every plugin's Hydra options, once: first what plugins store themselves (the ``register_configs``
+    hook, for extras), then, for each vision encoder, adapter, backbone, reward and dataset that has no option
+    yet (no ``conf/<group>/<name>.yaml``, nothing stored), one derived from its registration
+    (:func:`derived_node`). So a third-party component is one factory plus one ``register_*`` hook."""
     from hydra.core.config_store import ConfigStore
 
     if getattr(registry, "_configs_registered", False):
         return
-    registry.pm.hook.register_configs(config_store=ConfigStore.instance())
+    store = ConfigStore.instance()
+    registry.pm.hook.register_configs(config_store=store)
+    root = Path(conf_dir())
+    for kind, (group, package, fixed) in DERIVED_GROUPS.items():
+        for entry in registry.entries(kind):
+            if (root / group / f"{entry.name}.yaml").is_file() or f"{entry.name}.yaml" in store.repo.get(group, {}):
+                continue
+            store.store(group=group, name=entry.name, node=derived_node(entry, fixed),
+                        package=package.format(name=entry.name))  # fmt: skip
     registry._configs_registered = True  # type: ignore[attr-defined]
 
 

@@ -127,6 +127,10 @@ def test_train_with_example_plugin(site: Path, tmp_path: Path) -> None:
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-4000:]
     run_dir = runs / "ex"
+    # the options came from the registrations alone (the package stores no config): factory defaults, the weight
+    config = (run_dir / "config.yaml").read_text()
+    assert "name: example_cnn\n    image_size: 64\n    hidden_size: 32\n    width: 16" in config, config
+    assert "brevity:\n    name: brevity\n    weight: 0.1\n    max_chars: 200" in config, config
     prov = json.loads((run_dir / "run.json").read_text())
     assert prov["components"]["vision"] == {"name": "example_cnn", "provider": PROVIDER}
     brevity = [c for c in prov["components"].values() if c["name"] == "brevity"]

@@ -132,3 +132,24 @@ def test_train_turns_on_expandable_segments_unless_the_user_chose(monkeypatch, p
     monkeypatch.setattr(r1v.train, "hydra_entry", lambda *a: seen.append(os.environ["PYTORCH_CUDA_ALLOC_CONF"]))
     r1v.train.main([])
     assert seen == [preset or "expandable_segments:True"]
+
+
+def test_a_components_config_option_is_derived_from_its_registration():
+    """One declaration per component: a registered factory's keyword arguments and defaults make its option."""
+    from types import SimpleNamespace
+
+    from r1v.core.config import ADAPTER_FIXED, derived_node
+
+    def encoder(size: int, width: int = 16, scale: float = 0.5, layers: tuple = (1, 2), act=print, flag: bool = False):
+        return None
+
+    node = derived_node(SimpleNamespace(kind="vision", name="enc", factory=encoder, meta={}))
+    assert node == {"name": "enc", "size": "???", "width": 16, "scale": 0.5, "layers": [1, 2], "flag": False}
+
+    def adapter(vision_hidden: int, llm_hidden: int, hidden: int = 64):
+        return None
+
+    node = derived_node(SimpleNamespace(kind="adapter", name="a", factory=adapter, meta={}), ADAPTER_FIXED)
+    assert node == {"name": "a", "hidden": 64}  # the builder passes the widths itself
+    reward = derived_node(SimpleNamespace(kind="reward", name="r", factory=lambda limit=3: None, meta={"weight": 0.2}))
+    assert reward == {"name": "r", "weight": 0.2, "limit": 3}
