@@ -67,3 +67,15 @@ def test_build_is_lazy_and_returns_fresh_objects(registry):
     b = registry.build("length", "overlong", max_len=100, buffer=20)
     assert a is not b
     assert a(80) == 0.0 and a(90) == pytest.approx(-0.5) and a(101) == -1.0
+
+
+def test_the_plugin_guide_documents_every_hook():
+    """docs/plugins.md's hook reference names every hook of r1v/core/hookspecs.py (a new kind must be documented)."""
+    from pathlib import Path
+
+    from r1v.core import hookspecs
+
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "plugins.md").read_text()
+    hooks = [n for n in dir(hookspecs) if n.startswith("register_")]
+    missing = [h for h in hooks if f"| `{h}` |" not in guide]
+    assert len(hooks) == len(hookspecs.KIND_HOOKS) + 1 and not missing, missing

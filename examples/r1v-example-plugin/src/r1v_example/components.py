@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from r1v.core.interfaces import RewardInput
+from r1v.interfaces import RewardInput
 
 
 class ExampleCNN(nn.Module):
