@@ -15,7 +15,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from r1v.core.config import conf_dir, hydra_entry, register_resolvers, validate
-from r1v.core.errors import exit_on_user_error
+from r1v.core.errors import ConfigError, exit_on_user_error
+from r1v.core.interfaces import RunOnceStage, TrainingStage
 from r1v.core.registry import get_registry
 from r1v.data.build import build_datasets
 from r1v.stages.setup import build_device, build_trainer, preflight
@@ -72,7 +73,12 @@ def _train(cfg: DictConfig, container: dict[str, Any], registry: Any, run_dir: P
     L.seed_everything(int(container["seed"]), workers=True, verbose=False)
     stage = registry.get("stage", container["stage"]["name"]).factory(container)
     data_summary: dict[str, Any] = {}
-    if not hasattr(stage, "run_stage"):  # a Lightning stage: data first (bad rows surface before the model)
+    once = isinstance(stage, RunOnceStage)  # the two stage contracts (r1v.core.interfaces)
+    if not once and not isinstance(stage, TrainingStage):
+        raise ConfigError(f"stage '{container['stage']['name']}' ({type(stage).__name__}) is neither a RunOnceStage "
+                          "(run_stage(run_dir)) nor a TrainingStage (a LightningModule with attach_data, "
+                          "configure_model and export_trainable); see docs/plugins.md")  # fmt: skip
+    if not once:  # a Lightning stage: data first (bad rows surface before the model)
         train, val = build_datasets(container, registry)
         datasets = (PadAware(train), val)  # the sampler's lock-step pads arrive marked (no loss)
         stage.attach_data(*datasets)
@@ -99,7 +105,7 @@ def _train(cfg: DictConfig, container: dict[str, Any], registry: Any, run_dir: P
         prov["internvl"] = str(model["internvl"])
     if owner:
         write_json_atomic(run_dir / "run.json", prov)
-    if hasattr(stage, "run_stage"):  # a stage that runs once, outside Lightning (e.g. reassemble)
+    if once:  # a stage that runs once, outside Lightning (e.g. reassemble)
         stage.run_stage(run_dir)
         log.info("run %s finished: %s", container["run"], run_dir)
         return run_dir

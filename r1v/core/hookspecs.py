@@ -87,7 +87,9 @@ def register_datasets(register: Any) -> None:
 
 @hookspec
 def register_stages(register: Any) -> None:
-    """Register training stages: factory(cfg) -> lightning.LightningModule."""
+    """Register training stages: factory(cfg) -> a :class:`r1v.core.interfaces.TrainingStage` (a LightningModule with
+    ``attach_data``, ``configure_model``, ``export_trainable``) or a :class:`r1v.core.interfaces.RunOnceStage`
+    (``run_stage(run_dir)``, outside Lightning)."""
 
 
 @hookspec

@@ -106,3 +106,24 @@ def sampling_params(controller: object, scores: Mapping[str, float]) -> dict[str
     """The controller's per-sample sampling knobs ({} for controllers that only shape rewards)."""
     fn = getattr(controller, "sampling_params", None)
     return dict(fn(scores)) if fn else {}
+
+
+@runtime_checkable
+class RunOnceStage(Protocol):
+    """A stage that runs once, outside Lightning's loop (``stage=reassemble``): ``run_stage(run_dir)`` does all of
+    its work and writes its outputs into the run folder."""
+
+    def run_stage(self, run_dir: Any) -> None: ...
+
+
+@runtime_checkable
+class TrainingStage(Protocol):
+    """A stage that Lightning fits (align/SFT, GRPO, MPO, …): a ``lightning.LightningModule`` that also takes its data
+    sets (``attach_data(train, val)``), builds its model idempotently (``configure_model()``, so DeepSpeed ZeRO-3
+    can shard it at construction) and writes its trained weights (``export_trainable(path)``)."""
+
+    def attach_data(self, train: Any, val: Any) -> None: ...
+
+    def configure_model(self) -> None: ...
+
+    def export_trainable(self, path: Any) -> None: ...
