@@ -3,6 +3,7 @@ every mistake into one line naming the group, key or option and what is allowed.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 from collections.abc import Mapping
@@ -43,7 +44,14 @@ def default_run_name(stage: str) -> str:
     run_id = os.environ.get("TORCHELASTIC_RUN_ID", "none")
     if run_id not in ("", "none"):
         return f"{stage}-{run_id}"
-    return f"{stage}-{datetime.now():%Y%m%d-%H%M%S}"
+    return f"{stage}-{_first_call_time()}"
+
+
+@functools.cache
+def _first_call_time() -> str:
+    """This process's time stamp for run names, fixed at first use: Hydra resolves ``${r1v_run_name:…}`` for the
+    run folder and again for the saved config, seconds apart, and both must name the same run."""
+    return f"{datetime.now():%Y%m%d-%H%M%S}"
 
 
 def register_resolvers() -> None:

@@ -69,6 +69,17 @@ def test_run_name_is_shared_by_torchrun_ranks(monkeypatch):
     assert default_run_name("align").startswith("align-20")
 
 
+def test_a_run_name_with_a_time_stamp_is_the_same_whenever_it_is_resolved(monkeypatch):
+    """Hydra resolves the name for the folder and again for the saved config.yaml (they differed by seconds)."""
+    import time
+
+    monkeypatch.delenv("R1V_RUN_NAME", raising=False)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
+    first = default_run_name("align")
+    time.sleep(1.1)
+    assert default_run_name("align") == first and default_run_name("sft") == "sft" + first.removeprefix("align")
+
+
 # -- the run-folder lock ---------------------------------------------------------------------------------------
 
 
