@@ -180,8 +180,10 @@ def check_writable(folder: str | Path, what: str) -> None:
 
 
 def validate(cfg: Mapping[str, Any], registry: Registry) -> None:
-    """Every plugin name resolves and every knob binds to its factory, before anything is built."""
+    """Every plugin name resolves, every knob binds to its factory and every setting has its default's type, before
+    anything is built."""
     check_targets(cfg)
+    check_types(cfg)
     for dotted, kind, reserved, node in _plugin_nodes(cfg):
         if node is None:
             raise ConfigError(f"config: '{dotted}' is missing; choose a {kind} option")
@@ -207,6 +209,59 @@ def validate(cfg: Mapping[str, Any], registry: Registry) -> None:
             entry.check_knobs({k: v for k, v in node.items() if k not in ("name", "weight")}, where=f"rewards.{key}")
         except RegistryError as e:
             raise ConfigError(f"rewards.{key}: {e}") from None
+
+
+# config node -> how its option is named (the node's ``name``, or a fixed option): their YAML defaults are the types
+TYPED_NODES: dict[str, str | None] = {"stage": None, "data": None, "distill": "default", "evaluation": "default"}
+
+
+def _type_name(default: Any) -> str:
+    return ("a boolean" if isinstance(default, bool) else "an integer" if isinstance(default, int)
+            else "a number" if isinstance(default, float) else "a string" if isinstance(default, str)
+            else "a list" if isinstance(default, list) else "a mapping")  # fmt: skip
+
+
+def _same_type(value: Any, default: Any) -> bool:
+    if value is None or default is None:  # null: "not set" is allowed anywhere, and a null default fixes no type
+        return True
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, int | float)
+    for kind in (int, str, list, dict):
+        if isinstance(default, kind):
+            return isinstance(value, kind)
+    return True
+
+
+def check_types(cfg: Mapping[str, Any], root: str | Path | None = None) -> None:
+    """Every setting of the stage, data, distill and evaluation nodes has the type of its default in the chosen
+    option's YAML (``conf/stage/grpo.yaml`` for ``stage=grpo``): the one place each default and its type live.
+    A wrong type is one line naming the key, the value, the type and the file, before anything is built."""
+    base = Path(root or conf_dir())
+    for node_name, option in TYPED_NODES.items():
+        node = cfg.get(node_name)
+        if not isinstance(node, Mapping):
+            continue
+        path = base / node_name / f"{option or node.get('name')}.yaml"
+        if not path.is_file():  # an option a plugin stored in code: its own structure is its schema
+            continue
+        from omegaconf import OmegaConf
+
+        defaults = OmegaConf.to_container(OmegaConf.load(path))
+        _check_node(node, defaults, node_name, path)  # type: ignore[arg-type]
+
+
+def _check_node(node: Mapping[str, Any], defaults: Mapping[str, Any], where: str, path: Path) -> None:
+    for key, default in defaults.items():
+        if key not in node or key == "name":
+            continue
+        value, dotted = node[key], f"{where}.{key}"
+        if isinstance(default, dict) and isinstance(value, Mapping):
+            _check_node(value, default, dotted, path)
+        elif not _same_type(value, default):
+            raise ConfigError(f"{dotted}={value!r}: must be {_type_name(default)} (default {default!r} in "
+                              f"conf/{path.parent.name}/{path.name})")  # fmt: skip
 
 
 def build_plugin(registry: Registry, kind: str, node: Mapping[str, Any], where: str,

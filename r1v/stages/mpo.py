@@ -103,7 +103,7 @@ class MPOStage(SFTStage):
         ids, attn, mask = (batch[k].to(dev) for k in ("input_ids", "attention_mask", "completion_mask"))
         px = batch["pixel_values"].to(dev) if batch["pixel_values"] is not None else None
         t = mask.shape[1]
-        chunk = int(self.stage.get("logp_chunk", 1024))
+        chunk = int(self.stage["logp_chunk"])
         logp, _ = token_logprobs(self.model, ids, attn, px, t, chunk)  # [2B, T]
         seq = (logp * mask).sum(1)  # [2B]
         ref = torch.zeros_like(seq)

@@ -98,7 +98,7 @@ def build_trainer(cfg: dict[str, Any], run_dir: Path, resume_step: int | None = 
         trainer_cfg, _convert_="all", default_root_dir=str(run_dir), max_steps=int(stage["max_steps"]),
         val_check_interval=int(stage["val_every"]), check_val_every_n_epoch=None,
         accumulate_grad_batches=int(stage["accumulate_grad_batches"]),
-        gradient_clip_val=stage.get("gradient_clip_val"), logger=loggers or False, callbacks=callbacks,
+        gradient_clip_val=stage["gradient_clip_val"], logger=loggers or False, callbacks=callbacks,
         plugins=plugins, num_sanity_val_steps=0, enable_checkpointing=every > 0,
         use_distributed_sampler=False,  # ResumableSampler shards by rank itself; Lightning's wrapper would reshuffle
     )  # fmt: skip

@@ -101,16 +101,14 @@ class SFTStage(L.LightningModule):
         self.skipped = 0
         self.nonfinite_total, self.nonfinite_streak = 0, 0  # steps skipped for a non-finite loss or gradient
         self._engines: dict[str, Any] = {}  # generation engine per ZeRO-3 gather mode (generation_engine)
-        chunk = self.stage.get("loss_chunk_tokens") or 0
+        chunk = self.stage["loss_chunk_tokens"]
         if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0:
             raise ConfigError(f"stage.loss_chunk_tokens={chunk!r}: expected a whole number ≥ 0 (0: transformers' "
                               "loss over the full logits)")  # fmt: skip
-        acc = self.stage.get("accumulate_grad_batches", 1)
+        acc = self.stage["accumulate_grad_batches"]
         if isinstance(acc, bool) or not isinstance(acc, int) or acc < 1:
             raise ConfigError(f"stage.accumulate_grad_batches={acc!r}: expected a whole number ≥ 1 (batches per "
                               "optimizer step)")  # fmt: skip
-        if not isinstance(self.stage.get("packing", False), bool):  # "yes"/"no" would both be true
-            raise ConfigError(f"stage.packing={self.stage['packing']!r}: expected true or false")
         # throughput accounting (count_work / log_throughput): built on the first batch, when the model exists
         self._flops: FlopCounter | None = None
         self._peak: float | None = None
@@ -126,9 +124,9 @@ class SFTStage(L.LightningModule):
         self.trainable = apply_freeze(self.model, list(self.stage["trainable"]))
         if self.cfg.get("checkpoint"):
             load_trainable(self.model, self.cfg["checkpoint"])
-        enable_checkpointing(self.model, self.stage.get("activation_checkpointing") or [])
+        enable_checkpointing(self.model, self.stage["activation_checkpointing"] or [])
         config = getattr(self.model.backbone, "config", None)
-        if self.stage.get("packing") and getattr(config, "_attn_implementation", None) == "sdpa":
+        if self.stage["packing"] and getattr(config, "_attn_implementation", None) == "sdpa":
             varlen.register()  # padding-free packing: SDPA everywhere else, the flash varlen kernel when packed
             config._attn_implementation = varlen.NAME
 
@@ -151,7 +149,7 @@ class SFTStage(L.LightningModule):
     @property
     def accumulate(self) -> int:
         """Batches per optimizer step (``stage.accumulate_grad_batches``)."""
-        return int(self.stage.get("accumulate_grad_batches", 1))
+        return int(self.stage["accumulate_grad_batches"])
 
     def resumable_loader(self, ds: Dataset, collate_fn: Any, window: int = 1) -> DataLoader:
         """Batches of ``stage.batch_size`` in a seeded order sharded by rank, continuing mid-epoch on resume;
@@ -167,7 +165,7 @@ class SFTStage(L.LightningModule):
 
     def train_collator(self) -> Collator:
         """Padded batches, or packed rows with ``stage.packing=true`` (no cross-sample attention)."""
-        pack = int(self.stage.get("pack_max_tokens", 0)) if self.stage.get("packing") else None
+        pack = int(self.stage["pack_max_tokens"]) if self.stage["packing"] else None
         attn = getattr(self.model.backbone.config, "_attn_implementation", "sdpa") or "sdpa"
         return Collator(self.processor, self.stage["target"], pack_max_tokens=pack, attn=attn)
 
@@ -222,7 +220,7 @@ class SFTStage(L.LightningModule):
         padded batch of 4 × 8k tokens ran out of memory on an H200 in transformers' loss); 0: transformers' loss
         over the full logits. The two are equal (tests/unit/test_model.py)."""
         kw = {"position_ids": batch.get("position_ids"), **batch.get("attn_kwargs", {})}
-        chunk = int(self.stage.get("loss_chunk_tokens") or 0)
+        chunk = int(self.stage["loss_chunk_tokens"])
         if not chunk:
             return self.model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["labels"],
                               **kw).loss  # fmt: skip
@@ -248,7 +246,7 @@ class SFTStage(L.LightningModule):
         batch = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
         out = self.model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["labels"])
         self.log("val/loss", out.loss, prog_bar=True, batch_size=len(samples))
-        if batch_idx * len(samples) < int(self.stage.get("val_generate", 0)):
+        if batch_idx * len(samples) < int(self.stage["val_generate"]):
             gather, engine = self.generation_engine()
             with self.decode_ready(gather):
                 texts = self.run_engine("generation", engine, partial(engine.generate, self.model, self.processor,
@@ -324,7 +322,7 @@ class SFTStage(L.LightningModule):
         self.nonfinite_streak += 1
         self.log("train/nonfinite_skipped", float(self.nonfinite_total), batch_size=1)
         log.warning("step %d: non-finite %s, step skipped (%d in a row)", self.global_step, what, self.nonfinite_streak)
-        limit = int(self.stage.get("max_nonfinite", 5))
+        limit = int(self.stage["max_nonfinite"])
         if self.nonfinite_streak >= limit:
             raise NonFiniteError(
                 f"{self.nonfinite_streak} steps in a row with a non-finite {what}, at step {self.global_step} "
@@ -346,7 +344,7 @@ class SFTStage(L.LightningModule):
         tiles = 0 if batch["pixel_values"] is None else int(batch["pixel_values"].shape[0])
         # the chunked loss runs the LM head on answer tokens only: count the head's FLOPs where it ran
         answer = batch["loss_tokens"]  # counted by the collator, on the CPU
-        head = answer if self.stage.get("loss_chunk_tokens") else None
+        head = answer if self.stage["loss_chunk_tokens"] else None
         flops = self._flops.step(lengths, tiles, head)
         self._work = (sum(lengths), int(batch["input_ids"].numel()), flops, tiles, answer)
 
@@ -386,7 +384,7 @@ class SFTStage(L.LightningModule):
 
         params = [p for p in self.model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=float(self.stage["lr"]), weight_decay=float(self.stage["weight_decay"]),
-                                betas=tuple(self.stage.get("betas", (0.9, 0.999))))  # fmt: skip
+                                betas=tuple(self.stage["betas"]))  # fmt: skip
         total = int(self.trainer.estimated_stepping_batches)
         warmup = int(float(self.stage["warmup_ratio"]) * total)
         sched = get_cosine_schedule_with_warmup(opt, warmup, total)

@@ -153,3 +153,28 @@ def test_a_components_config_option_is_derived_from_its_registration():
     assert node == {"name": "a", "hidden": 64}  # the builder passes the widths itself
     reward = derived_node(SimpleNamespace(kind="reward", name="r", factory=lambda limit=3: None, meta={"weight": 0.2}))
     assert reward == {"name": "r", "weight": 0.2, "limit": 3}
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["stage.lr=abc"], "stage.lr='abc': must be a number (default 0.002 in conf/stage/align.yaml)"),
+    (["stage.max_steps=1e3"], "stage.max_steps=1000.0: must be an integer"),
+    (["stage=grpo", "stage.ssb.enabled=yes"], "stage.ssb.enabled='yes': must be a boolean (default False in "
+                                              "conf/stage/grpo.yaml)"),
+    (["stage.trainable=adapter"], "stage.trainable='adapter': must be a list"),
+    (["data.n_train=many"], "data.n_train='many': must be an integer (default 4000 in conf/data/synthetic.yaml)"),
+    (["distill.batch_size=x"], "distill.batch_size='x': must be an integer"),
+])  # fmt: skip
+def test_a_setting_of_the_wrong_type_is_one_line_before_anything_is_built(compose, registry, overrides, message):
+    """The types are those of the defaults in the chosen option's YAML, the one place each default lives."""
+    from r1v.core.config import ConfigError, validate
+
+    with pytest.raises(ConfigError) as err:
+        validate(compose(*overrides), registry)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_right_types_pass_and_ints_stand_for_floats(compose, registry):
+    from r1v.core.config import validate
+
+    cfg = compose("stage.lr=1", "stage=grpo", "stage.ssb.prefilter_pool=64", "stage.gradient_clip_val=0.5")
+    validate(cfg, registry)  # a null default (prefilter_pool, gradient_clip_val) fixes no type

@@ -103,13 +103,13 @@ class GRPOStage(SFTStage):
         self.beta = float(getattr(self.loss_fn, "beta", 0.0))
         self.length = _build("length", st["length"], "stage.length")
         self.engine = _build("rollout", st["rollout"], "stage.rollout")
-        gather = str(st.get("rollout_gather", "auto"))
+        gather = str(st["rollout_gather"])
         if gather not in GATHER_MODES:
             raise ConfigError(f"stage.rollout_gather={gather}: must be one of {', '.join(GATHER_MODES)}"
                               f"{did_you_mean(gather, GATHER_MODES)}")  # fmt: skip
         self.runner = RewardRunner(self.rewards(), float(st["reward_timeout_s"]), str(st["reward_isolation"]),
-                                   int(st["reward_workers"]), st.get("max_reward_failure_share"))  # fmt: skip
-        ssb = st.get("ssb") or {}
+                                   int(st["reward_workers"]), st["max_reward_failure_share"])  # fmt: skip
+        ssb = st["ssb"]
         self.ssb = SelectiveSampleBuffer(int(ssb.get("capacity", 1024)), int(cfg["seed"])) if ssb.get("enabled") \
             else None  # fmt: skip
         self.reference: AdapterReference | None = None
@@ -130,7 +130,7 @@ class GRPOStage(SFTStage):
         return self.resumable_loader(_Indexed(self.datasets["train"]), list)  # prompts stay Samples
 
     def on_fit_start(self) -> None:
-        ssb = self.stage.get("ssb") or {}
+        ssb = self.stage["ssb"]
         if ssb.get("prefilter"):
             self.prefilter(int(ssb.get("prefilter_pool") or len(self.datasets["train"])))
 
@@ -182,12 +182,12 @@ class GRPOStage(SFTStage):
         context = int(self.stage["max_new_tokens"]) + 2048  # prompts (image tokens included) rarely pass 2k
         reserve = kv_cache_bytes(cfg.num_hidden_layers, kv_dim, rows, context)  # bf16, every row at full length
         engine = self.ds_engine()
-        mode = gather_mode(self.model, engine, str(self.stage.get("rollout_gather", "auto")), reserve)
+        mode = gather_mode(self.model, engine, str(self.stage["rollout_gather"]), reserve)
         if zero3_offload(engine) is not None and getattr(self, "_gather_said", None) != mode:  # once per change
             self._gather_said = mode
             log.info("rollout: ZeRO-3 weights gathered %s (stage.rollout_gather=%s; %.1f GiB gathered, %.1f GiB "
                      "KV cache reserved)", "whole, once per rollout" if mode == "whole" else "layer by layer",
-                     self.stage.get("rollout_gather", "auto"), gathered_bytes(self.model) / 2**30,
+                     self.stage["rollout_gather"], gathered_bytes(self.model) / 2**30,
                      reserve / 2**30)  # fmt: skip
         if mode == "whole" or not getattr(self.engine, "needs_whole_weights", False):
             return mode, self.engine
@@ -197,7 +197,7 @@ class GRPOStage(SFTStage):
             self._layer_engine = choose_engine(self.model, str(node["name"]), mode, **knobs)[0]
             log.warning("rollout: the gathered model does not fit beside its ZeRO-3 shards (stage.rollout_gather="
                         "%s), so rollouts fetch it layer by layer with rollout=hf instead of rollout=%s",
-                        self.stage.get("rollout_gather", "auto"), node.get("name"))  # fmt: skip
+                        self.stage["rollout_gather"], node.get("name"))  # fmt: skip
         return mode, self._layer_engine
 
     @torch.no_grad()
@@ -268,13 +268,13 @@ class GRPOStage(SFTStage):
         # global RNG in between (the data loader's iterator draws its base seed from it on creation).
         torch.manual_seed(step_seed(int(self.cfg.get("seed", 0)), self.global_step, self.global_rank))
         exp = Experience(prompts=[s for _, s in batch], indices=[i for i, _ in batch])
-        if self.global_step == 0 and self.batches_done == 1 and int(self.stage.get("logp_probe") or 0):
+        if self.global_step == 0 and self.batches_done == 1 and int(self.stage["logp_probe"]):
             self.write_logp_probe(int(self.stage["logp_probe"]))
         n_prompts = len(exp.prompts)
         exp.rollouts, exp.parts, exp.texts = self.rollout(exp.prompts)  # phases 1-3
         self._write_completions(exp.prompts, exp.rollouts, exp.parts, exp.texts)
         mark_lockstep_pads(exp)
-        ds = self.stage.get("dynamic_sampling") or {}
+        ds = self.stage["dynamic_sampling"]
         if ds.get("enabled"):  # phase 4
             refill(exp, self.rollout, lambda: self._refill.randrange(len(self.datasets["train"])),
                    self.datasets["train"], self.G, int(ds.get("max_refills", 2)))  # fmt: skip
@@ -333,7 +333,7 @@ class GRPOStage(SFTStage):
                 self.nonfinite("loss or gradient")
                 continue
             self.nonfinite_streak = 0
-            clip = self.stage.get("clip_grad_norm")
+            clip = self.stage["clip_grad_norm"]
             if clip:
                 self.clip_gradients(opt, gradient_clip_val=float(clip), gradient_clip_algorithm="norm")
             opt.step()
@@ -410,7 +410,7 @@ class GRPOStage(SFTStage):
         ``stage.completions_prompts`` prompts' G completions with their rewards, parts, advantages and an image
         thumbnail go to ``<run>/completions.jsonl`` (rank 0): what the policy writes, over time
         (``python -m r1v report`` shows them)."""
-        every = int(self.stage.get("completions_every") or 0)
+        every = int(self.stage["completions_every"])
         if not every or not self.trainer.is_global_zero or (self.batches_done - 1) % every:
             return
         import json
@@ -419,7 +419,7 @@ class GRPOStage(SFTStage):
         from r1v.reports.html import thumbnail_b64
 
         lines = []
-        for i, s in enumerate(samples[: max(1, int(self.stage.get("completions_prompts") or 1))]):
+        for i, s in enumerate(samples[: max(1, int(self.stage["completions_prompts"]))]):
             group = range(i * self.G, (i + 1) * self.G)
             lines.append({"step": self.global_step, "id": s.id, "question": s.question, "answer": s.answer,
                           "thumb": thumbnail_b64(s.images[0]) if s.images else None,
