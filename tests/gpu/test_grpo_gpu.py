@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import math
+import os
 import statistics
 
 import pytest
@@ -15,7 +16,7 @@ import torch
 from tests.conftest import run_cli
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
-STEPS = 20
+STEPS = int(os.environ.get("R1V_GPU_GRPO_STEPS", "20"))  # fewer for a quick check of a change
 ARGS = ["model=r1v_small", "stage=grpo", "stage.batch_size=8", "stage.group_size=8", "stage.micro_batch_size=8",
         "stage.val_every=1000", "stage.val_generate=0", "stage.ckpt_every=0", "stage.policy_loss.beta=0.04",
         "stage.lr=1e-6", "stage.max_new_tokens=512", f"stage.max_steps={STEPS}", "logger=csv",
