@@ -89,7 +89,8 @@ def test_reward_model_ranks_held_out_pairs_and_scores_grpo(reassembled_run, tmp_
     assert not any(k.startswith("vision.") for k in saved)  # the encoder stays frozen
     proc = run_cli(["stage=grpo", *TINY, f"checkpoint={reassembled_run}", "reward=[accuracy,format,reward_model]",
                     f"rewards.reward_model.path={rm}", "stage.max_new_tokens=48", "stage.max_steps=2",
-                    "stage.val_every=2", "stage.val_generate=0", "run=g"], tmp_path)  # fmt: skip
+                    "stage.val_every=2", "stage.val_generate=0", "run=g",
+                    "stage.reward_timeout_s=120"], tmp_path)  # a worker's first call loads the model: slow under load  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     g = tmp_path / "runs" / "g"
     assert len(column(g, "reward/reward_model")) == 2 and column(g, "reward/failures") == [0.0, 0.0]
