@@ -87,10 +87,11 @@ def test_reward_model_ranks_held_out_pairs_and_scores_grpo(reassembled_run, tmp_
     saved = load_file(str(rm / "final" / "trainable.safetensors"))
     assert "reward_head.weight" in saved and any(k.startswith("backbone.") for k in saved)
     assert not any(k.startswith("vision.") for k in saved)  # the encoder stays frozen
+    # a reward worker's first call loads the model: slow on a loaded machine, hence the time limit
     proc = run_cli(["stage=grpo", *TINY, f"checkpoint={reassembled_run}", "reward=[accuracy,format,reward_model]",
                     f"rewards.reward_model.path={rm}", "stage.max_new_tokens=48", "stage.max_steps=2",
                     "stage.val_every=2", "stage.val_generate=0", "run=g",
-                    "stage.reward_timeout_s=120"], tmp_path)  # a worker's first call loads the model: slow under load  # fmt: skip
+                    "stage.reward_timeout_s=120"], tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     g = tmp_path / "runs" / "g"
     assert len(column(g, "reward/reward_model")) == 2 and column(g, "reward/failures") == [0.0, 0.0]
