@@ -70,7 +70,7 @@ def conf_dir() -> str:
             return str(path)
     except ModuleNotFoundError:
         pass
-    return str(Path(__file__).resolve().parents[1] / "conf")
+    return str(Path(__file__).resolve().parents[2] / "conf")  # r1v/core/config.py -> the checkout's conf/
 
 
 # registry kind -> (config group, package, knobs the builder passes itself): options made from registrations

@@ -178,3 +178,19 @@ def test_right_types_pass_and_ints_stand_for_floats(compose, registry):
 
     cfg = compose("stage.lr=1", "stage=grpo", "stage.ssb.prefilter_pool=64", "stage.gradient_clip_val=0.5")
     validate(cfg, registry)  # a null default (prefilter_pool, gradient_clip_val) fixes no type
+
+
+def test_conf_dir_falls_back_to_the_checkouts_conf(monkeypatch):
+    """Without an installed ``r1v.conf`` (tests run from a checkout against a wheel's plugins, as on the GPU
+    machine) the source tree's conf/ is used; it pointed into r1v/ after config.py moved to r1v/core/."""
+    from importlib import resources
+    from pathlib import Path
+
+    from r1v.core import config
+
+    def missing(name):
+        raise ModuleNotFoundError(name)
+
+    monkeypatch.setattr(resources, "files", missing)
+    assert Path(config.conf_dir()) == Path(__file__).resolve().parents[2] / "conf"
+    assert (Path(config.conf_dir()) / "config.yaml").is_file()
