@@ -14,13 +14,14 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
 from r1v.core.interfaces import IMAGE_PLACEHOLDER, THINK_CLOSE, Sample
 from r1v.data.datasets import DataError, JsonlDataset
 from r1v.evaluation.answers import equivalent, extract_answer
+from r1v.generation.stream import answer
 from r1v.model.load import inference_config, load_for_inference
 
 log = logging.getLogger(__name__)
@@ -63,33 +64,6 @@ def load_images(paths: list[str]) -> list[Any]:
 
 
 # -- chat ------------------------------------------------------------------------------------------------------------
-def answer(model: Any, processor: Any, engine: Any, sample: Sample, max_new_tokens: int, greedy: bool,
-           write: Callable[[str], None] | None = None) -> str:  # fmt: skip
-    """One completion; with ``write`` (and the static engine) the text is streamed as it is generated."""
-    tok = processor.tokenizer
-    ids: list[int] = []
-    shown = [0]
-
-    def on_token(step: list[int]) -> None:
-        if step[0] in (tok.eos_token_id, tok.pad_token_id):
-            return
-        ids.append(step[0])
-        text = tok.decode(ids, skip_special_tokens=False)
-        if not text.endswith("\ufffd"):  # a multi-byte character still incomplete: wait for its next token
-            write(text[shown[0] :])
-            shown[0] = len(text)
-
-    streaming = write is not None and hasattr(engine, "decode")
-    rows = engine.generate_ids(model, processor, [sample], max_new_tokens, greedy=greedy,
-                               **({"on_token": on_token} if streaming else {}))  # fmt: skip
-    text = processor.decode_completion(rows[0])
-    if write is not None and not streaming:
-        write(text)
-    elif write is not None and len(text) > shown[0]:
-        write(text[shown[0] :])
-    return text
-
-
 def chat(model: Any, processor: Any, engine: Any, images: list[Any], question: str | None, max_new_tokens: int,
          greedy: bool, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> None:  # fmt: skip
     """One question, or (without one) a loop reading questions from ``stdin``: ``/image PATH`` adds an image,

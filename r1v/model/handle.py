@@ -13,10 +13,11 @@ import torch
 
 from r1v.core.config import compose
 from r1v.core.errors import DataError
-from r1v.core.interfaces import IMAGE_PLACEHOLDER, Sample
+from r1v.core.interfaces import IMAGE_PLACEHOLDER, THINK_CLOSE, Sample
 from r1v.core.registry import get_registry
 from r1v.evaluation.answers import extract_answer
 from r1v.generation.choose import fastest_engine
+from r1v.generation.stream import answer
 from r1v.model.build import apply_freeze, build
 from r1v.model.load import inference_config, load_for_inference
 
@@ -90,27 +91,9 @@ class Model:
              greedy: bool = True, stream: Callable[[str], None] | None = None) -> dict[str, Any]:  # fmt: skip
         """One turn: the completion, the extracted answer and whether ``</think>`` closed. ``stream(text)`` gets
         the text as it is generated (the static engine streams token by token)."""
-        from r1v.core.interfaces import THINK_CLOSE
-
         engine, _ = self.engine()
-        tok, ids, shown = self.processor.tokenizer, [], [0]
-
-        def on_token(step: list[int]) -> None:
-            if step[0] in (tok.eos_token_id, tok.pad_token_id) or stream is None:
-                return
-            ids.append(step[0])
-            text = tok.decode(ids, skip_special_tokens=False)
-            if not text.endswith("\ufffd"):  # a multi-byte character still incomplete: wait for its next token
-                stream(text[shown[0] :])
-                shown[0] = len(text)
-
-        knobs = {"on_token": on_token} if stream is not None and hasattr(engine, "decode") else {}
         with torch.no_grad():
-            rows = engine.generate_ids(self.vlm, self.processor, [as_sample(question, images)], max_new_tokens,
-                                       greedy=greedy, **knobs)  # fmt: skip
-        text = self.processor.decode_completion(rows[0])
-        if stream is not None and len(text) > shown[0]:
-            stream(text[shown[0] :])
+            text = answer(self.vlm, self.processor, engine, as_sample(question, images), max_new_tokens, greedy, stream)
         return {"completion": text, "answer": extract_answer(text), "closed_think": THINK_CLOSE in text}
 
     @property

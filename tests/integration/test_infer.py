@@ -69,9 +69,9 @@ def test_chat_streams_the_answer_and_loops_on_stdin(default_run, synth, tmp_path
 
 def test_streamed_chunks_join_to_the_completion(registry, tiny_vlm):
     """answer(): with the static engine the text arrives in several pieces, and they are the final text."""
-    from r1v.cli.infer import answer
     from r1v.data.synthetic import generate
     from r1v.generation.choose import fastest_engine
+    from r1v.generation.stream import answer
 
     model, processor = tiny_vlm
     engine, name = fastest_engine(model)
