@@ -1,4 +1,4 @@
-"""Kill anywhere, resume exactly (issue 9): real training subprocesses die at named fault points
+"""Kill anywhere, resume exactly: real training subprocesses die at named fault points
 (``R1V_FAULT_INJECT``, like ``kill -9``), and ``resume=auto`` must reproduce an uninterrupted run of the
 same seed step for step. Also the non-finite guards (``R1V_POISON``)."""
 

@@ -1,4 +1,4 @@
-"""python -m r1v chat and python -m r1v generate on the trained default model (issue 10, items 1-2)."""
+"""python -m r1v chat and python -m r1v generate on the trained default model."""
 
 from __future__ import annotations
 

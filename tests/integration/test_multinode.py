@@ -1,4 +1,4 @@
-"""Multi-node launch (issue 9), on one machine: two "nodes" of one CPU process each, started externally by
+"""Multi-node launch, on one machine: two "nodes" of one CPU process each, started externally by
 torchrun with a rendezvous on localhost, DDP over gloo; then node 1's rank is killed at a named point, the
 surviving node is stopped (as a scheduler would), and both relaunch with resume=auto: the resumed run logs the
 losses of an uninterrupted two-node run. The launch is the documented one (README: "Several machines")."""

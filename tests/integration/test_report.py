@@ -1,5 +1,5 @@
 """python -m r1v report: a self-contained HTML page with the metric plots and the GRPO rollouts, loaded in
-headless Chromium (issue 10, items 3-4; the browser test skips where chromium is not installed)."""
+headless Chromium (the browser test skips where chromium is not installed)."""
 
 from __future__ import annotations
 

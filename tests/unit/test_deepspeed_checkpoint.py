@@ -1,4 +1,4 @@
-"""DeepSpeed checkpoint folders are written atomically and validated (issue 9): every rank writes into
+"""DeepSpeed checkpoint folders are written atomically and validated: every rank writes into
 ``.<name>.tmp-dir``, rank 0 seals it (files and sizes) and renames it into place; an unsealed or mismatching
 folder is named in one line and ``resume=auto`` falls back to the newest good one.
 
