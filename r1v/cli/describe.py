@@ -14,9 +14,9 @@ from typing import Any
 
 from torch import nn
 
-from r1v.core.config import compose
 from r1v.model.build import PARTS
-from r1v.model.meta import build_on_meta, count
+from r1v.model.handle import create_model
+from r1v.model.meta import count
 from r1v.runtime import planner
 
 PLANNER_PREFIX = "planner."
@@ -158,8 +158,8 @@ def inspect(args: Sequence[str]) -> list[str]:
     start = time.perf_counter()
     overrides, knobs = split_overrides(args)
     planner.parse_knobs(knobs, planner.Settings())  # a bad knob fails before anything is composed or built
-    cfg = compose(overrides)
-    vlm = build_on_meta(cfg)
+    handle = create_model(None, *overrides, device="meta")  # the Python API's composition, shapes only
+    cfg, vlm = handle.config, handle.vlm
     seconds = time.perf_counter() - start
     base, sources = default_settings(cfg)
     settings = planner.parse_knobs(knobs, base)

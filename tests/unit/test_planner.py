@@ -110,7 +110,8 @@ def test_qwen2_32b_layer_activation_constant():
 
 @pytest.fixture(scope="module")
 def r1v38b_parts(compose):
-    from r1v.cli.describe import build_on_meta, model_parts
+    from r1v.cli.describe import model_parts
+    from r1v.model.meta import build_on_meta
 
     def parts(*overrides: str) -> list[Part]:
         return model_parts(build_on_meta(compose("model=r1v38b", *overrides)), tiles_per_sample=13)

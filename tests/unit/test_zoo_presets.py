@@ -148,7 +148,7 @@ def test_local_folder_loads_weights_and_cuts_depth(monkeypatch, tmp_path):
 
 
 def test_r1v38b_part_sizes(compose, registry):
-    from r1v.cli.describe import build_on_meta, count
+    from r1v.model.meta import build_on_meta, count
 
     vlm = build_on_meta(compose("model=r1v38b"))
     sizes = {p: count(getattr(vlm, p))[0] for p in ("vision", "adapter", "backbone")}
