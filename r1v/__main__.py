@@ -44,7 +44,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     """Every bad row of a dataset (file:line, what is wrong) and a summary, before training; exit 1 if any."""
     from pathlib import Path
 
-    from r1v.cli.describe import compose
+    from r1v.core.config import compose
     from r1v.data.check import check
 
     overrides = list(args.overrides)
