@@ -1,10 +1,10 @@
 """Proof that a change altered no behaviour: the same jobs write the same ``metrics.csv``, value for value.
 
-Runs, on the CPU with one thread (float sums depend on the thread count), for seeds 0 and 1: the main job
-(``python -m r1v.train``), 30 SFT steps of the tiny reasoner, and 10 GRPO steps of it. ``--record DIR`` keeps
-their ``metrics.csv`` files; ``--compare DIR`` runs them again and compares every logged value with the
-recorded one, except wall-clock timings (``time/*``, throughput and MFU columns), which differ between any
-two runs of the same code.
+Runs, on the CPU with one thread (float sums depend on the thread count), for seeds 0 and 1: the main job (``python
+-m r1v.train``), 30 SFT steps of the tiny reasoner, 10 GRPO steps, 10 MPO steps and 10 reward-model steps of it.
+``--record DIR`` keeps their ``metrics.csv`` files; ``--compare DIR`` runs them again and compares every logged
+value with the recorded one, except wall-clock timings (``time/*``, throughput and MFU columns), which differ
+between any two runs of the same code.
 
     python benchmarks/same_metrics.py --record /tmp/before     # on the old code
     python benchmarks/same_metrics.py --compare /tmp/before    # on the new code: exit 0 when all equal
@@ -28,6 +28,9 @@ JOBS = {
     "grpo10": ["stage=grpo", "model=tiny_reasoner", "stage.max_steps=10", "stage.val_every=5", "stage.val_generate=8",
                "stage.batch_size=4", "stage.group_size=4", "stage.max_new_tokens=32", "stage.lr=5e-3",
                "stage.policy_loss.beta=0.04", "stage.reward_isolation=inline"],
+    "mpo10": ["stage=mpo", "model=tiny_reasoner", "data=synthetic_pairs", "stage.max_steps=10", "stage.val_every=5"],
+    "rm10": ["stage=reward_model", "model=tiny_reasoner", "data=synthetic_pairs", "stage.max_steps=10",
+             "stage.val_every=5"],
 }  # fmt: skip
 SEEDS = (0, 1)
 WALL_CLOCK = ("time/", "perf/", "throughput", "tokens_per_s", "samples_per_s", "mfu")

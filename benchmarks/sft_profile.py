@@ -39,11 +39,13 @@ def main() -> None:
     register_resolvers()
     from r1v.core.config import conf_dir, register_plugin_configs
     from r1v.core.registry import get_registry
+    from r1v.data.collate import Collator
     from r1v.data.datasets import JsonlDataset
     from r1v.model import varlen
     from r1v.model.build import apply_freeze, build
     from r1v.runtime.perf import FlopCounter, peak_flops
-    from r1v.stages.sft import Collator, SFTStage, enable_checkpointing
+    from r1v.stages.base import enable_checkpointing
+    from r1v.stages.sft import SFTStage
 
     register_plugin_configs(get_registry())
     with initialize_config_dir(config_dir=conf_dir(), version_base=None):

@@ -60,12 +60,12 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any, Any, str]:
-    from r1v.cli.infer import load_model
-    from r1v.generation.choose import fastest_engine
+    """The model, processor and fastest engine of ``--checkpoint`` (through the Python API's loader)."""
+    from r1v.model.handle import load_model
 
-    model, processor, _ = load_model(args.checkpoint, list(args.overrides), args.device)
-    engine, name = fastest_engine(model, temperature=args.temperature, top_p=args.top_p)
-    return model, processor, engine, name
+    model = load_model(args.checkpoint, *args.overrides, device=args.device)
+    engine, name = model.engine(temperature=args.temperature, top_p=args.top_p)
+    return model.vlm, model.processor, engine, name
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
@@ -134,19 +134,6 @@ def _inspect_epilog() -> str:
     )
 
 
-SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
-
-
-def parse_size(text: str) -> int:
-    """'5GB', '500MB', '2GiB', '123456' -> bytes."""
-    t = text.strip().upper()
-    number = t.rstrip("KMGIB")
-    try:
-        return int(float(number) * SIZE_UNITS[t[len(number) :]])
-    except (KeyError, ValueError):
-        raise ValueError(f"--shard-size {text}: expected bytes or a size like 5GB, 500MB, 2GiB") from None
-
-
 def export_source(source: Path) -> tuple[Path | None, Path | None]:
     """(run folder, trainable weights) for a run or a checkpoint in one; (None, None) for an InternVL folder."""
     if source.is_dir() and (source / "config.yaml").is_file():
@@ -174,37 +161,13 @@ def export_source(source: Path) -> tuple[Path | None, Path | None]:
 def cmd_export(args: argparse.Namespace) -> int:
     """Write a finished run (rebuilt from its config.yaml, trained weights loaded), a checkpoint inside a run,
     or an InternVL-chat folder (re-export, e.g. to re-shard) as a Skywork-R1V / InternVL-chat folder."""
-    import torch
-    from omegaconf import OmegaConf
+    from r1v.model.handle import load_model
+    from r1v.model.internvl import parse_size
 
-    from r1v.model.build import build
-    from r1v.model.internvl import build_from_folder, export_folder, read_config
-    from r1v.model.load import load_trainable
-
-    source = Path(args.source)
-    run, weights = export_source(source)
-    size = parse_size(args.shard_size)
-    if run is None:
-        source_folder: str | None = str(source)
-        model, processor = build_from_folder(source)
-    else:
-        cfg = OmegaConf.to_container(OmegaConf.load(run / "config.yaml"), resolve=True)
-        torch.manual_seed(int(cfg.get("seed", 0)))
-        model, processor = build(cfg["model"], get_registry())
-        if weights.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(weights), framework="pt") as f:
-                unknown = sorted(set(f.keys()) - set(model.state_dict()))
-            if unknown:
-                raise ValueError(f"export: {weights} holds weights the run's model does not have, e.g. {unknown[0]}")
-        load_trainable(model, str(weights))
-        source_folder = cfg["model"].get("internvl")
-    out = export_folder(model, processor.tokenizer, args.out, read_config(source_folder) if source_folder else None,
-                        size, chat_template=processor.chat_template, max_tiles=processor.max_tiles,
-                        use_thumbnail=processor.use_thumbnail, source_folder=source_folder,
-                        overwrite=args.overwrite)  # fmt: skip
-    print(out)
+    export_source(Path(args.source))  # refuse what has no known composition, in one line
+    shard = parse_size(args.shard_size)
+    model = load_model(args.source, device="cpu")
+    print(model.export(args.out, shard_size=shard, overwrite=args.overwrite))
     return 0
 
 

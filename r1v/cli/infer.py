@@ -18,11 +18,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from r1v.core.interfaces import IMAGE_PLACEHOLDER, THINK_CLOSE, Sample
+from r1v.core.interfaces import THINK_CLOSE
 from r1v.data.datasets import DataError, JsonlDataset
 from r1v.evaluation.answers import equivalent, extract_answer
 from r1v.generation.stream import answer
-from r1v.model.load import inference_config, load_for_inference
+from r1v.model.handle import as_sample
 
 log = logging.getLogger(__name__)
 R1V_SAMPLING = {"temperature": 0.6, "top_p": 0.95}  # R1V's recommended decoding (its README / paper)
@@ -32,18 +32,6 @@ class PromptDataset(JsonlDataset):
     """JSONL rows to answer: like training data, but ``answer`` is optional (scored when present)."""
 
     required = ("question",)
-
-
-def load_model(checkpoint: str | None, overrides: list[str], device: str = "auto") -> tuple[Any, Any, dict]:
-    """(model, processor, config) for ``checkpoint`` on ``device`` (auto: CUDA when present)."""
-    return load_for_inference(inference_config(checkpoint, overrides, device), overrides)
-
-
-def make_sample(question: str, images: list[Any], sample_id: str = "chat") -> Sample:
-    """A Sample with one ``<image>`` per image (prepended when the question has none)."""
-    if images and IMAGE_PLACEHOLDER not in question:
-        question = "\n".join([IMAGE_PLACEHOLDER] * len(images) + [question])
-    return Sample(sample_id, question, "", list(images))
 
 
 def load_images(paths: list[str]) -> list[Any]:
@@ -74,7 +62,7 @@ def chat(model: Any, processor: Any, engine: Any, images: list[Any], question: s
         stdout.flush()
 
     def turn(q: str) -> None:
-        text = answer(model, processor, engine, make_sample(q, images), max_new_tokens, greedy, write)
+        text = answer(model, processor, engine, as_sample(q, images, "chat"), max_new_tokens, greedy, write)
         final = extract_answer(text)
         closed = "thought closed" if THINK_CLOSE in text else "no </think>"
         write(f"\n\n[answer: {final if final is not None else '-'}; {closed}]\n")

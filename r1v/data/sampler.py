@@ -8,7 +8,7 @@ is wrapped in :class:`PadAware`, which marks the sample fetched for a pad index 
 collators drop marked samples and GRPO gives their completions zero weight (``r1v.stages.grpo``). At the front,
 a pad shares its batch with real samples whenever ``batch_size ≥ 2`` and the share has two or more samples;
 otherwise (``batch_size=1``) its batch is empty after the collator, and the SFT-family stages take part in
-that step's all-reduce with a zero loss (:meth:`r1v.stages.sft.SFTStage.empty_loss`).
+that step's all-reduce with a zero loss (:meth:`r1v.stages.base.LightningStage.empty_loss`).
 When ``world_size`` divides ``n`` nothing is padded and the shares are the same as before padding existed.
 
 The stage records how many positions of the current epoch (pads included) were trained on in every

@@ -19,6 +19,7 @@ from r1v.evaluation.answers import extract_answer
 from r1v.generation.choose import fastest_engine
 from r1v.generation.stream import answer
 from r1v.model.build import apply_freeze, build
+from r1v.model.internvl import export_folder, parse_size, read_config
 from r1v.model.load import inference_config, load_for_inference
 
 ImageLike = Any  # a PIL image or a path to an image file
@@ -96,6 +97,17 @@ class Model:
             text = answer(self.vlm, self.processor, engine, as_sample(question, images), max_new_tokens, greedy, stream)
         return {"completion": text, "answer": extract_answer(text), "closed_think": THINK_CLOSE in text}
 
+    def export(self, out: str | Path, *, shard_size: int | str = "5GB", overwrite: bool = False) -> Path:
+        """Write the model as a Skywork-R1V / InternVL-chat folder (config.json, InternVL-named safetensors shards of
+        at most ``shard_size`` — bytes or "5GB", "500MB", "2GiB" —, the tokenizer with the chat template); only
+        InternViT → mlp → Qwen2 models have that layout. Atomic: written beside ``out``, then renamed."""
+        source = self.config["model"].get("internvl")  # its config.json and remote code are carried over
+        size = parse_size(shard_size) if isinstance(shard_size, str) else int(shard_size)
+        return export_folder(self.vlm, self.processor.tokenizer, out, read_config(source) if source else None, size,
+                             chat_template=self.processor.chat_template, max_tiles=self.processor.max_tiles,
+                             use_thumbnail=self.processor.use_thumbnail, source_folder=source,
+                             overwrite=overwrite)  # fmt: skip
+
     @property
     def parts(self) -> dict[str, str]:
         """The registry names of the parts (or the InternVL folder the model came from)."""
@@ -103,10 +115,11 @@ class Model:
         return {"internvl": m["internvl"]} if m.get("internvl") else {p: m[p]["name"] for p in PART_KINDS}
 
 
-def load_model(checkpoint: str | Path, *overrides: str, device: str = "auto") -> Model:
-    """:func:`r1v.load`: a run folder, a weights file inside one, or an InternVL-chat folder."""
-    path = Path(checkpoint)
-    if path.is_dir() and (path / "config.json").is_file() and not (path / "run.json").is_file():
+def load_model(checkpoint: str | Path | None, *overrides: str, device: str = "auto") -> Model:
+    """:func:`r1v.load`: a run folder, a weights file inside one, or an InternVL-chat folder (None: the composition
+    the overrides make, untrained)."""
+    path = Path(checkpoint or "")
+    if checkpoint and path.is_dir() and (path / "config.json").is_file() and not (path / "run.json").is_file():
         overrides = ("model=internvl_chat", f"model.internvl={path}", *overrides)  # an InternVL-chat folder
         checkpoint = None  # type: ignore[assignment]
     cfg = inference_config(None if checkpoint is None else str(checkpoint), list(overrides), device)

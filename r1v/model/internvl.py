@@ -336,6 +336,19 @@ def export_config(model: VisionLanguageModel, source_config: Mapping[str, Any] |
     }  # fmt: skip
 
 
+SIZE_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def parse_size(text: str) -> int:
+    """'5GB', '500MB', '2GiB', '123456' -> bytes."""
+    t = text.strip().upper()
+    number = t.rstrip("KMGIB")
+    try:
+        return int(float(number) * SIZE_UNITS[t[len(number) :]])
+    except (KeyError, ValueError):
+        raise ValueError(f"shard size {text}: expected bytes or a size like 5GB, 500MB, 2GiB") from None
+
+
 def _shards(state: Mapping[str, torch.Tensor], limit: int) -> list[list[str]]:
     """Names grouped in order into shards of at most ``limit`` bytes (a larger tensor gets its own)."""
     shards: list[list[str]] = [[]]

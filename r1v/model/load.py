@@ -18,9 +18,10 @@ from typing import Any
 
 import torch
 from omegaconf import OmegaConf
+from safetensors import safe_open
 
 from r1v.core.config import compose
-from r1v.core.errors import ConfigError
+from r1v.core.errors import ConfigError, WeightsError
 from r1v.core.registry import get_registry
 from r1v.model.build import build
 from r1v.runtime.runs import weights_of
@@ -60,12 +61,27 @@ def trained_model(cfg: dict[str, Any], overrides: Sequence[str]) -> dict[str, An
     return cfg["model"]
 
 
-def load_trainable(model: torch.nn.Module, checkpoint: str) -> None:
-    """Load a previous stage's weights (``checkpoint=<run folder | .safetensors | .ckpt>``) on top."""
+def load_trainable(model: torch.nn.Module, checkpoint: str, refuse_unknown: bool = False) -> None:
+    """Load a previous stage's weights (``checkpoint=<run folder | .safetensors | .ckpt>``) on top. With
+    ``refuse_unknown``, weights the model has no place for are refused in one line (inference loads whole models;
+    a stage may load a checkpoint before it adds the part some of its weights belong to, e.g. a reward head)."""
     path = weights_of(checkpoint)
+    state = None
     if path.suffix == ".ckpt":
         state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]  # never unpickle code
-        model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()}, strict=False)
+        state = {k.removeprefix("model."): v for k, v in state.items()}
+    if refuse_unknown and (state is not None or path.is_file()):
+        if state is None:
+            with safe_open(str(path), framework="pt") as f:
+                names = set(f.keys())
+        unknown = sorted((set(state) if state is not None else names) - set(model.state_dict()))
+        if unknown:
+            raise WeightsError(
+                f"checkpoint {checkpoint}: {path} holds weights the model does not have, e.g. "
+                f"{unknown[0]} ({len(unknown)} in all): trained with another composition?"
+            )
+    if state is not None:
+        model.load_state_dict(state, strict=False)
         return
     load_into(model, path, f"checkpoint {checkpoint}", strict=False)
 
@@ -100,9 +116,11 @@ def stage_device(cfg: Mapping[str, Any]) -> torch.device:
 def inference_model(cfg: Mapping[str, Any]) -> tuple[torch.nn.Module, Any]:
     """The composition with ``checkpoint=`` loaded, in eval mode on the stage's device (bf16 when the
     trainer's precision says so)."""
-    model, processor = build(cfg["model"], get_registry())
+    with torch.random.fork_rng(devices=[]):  # parts without a pretrained source: the run's own draw of them
+        torch.manual_seed(int(cfg.get("seed", 0)))
+        model, processor = build(cfg["model"], get_registry())
     if cfg.get("checkpoint"):
-        load_trainable(model, cfg["checkpoint"])
+        load_trainable(model, cfg["checkpoint"], refuse_unknown=True)
     device = stage_device(cfg)
     dtype = torch.bfloat16 if device.type == "cuda" and "bf16" in str(cfg.get("trainer", {}).get("precision")) \
         else None  # fmt: skip

@@ -18,6 +18,7 @@ lookup, the LM head a matmul), attention widths from each part's query projectio
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -92,3 +93,50 @@ def peak_flops(device: torch.device | None = None) -> float | None:
         return None
     name = torch.cuda.get_device_name(device)
     return next((v for k, v in PEAK_BF16.items() if k in name), None)
+
+
+class Throughput:
+    """Per batch (one GPU): seconds since the previous batch ended, tokens/s and model TFLOP/s on real tokens, MFU
+    against the GPU's dense bf16 peak, and the memory high-water marks (benchmarks/sft_throughput.py reads them).
+
+    :meth:`count` remembers a batch's work when the stage has run it; :meth:`stats` is called when the batch ends.
+    """
+
+    def __init__(self, chunked_head: bool = False) -> None:
+        self.chunked_head = chunked_head  # the LM head ran on answer tokens only (stage.loss_chunk_tokens)
+        self.flops: FlopCounter | None = None  # built on the first batch, when the model exists
+        self.peak: float | None = None
+        self.clock: float | None = None
+        self.work: tuple[int, int, float, int, int] | None = None  # real, padded, FLOPs, tiles, answer tokens
+
+    def count(self, model: nn.Module, device: torch.device, batch: dict) -> None:
+        """This batch's real (unpadded) tokens, padded tokens, tiles, answer tokens and model FLOPs."""
+        if self.flops is None:
+            self.flops, self.peak = FlopCounter(model), peak_flops(device)
+        lengths = batch.get("lengths") or [int(batch["input_ids"].shape[1])] * int(batch["input_ids"].shape[0])
+        tiles = 0 if batch["pixel_values"] is None else int(batch["pixel_values"].shape[0])
+        answer = batch["loss_tokens"]  # counted by the collator, on the CPU
+        flops = self.flops.step(lengths, tiles, answer if self.chunked_head else None)
+        self.work = (sum(lengths), int(batch["input_ids"].numel()), flops, tiles, answer)
+
+    def stats(self, device: torch.device) -> dict[str, float]:
+        """The metrics of the batch that just ended. One device sync, so the clock sees finished work."""
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        now, last = time.perf_counter(), self.clock
+        self.clock = now
+        stats: dict[str, float] = {}
+        if device.type == "cuda":  # high-water marks since the run started (the planner's prediction)
+            stats["perf/peak_alloc_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+            stats["perf/peak_reserved_gib"] = torch.cuda.max_memory_reserved(device) / 2**30
+        work = self.work
+        if work is not None:  # the first batch too (no rate: its clock starts here): its shape may set the peak
+            stats.update({"perf/real_tokens": float(work[0]), "perf/padded_tokens": float(work[1]),
+                          "perf/tiles": float(work[3]), "perf/answer_tokens": float(work[4])})  # fmt: skip
+        if last is not None and work is not None:
+            dt = now - last
+            real, _, flops = work[:3]
+            stats.update({"perf/batch_s": dt, "perf/tokens_per_s": real / dt, "perf/tflops": flops / dt / 1e12})
+            if self.peak:
+                stats["perf/mfu"] = flops / dt / self.peak
+        return stats

@@ -59,7 +59,7 @@ class MakePairs:
         from r1v.data.build import build_datasets
         from r1v.model.load import autocast, inference_model, stage_device
         from r1v.runtime.runs import already_finished
-        from r1v.stages.sft import build_rewards
+        from r1v.stages.base import build_rewards
 
         if already_finished(run_dir, "pairs.json", self.cfg.get("resume"), "pairs"):
             return None

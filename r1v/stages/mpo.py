@@ -19,57 +19,13 @@ from torch.utils.data import DataLoader
 
 from r1v.core.config import ConfigError
 from r1v.core.interfaces import Sample
-from r1v.data.sampler import is_pad
-from r1v.rl.grpo import AdapterReference, completion_rows, token_logprobs
+from r1v.data.collate import PairCollator, check_pairs
+from r1v.rl.grpo import AdapterReference, token_logprobs
 from r1v.rl.preference import RunningMean, mpo_loss
-from r1v.stages.sft import SFTStage
+from r1v.stages.base import LightningStage
 
 
-class PairCollator:
-    """Pairs → one batch of 2B rows (chosen rows first, then rejected), encoded in the loader workers; a
-    pair that cannot be encoded is skipped and counted; a lock-step pad of the sampler is dropped uncounted."""
-
-    def __init__(self, processor: Any) -> None:
-        self.processor = processor
-
-    def __call__(self, samples: list[Sample]) -> dict[str, Any]:
-        tok = self.processor.tokenizer
-        prompts, chosen, rejected, tiles, kept, skipped = [], [], [], [], [], 0
-        for s in samples:
-            if is_pad(s):
-                continue
-            try:
-                enc = self.processor.encode(s, target=None)
-                c, r = (tok(s.meta[k] + tok.eos_token, add_special_tokens=False)["input_ids"]
-                        for k in ("chosen", "rejected"))  # fmt: skip
-            except (KeyError, ValueError, OSError):
-                skipped += 1
-                continue
-            prompts.append(enc["input_ids"])
-            chosen.append(c)
-            rejected.append(r)
-            if enc["pixel_values"] is not None:
-                tiles.append(enc["pixel_values"])
-            kept.append(s)
-        if not kept:
-            return {"empty": True, "skipped": skipped}
-        ids, attn, cmask = completion_rows(prompts * 2, chosen + rejected, tok.pad_token_id)  # [2B, L], [2B, T]
-        pixels = torch.cat(tiles * 2) if tiles else None  # tiles in row order: chosen rows, then rejected
-        return {"input_ids": ids, "attention_mask": attn, "completion_mask": cmask, "pixel_values": pixels,
-                "samples": kept, "skipped": skipped}  # fmt: skip
-
-
-def check_pairs(cfg: Mapping[str, Any], datasets: Mapping[str, Any]) -> None:
-    """Refuse data without chosen/rejected pairs, in one line naming the stage and the data."""
-    for split, ds in datasets.items():
-        if ds is not None and len(ds) and "chosen" not in ds[0].meta:
-            raise ConfigError(
-                f"stage={cfg['stage']['name']}: the {split} data '{cfg['data']['name']}' has no "
-                "chosen/rejected pairs; use data=pairs data.train=<pairs.jsonl> or data=synthetic_pairs"
-            )
-
-
-class MPOStage(SFTStage):
+class MPOStage(LightningStage):
     def __init__(self, cfg: Mapping[str, Any]) -> None:
         super().__init__(cfg)
         st = self.stage
@@ -114,8 +70,7 @@ class MPOStage(SFTStage):
         return seq[:b], seq[b:], ref[:b], ref[b:], mask[:b].sum(1).float()
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
-        self.batches_done += 1
-        self.skipped += batch["skipped"]
+        self.begin_batch(batch)
         if batch.get("empty"):
             return self.empty_loss()
         pc, pr, rc, rr, length_c = self._pair_logps(batch)
@@ -123,7 +78,7 @@ class MPOStage(SFTStage):
         n = len(batch["samples"])
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         self.log_dict({f"train/{k}": v for k, v in metrics.items()}, batch_size=n)
-        self.log("train/skipped_samples", float(self.skipped), batch_size=1)
+        self.log("train/skipped_samples", float(self.position.skipped), batch_size=1)
         return loss
 
     def validation_step(self, samples: list[Sample], batch_idx: int) -> None:
@@ -137,7 +92,7 @@ class MPOStage(SFTStage):
         self.log_dict({f"val/{k}": metrics[k] for k in ("margin", "pair_accuracy")}, batch_size=n)
         with_answer = [s for s in samples if s.answer]
         if with_answer:  # val/loss on the direct answer and greedy val/accuracy, as every stage
-            super().validation_step(with_answer, batch_idx)
+            self.validate_answers(with_answer, batch_idx)
 
     # -- checkpoints: δ ----------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -17,10 +17,10 @@ import torch
 from torch import nn
 
 from r1v.core.interfaces import Sample
+from r1v.data.collate import PairCollator, check_pairs
 from r1v.rl.grpo import completion_rows
 from r1v.rl.preference import bradley_terry_loss
-from r1v.stages.mpo import PairCollator, check_pairs
-from r1v.stages.sft import SFTStage
+from r1v.stages.base import LightningStage
 
 HEAD = "reward_head"
 
@@ -53,7 +53,7 @@ def scores(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tens
     return model.reward_head(h.to(model.reward_head.weight.dtype)).squeeze(-1).float()
 
 
-class RewardModelStage(SFTStage):
+class RewardModelStage(LightningStage):
     def configure_model(self) -> None:
         if self.model is not None:
             return
@@ -79,8 +79,7 @@ class RewardModelStage(SFTStage):
         return s[:b], s[b:]
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
-        self.batches_done += 1
-        self.skipped += batch["skipped"]
+        self.begin_batch(batch)
         if batch.get("empty"):
             return self.empty_loss()
         loss, metrics = bradley_terry_loss(*self._pair_scores(batch))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 import r1v
 from r1v.data.synthetic import generate
@@ -16,17 +17,17 @@ def _scene(tmp_path, i: int = 0):
 
 
 def test_load_a_run_and_ask_about_an_image(default_run, tmp_path):
-    """``r1v.load(run)`` brings the run's own composition and weights; its answers are the CLI loader's."""
-    from r1v.cli.infer import load_model
+    """``r1v.load(run)`` brings the run's own composition and weights; it answers as the loader + fastest engine."""
     from r1v.evaluation.answers import extract_answer
     from r1v.generation.choose import fastest_engine
+    from r1v.model.load import inference_config, load_for_inference
 
     model = r1v.load(str(default_run), device="cpu")
     assert model.parts == {"vision": "tiny", "adapter": "mlp", "backbone": "tiny_instruct"}
     sample, path = _scene(tmp_path)
     question = sample.question.replace("<image>\n", "")
     text = model.generate(question, images=[path], max_new_tokens=24)
-    vlm, processor, _ = load_model(str(default_run), [], "cpu")
+    vlm, processor, _ = load_for_inference(inference_config(str(default_run), [], "cpu"))
     engine, _ = fastest_engine(vlm)
     assert text == engine.generate(vlm, processor, [sample], 24, greedy=True)[0]
     chunks: list[str] = []
@@ -67,3 +68,21 @@ def test_list_plugins():
     assert vision["tiny"]["provider"].startswith("r1v ") and "pretrained" in vision["tiny"]["knobs"]
     kinds = {p["kind"] for p in r1v.list_plugins()}
     assert {"vision", "adapter", "backbone", "reward", "stage", "rollout"} <= kinds
+
+
+def test_weights_of_another_composition_are_refused_in_one_line(default_run, tmp_path):
+    """Loading for inference refuses a weights file with tensors the model has no place for, instead of silently
+    loading the rest (a checkpoint of another composition would otherwise run with untrained parts)."""
+    from safetensors.torch import load_file, save_file
+
+    from r1v.core.errors import WeightsError
+
+    state = load_file(str(default_run / "final" / "trainable.safetensors"))
+    save_file({**state, "adapter.extra.weight": torch.zeros(2)}, str(tmp_path / "odd.safetensors"))
+    with pytest.raises(
+        WeightsError, match=r"holds weights the model does not have, e\.g\. adapter\.extra\.weight"
+    ) as e:
+        r1v.load(tmp_path / "odd.safetensors", device="cpu")
+    assert "\n" not in str(e.value)
+    save_file(state, str(tmp_path / "same.safetensors"))  # the same tensors alone load, into the default composition
+    assert r1v.load(tmp_path / "same.safetensors", device="cpu").parts["adapter"] == "mlp"

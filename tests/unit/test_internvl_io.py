@@ -293,3 +293,18 @@ def test_train_then_export_a_run(source, tmp_path):
         else:
             assert torch.equal(t, src[name]), name
     assert read_config(tmp_path / "out") == read_config(source)
+
+
+def test_the_api_exports_what_the_cli_exports(source, tmp_path):
+    """``r1v.load(folder).export(out)`` and ``python -m r1v export`` write the same tensors and config (the CLI verb
+    is a shell over the API)."""
+    import r1v
+    from r1v.__main__ import main
+
+    r1v.load(source, device="cpu").export(tmp_path / "api", shard_size="300KB")
+    assert main(["export", str(source), str(tmp_path / "cli"), "--shard-size", "300KB"]) == 0
+    api, cli = tensors(tmp_path / "api"), tensors(tmp_path / "cli")
+    assert sorted(api) == sorted(cli) == sorted(tensors(source))
+    assert all(torch.equal(api[k], cli[k]) for k in api)
+    assert read_config(tmp_path / "api") == read_config(tmp_path / "cli") == read_config(source)
+    assert len(list((tmp_path / "api").glob("model-*.safetensors"))) > 1  # "300KB" was parsed and applied

@@ -257,7 +257,7 @@ def test_activation_checkpointing_same_gradients_and_refusal(tiny_vlm):
     """stage.activation_checkpointing=[backbone] recomputes in backward with identical gradients; a part that
     cannot checkpoint is refused in one line naming the allowed ones."""
     from r1v.core.config import ConfigError
-    from r1v.stages.sft import enable_checkpointing
+    from r1v.stages.base import enable_checkpointing
 
     model, proc = tiny_vlm
     batch = proc.collate([proc.encode(sample(30), "answer"), proc.encode(sample(31, n_images=2), "answer")])

@@ -96,7 +96,7 @@ class _Processor:
 
 
 def test_sft_collator_drops_pads_uncounted():
-    from r1v.stages.sft import Collator
+    from r1v.data.collate import Collator
 
     ds = PadAware(_samples(4))
     pad, real = ds[PadIndex(1)], ds[2]
@@ -107,7 +107,7 @@ def test_sft_collator_drops_pads_uncounted():
 
 
 def test_pair_collator_drops_pads():
-    from r1v.stages.mpo import PairCollator
+    from r1v.data.collate import PairCollator
 
     tok = SimpleNamespace(eos_token="</s>", pad_token_id=0)
     pad = PadAware([Sample(id="p", question="q", answer="a", meta={"chosen": "x", "rejected": "y"})])[PadIndex(0)]

@@ -32,7 +32,9 @@ from r1v.generation.choose import choose_engine
 from r1v.rl.grpo import AdapterReference, Rollout, SelectiveSampleBuffer, completion_rows, token_logprobs
 from r1v.rl.rewards import RewardRunner
 from r1v.runtime.faults import maybe_die, poisoned
+from r1v.runtime.steps import grads_finite
 from r1v.runtime.weights import GATHER_MODES, gathered
+from r1v.stages.base import LightningStage
 from r1v.stages.grpo.phases import (
     Experience,
     grouped_rollouts,
@@ -44,7 +46,6 @@ from r1v.stages.grpo.phases import (
     score,
     unpadded,
 )
-from r1v.stages.sft import SFTStage, grads_finite
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
-class GRPOStage(SFTStage):
+class GRPOStage(LightningStage):
     def __init__(self, cfg: Mapping[str, Any]) -> None:
         super().__init__(cfg)
         st = self.stage
@@ -167,6 +168,9 @@ class GRPOStage(SFTStage):
                               f"its {self.G} completions; nothing left to train on")  # fmt: skip
         log.info("grpo: pre-filter kept %d of %d prompts (the rest gave all-equal rewards)", len(kept), len(rows))
         self.datasets["train"] = Subset(self.datasets["train"], kept)
+
+    def validation_step(self, samples: list[Sample], batch_idx: int) -> None:
+        self.validate_answers(samples, batch_idx)
 
     # -- rollout ---------------------------------------------------------------------------------
     def rollout_engine(self, rows: int) -> tuple[str, Any]:
@@ -261,14 +265,14 @@ class GRPOStage(SFTStage):
     # -- the step --------------------------------------------------------------------------------
     def training_step(self, batch: list[tuple[int, Sample]], batch_idx: int) -> None:
         """One rollout batch: its experience, phase by phase (r1v/stages/grpo/phases.py), then μ updates on it."""
-        self.batches_done += 1
+        self.position.batches_done += 1
         self._tiles = {}
         # Sampling draws from a stream that is a function of (seed, step, rank) alone: a run resumed from any
         # checkpoint samples exactly the completions an uninterrupted one does, whatever else consumed the
         # global RNG in between (the data loader's iterator draws its base seed from it on creation).
         torch.manual_seed(step_seed(int(self.cfg.get("seed", 0)), self.global_step, self.global_rank))
         exp = Experience(prompts=[s for _, s in batch], indices=[i for i, _ in batch])
-        if self.global_step == 0 and self.batches_done == 1 and int(self.stage["logp_probe"]):
+        if self.global_step == 0 and self.position.batches_done == 1 and int(self.stage["logp_probe"]):
             self.write_logp_probe(int(self.stage["logp_probe"]))
         n_prompts = len(exp.prompts)
         exp.rollouts, exp.parts, exp.texts = self.rollout(exp.prompts)  # phases 1-3
@@ -332,7 +336,7 @@ class GRPOStage(SFTStage):
                 opt.zero_grad(set_to_none=True)  # skip this update: weights and Adam moments untouched
                 self.nonfinite("loss or gradient")
                 continue
-            self.nonfinite_streak = 0
+            self.guard.ok()
             clip = self.stage["clip_grad_norm"]
             if clip:
                 self.clip_gradients(opt, gradient_clip_val=float(clip), gradient_clip_algorithm="norm")
@@ -411,7 +415,7 @@ class GRPOStage(SFTStage):
         thumbnail go to ``<run>/completions.jsonl`` (rank 0): what the policy writes, over time
         (``python -m r1v report`` shows them)."""
         every = int(self.stage["completions_every"])
-        if not every or not self.trainer.is_global_zero or (self.batches_done - 1) % every:
+        if not every or not self.trainer.is_global_zero or (self.position.batches_done - 1) % every:
             return
         import json
         from pathlib import Path

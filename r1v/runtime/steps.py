@@ -1,0 +1,101 @@
+"""The bookkeeping every training stage shares, as objects a stage holds (not a base class to inherit):
+
+- :class:`StepGuard` — a step with a non-finite loss or gradient is skipped and counted; too many in a row stop
+  the run with the last good checkpoint intact;
+- :class:`DataPosition` — how far into the epoch the run is, so a resumed run continues at the exact sample, and
+  how many samples the collator had to skip.
+
+Each has ``state_dict`` / ``load_state_dict`` for the stage's checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from r1v.data.sampler import ResumableSampler, WindowLoader
+from r1v.runtime.runs import NonFiniteError
+
+log = logging.getLogger(__name__)
+
+
+def grads_finite(model: torch.nn.Module) -> bool | None:
+    """Whether every gradient is finite (one host sync); None when no parameter holds one (e.g. DeepSpeed keeps
+    them in its own buffers)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else None
+
+
+class StepGuard:
+    """Counts skipped non-finite steps; ``limit`` (``stage.max_nonfinite``) in a row raise :class:`NonFiniteError`."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.total, self.streak = int(limit), 0, 0
+
+    def record(self) -> None:
+        """One more step skipped (before the caller logs the new total and calls :meth:`check`)."""
+        self.total += 1
+        self.streak += 1
+
+    def check(self, what: str, step: int) -> None:
+        """Warn about the step just recorded; stop the run once ``limit`` steps in a row were skipped."""
+        log.warning("step %d: non-finite %s, step skipped (%d in a row)", step, what, self.streak)
+        if self.streak >= self.limit:
+            raise NonFiniteError(
+                f"{self.streak} steps in a row with a non-finite {what}, at step {step} (stage.max_nonfinite="
+                f"{self.limit}); checkpoints up to the last good step are kept: lower stage.lr or check the data, "
+                "then continue with resume=auto"
+            )
+
+    def ok(self) -> None:
+        """A finite step: the streak starts over."""
+        self.streak = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"nonfinite": self.total}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.total = int(state.get("nonfinite", 0))
+
+
+class DataPosition:
+    """Batches trained in the current epoch and samples skipped by the collator; on resume, the sampler
+    continues at the checkpoint's (epoch, consumed samples) instead of the epoch's start."""
+
+    def __init__(self, batch_size: int, seed: int) -> None:
+        self.batch_size, self.seed = int(batch_size), int(seed)
+        self.batches_done = 0
+        self.skipped = 0
+        self.resume_at: tuple[int, int] | None = None  # (epoch, samples consumed) of the checkpoint
+
+    def loader(self, ds: Dataset, collate_fn: Callable[[list[Any]], Any], world: int, rank: int,
+               num_workers: int = 0, window: int = 1) -> DataLoader:  # fmt: skip
+        """Batches in a seeded order sharded by rank, continuing mid-epoch on resume; ``window`` > 1: read ahead
+        a window at a time (:class:`~r1v.data.sampler.WindowLoader`)."""
+        sampler = ResumableSampler(len(ds), seed=self.seed, rank=rank, world_size=world)
+        if self.resume_at:
+            sampler.resume_at(*self.resume_at)
+        kind, extra = (WindowLoader, {"window": window}) if window > 1 else (DataLoader, {})
+        return kind(ds, batch_size=self.batch_size, sampler=sampler, drop_last=False, collate_fn=collate_fn,
+                    num_workers=num_workers, **extra)  # fmt: skip
+
+    def start_epoch(self, epoch: int) -> None:
+        """Batches already done in ``epoch``: those before the checkpoint when resuming into it, else none."""
+        if self.resume_at and self.resume_at[0] == epoch:
+            self.batches_done = self.resume_at[1] // self.batch_size
+        else:
+            self.batches_done = 0
+
+    def state_dict(self, epoch: int) -> dict[str, Any]:
+        consumed = self.batches_done * self.batch_size
+        return {"data_position": {"epoch": epoch, "consumed": consumed}, "skipped": self.skipped}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        pos = state.get("data_position")
+        if pos:
+            self.resume_at = (int(pos["epoch"]), int(pos["consumed"]))
+        self.skipped = int(state.get("skipped", 0))
