@@ -7,11 +7,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from r1v.core.registry import RegistryError, get_registry
+from r1v.core.registry import DISABLE_ENV, RegistryError, get_registry
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    """List every registered component: kind, name, providing package, description (and knobs)."""
+    """List every registered component: kind, name, providing package, description (and knobs); then the
+    third-party plugins that failed to load or are switched off."""
     import inspect
 
     reg = get_registry()
@@ -24,6 +25,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
                              if p.name in e.knobs())  # fmt: skip
 
         rows = [(k, n, p, f"{d}  [{knobs(e)}]") for (k, n, p, d), e in zip(rows, reg.entries(args.kind), strict=True)]
+    # Third-party plugins that are off, whatever --kind: a broken one's components are missing from every kind.
+    rows += [("plugin", f.name, f.provider, f"FAILED to load: {f.error}") for f in reg.failed.values()]
+    rows += [("plugin", n, p, f"disabled ({DISABLE_ENV})") for n, p in reg.pm.disabled.items()]
     widths = [max(len(r[i]) for r in [("KIND", "NAME", "PROVIDER", ""), *rows]) for i in range(3)]
     print(f"{'KIND':<{widths[0]}}  {'NAME':<{widths[1]}}  {'PROVIDER':<{widths[2]}}  DESCRIPTION")
     for kind, name, provider, desc in rows:

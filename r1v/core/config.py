@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from r1v.core.errors import ConfigError
-from r1v.core.registry import Registry, RegistryError, did_you_mean
+from r1v.core.registry import Registry, RegistryError, did_you_mean, get_registry
 
 # config node -> (registry kind, keys that are not factory knobs)
 PLUGIN_NODES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -112,7 +112,7 @@ def register_plugin_configs(registry: Registry) -> None:
     if getattr(registry, "_configs_registered", False):
         return
     store = ConfigStore.instance()
-    registry.pm.hook.register_configs(config_store=store)
+    registry.call_hook("register_configs", config_store=store)  # a broken third-party one is switched off
     root = Path(conf_dir())
     for kind, (group, package, fixed) in DERIVED_GROUPS.items():
         for entry in registry.entries(kind):
@@ -307,7 +307,8 @@ def precheck_overrides(overrides: list[str], config: str = "config") -> None:
                 for v in value.strip("[]").split(","):
                     if v and v != "null" and v not in options:
                         raise ConfigError(f"override {key}={v}: no option '{v}' in config group '{key}' "
-                                          f"(options: {', '.join(options)}){did_you_mean(v, options)}")  # fmt: skip
+                                          f"(options: {', '.join(options)}){did_you_mean(v, options)}"
+                                          f"{get_registry().failure_note()}")  # fmt: skip
         try:
             cfg = compose(config, overrides=mine)
         except HydraException as e:

@@ -61,8 +61,8 @@ def register_backbones(register: Any) -> None:
 
 @hookspec
 def register_rewards(register: Any) -> None:
-    """Register rewards: factory(**knobs) -> callable(r1v.core.interfaces.RewardInput) -> dict[str, float]
-    of named parts; the part named like the reward (or the sum of parts) is its total."""
+    """Register rewards: factory(**knobs) -> callable(r1v.core.interfaces.RewardInput) -> a number (the reward's one
+    part) or dict[str, float] of named parts; the part named like the reward (or the sum of parts) is its total."""
 
 
 @hookspec

@@ -1,13 +1,20 @@
 """Run the configured rewards over completions, with a time limit per call and failures counted.
 
+A reward returns a number (its one part, named like the reward) or a mapping of part names to numbers (the part
+named like the reward, or else the sum, is its total); anything else is a failure saying what came back.
+
 ``isolation=process`` (default) runs every reward call in a pool of spawned worker processes: a call
 gets ``timeout_s`` of wall time (SIGALRM inside the worker, whose main thread runs it, so math-verify's
 own signal timeouts work there too); a call that hangs in C code past the batch deadline gets its
-worker pool killed and rebuilt. Works off the main thread and under DDP (each rank has its pool).
-``isolation=inline`` runs calls in the training process (no time limit; for debugging).
+worker pool killed and rebuilt. Works off the main thread and under DDP (each rank has its pool). A reward
+that cannot be pickled (a lambda, a class defined inside a function) cannot reach a worker: the runner refuses
+it when it is made, in one line. ``isolation=inline`` runs calls in the training process (for debugging and
+unpicklable rewards), with the same ``timeout_s`` when it runs on the main thread (Python code only).
 
-A call that raises, times out or returns NaN counts as a failure of that reward on that sample and
-gives 0 for its part; the run continues and ``reward/failures`` is logged.
+A call that raises, times out or returns NaN or something that is no number counts as a failure of that reward on
+that sample and gives 0 for its part; the first failure of each reward is one warning line, the run continues and
+``reward/failures`` is logged. :meth:`RewardRunner.summary` names, at the end, rewards that failed on most calls
+but too few calls to stop the run.
 """
 
 from __future__ import annotations
@@ -15,27 +22,23 @@ from __future__ import annotations
 import logging
 import math
 import multiprocessing as mp
+import numbers
+import pickle
+import reprlib
 import signal
 import threading
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from typing import Any
 
-from r1v.core.errors import RewardFailureError
+from r1v.core.errors import ConfigError, RewardFailureError
 from r1v.core.interfaces import RewardInput
 
 log = logging.getLogger(__name__)
 ISOLATIONS = ("process", "inline")
-
-
-class _Timeout(Exception):
-    pass
-
-
-def _alarm(signum: int, frame: Any) -> None:
-    raise _Timeout
 
 
 def die_with_parent() -> None:
@@ -70,19 +73,77 @@ def time_limit(seconds: float | None) -> Iterator[None]:
         signal.signal(signal.SIGALRM, old)
 
 
-def _call(fn: Any, x: RewardInput, timeout_s: float) -> tuple[str, Any]:
-    """Runs in a worker process: ("ok", parts) | ("error", message)."""
-    old = signal.signal(signal.SIGALRM, _alarm)
-    signal.setitimer(signal.ITIMER_REAL, timeout_s)
+ALLOWED = "allowed: a number, or a mapping of part names to numbers"
+
+
+class _BadReturn(Exception):
+    """A reward returned something that is not a number or a mapping of part names to numbers."""
+
+
+def _number(value: Any) -> float | None:
+    """``float(value)`` for a number (int, float, numpy scalar, one-element tensor or array), else None."""
+    if isinstance(value, numbers.Real):
+        return float(value)
+    item = getattr(value, "item", None)  # torch / numpy, without importing them here
+    if callable(item):
+        try:
+            return float(value) if isinstance(item(), numbers.Real) else None
+        except (TypeError, ValueError, RuntimeError):  # more than one element
+            return None
+    return None
+
+
+def _parts(key: str, out: Any) -> dict[str, float]:
+    """A reward's return value as named parts: a number is the one part ``{key: value}``."""
+    value = _number(out)
+    if value is not None:
+        return {key: value}
+    if not isinstance(out, Mapping):
+        raise _BadReturn(f"returned {type(out).__name__} {reprlib.repr(out)} ({ALLOWED})")
+    parts = {}
+    for name, v in out.items():
+        parts[name] = _number(v)
+        if not isinstance(name, str) or parts[name] is None:
+            raise _BadReturn(f"returned part {reprlib.repr(name)} = {type(v).__name__} {reprlib.repr(v)} ({ALLOWED})")
+    return parts
+
+
+def _call(fn: Any, key: str, x: RewardInput, timeout_s: float) -> tuple[str, Any]:
+    """One reward call, in a worker process or inline: ("ok", parts) | ("error", message). Limited to
+    ``timeout_s`` where :func:`time_limit` can be (a main thread: always so in a worker)."""
     try:
-        return "ok", {k: float(v) for k, v in fn(x).items()}
-    except _Timeout:
-        return "error", f"timed out after {timeout_s:g} s"
+        with time_limit(timeout_s):
+            out = fn(x)
+        return "ok", _parts(key, out)
+    except _BadReturn as e:
+        return "error", str(e)
     except Exception as e:
-        return "error", f"{type(e).__name__}: {e}"
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+        return "error", _error_line(e)
+
+
+def _error_line(e: BaseException) -> str:
+    """'Type: first line of the message': every report of a failure is one line."""
+    first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
+def _pool_error(e: BaseException) -> str:
+    if isinstance(e, BrokenProcessPool):  # e.g. a reward crashed the interpreter or ran out of memory
+        return f"worker died ({type(e).__name__}); stage.reward_isolation=inline shows the error in this process"
+    return (f"could not be run in a worker process ({_error_line(e)}); is the reward or its input "
+            f"picklable? stage.reward_isolation=inline runs it in this process")  # fmt: skip
+
+
+def _check_picklable(key: str, fn: Any) -> None:
+    """Spawned workers get each reward pickled; refuse one that cannot be before any worker starts."""
+    try:
+        pickle.dumps(fn)
+    except Exception as e:
+        raise ConfigError(
+            f"reward '{key}' ({type(fn).__name__}) cannot be sent to a reward worker process ({_error_line(e)}); "
+            f"define it at module level of an importable module (not a lambda or a class inside a "
+            f"function), or set stage.reward_isolation=inline"
+        ) from None
 
 
 class RewardRunner:
@@ -101,6 +162,9 @@ class RewardRunner:
         self.first_failure: dict[str, str] = {}
         self._pool: ProcessPoolExecutor | None = None
         self._warned: set[str] = set()
+        if isolation == "process":
+            for key, (_, fn) in self.rewards.items():
+                _check_picklable(key, fn)
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -127,20 +191,17 @@ class RewardRunner:
         results: dict[tuple[int, str], tuple[str, Any]] = {}
         if self.isolation == "inline":
             for i, key, fn in calls:
-                try:
-                    results[i, key] = ("ok", {k: float(v) for k, v in fn(inputs[i]).items()})
-                except Exception as e:
-                    results[i, key] = ("error", f"{type(e).__name__}: {e}")
+                results[i, key] = _call(fn, key, inputs[i], self.timeout_s)
         else:
             pool = self._executor()
-            futures = {pool.submit(_call, fn, inputs[i], self.timeout_s): (i, key) for i, key, fn in calls}
+            futures = {pool.submit(_call, fn, key, inputs[i], self.timeout_s): (i, key) for i, key, fn in calls}
             deadline = self.timeout_s * (math.ceil(len(calls) / self.workers) + 1) + 5.0
             done, pending = wait(futures, timeout=deadline)
             for f in done:
                 try:
                     results[futures[f]] = f.result()
-                except Exception as e:  # a worker died (e.g. a reward crashed the interpreter)
-                    results[futures[f]] = ("error", f"worker died: {type(e).__name__}")
+                except Exception as e:  # a worker died, or the call could not be pickled to it
+                    results[futures[f]] = ("error", _pool_error(e))
             if pending:  # hung past every alarm: kill the pool, count them
                 for f in pending:
                     results[futures[f]] = ("error", f"no result within {deadline:.0f} s (worker killed)")
@@ -162,8 +223,9 @@ class RewardRunner:
                     self.first_failure.setdefault(key, str(value))
                     if key not in self._warned:  # one line per reward, then counted silently
                         self._warned.add(key)
-                        log.warning("reward %s failed on sample %s: %s (counted as a failure, value 0; "
-                                    "later failures are only counted)", key, x.extra.get("id", "?"), value)  # fmt: skip
+                        sample = x.extra.get("id", f"#{i} of the batch")
+                        log.warning("reward '%s' failed on sample %s: %s (its part counts 0; later failures of "
+                                    "'%s' are only counted)", key, sample, value, key)  # fmt: skip
                     value = {key: 0.0}
                 parts.update(value)
                 total += weight * float(value.get(key, sum(value.values())))
@@ -183,6 +245,19 @@ class RewardRunner:
                     f"stage.max_reward_failure_share={self.max_failure_share}); first failure: "
                     f"{self.first_failure.get(key, '?')}"
                 )
+
+    def summary(self) -> list[str]:
+        """One line per reward that failed on every call or on more than ``max_failure_share`` of them (too few
+        calls to stop the run): for the end of a run, so that such a reward is not silently 0."""
+        lines = []
+        for key, n in self.calls.items():
+            bad = self.failures[key]
+            share = bad / n if n else 0.0
+            limit = self.max_failure_share
+            if bad and (bad == n or (limit is not None and share > limit)):
+                lines.append(f"reward '{key}' failed on {bad} of {n} calls ({share:.0%}; its part counted 0 there); "
+                             f"first failure: {self.first_failure.get(key, '?')}")  # fmt: skip
+        return lines
 
     def state_dict(self) -> dict[str, Any]:
         return {"failures": dict(self.failures), "calls": dict(self.calls), "first_failure": self.first_failure}

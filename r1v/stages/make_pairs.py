@@ -96,6 +96,8 @@ class MakePairs:
                     log.info("make_pairs: %d/%d prompts, %d pairs", min(n, start + bs), n, kept)
         finally:
             runner.close()
+        for line in runner.summary():  # a reward that failed on every call, too few calls to stop the run
+            log.warning(line)
         (run_dir / ".pairs.jsonl.tmp").replace(run_dir / "pairs.jsonl")
         (run_dir / ".pairs_dropped.jsonl.tmp").replace(run_dir / "pairs_dropped.jsonl")
         summary = {"prompts": n, "pairs": kept, "dropped": dict(dropped), "k": self.k, "threshold": self.threshold,

@@ -170,17 +170,19 @@ class Sleepy:
             return {"sleepy": float("nan")}
         if x.completion == "boom":
             raise RuntimeError("bad")
+        if x.completion == "plain":
+            return 0.25  # a number is the reward's one part, through the pool too
         return {"sleepy": 1.0}
 
 
 def test_reward_runner_times_out_counts_and_continues():
     runner = RewardRunner({"sleepy": (2.0, Sleepy())}, timeout_s=1.0, isolation="process", workers=2)
     try:
-        xs = [RewardInput("q", c, "1", extra={"id": c}) for c in ("ok", "hang", "nan", "boom", "ok")]
+        xs = [RewardInput("q", c, "1", extra={"id": c}) for c in ("ok", "hang", "nan", "boom", "plain")]
         t = time.perf_counter()
         parts, totals = runner.score(xs)
         assert time.perf_counter() - t < 30
-        assert totals == [2.0, 0.0, 0.0, 0.0, 2.0] and parts[1] == {"sleepy": 0.0}
+        assert totals == [2.0, 0.0, 0.0, 0.0, 0.5] and parts[1] == {"sleepy": 0.0} and parts[4] == {"sleepy": 0.25}
         assert runner.failures["sleepy"] == 3
         _, totals = runner.score([RewardInput("q", "ok", "1")])  # the pool still works afterwards
         assert totals == [2.0]
