@@ -142,6 +142,10 @@ def create_model(preset: str | None = None, *overrides: str, device: str = "cpu"
 
 
 def plugin_table(kind: str | None = None) -> list[dict[str, Any]]:
-    """:func:`r1v.list_plugins`: every registered component of ``kind`` (all kinds when None)."""
-    return [{"kind": e.kind, "name": e.name, "provider": e.provider, "description": e.description,
-             "knobs": e.knobs()} for e in get_registry().entries(kind)]  # fmt: skip
+    """:func:`r1v.list_plugins`: every registered component of ``kind`` (all kinds when None), and a row of kind
+    ``plugin`` for each third-party plugin that failed to load."""
+    reg = get_registry()
+    rows = [{"kind": e.kind, "name": e.name, "provider": e.provider, "description": e.description,
+             "knobs": e.knobs()} for e in reg.entries(kind)]  # fmt: skip
+    return rows + [{"kind": "plugin", "name": f.name, "provider": f.provider, "description":
+                    f"FAILED to load: {f.error}", "knobs": []} for f in reg.failed.values()]  # fmt: skip

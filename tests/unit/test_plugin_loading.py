@@ -113,6 +113,11 @@ def test_python_m_r1v_plugins_lists_the_rest_and_the_broken_one(three: Path, cap
         "FAILED to load: ModuleNotFoundError: No module named 'r1vfake_missing'"
     )
     assert "FAILED to load: ValueError: no such setting" in rows["plugin", "raises", "r1v-raises"]
+    import r1v  # the Python API lists them too
+
+    listed = {(r["kind"], r["name"]): r for r in r1v.list_plugins()}
+    assert listed["plugin", "broken"]["description"].startswith("FAILED to load: ModuleNotFoundError")
+    assert ("reward", "shout") in listed
 
 
 def test_disable_plugins_switches_single_plugins_off(three: Path, capsys: pytest.CaptureFixture,

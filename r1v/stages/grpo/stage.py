@@ -465,6 +465,8 @@ class GRPOStage(LightningStage):
             tmp.replace(path)
 
     def on_train_end(self) -> None:
+        for line in self.runner.summary():  # rewards that failed on every call, too few calls to stop the run
+            log.warning(line)
         self.runner.close()
 
     def release(self) -> None:
