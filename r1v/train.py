@@ -19,7 +19,7 @@ from r1v.core.errors import ConfigError, exit_on_user_error
 from r1v.core.interfaces import RunOnceStage, TrainingStage
 from r1v.core.registry import get_registry
 from r1v.data.build import build_datasets
-from r1v.stages.setup import build_device, build_trainer, preflight
+from r1v.stages.setup import build_device, build_trainer, preflight, untrained_note, untrained_parts
 
 log = logging.getLogger("r1v.train")
 register_resolvers()
@@ -70,6 +70,9 @@ def _train(cfg: DictConfig, container: dict[str, Any], registry: Any, run_dir: P
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")  # frozen parts: on purpose
     warnings.filterwarnings("ignore", message=r".*no pre-optimization state was saved.*")  # GRPO: post-step is right
     ckpt = resolve_resume(container.get("resume"), run_dir)
+    untrained = untrained_parts(container)
+    if untrained:
+        log.warning(untrained_note(container, untrained))
     L.seed_everything(int(container["seed"]), workers=True, verbose=False)
     stage = registry.get("stage", container["stage"]["name"]).factory(container)
     data_summary: dict[str, Any] = {}
@@ -103,11 +106,14 @@ def _train(cfg: DictConfig, container: dict[str, Any], registry: Any, run_dir: P
     prov["data"] = data_summary  # rows used and bad rows skipped, per kind (training adds unreadable ones as it goes)
     if model.get("internvl"):  # the parts come from this folder (model.vision/adapter/backbone were ignored)
         prov["internvl"] = str(model["internvl"])
+    prov["untrained_parts"] = untrained  # parts the stage expects trained that started untrained
     if owner:
         write_json_atomic(run_dir / "run.json", prov)
     if once:  # a stage that runs once, outside Lightning (e.g. reassemble)
         stage.run_stage(run_dir)
         log.info("run %s finished: %s", container["run"], run_dir)
+        if untrained:
+            log.warning("note: %s", untrained_note(container, untrained))
         return run_dir
     trainer = build_trainer(container, run_dir, resume_step=checkpoint_step(ckpt) if ckpt else None)
     t0 = time.perf_counter()
@@ -118,6 +124,8 @@ def _train(cfg: DictConfig, container: dict[str, Any], registry: Any, run_dir: P
              t0 - started, t1 - t0, time.perf_counter() - t1)  # fmt: skip
     if trainer.is_global_zero:
         log.info("run %s finished: %s", container["run"], run_dir)
+        if untrained:  # said again where the run's result is read
+            log.warning("note: %s", untrained_note(container, untrained))
     return run_dir
 
 

@@ -97,7 +97,10 @@ class ScoreContext:
 class LengthController(Protocol):
     """A length controller (``stage.length`` / ``distill.length``): ``length -> reward term`` after generation
     (0 for controllers that only set knobs); it may also give per-sample sampling knobs before generation by a
-    ``sampling_params(scores) -> {"repetition_penalty": …}`` method (DRLC), read by :func:`sampling_params`."""
+    ``sampling_params(scores) -> {"repetition_penalty": …}`` method (DRLC), read by :func:`sampling_params` for
+    every prompt. ``scores`` are the row's ``meta.distill.normalised`` ({} when it has none); a controller that
+    cannot work without some names them in a ``needs_scores`` tuple, and a run whose data lacks them is refused
+    at start in one line."""
 
     def __call__(self, length: int) -> float: ...
 

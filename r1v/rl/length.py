@@ -44,6 +44,8 @@ class DRLC:
     α = ln 2 makes P span exactly [1, 2].
     """
 
+    needs_scores = ("vision", "text", "integration")  # per sample, from stage=distill (meta.distill.normalised)
+
     def __init__(self, alpha: float, beta: float, gamma: float, max_penalty: float) -> None:
         if alpha < 0 or beta < 0 or gamma < 0 or max_penalty < 1:
             raise ValueError(f"length 'drlc': need alpha, beta, gamma ≥ 0 and max_penalty ≥ 1, got alpha={alpha}, "

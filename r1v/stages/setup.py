@@ -46,6 +46,24 @@ def preflight(cfg: dict[str, Any]) -> None:
         )
 
 
+def untrained_parts(cfg: dict[str, Any]) -> list[str]:
+    """The parts a stage expects trained (``stage.expects_trained``: GRPO, MPO, SFT … refine a model that already
+    answers) that start untrained here: no ``checkpoint=``, no ``model.internvl`` folder, no ``pretrained=``."""
+    model = cfg["model"]
+    if cfg.get("checkpoint") or model.get("internvl"):
+        return []
+    expected = cfg["stage"].get("expects_trained") or []
+    return [p for p in expected if isinstance(model.get(p), dict) and not model[p].get("pretrained")]
+
+
+def untrained_note(cfg: dict[str, Any], parts: list[str]) -> str:
+    """The one line said at the start and again at the end of a run that starts from untrained parts."""
+    stage = cfg["stage"]["name"]
+    return (f"stage={stage} starts from an untrained {' and '.join(parts)} (no checkpoint=, model.{parts[0]}.pretrained"
+            f"=null): {stage} refines a model that already answers, so expect little to learn; train stage=align "
+            "(then reassemble and sft) first and pass checkpoint=<that run>")  # fmt: skip
+
+
 def build_device(trainer: dict[str, Any]) -> Any:
     """Where the model is built before the Trainer exists: on this rank's GPU when the run trains on one, so
     random-weight parts initialise there (r1v_small with Qwen2.5-1.5B on the H200: the run's set-up took 2.7 s,

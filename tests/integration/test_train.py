@@ -189,6 +189,9 @@ def test_gradient_accumulation_trains_like_one_batch_of_all_its_tokens(tmp_path)
         proc = run_cli([f"run={name}", *common, *extra], tmp_path)
         assert proc.returncode == 0, proc.stderr[-2000:]
         weights[name] = load_file(str(tmp_path / "runs" / name / "final" / "trainable.safetensors"))
+        # SFT without checkpoint= starts from an untrained adapter: said at the start and again at the end
+        assert proc.stderr.count("stage=sft starts from an untrained adapter (no checkpoint=") == 2
+        assert "note: stage=sft starts" in proc.stderr.splitlines()[-1]
     assert weights["big"].keys() == weights["acc"].keys()
     for k, v in weights["big"].items():
         torch.testing.assert_close(weights["acc"][k], v, rtol=0, atol=1e-5)

@@ -194,3 +194,18 @@ def test_conf_dir_falls_back_to_the_checkouts_conf(monkeypatch):
     monkeypatch.setattr(resources, "files", missing)
     assert Path(config.conf_dir()) == Path(__file__).resolve().parents[2] / "conf"
     assert (Path(config.conf_dir()) / "config.yaml").is_file()
+
+
+def test_a_stage_that_expects_trained_parts_names_what_starts_untrained(compose):
+    """GRPO, MPO, SFT … refine a model that already answers: an adapter with no checkpoint= and no pretrained=
+    is named in one line (said at the start and the end of the run); align trains it from scratch on purpose."""
+    from r1v.stages.setup import untrained_note, untrained_parts
+
+    cfg = compose("stage=grpo")
+    assert untrained_parts(cfg) == ["adapter"]
+    note = untrained_note(cfg, ["adapter"])
+    assert note.startswith("stage=grpo starts from an untrained adapter (no checkpoint=") and "\n" not in note
+    assert "checkpoint=<that run>" in note
+    assert untrained_parts(compose("stage=grpo", "checkpoint=runs/sft")) == []
+    assert untrained_parts(compose("stage=mpo", "model.adapter.pretrained=/w/adapter.safetensors")) == []
+    assert untrained_parts(compose()) == []  # align

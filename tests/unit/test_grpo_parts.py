@@ -261,3 +261,58 @@ def test_layer_by_layer_rollouts_switch_a_whole_weight_engine_to_hf(tiny_vlm, mo
     monkeypatch.setattr(weights, "gather_mode", lambda m, e, req, reserve: "whole")
     fake.engine = static
     assert GRPOStage.rollout_engine(fake, rows=4) == ("whole", static)
+
+
+class _RecordingEngine:
+    """A rollout engine that records the sampling knobs it is given and answers "<think></think>2" for each row."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.params: list = []
+
+    def generate_ids(self, model, processor, samples, max_new_tokens, greedy=False, sample_params=None):
+        self.params.append(sample_params)
+        ids = processor.tokenizer("</think>2", add_special_tokens=False)["input_ids"]
+        return [list(ids) for _ in samples]
+
+
+def _grpo(compose, *overrides):
+    from r1v.data.synthetic import generate
+    from r1v.stages.grpo import GRPOStage
+
+    cfg = compose("stage=grpo", "model=tiny_reasoner", "stage.group_size=2", "stage.reward_isolation=inline",
+                  "stage.max_new_tokens=8",
+                  *overrides)  # fmt: skip
+    stage = GRPOStage(cfg)
+    stage.configure_model()
+    stage.engine = _RecordingEngine()
+    return stage, [generate(i, "train")[0] for i in range(2)]
+
+
+def test_a_length_controllers_sampling_knobs_reach_every_rollout(compose):
+    """``sampling_params`` is asked for every prompt, not only for rows with distillation scores: a fixed
+    repetition penalty reaches the engine for each of the G completions of plain synthetic prompts."""
+    stage, samples = _grpo(compose, "stage.length.name=fixed", "+stage.length.repetition_penalty=1.3")
+    stage.rollout(samples)
+    assert stage.engine.params == [[{"repetition_penalty": 1.3}] * 4]
+    plain, _ = _grpo(compose)  # a controller without knobs: the engine's plain path
+    plain.rollout(samples)
+    assert plain.engine.params == [None]
+
+
+def test_a_controller_that_needs_scores_refuses_data_without_them(compose):
+    """DRLC needs each row's QDAM/VTIA scores (``stage=distill``): plain rows are refused at start in one line,
+    distilled rows give each prompt its own penalty."""
+    from r1v.core.errors import DataError
+
+    stage, samples = _grpo(compose, "stage.length.name=drlc")
+    with pytest.raises(DataError, match=r"stage.length=drlc needs each row's scores vision, text, integration") as e:
+        stage.attach_data(samples, None)
+    assert "\n" not in str(e.value) and "use stage.length=fixed" in str(e.value)
+    for k, s in enumerate(samples):
+        s.meta["distill"] = {"normalised": {"vision": float(k), "text": float(k), "integration": float(k)}}
+    stage.attach_data(samples, None)
+    stage.rollout(samples)
+    penalties = [p["repetition_penalty"] for p in stage.engine.params[0]]
+    assert penalties == [2.0, 2.0, 1.0, 1.0]  # easy (scores 0) → max_penalty; hard (scores 1) → 1

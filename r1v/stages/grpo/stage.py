@@ -25,7 +25,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from r1v.core.config import ConfigError, build_plugin
-from r1v.core.interfaces import Sample
+from r1v.core.errors import DataError
+from r1v.core.interfaces import Sample, sampling_params
 from r1v.core.registry import did_you_mean, get_registry
 from r1v.data.sampler import mark
 from r1v.generation.choose import choose_engine
@@ -169,6 +170,26 @@ class GRPOStage(LightningStage):
         log.info("grpo: pre-filter kept %d of %d prompts (the rest gave all-equal rewards)", len(kept), len(rows))
         self.datasets["train"] = Subset(self.datasets["train"], kept)
 
+    def attach_data(self, train: Any, val: Any) -> None:
+        """A length controller that needs per-sample scores (``needs_scores``, e.g. DRLC's QDAM/VTIA scores from
+        ``stage=distill``) is refused at start when the data's rows do not carry them."""
+        super().attach_data(train, val)
+        if getattr(self.length, "needs_scores", ()) and len(train):
+            self.length_scores(train[0])
+
+    def length_scores(self, sample: Sample) -> dict[str, float]:
+        """The sample's normalised scores for the length controller (``meta.distill.normalised``; {} when the
+        controller needs none). One line naming the sample and the way out when a needed score is missing."""
+        need = tuple(getattr(self.length, "needs_scores", ()))
+        scores = dict((sample.meta.get("distill") or {}).get("normalised") or {})
+        missing = [k for k in need if k not in scores]
+        if missing:
+            name = self.stage["length"].get("name")
+            raise DataError(f"stage.length={name} needs each row's scores {', '.join(need)} (meta.distill.normalised, "
+                            f"written by stage=distill), but sample {sample.id} has no {', '.join(missing)}; train on "
+                            "distilled data or use stage.length=fixed / none")  # fmt: skip
+        return scores
+
     def validation_step(self, samples: list[Sample], batch_idx: int) -> None:
         self.validate_answers(samples, batch_idx)
 
@@ -211,12 +232,10 @@ class GRPOStage(LightningStage):
         for s in samples:
             if not s.answer and any(getattr(fn, "needs_answer", False) for _, fn in self.rewards().values()):
                 raise ConfigError(f"sample {s.id} has no ground-truth 'answer', which reward 'accuracy' needs")
-        from r1v.core.interfaces import sampling_params
-
         expanded = [s for s in samples for _ in range(self.G)]
-        params = None
-        if any(s.meta.get("distill") for s in samples):  # DRLC & co. need the sample's normalised scores
-            params = [sampling_params(self.length, s.meta["distill"]["normalised"]) for s in expanded]
+        params = [sampling_params(self.length, self.length_scores(s)) for s in expanded]  # every prompt's knobs
+        if not any(params):
+            params = None  # a controller that only shapes rewards: the engine's plain sampling path
         was_training = self.model.training
         self.model.eval()
         gather, engine = self.rollout_engine(len(expanded))
