@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from r1v import hookimpl
-from r1v.data.datasets import JsonlDataset, PairsDataset, SyntheticDataset, SyntheticPairs
+from r1v.data.datasets import BadSamplePolicy, JsonlDataset, PairsDataset, SyntheticDataset, SyntheticPairs
 from r1v.data.synthetic import TASKS
+
+PairStyle = Literal["answer", "reasoning"]
 
 
 def synthetic_dataset(split: str, n_train: int = 4000, n_val: int = 128, seed: int = 0, image_size: int = 64,
@@ -14,7 +18,8 @@ def synthetic_dataset(split: str, n_train: int = 4000, n_val: int = 128, seed: i
 
 
 def jsonl_dataset(split: str, train: str, val: str | None = None, image_root: str | None = None,
-                  on_bad_sample: str = "skip", require_reasoning: bool = False) -> JsonlDataset | None:  # fmt: skip
+                  on_bad_sample: BadSamplePolicy = "skip",
+                  require_reasoning: bool = False) -> JsonlDataset | None:  # fmt: skip
     """Your data: JSONL rows (images, question or messages, answer, optional reasoning)."""
     path = train if split == "train" else val
     if path is None:
@@ -23,14 +28,14 @@ def jsonl_dataset(split: str, train: str, val: str | None = None, image_root: st
 
 
 def pairs_dataset(split: str, train: str, val: str | None = None, image_root: str | None = None,
-                  on_bad_sample: str = "skip") -> PairsDataset | None:  # fmt: skip
+                  on_bad_sample: BadSamplePolicy = "skip") -> PairsDataset | None:  # fmt: skip
     """Preference pairs from JSONL: the jsonl schema plus chosen and rejected completions."""
     path = train if split == "train" else val
     return None if path is None else PairsDataset(path, image_root, on_bad_sample)
 
 
 def synthetic_pairs_dataset(split: str, n_train: int = 4000, n_val: int = 128, seed: int = 0, image_size: int = 64,
-                            tasks: list[str] | None = None, style: str = "answer") -> SyntheticPairs:  # fmt: skip
+                            tasks: list[str] | None = None, style: PairStyle = "answer") -> SyntheticPairs:  # fmt: skip
     """The synthetic tasks as preference pairs (chosen: right answer; rejected: a plausible wrong one)."""
     n = n_train if split == "train" else n_val
     return SyntheticPairs(n, split, seed, image_size, tuple(tasks or TASKS), style=style)

@@ -2,59 +2,61 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from r1v import hookimpl
 
 
-def sft_stage(cfg):
+def sft_stage(cfg: dict[str, Any]) -> Any:
     """Supervised next-token training on completions (align: adapter + substitute LM; sft: reasoning)."""
     from r1v.stages.sft import SFTStage
 
     return SFTStage(cfg)
 
 
-def reassemble_stage(cfg):
+def reassemble_stage(cfg: dict[str, Any]) -> Any:
     """R1V re-assembly: a trained adapter in front of another backbone and its tokenizer (no training)."""
     from r1v.stages.reassemble import Reassemble
 
     return Reassemble(cfg)
 
 
-def distill_stage(cfg):
+def distill_stage(cfg: dict[str, Any]) -> Any:
     """R1V AL-CoTD: QDAM/VTIA scores, DRLC penalty, self-distilled <think> chains, revision of wrong ones."""
     from r1v.stages.distill import Distill
 
     return Distill(cfg)
 
 
-def iterative_sft_stage(cfg):
+def iterative_sft_stage(cfg: dict[str, Any]) -> Any:
     """R1V iterative SFT: T rounds on {RM score ≥ τ_t} ∪ {answered wrongly by the previous round}."""
     from r1v.stages.iterative import IterativeSFT
 
     return IterativeSFT(cfg)
 
 
-def grpo_stage(cfg):
+def grpo_stage(cfg: dict[str, Any]) -> Any:
     """GRPO (R1V stage 3; Dr. GRPO / DAPO variants; R1V2's Selective Sample Buffer)."""
     from r1v.stages.grpo import GRPOStage
 
     return GRPOStage(cfg)
 
 
-def mpo_stage(cfg):
+def mpo_stage(cfg: dict[str, Any]) -> Any:
     """R1V2 MPO: w1·DPO + w2·BCO + w3·NLL on preference pairs, reference = the starting policy."""
     from r1v.stages.mpo import MPOStage
 
     return MPOStage(cfg)
 
 
-def make_pairs_stage(cfg):
+def make_pairs_stage(cfg: dict[str, Any]) -> Any:
     """Preference pairs from the current model: k samples per prompt, reward-scored, best vs worst by a gap."""
     from r1v.stages.make_pairs import MakePairs
 
     return MakePairs(cfg)
 
 
-def reward_model_stage(cfg):
+def reward_model_stage(cfg: dict[str, Any]) -> Any:
     """A scalar-head (Bradley-Terry) reward model on preference pairs; the run folder is the reward model."""
     from r1v.stages.reward_model import RewardModelStage
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from r1v.core.errors import ConfigError
 from r1v.core.registry import Registry, RegistryError, did_you_mean, get_registry
+from r1v.core.values import check_knob_values, check_range, check_untyped_ranges
 
 # config node -> (registry kind, keys that are not factory knobs)
 PLUGIN_NODES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -180,10 +181,11 @@ def check_writable(folder: str | Path, what: str) -> None:
 
 
 def validate(cfg: Mapping[str, Any], registry: Registry) -> None:
-    """Every plugin name resolves, every knob binds to its factory and every setting has its default's type, before
-    anything is built."""
+    """Every plugin name resolves, every knob binds to its factory and fits its annotation, and every setting has
+    its default's type and lies in its range (:data:`r1v.core.values.RANGES`), before anything is built."""
     check_targets(cfg)
     check_types(cfg)
+    check_untyped_ranges(cfg)
     for dotted, kind, reserved, node in _plugin_nodes(cfg):
         if node is None:
             raise ConfigError(f"config: '{dotted}' is missing; choose a {kind} option")
@@ -199,16 +201,22 @@ def validate(cfg: Mapping[str, Any], registry: Registry) -> None:
             entry.check_knobs(knobs, where=dotted, fixed=fixed)
         except RegistryError as e:
             raise ConfigError(str(e)) from None
+        check_knob_values(entry, knobs, dotted)
     try:
         registry.get("stage", str(cfg["stage"]["name"]))
     except RegistryError as e:
         raise ConfigError(f"stage.name: {e}") from None
     for key, node in (cfg.get("rewards") or {}).items():
+        knobs = {k: v for k, v in node.items() if k not in ("name", "weight")}
         try:
             entry = registry.get("reward", str(node.get("name", key)))
-            entry.check_knobs({k: v for k, v in node.items() if k not in ("name", "weight")}, where=f"rewards.{key}")
+            entry.check_knobs(knobs, where=f"rewards.{key}")
         except RegistryError as e:
             raise ConfigError(f"rewards.{key}: {e}") from None
+        check_knob_values(entry, knobs, f"rewards.{key}")
+        weight = node.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, int | float):
+            raise ConfigError(f"rewards.{key}.weight={weight!r}: expected a number (reward '{entry.name}')")
 
 
 # config node -> how its option is named (the node's ``name``, or a fixed option): their YAML defaults are the types
@@ -236,8 +244,10 @@ def _same_type(value: Any, default: Any) -> bool:
 
 def check_types(cfg: Mapping[str, Any], root: str | Path | None = None) -> None:
     """Every setting of the stage, data, distill and evaluation nodes has the type of its default in the chosen
-    option's YAML (``conf/stage/grpo.yaml`` for ``stage=grpo``): the one place each default and its type live.
-    A wrong type is one line naming the key, the value, the type and the file, before anything is built."""
+    option's YAML (``conf/stage/grpo.yaml`` for ``stage=grpo``): the one place each default and its type live;
+    and a value within its range (:data:`r1v.core.values.RANGES`; null only where the default is null or the
+    range says so). A wrong one is one line naming the key, the value and what is allowed, before anything is
+    built."""
     base = Path(root or conf_dir())
     for node_name, option in TYPED_NODES.items():
         node = cfg.get(node_name)
@@ -249,19 +259,21 @@ def check_types(cfg: Mapping[str, Any], root: str | Path | None = None) -> None:
         from omegaconf import OmegaConf
 
         defaults = OmegaConf.to_container(OmegaConf.load(path))
-        _check_node(node, defaults, node_name, path)  # type: ignore[arg-type]
+        _check_node(node, defaults, node_name, path, path.stem)  # type: ignore[arg-type]
 
 
-def _check_node(node: Mapping[str, Any], defaults: Mapping[str, Any], where: str, path: Path) -> None:
+def _check_node(node: Mapping[str, Any], defaults: Mapping[str, Any], where: str, path: Path, option: str) -> None:
     for key, default in defaults.items():
         if key not in node or key == "name":
             continue
         value, dotted = node[key], f"{where}.{key}"
         if isinstance(default, dict) and isinstance(value, Mapping):
-            _check_node(value, default, dotted, path)
+            _check_node(value, default, dotted, path, option)
         elif not _same_type(value, default):
             raise ConfigError(f"{dotted}={value!r}: must be {_type_name(default)} (default {default!r} in "
                               f"conf/{path.parent.name}/{path.name})")  # fmt: skip
+        else:
+            check_range(dotted, value, default, option)
 
 
 def build_plugin(registry: Registry, kind: str, node: Mapping[str, Any], where: str,

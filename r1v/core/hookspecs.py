@@ -43,14 +43,19 @@ KIND_HOOKS: dict[str, str] = {
 
 @hookspec
 def register_vision_encoders(register: Any) -> None:
-    """Register vision encoders: factory(**knobs) -> nn.Module with ``forward(pixels (N,3,S,S))
-    -> (N, h, w, C)`` grid features and attributes ``image_size``, ``grid_size``, ``hidden_size``."""
+    """Register vision encoders: factory(**knobs) -> nn.Module with positive-integer attributes ``image_size``
+    (S, the tile side in pixels), ``grid_size`` (g, patches per side) and ``hidden_size`` (C), and
+    ``forward(pixels (N,3,S,S)) -> (N, g, g, C)`` grid features (optional ``image_mean``, ``image_std``).
+    The builder checks the attributes and, on the meta device, the output shape (r1v.model.contract)."""
 
 
 @hookspec
 def register_adapters(register: Any) -> None:
-    """Register adapters: factory(vision_hidden, llm_hidden, **knobs) -> nn.Module mapping
-    (N, h, w, C) grid features to (N, T, llm_hidden) tokens; attribute ``downsample_ratio``."""
+    """Register adapters: factory(vision_hidden, llm_hidden, **knobs) -> nn.Module with attributes
+    ``in_features`` (= the encoder's ``hidden_size`` C, the ``vision_hidden`` it is given), ``out_features``
+    (= the backbone's hidden size, ``llm_hidden``) and ``downsample_ratio`` (r), mapping (N, g, g, C) grid features
+    to (N, T, out_features) tokens with T = (g·r)², the ``<IMG_CONTEXT>`` slots the processor inserts per tile
+    (g·r must be a whole number). The builder checks all of it when the parts are built (r1v.model.contract)."""
 
 
 @hookspec

@@ -34,6 +34,8 @@ class Sample:
 
 @runtime_checkable
 class VisionEncoder(Protocol):
+    """An ``nn.Module``; the model builder checks this contract when it is built (r1v.model.contract)."""
+
     image_size: int  # tile side in pixels
     grid_size: int  # patches per side
     hidden_size: int
@@ -44,7 +46,10 @@ class VisionEncoder(Protocol):
 
 @runtime_checkable
 class Adapter(Protocol):
-    downsample_ratio: float
+    """An ``nn.Module``; T = (grid_size · downsample_ratio)² tokens per tile, the ``<IMG_CONTEXT>`` slots the
+    processor inserts. The model builder checks this contract when it is built (r1v.model.contract)."""
+
+    downsample_ratio: float  # grid_size · downsample_ratio must be a whole number
     in_features: int  # width of the encoder features it expects (before pixel shuffle)
     out_features: int  # backbone hidden size it produces
 

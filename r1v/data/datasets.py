@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import json
 import logging
+import typing
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from PIL import Image
 from torch.utils.data import Dataset
@@ -27,7 +28,8 @@ from r1v.core.interfaces import IMAGE_PLACEHOLDER, Sample
 from r1v.data import synthetic
 
 log = logging.getLogger(__name__)
-BAD_SAMPLE_POLICIES = ("skip", "error")
+BadSamplePolicy = Literal["skip", "error"]  # the annotation composition checks knobs against
+BAD_SAMPLE_POLICIES: tuple[str, ...] = typing.get_args(BadSamplePolicy)
 
 
 def error_kind(message: str) -> str:

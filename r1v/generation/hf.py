@@ -10,6 +10,7 @@ import torch
 
 from r1v.core.interfaces import Sample
 from r1v.data.processor import Processor
+from r1v.generation.sampling import TopPMethod
 
 PER_SAMPLE_KNOBS = ("repetition_penalty",)
 
@@ -99,7 +100,8 @@ def hf(temperature: float = 0.6, top_p: float = 0.95, repetition_penalty: float 
 
 def static(temperature: float = 0.6, top_p: float = 0.95, repetition_penalty: float = 1.0, cuda_graphs: bool = True,
            compile: bool = False, window: int = 128, max_batch_size: int | None = None,
-           check_every: int = 16, fuse: bool = False, top_p_method: str = "auto") -> Any:  # fmt: skip
+           check_every: int = 16, fuse: bool = False,
+           top_p_method: TopPMethod = "auto") -> Any:  # fmt: skip
     """Static KV cache + one CUDA graph per attention window, batched GPU sampling (Llama/Qwen2/Qwen3).
 
     ``compile``: torch.compile the per-layer pointwise work (one compilation serves every layer);

@@ -17,11 +17,14 @@ tokens whichever method runs (up to float ties at the nucleus boundary and in th
 from __future__ import annotations
 
 import functools
+import typing
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
-TOP_P_METHODS = ("auto", "sort", "bisect", "triton")
+TopPMethod = Literal["auto", "sort", "bisect", "triton"]  # the annotation composition checks knobs against
+TOP_P_METHODS: tuple[str, ...] = typing.get_args(TopPMethod)
 
 
 @dataclass

@@ -8,11 +8,12 @@ from typing import Any
 
 from torch import nn
 
-from r1v.core.errors import ModelConfigError
+from r1v.core.errors import ModelConfigError  # noqa: F401  (stages import it from here)
 from r1v.core.interfaces import LanguageBackbone
 from r1v.core.registry import Registry, RegistryError, did_you_mean
 from r1v.data.processor import Processor
 from r1v.model.assemble import PARTS, assemble, ensure_special_tokens  # noqa: F401  (importable from here too)
+from r1v.model.contract import check_adapter, check_vision
 from r1v.model.vlm import VisionLanguageModel
 
 RESERVED = ("name",)  # keys of a plugin config node that are not factory knobs
@@ -24,7 +25,8 @@ def knobs(node: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def build(model_cfg: Mapping[str, Any], registry: Registry) -> tuple[VisionLanguageModel, Processor]:
-    """Compose encoder → adapter → backbone by registry name; checks that the widths fit.
+    """Compose encoder → adapter → backbone by registry name; checks each part's contract as it is built (widths,
+    feature shapes, tokens per tile: :mod:`r1v.model.contract`).
 
     With ``model.internvl=<folder>`` the whole model comes from an InternVL-chat / Skywork-R1V checkpoint
     folder instead (:func:`r1v.model.internvl.build_from_folder`); the part nodes are then ignored.
@@ -35,20 +37,12 @@ def build(model_cfg: Mapping[str, Any], registry: Registry) -> tuple[VisionLangu
         return build_from_model_node(model_cfg, registry)
     vcfg, acfg, bcfg = (model_cfg[p] for p in PARTS)
     vision = registry.build("vision", vcfg["name"], **knobs(vcfg))
+    check_vision(vision, vcfg["name"])  # each part's contract as it is built (r1v.model.contract)
     backbone: LanguageBackbone = registry.build("backbone", bcfg["name"], **knobs(bcfg))
     entry = registry.get("adapter", acfg["name"])
     entry.check_knobs(knobs(acfg), where="adapter", fixed=ADAPTER_FIXED)
     adapter = entry.factory(vision_hidden=vision.hidden_size, llm_hidden=backbone.hidden_size, **knobs(acfg))
-    if adapter.in_features != vision.hidden_size:
-        raise ModelConfigError(
-            f"adapter '{acfg['name']}' expects vision features of width {adapter.in_features} but vision "
-            f"'{vcfg['name']}' produces width {vision.hidden_size}; drop adapter.in_features or pick a matching encoder"
-        )
-    if adapter.out_features != backbone.hidden_size:
-        raise ModelConfigError(
-            f"adapter '{acfg['name']}' produces width {adapter.out_features} but backbone '{bcfg['name']}' "
-            f"has hidden size {backbone.hidden_size}"
-        )
+    check_adapter(adapter, acfg["name"], vision, vcfg["name"], backbone.hidden_size, bcfg["name"])
     return assemble(vision, adapter, backbone, int(model_cfg.get("max_tiles", 1)),
                     bool(model_cfg.get("use_thumbnail", True)))  # fmt: skip
 

@@ -21,11 +21,13 @@ DAPO's clip-higher is ``eps_high > eps_low``; Dr. GRPO also drops the std scalin
 from __future__ import annotations
 
 import functools
-from typing import Any
+import typing
+from typing import Any, Literal
 
 import torch
 
-AGGREGATIONS = ("seq_mean", "token_mean", "constant")
+Aggregation = Literal["seq_mean", "token_mean", "constant"]  # the annotation composition checks knobs against
+AGGREGATIONS: tuple[str, ...] = typing.get_args(Aggregation)
 
 
 def aggregate(per_token: torch.Tensor, mask: torch.Tensor, how: str, max_len: int | None = None) -> torch.Tensor:
@@ -66,7 +68,8 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor
     return loss, metrics
 
 
-def grpo(eps_low: float = 0.2, eps_high: float = 0.2, beta: float = 0.0, loss_agg: str = "seq_mean",
+def grpo(eps_low: float = 0.2, eps_high: float = 0.2, beta: float = 0.0,
+         loss_agg: Aggregation = "seq_mean",
          max_len: int | None = None) -> Any:  # fmt: skip
     """GRPO's clipped objective (+ β·k3 KL); DAPO clip-higher via eps_high, DAPO/Dr.GRPO aggregation via loss_agg."""
     if loss_agg not in AGGREGATIONS:

@@ -109,10 +109,10 @@ def test_completions_that_never_close_think_are_scored(reassembled_run, tmp_path
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("stage.group_size=1", "stage.group_size=1: GRPO's advantage is relative to the group"),
+        ("stage.group_size=1", "stage.group_size=1: must be >= 2 (GRPO's advantage is relative to the group"),
         ("stage.max_new_tokens=600", "stage.max_new_tokens=600 does not fit the backbone's context of 512 tokens"),
         ("reward=[acuracy]", "no option 'acuracy' in config group 'reward'"),
-        ("stage.policy_loss.loss_agg=mean", "policy_loss grpo: loss_agg 'mean' is not allowed"),
+        ("stage.policy_loss.loss_agg=mean", "stage.policy_loss.loss_agg='mean': expected one of 'seq_mean'"),
         ("stage.rollout_gather=layers", "stage.rollout_gather=layers: must be one of auto, whole, layer"),
     ],
 )

@@ -99,9 +99,9 @@ def test_reward_model_ranks_held_out_pairs_and_scores_grpo(reassembled_run, tmp_
 
 @pytest.mark.parametrize(("args", "expected"), [
     (["stage=mpo", "data=synthetic"], "stage=mpo: the train data 'synthetic' has no chosen/rejected pairs"),
-    (["stage=mpo", "data=synthetic_pairs", "stage.beta=0"], "stage.beta=0.0: the implicit reward"),
+    (["stage=mpo", "data=synthetic_pairs", "stage.beta=0"], "stage.beta=0: must be > 0 (the implicit reward"),
     (["stage=reward_model", "data=synthetic"], "stage=reward_model: the train data 'synthetic' has no"),
-    (["stage=make_pairs", "stage.k=1"], "stage.k=1: a pair needs at least 2"),
+    (["stage=make_pairs", "stage.k=1"], "stage.k=1: must be >= 2 (a pair needs at least 2"),
 ])  # fmt: skip
 def test_bad_preference_config_is_one_line(tmp_path, args, expected):
     proc = run_cli([*args, *TINY], tmp_path)

@@ -161,9 +161,10 @@ def test_ckpt_every_zero_writes_no_checkpoint_and_says_so(tmp_path):
 
 @pytest.mark.parametrize(("override", "message"), [
     ("stage.loss_chunk_tokens=abc", "stage.loss_chunk_tokens='abc': must be an integer (default"),
-    ("stage.loss_chunk_tokens=-1", "stage.loss_chunk_tokens=-1: expected a whole number ≥ 0"),
+    ("stage.loss_chunk_tokens=-1", "stage.loss_chunk_tokens=-1: must be >= 0 (0: transformers' loss"),
     ("stage.packing=yes", "stage.packing='yes': must be a boolean (default False in conf/stage/sft.yaml)"),
-    ("stage.accumulate_grad_batches=0", "stage.accumulate_grad_batches=0: expected a whole number ≥ 1"),
+    ("stage.accumulate_grad_batches=0", "stage.accumulate_grad_batches=0: must be >= 1 (batches per "
+                                          "optimizer step)"),
     ("stage.activation_checkpointing=[visoin]", "stage.activation_checkpointing: 'visoin' cannot checkpoint; "
                                                 "allowed: backbone"),
 ])  # fmt: skip

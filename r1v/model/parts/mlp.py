@@ -7,6 +7,8 @@ one token, 4× wider), then LayerNorm → Linear → GELU → Linear. Its parame
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
 
@@ -46,7 +48,7 @@ class MLPAdapter(nn.Sequential):
         return super().forward(x)  # (N, T, llm_hidden)
 
 
-def mlp(vision_hidden: int, llm_hidden: int, downsample_ratio: float = 0.5, ps_version: str = "v2",
+def mlp(vision_hidden: int, llm_hidden: int, downsample_ratio: float = 0.5, ps_version: Literal["v1", "v2"] = "v2",
         hidden: int | None = None, in_features: int | None = None,
         pretrained: str | None = None) -> MLPAdapter:  # fmt: skip
     """R1V mlp1: pixel shuffle + LayerNorm → Linear → GELU → Linear.
