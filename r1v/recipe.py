@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from r1v.core.config import ConfigError, conf_dir, hydra_entry
 from r1v.core.registry import did_you_mean, get_registry
 from r1v.rl.rewards import die_with_parent
+from r1v.runtime.history import changed_keys
 from r1v.runtime.runs import RunError, lock_run_folder, unlock_run_folder, write_json_atomic
 
 log = logging.getLogger("r1v.recipe")
@@ -62,14 +63,6 @@ def check_stages(recipe: dict[str, Any]) -> list[dict[str, Any]]:
                                   f"(earlier: {', '.join(seen) or 'none'})")  # fmt: skip
         seen.append(name)
     return stages
-
-
-def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """Dotted paths where two plain config trees differ."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        return [k for key in sorted(set(old) | set(new))
-                for k in changed_keys(old.get(key), new.get(key), f"{prefix}{key}.")]  # fmt: skip
-    return [] if old == new else [prefix.rstrip(".")]
 
 
 def _stage_args(st: dict[str, Any], recipe: dict[str, Any], folder: Path, seed: int) -> list[str]:
@@ -131,7 +124,7 @@ def _run_stages(cfg: dict[str, Any], recipe: dict[str, Any], stages: list[dict[s
             continue
         args = _stage_args(st, recipe, folder, int(cfg["seed"]))
         if (folder / name / "run.json").exists():  # interrupted: the stage resumes from its own checkpoint
-            args.append("resume=auto")
+            args += ["resume=auto", *(["allow_changes=true"] if cfg.get("allow_changes") else [])]
         rec = {"status": "running", "args": args, "checkpoint": str(folder / st["from"]) if st.get("from") else None,
                "data": [a for a in args if a.startswith("data")], "started": time.time()}  # fmt: skip
         state["stages"][name] = rec

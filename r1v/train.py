@@ -55,6 +55,7 @@ def _train(cfg: DictConfig, container: dict[str, Any], registry: Any, run_dir: P
     import lightning as L
 
     from r1v.data.sampler import PadAware
+    from r1v.runtime.history import append_history, resume_changes
     from r1v.runtime.runs import (
         checkpoint_step,
         launch_rank_is_zero,
@@ -70,6 +71,11 @@ def _train(cfg: DictConfig, container: dict[str, Any], registry: Any, run_dir: P
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")  # frozen parts: on purpose
     warnings.filterwarnings("ignore", message=r".*no pre-optimization state was saved.*")  # GRPO: post-step is right
     ckpt = resolve_resume(container.get("resume"), run_dir)
+    first = run_dir / "config.yaml"
+    resuming = ckpt is not None and first.is_file() and Path(ckpt).resolve().is_relative_to(run_dir.resolve())
+    if resuming:  # before anything is built: a resume may change the run's length and logging only
+        started_with: dict[str, Any] = OmegaConf.to_container(OmegaConf.load(first))  # type: ignore[assignment]
+        changes = resume_changes(started_with, container, bool(container.get("allow_changes")), run_dir)
     untrained = untrained_parts(container)
     if untrained:
         log.warning(untrained_note(container, untrained))
@@ -94,8 +100,12 @@ def _train(cfg: DictConfig, container: dict[str, Any], registry: Any, run_dir: P
             with build_device(container["trainer"]):
                 stage.configure_model()
     owner = launch_rank_is_zero()  # rank 0 (holding the lock) writes the folder's files; the others only read
-    if owner:
-        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    if resuming:  # the run's first config stays; what this resume changes goes to its history
+        if owner:
+            append_history(run_dir, "resume", checkpoint=str(ckpt), changes=changes)
+    elif owner:
+        OmegaConf.save(cfg, first, resolve=True)
+        append_history(run_dir, "start", resumed_from=str(ckpt) if ckpt else None)
     model = container["model"]
     parts = {} if model.get("internvl") else {p: model[p]["name"] for p in ("vision", "adapter", "backbone")}
     choices = {**parts, "dataset": container["data"]["name"], "stage": container["stage"]["name"]}
@@ -107,7 +117,7 @@ def _train(cfg: DictConfig, container: dict[str, Any], registry: Any, run_dir: P
     if model.get("internvl"):  # the parts come from this folder (model.vision/adapter/backbone were ignored)
         prov["internvl"] = str(model["internvl"])
     prov["untrained_parts"] = untrained  # parts the stage expects trained that started untrained
-    if owner:
+    if owner and not resuming:  # the first start's provenance stays (resumes: history.jsonl)
         write_json_atomic(run_dir / "run.json", prov)
     if once:  # a stage that runs once, outside Lightning (e.g. reassemble)
         stage.run_stage(run_dir)

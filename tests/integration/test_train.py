@@ -64,7 +64,9 @@ def test_aligned_adapter_lets_the_lm_read_images(default_run, tiny_vlm, registry
 
 def test_resume_after_kill_continues_exactly(tmp_path):
     """Killed (like kill -9) at step 8 with the last checkpoint at step 6, then resume=auto: the
-    metrics equal an uninterrupted run's; steps 6-7 are re-done, not duplicated."""
+    metrics equal an uninterrupted run's; steps 6-7 are re-done, not duplicated. A resume that changes more than
+    the run's length or logging is refused in one line; the first config.yaml stays and history.jsonl records each
+    start and resume."""
     common = ["stage.max_steps=12", *FAST, "stage.val_every=1000", "stage.ckpt_every=6"]
     straight = run_cli(["run=straight", *common], tmp_path)
     assert straight.returncode == 0, straight.stderr[-2000:]
@@ -73,8 +75,18 @@ def test_resume_after_kill_continues_exactly(tmp_path):
     assert max(losses(tmp_path / "runs" / "split")) == 7  # steps 6 and 7 were logged after the checkpoint
     again = run_cli(["run=split", *common], tmp_path)
     assert again.returncode == 2 and "already has checkpoints" in again.stderr and "resume=auto" in again.stderr
-    resumed = run_cli(["run=split", "resume=auto", *common], tmp_path)
+    first = (tmp_path / "runs" / "split" / "config.yaml").read_text()
+    changed = run_cli(["run=split", "resume=auto", *common, "stage.lr=0.1", "model=tiny_reasoner"], tmp_path)
+    assert changed.returncode == 2 and changed.stderr.strip().count("\n") == 0, changed.stderr[-2000:]
+    assert "the config changed since the run started (" in changed.stderr and "stage.lr: 0.002 → 0.1" in changed.stderr
+    assert "model.backbone.name: 'tiny_instruct' → 'tiny_reasoner'" in changed.stderr
+    assert "allow_changes=true" in changed.stderr
+    resumed = run_cli(["run=split", "resume=auto", *common[1:], "stage.max_steps=12"], tmp_path)  # length: free
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert (tmp_path / "runs" / "split" / "config.yaml").read_text() == first  # the run's first config stays
+    history = [json.loads(x) for x in (tmp_path / "runs" / "split" / "history.jsonl").read_text().splitlines()]
+    assert [h["event"] for h in history] == ["start", "resume"] and "resume=auto" in history[1]["argv"]
+    assert history[1]["changes"] == {"resume": [None, "auto"]}
     a, b = losses(tmp_path / "runs" / "straight"), losses(tmp_path / "runs" / "split")
     assert sorted(b) == sorted(a) == list(range(12))  # mid-epoch (10 batches/epoch) and across the boundary
     for step in a:
@@ -191,8 +203,8 @@ def test_gradient_accumulation_trains_like_one_batch_of_all_its_tokens(tmp_path)
         assert proc.returncode == 0, proc.stderr[-2000:]
         weights[name] = load_file(str(tmp_path / "runs" / name / "final" / "trainable.safetensors"))
         # SFT without checkpoint= starts from an untrained adapter: said at the start and again at the end
-        assert proc.stderr.count("stage=sft starts from an untrained adapter (no checkpoint=") == 2
-        assert "note: stage=sft starts" in proc.stderr.splitlines()[-1]
+        said = [x for x in proc.stdout.splitlines() if "stage=sft starts from an untrained adapter" in x]
+        assert len(said) == 2 and "note: stage=sft starts" in proc.stdout.strip().splitlines()[-1]
     assert weights["big"].keys() == weights["acc"].keys()
     for k, v in weights["big"].items():
         torch.testing.assert_close(weights["acc"][k], v, rtol=0, atol=1e-5)
