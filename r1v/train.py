@@ -19,7 +19,7 @@ from r1v.core.errors import ConfigError, exit_on_user_error
 from r1v.core.interfaces import RunOnceStage, TrainingStage
 from r1v.core.registry import get_registry
 from r1v.data.build import build_datasets
-from r1v.stages.setup import build_device, build_trainer, preflight, untrained_note, untrained_parts
+from r1v.stages.setup import build_device, build_trainer, next_steps, preflight, untrained_note, untrained_parts
 
 log = logging.getLogger("r1v.train")
 register_resolvers()
@@ -122,6 +122,7 @@ def _train(cfg: DictConfig, container: dict[str, Any], registry: Any, run_dir: P
     if once:  # a stage that runs once, outside Lightning (e.g. reassemble)
         stage.run_stage(run_dir)
         log.info("run %s finished: %s", container["run"], run_dir)
+        print("next:\n" + "\n".join(f"  {line}" for line in next_steps(container, run_dir)), flush=True)
         if untrained:
             log.warning("note: %s", untrained_note(container, untrained))
         return run_dir
@@ -134,6 +135,7 @@ def _train(cfg: DictConfig, container: dict[str, Any], registry: Any, run_dir: P
              t0 - started, t1 - t0, time.perf_counter() - t1)  # fmt: skip
     if trainer.is_global_zero:
         log.info("run %s finished: %s", container["run"], run_dir)
+        print("next:\n" + "\n".join(f"  {line}" for line in next_steps(container, run_dir)), flush=True)
         if untrained:  # said again where the run's result is read
             log.warning("note: %s", untrained_note(container, untrained))
     return run_dir

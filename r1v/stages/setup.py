@@ -64,6 +64,27 @@ def untrained_note(cfg: dict[str, Any], parts: list[str]) -> str:
             "(then reassemble and sft) first and pass checkpoint=<that run>")  # fmt: skip
 
 
+REASONER_OF = {"tiny": "tiny_reasoner", "r1v38b_substitute": "r1v38b"}  # align preset -> its re-assembly preset
+NEXT_STAGE = {"reassemble": "sft", "sft": "grpo", "iterative_sft": "grpo", "mpo": "grpo"}
+
+
+def next_steps(cfg: dict[str, Any], run_dir: Path) -> list[str]:
+    """The commands a newcomer runs next with a finished run: talk to it, evaluate it, and the R1V chain's next
+    stage from it."""
+    here = Path.cwd()
+    run = os.path.relpath(run_dir, here) if Path(run_dir).resolve().is_relative_to(here) else str(run_dir)
+    stage, preset = cfg["stage"]["name"], cfg["model"].get("preset")
+    lines = [f"python -m r1v chat --checkpoint {run} --question 'How many shapes are there?' --image <a picture>",
+             f"python -m r1v.eval checkpoint={run}"]  # fmt: skip
+    if stage == "align":
+        model = f"model={REASONER_OF[preset]}" if preset in REASONER_OF else "model=<the reasoning preset>"
+        lines.append(f"python -m r1v.train stage=reassemble {model} checkpoint={run} run=re   # R1V's next stage")
+    elif stage in NEXT_STAGE:
+        lines.append(f"python -m r1v.train stage={NEXT_STAGE[stage]} model={preset} checkpoint={run}   # R1V's next "
+                     "stage")  # fmt: skip
+    return lines
+
+
 def build_device(trainer: dict[str, Any]) -> Any:
     """Where the model is built before the Trainer exists: on this rank's GPU when the run trains on one, so
     random-weight parts initialise there (r1v_small with Qwen2.5-1.5B on the H200: the run's set-up took 2.7 s,

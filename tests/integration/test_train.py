@@ -205,6 +205,7 @@ def test_gradient_accumulation_trains_like_one_batch_of_all_its_tokens(tmp_path)
         # SFT without checkpoint= starts from an untrained adapter: said at the start and again at the end
         said = [x for x in proc.stdout.splitlines() if "stage=sft starts from an untrained adapter" in x]
         assert len(said) == 2 and "note: stage=sft starts" in proc.stdout.strip().splitlines()[-1]
+        assert f"  python -m r1v.train stage=grpo model=tiny_reasoner checkpoint=runs/{name}" in proc.stdout
     assert weights["big"].keys() == weights["acc"].keys()
     for k, v in weights["big"].items():
         torch.testing.assert_close(weights["acc"][k], v, rtol=0, atol=1e-5)

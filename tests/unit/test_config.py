@@ -209,3 +209,16 @@ def test_a_stage_that_expects_trained_parts_names_what_starts_untrained(compose)
     assert untrained_parts(compose("stage=grpo", "checkpoint=runs/sft")) == []
     assert untrained_parts(compose("stage=mpo", "model.adapter.pretrained=/w/adapter.safetensors")) == []
     assert untrained_parts(compose()) == []  # align
+
+
+def test_a_finished_run_names_the_commands_to_run_next(compose, tmp_path):
+    """The main job ends with what a newcomer runs next: chat with it, evaluate it, and R1V's next stage."""
+    from r1v.stages.setup import next_steps
+
+    lines = next_steps(compose(), tmp_path / "runs" / "align")
+    assert lines[0].startswith(f"python -m r1v chat --checkpoint {tmp_path}/runs/align ")
+    assert lines[1] == f"python -m r1v.eval checkpoint={tmp_path}/runs/align"
+    assert lines[2].startswith(f"python -m r1v.train stage=reassemble model=tiny_reasoner checkpoint={tmp_path}/runs")
+    sft = next_steps(compose("stage=sft", "model=tiny_reasoner"), tmp_path / "s")
+    assert sft[2].startswith(f"python -m r1v.train stage=grpo model=tiny_reasoner checkpoint={tmp_path}/s ")
+    assert len(next_steps(compose("stage=grpo", "model=tiny_reasoner"), tmp_path / "g")) == 2  # the chain's end
