@@ -1,10 +1,12 @@
 """Pre-train the embedded tiny parts on the synthetic task family, deterministically.
 
     python tools/pretrain_tiny.py    # writes tokenizer.json, *.safetensors, MANIFEST.json in r1v/model/parts/tiny/
+    python tools/pretrain_tiny.py --only internvit   # just internvit.safetensors + internvit.json
 
 Mirrors R1V's ingredients at toy scale:
   * a vision encoder whose features carry colour, shape and position (trained to classify the
-    contents of each cell of the 3×3 grid from its patch features);
+    contents of each cell of the 3×3 grid from its patch features); a tiny InternViT trained the same
+    way is the optional part that makes the tiny model exportable as InternVL-chat (model=tiny_internvl);
   * an "instruct" LM (the alignment substitute): ``<img>scene text</img>`` + question → ``\\boxed{answer}``;
   * a "reasoner" LM (the R1-distill stand-in): the same prompt pre-filled with ``<think>\\n`` →
     worked reasoning → ``</think>`` → ``\\boxed{answer}``.
@@ -33,6 +35,7 @@ from r1v.model.parts import tiny  # noqa: E402
 from r1v.runtime.weights import to_cpu_contiguous  # noqa: E402
 
 OUT = tiny.HERE
+DEFAULT_PARTS = ["tokenizer", "vision", "instruct", "reasoner"]  # the default model's, pinned by MANIFEST.json
 CLASSES = [None] + [(c, s) for c in synthetic.COLORS for s in synthetic.SHAPES]  # 13 cell classes
 
 
@@ -68,16 +71,13 @@ def build_tokenizer(rows) -> None:
     tok.save(str(OUT / "tokenizer.json"))
 
 
-def pretrain_vision(steps: int, batch: int, seed: int) -> None:
-    from r1v.model.parts.timm_vit import tiny as tiny_vision
-
-    torch.manual_seed(seed)
-    enc = tiny_vision(pretrained=None)
+def train_cell_classifier(enc: torch.nn.Module, steps: int, batch: int, seed: int, label: str) -> None:
+    """Train ``enc`` (pixels -> (B,g,g,C) patch grid) to classify the contents of each of the 3×3 cells
+    (empty or one of 12 colour-shape pairs) from its pooled patch features; the linear head is thrown away."""
     head = torch.nn.Linear(enc.hidden_size, len(CLASSES))
     params = list(enc.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=2e-3, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
-    g = enc.grid_size
     for step in range(steps):
         xs, ys = [], []
         for b in range(batch):
@@ -98,11 +98,39 @@ def pretrain_vision(steps: int, batch: int, seed: int) -> None:
         sched.step()
         if step % 100 == 0 or step == steps - 1:
             acc = (logits.argmax(-1) == y).float().mean().item()
-            print(f"vision step {step} loss {loss.item():.3f} cell-acc {acc:.3f}", flush=True)
-    assert g * g == 64
+            print(f"{label} step {step} loss {loss.item():.3f} cell-acc {acc:.3f}", flush=True)
+    assert enc.grid_size**2 == 64
+
+
+def pretrain_vision(steps: int, batch: int, seed: int) -> None:
+    from r1v.model.parts.timm_vit import tiny as tiny_vision
+
+    torch.manual_seed(seed)
+    enc = tiny_vision(pretrained=None)
+    train_cell_classifier(enc, steps, batch, seed, "vision")
     from safetensors.torch import save_file
 
     save_file(to_cpu_contiguous(enc.state_dict()), str(OUT / tiny.WEIGHTS["vision"]))
+
+
+def pretrain_internvit(steps: int, batch: int, seed: int, threads: int) -> None:
+    """The tiny InternViT, trained as the tiny ViT is; written with its own provenance file (internvit.json)."""
+    from r1v.model.parts.internvit import internvit_tiny_pretrained
+
+    torch.manual_seed(seed)
+    enc = internvit_tiny_pretrained(pretrained=None)
+    train_cell_classifier(enc, steps, batch, seed, "internvit")
+    from safetensors.torch import save_file
+
+    save_file(to_cpu_contiguous(enc.state_dict()), str(OUT / tiny.INTERNVIT_WEIGHTS))
+    manifest = {
+        "command": f"python tools/pretrain_tiny.py --only internvit --seed {seed} --internvit-steps {steps} "
+                   f"--threads {threads}",
+        "torch": torch.__version__, "threads": threads,
+        "sha256": {tiny.INTERNVIT_WEIGHTS: tiny.sha256(OUT / tiny.INTERNVIT_WEIGHTS)},
+    }  # fmt: skip
+    (OUT / tiny.INTERNVIT_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    print(json.dumps(manifest, indent=2))
 
 
 def pretrain_lm(variant: str, rows, steps: int, batch: int, seed: int) -> None:
@@ -152,11 +180,16 @@ def main() -> None:
     ap.add_argument("--vision-steps", type=int, default=1500)
     ap.add_argument("--lm-steps", type=int, default=3000, help="instruct LM steps")
     ap.add_argument("--reasoner-steps", type=int, default=2500, help="reasoner LM steps (longer sequences)")
+    ap.add_argument("--internvit-steps", type=int, default=400, help="tiny InternViT steps")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--only", choices=["tokenizer", "vision", "instruct", "reasoner"], nargs="*")
+    ap.add_argument("--only", choices=[*DEFAULT_PARTS, "internvit"], nargs="*")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    only = set(args.only or ["tokenizer", "vision", "instruct", "reasoner"])
+    only = set(args.only or [*DEFAULT_PARTS, "internvit"])
+    if "internvit" in only:  # its own file and manifest: the default parts' MANIFEST.json is not touched
+        pretrain_internvit(args.internvit_steps, 64, args.seed, args.threads)
+    if not only & set(DEFAULT_PARTS):
+        return
     rows = lm_texts(40000, args.seed)
     if "tokenizer" in only:
         build_tokenizer(rows[:20000])  # the shipped tokenizer saw the first 20k rows

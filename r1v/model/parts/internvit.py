@@ -20,12 +20,14 @@ whose keys carry the ``vision_model.`` prefix (a full InternVL/R1V file) loads t
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from r1v.model.parts import tiny as tiny_parts
 from r1v.runtime.weights import load_into
 
 # Architecture presets (numbers live in Python, not YAML).
@@ -195,16 +197,19 @@ def _strip_vision_model_prefix(module, state_dict, prefix, *_args) -> None:
             state_dict[prefix + key[len(ours) :]] = value
 
 
-def build(preset: str, pretrained: str | None, select_layer: int, image_size: int | None, **overrides) -> InternViT:
+def build(preset: str, pretrained: str | Path | None, select_layer: int, image_size: int | None, *,
+          name: str | None = None, **overrides) -> InternViT:  # fmt: skip
+    """InternViT ``preset`` with ``overrides``; ``name`` (default ``preset``) is the vision option errors name."""
+    name = name or preset
     spec = {**PRESETS[preset], **overrides}
     if image_size is not None:
         grid = int(image_size) // spec["patch_size"]
         if grid % 2:
-            raise ValueError(f"vision '{preset}': image_size {image_size} gives an odd grid of {grid} patches; "
+            raise ValueError(f"vision '{name}': image_size {image_size} gives an odd grid of {grid} patches; "
                              f"the adapter's 0.5 pixel shuffle needs an even grid")  # fmt: skip
     enc = InternViT(**spec, select_layer=select_layer, tile_size=image_size)
     if pretrained:
-        load_into(enc, pretrained, f"vision '{preset}'")
+        load_into(enc, pretrained, f"vision '{name}'")
     return enc
 
 
@@ -259,3 +264,14 @@ def internvit_tiny(pretrained: str | None = None, select_layer: int = -1, image_
     """A tiny random InternViT (64 px, 8×8 patches, RMSNorm + qk norm) for tests."""
     return build("internvit_tiny", pretrained, select_layer, image_size, depth=depth, hidden_size=hidden_size,
                  mlp_size=2 * hidden_size)  # fmt: skip
+
+
+def internvit_tiny_pretrained(pretrained: str | None = "builtin", select_layer: int = -1,
+                              image_size: int | None = None) -> InternViT:  # fmt: skip
+    """A tiny InternViT (64 px, 8×8 patches, 4 layers, 64 wide) pre-trained on the synthetic scenes as
+    ``vision=tiny`` is (``tools/pretrain_tiny.py --only internvit``): the tiny encoder that exports as
+    InternVL-chat. ``pretrained``: ``builtin`` (the shipped file), a local .safetensors path, or null (random)."""
+    path = tiny_parts.HERE / tiny_parts.INTERNVIT_WEIGHTS if pretrained == "builtin" else pretrained
+    return build(
+        "internvit_tiny", path, select_layer, image_size, name="internvit_tiny_pretrained", **tiny_parts.INTERNVIT
+    )

@@ -1,7 +1,8 @@
 """The embedded tiny parts: architecture presets, tokenizer and chat templates, shipped weights.
 
 Weights and the tokenizer are produced by ``python tools/pretrain_tiny.py`` (deterministic for a
-given torch version and thread count); ``MANIFEST.json`` records their SHA-256 and the command.
+given torch version and thread count); ``MANIFEST.json`` records their SHA-256 and the command
+(``internvit.json`` does the same for the tiny InternViT, an optional part outside the default model).
 """
 
 from __future__ import annotations
@@ -28,6 +29,12 @@ WEIGHTS = {
     "instruct": "lm_instruct.safetensors",
     "reasoner": "lm_reasoner.safetensors",
 }
+# The pre-trained tiny InternViT (vision=internvit_tiny_pretrained; the "internvit_tiny" preset with these
+# numbers), the same size as VISION. It has its own provenance file, so MANIFEST.json, which pins the
+# default model's parts, stays as it was when this part was added.
+INTERNVIT = {"depth": 4, "hidden_size": 64, "mlp_size": 128}
+INTERNVIT_WEIGHTS = "internvit.safetensors"
+INTERNVIT_MANIFEST = "internvit.json"  # command, torch version, threads and the SHA-256 of INTERNVIT_WEIGHTS
 
 
 def template(style: str) -> str:
@@ -50,3 +57,7 @@ def sha256(path: Path) -> str:
 
 def manifest() -> dict[str, Any]:
     return json.loads((HERE / "MANIFEST.json").read_text())
+
+
+def internvit_manifest() -> dict[str, Any]:
+    return json.loads((HERE / INTERNVIT_MANIFEST).read_text())
