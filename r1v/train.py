@@ -55,6 +55,7 @@ def _train(cfg: DictConfig, container: dict[str, Any], registry: Any, run_dir: P
     import lightning as L
 
     from r1v.data.sampler import PadAware
+    from r1v.model.sources import part_sources
     from r1v.runtime.history import append_history, resume_changes
     from r1v.runtime.runs import (
         checkpoint_step,
@@ -117,6 +118,7 @@ def _train(cfg: DictConfig, container: dict[str, Any], registry: Any, run_dir: P
     if model.get("internvl"):  # the parts come from this folder (model.vision/adapter/backbone were ignored)
         prov["internvl"] = str(model["internvl"])
     prov["untrained_parts"] = untrained  # parts the stage expects trained that started untrained
+    prov["parts"] = part_sources(model, int(container["seed"]))  # where each part's starting weights come from
     if owner and not resuming:  # the first start's provenance stays (resumes: history.jsonl)
         write_json_atomic(run_dir / "run.json", prov)
     if once:  # a stage that runs once, outside Lightning (e.g. reassemble)

@@ -24,6 +24,7 @@ from r1v.core.config import compose
 from r1v.core.errors import ConfigError, WeightsError
 from r1v.core.registry import get_registry
 from r1v.model.build import build
+from r1v.model.sources import RANDOM_INIT
 from r1v.runtime.runs import weights_of
 from r1v.runtime.weights import fp32_rotary, load_into
 
@@ -66,6 +67,9 @@ def load_trainable(model: torch.nn.Module, checkpoint: str, refuse_unknown: bool
     ``refuse_unknown``, weights the model has no place for are refused in one line (inference loads whole models;
     a stage may load a checkpoint before it adds the part some of its weights belong to, e.g. a reward head)."""
     path = weights_of(checkpoint)
+    folder = run_folder_of(checkpoint)
+    if folder is not None and (folder / RANDOM_INIT).is_file():  # the run's frozen random parts, as it had them
+        load_into(model, folder / RANDOM_INIT, f"checkpoint {checkpoint} ({RANDOM_INIT})", strict=False)
     state = None
     if path.suffix == ".ckpt":
         state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]  # never unpickle code

@@ -40,6 +40,7 @@ from r1v.generation.choose import choose_engine
 from r1v.model import varlen
 from r1v.model.build import PARTS, apply_freeze, build
 from r1v.model.load import load_trainable
+from r1v.model.sources import RANDOM_INIT, random_frozen
 from r1v.rl.rewards import RewardRunner
 from r1v.runtime.faults import abort_run, maybe_die, poisoned
 from r1v.runtime.perf import Throughput
@@ -119,6 +120,28 @@ class LightningStage(L.LightningModule):
                 if not any(p.requires_grad for p in module.parameters()):
                     module.eval()
         return self
+
+    def on_fit_start(self) -> None:
+        self.save_random_init()
+
+    def save_random_init(self) -> None:
+        """Frozen weights that no file rebuilds (a part with ``pretrained=null``) are saved with the run, once, as
+        ``<run>/random_init.safetensors``: evaluation, export and later stages then load exactly these
+        (:func:`r1v.model.load.load_trainable`). Collective under ZeRO-3; rank 0 writes."""
+        names = random_frozen(self.model, self.cfg["model"], set(self.trainable))
+        path = Path(self.trainer.default_root_dir) / RANDOM_INIT
+        if not names or path.exists():  # a resumed run has it already
+            return
+        with full_state(self.model, set(names)) as state:
+            if self.trainer.is_global_zero:
+                tmp = path.with_name(f".{path.name}.tmp")
+                save_file(state, str(tmp))
+                tmp.replace(path)
+                parts = sorted({n.split(".")[0] for n in names})
+                log.warning("%s: no pretrained weights (pretrained=null), so the random initialisation (seed %s) is "
+                            "saved with the run as %s (%.1f MB): evaluation, export and later stages load exactly "
+                            "these weights", ", ".join(f"model.{p}" for p in parts), self.cfg.get("seed"), path.name,
+                            sum(t.nbytes for t in state.values()) / 1e6)  # fmt: skip
 
     # -- data ------------------------------------------------------------------------------------
     def attach_data(self, train: Dataset, val: Dataset | None) -> None:

@@ -21,9 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from safetensors import safe_open
+from safetensors.torch import save_file
 
 from r1v.core.registry import get_registry
 from r1v.model.build import ModelConfigError, build
+from r1v.model.load import run_folder_of
+from r1v.model.sources import RANDOM_INIT
 from r1v.runtime.runs import trained_weights, weights_of, write_json_atomic
 from r1v.runtime.weights import full_state
 
@@ -75,15 +78,18 @@ class Reassemble:
                         f"{tuple(own[key].shape)}{hint}"
                     )
                 carried[key] = tensor
-        model.load_state_dict(carried, strict=False)
+        random = self._random_init(source, own)
+        model.load_state_dict({**carried, **random}, strict=False)
+        if random:  # the source run's frozen random parts (not its old backbone) stay with the chain
+            with full_state(model, set(random)) as state:
+                save_file(state, str(run_dir / f".{RANDOM_INIT}.tmp"))
+                (run_dir / f".{RANDOM_INIT}.tmp").replace(run_dir / RANDOM_INIT)
         if skipped:
             log.warning("reassemble: %d weights of the old backbone were left behind (e.g. %s)", len(skipped),
                         skipped[0])  # fmt: skip
         out = trained_weights(run_dir)
         out.parent.mkdir(parents=True, exist_ok=True)
         with full_state(model, set(carried)) as state:
-            from safetensors.torch import save_file
-
             tmp = out.with_name(f".{out.name}.tmp")
             save_file(state, str(tmp))
             tmp.replace(out)
@@ -96,6 +102,19 @@ class Reassemble:
             "tokenizer_size": len(tok),
             "image_tokens": {t: tok.convert_tokens_to_ids(t) for t in ("<img>", "</img>", "<IMG_CONTEXT>")},
         }
+        report["random_init_carried"] = sorted(random)
         write_json_atomic(run_dir / "reassembly.json", report)
         log.info("reassembled %d tensors from %s onto %s", len(carried), source, report["backbone"])
         return report
+
+    @staticmethod
+    def _random_init(source: Path, own: Mapping[str, Any]) -> dict[str, Any]:
+        """The source run's saved random initialisation (:data:`r1v.model.sources.RANDOM_INIT`) of the parts the new
+        composition keeps (every part but the backbone), where the shapes fit."""
+        folder = run_folder_of(str(source))
+        path = folder / RANDOM_INIT if folder is not None else None
+        if path is None or not path.is_file():
+            return {}
+        with safe_open(str(path), framework="pt") as f:
+            names = [k for k in list(f.keys()) if not k.startswith("backbone.") and k in own]
+            return {k: f.get_tensor(k) for k in names if tuple(f.get_slice(k).get_shape()) == tuple(own[k].shape)}

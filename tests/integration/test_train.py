@@ -209,3 +209,33 @@ def test_gradient_accumulation_trains_like_one_batch_of_all_its_tokens(tmp_path)
     assert weights["big"].keys() == weights["acc"].keys()
     for k, v in weights["big"].items():
         torch.testing.assert_close(weights["acc"][k], v, rtol=0, atol=1e-5)
+
+
+def test_a_frozen_random_part_is_saved_with_the_run_and_loaded_back(tmp_path):
+    """vision=internvit_tiny has no pretrained weights and align keeps it frozen: its random draw is saved with the
+    run (random_init.safetensors), run.json says where each part came from, every load gets exactly those weights
+    whatever the RNG state, and re-assembly carries them on to the next stage."""
+    from safetensors.torch import load_file
+
+    import r1v
+
+    proc = run_cli(["run=rv", "vision=internvit_tiny", "stage.max_steps=2", "stage.val_every=1000", *FAST], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = tmp_path / "runs" / "rv"
+    saved = load_file(str(run / "random_init.safetensors"))
+    parts = json.loads((run / "run.json").read_text())["parts"]
+    assert parts["vision"] == {"name": "internvit_tiny", "source": "random init", "seed": 0}
+    assert parts["backbone"]["source"].startswith("builtin") and parts["adapter"]["source"] == "random init"
+    loaded = []
+    for seed in (1, 2):  # whatever the caller's RNG has drawn before
+        torch.manual_seed(seed)
+        loaded.append(dict(r1v.load(run, device="cpu").vlm.named_parameters()))
+    vision = sorted(n for n in loaded[0] if n.startswith("vision."))
+    assert sorted(saved) == vision  # the frozen random part, whole; the adapter is in the trained weights
+    for name in vision:
+        assert torch.equal(loaded[0][name], saved[name]) and torch.equal(loaded[1][name], saved[name]), name
+    proc = run_cli(["run=re", "stage=reassemble", "model=tiny_reasoner", "vision=internvit_tiny", f"checkpoint={run}"],
+                   tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    carried = load_file(str(tmp_path / "runs" / "re" / "random_init.safetensors"))
+    assert sorted(carried) == vision and all(torch.equal(carried[n], saved[n]) for n in vision)

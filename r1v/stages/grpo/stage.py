@@ -132,6 +132,7 @@ class GRPOStage(LightningStage):
         return self.resumable_loader(_Indexed(self.datasets["train"]), list)  # prompts stay Samples
 
     def on_fit_start(self) -> None:
+        super().on_fit_start()
         ssb = self.stage["ssb"]
         if ssb.get("prefilter"):
             self.prefilter(int(ssb.get("prefilter_pool") or len(self.datasets["train"])))
