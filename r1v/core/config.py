@@ -347,7 +347,11 @@ def _explain(err: Exception, overrides: list[str], groups: list[str]) -> str:
             continue
         if key.startswith("+"):
             break
-        base = compose("config", overrides=[x for x in overrides if x.split("=", 1)[0] != key])
+        kept = [x for x in overrides if x.split("=", 1)[0] != key]
+        try:
+            base = compose("config", overrides=kept)
+        except Exception:  # another override is bad too: explain this one against the groups chosen
+            base = compose("config", overrides=[x for x in kept if "." not in x.split("=", 1)[0]])
         parent, _, leaf = key.rpartition(".")
         node = _node(base, parent) if parent else base
         if node is None:

@@ -79,6 +79,14 @@ def test_misspelled_override_key():
     assert "'lrr' is not a key of stage" in msg and "did you mean 'lr'" in msg and "+stage.lrr" in msg
 
 
+def test_several_keys_the_stage_lacks_are_still_one_line():
+    """Keys another stage has (stage=reassemble has no batch size) give one line even when several are wrong."""
+    with pytest.raises(ConfigError) as e:
+        precheck_overrides(["stage=reassemble", "stage.batch_size=4", "stage.val_generate=0"])
+    msg = one_line(e)
+    assert "'batch_size' is not a key of stage (keys: name, trainable)" in msg
+
+
 def test_unknown_group_option():
     with pytest.raises(ConfigError) as e:
         precheck_overrides(["vision=tinyy"])
