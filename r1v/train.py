@@ -132,6 +132,7 @@ def _train(cfg: DictConfig, container: dict[str, Any], registry: Any, run_dir: P
     t0 = time.perf_counter()
     trainer.fit(stage, ckpt_path=str(ckpt) if ckpt else None)
     t1 = time.perf_counter()
+    stopped(trainer, container, run_dir)  # Ctrl-C / SIGTERM: checkpoint saved, no final weights, exit 128 + signal
     stage.export_trainable(trained_weights(run_dir))  # every rank: gathers under ZeRO-3
     log.info("set-up before fit %.1f s, fit %.1f s (checkpoints included), weights export %.1f s",
              t0 - started, t1 - t0, time.perf_counter() - t1)  # fmt: skip
@@ -141,6 +142,30 @@ def _train(cfg: DictConfig, container: dict[str, Any], registry: Any, run_dir: P
         if untrained:  # said again where the run's result is read
             log.warning("note: %s", untrained_note(container, untrained))
     return run_dir
+
+
+def stopped(trainer: Any, cfg: dict[str, Any], run_dir: Path) -> None:
+    """When a signal stopped the fit (:class:`r1v.runtime.stop.GracefulStop`): say where it stopped and how to go
+    on, then exit with 128 + the signal number (the run is not finished: no final weights)."""
+    import signal
+    import sys
+
+    from r1v.runtime.stop import GracefulStop
+
+    stop = next((c for c in trainer.callbacks if isinstance(c, GracefulStop)), None)
+    if stop is None or stop.saved is None:
+        return
+    if trainer.is_global_zero:
+        args = [a for a in sys.argv[1:] if not a.startswith(("resume=", "run="))]
+        command = " ".join([*args, f"run={cfg['run']}", "resume=auto"])
+        sys.stdout.flush()
+        name, saved = signal.Signals(stop.requested).name, os.path.relpath(stop.saved)
+        sys.stderr.write(f"r1v: stopped by {name} at step {stop.step}; checkpoint {saved} saved. Continue with: "
+                         f"python -m r1v.train {command}\n")  # fmt: skip
+        sys.stderr.flush()
+    for logger in trainer.loggers:
+        logger.save()
+    raise SystemExit(128 + int(stop.requested))
 
 
 @hydra.main(config_path=conf_dir(), config_name="config", version_base=None)

@@ -9,7 +9,8 @@ clean-up, no flush) at a named point:
   by every rank) is fully written to its temporary name but not yet renamed (the previous checkpoint must
   survive);
 - ``mid_rollout:n`` — in GRPO step n+1, after generation and before the rewards;
-- ``between_rounds:n`` — an iterative-SFT run, right after round n is recorded as finished.
+- ``between_rounds:n`` — an iterative-SFT run, right after round n is recorded as finished;
+- ``sigint:n`` — not a death: SIGINT to this process at the start of step n+1 (:mod:`r1v.runtime.stop`).
 
 ``R1V_POISON`` (below) injects failures that do not kill: a non-finite loss, a failing rollout engine.
 :func:`abort_run` is how a run ends after a failure that leaves the device unusable.
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 ENV = "R1V_FAULT_INJECT"
-POINTS = ("before_step", "after_step", "in_checkpoint_write", "mid_rollout", "between_rounds")
+POINTS = ("before_step", "after_step", "in_checkpoint_write", "mid_rollout", "between_rounds", "sigint")
 
 
 # R1V_POISON=nan_loss:3 (the loss of step 3) or nan_loss:3+ (of step 3 onwards); engine_error:2 makes the rollout

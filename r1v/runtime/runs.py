@@ -218,13 +218,14 @@ def _clean_interrupted(folder: Path) -> None:
 
 
 def latest_good_checkpoint(run_dir: Path) -> Path | None:
-    """``last.ckpt``, else the newest ``step*.ckpt`` (file or DeepSpeed folder) that passes
+    """The newest of ``last.ckpt`` and ``step*.ckpt`` (file or DeepSpeed folder) that passes
     :func:`check_checkpoint` (each bad one is named in a warning); leftovers of interrupted saves are
     removed."""
     folder = checkpoint_dir(run_dir)
     _clean_interrupted(folder)
-    steps = sorted(folder.glob("step*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
-    candidates = [p for p in [folder / LAST, *steps] if p.exists()]
+    # the newest first: a stop on a signal writes step<N>.ckpt after the last periodic last.ckpt
+    found = [p for p in [folder / LAST, *folder.glob("step*.ckpt")] if p.exists()]
+    candidates = sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
     for path in candidates:
         try:
             return check_checkpoint(path)

@@ -102,6 +102,7 @@ def build_trainer(cfg: dict[str, Any], run_dir: Path, resume_step: int | None = 
 
     from r1v.runtime.rng import RNGStates
     from r1v.runtime.runs import AtomicCheckpointIO, checkpoint_dir
+    from r1v.runtime.stop import GracefulStop
 
     stage = cfg["stage"]
     loggers = []
@@ -112,6 +113,7 @@ def build_trainer(cfg: dict[str, Any], run_dir: Path, resume_step: int | None = 
     callbacks = [
         LearningRateMonitor(logging_interval="step"),
         RNGStates(),  # every rank's torch/CUDA/numpy/python streams in the checkpoint, each rank's own restored
+        GracefulStop(checkpoint_dir(run_dir)),  # Ctrl-C / SIGTERM: a checkpoint at the step boundary, then stop
     ]
     if every > 0:
         callbacks.insert(0, ModelCheckpoint(dirpath=checkpoint_dir(run_dir), filename="step{step:06d}",

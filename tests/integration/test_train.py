@@ -239,3 +239,21 @@ def test_a_frozen_random_part_is_saved_with_the_run_and_loaded_back(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     carried = load_file(str(tmp_path / "runs" / "re" / "random_init.safetensors"))
     assert sorted(carried) == vision and all(torch.equal(carried[n], saved[n]) for n in vision)
+
+
+def test_ctrl_c_saves_a_checkpoint_at_the_step_boundary_and_says_how_to_continue(tmp_path):
+    """SIGINT mid-run (R1V_FAULT_INJECT=sigint:3): the step finishes, a checkpoint of it is written, the last line
+    is the resume command, exit 130, no final weights; that command continues to the end, each step logged once."""
+    args = ["run=c", "stage.max_steps=8", "stage.val_every=1000", "stage.ckpt_every=100", *FAST]
+    proc = run_cli(args, tmp_path, env={"R1V_FAULT_INJECT": "sigint:3"})
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("r1v: stopped by SIGINT at step 4; checkpoint runs/c/checkpoints/step000004.ckpt saved. "
+                           "Continue with: python -m r1v.train ")  # fmt: skip
+    assert last.endswith(" run=c resume=auto") and "Traceback" not in proc.stderr
+    run = tmp_path / "runs" / "c"
+    assert (run / "checkpoints" / "step000004.ckpt").is_file() and not (run / "final").exists()
+    command = last.split("Continue with: python -m r1v.train ", 1)[1].split()
+    resumed = run_cli(command, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert sorted(losses(run)) == list(range(8)) and (run / "final" / "trainable.safetensors").is_file()
