@@ -71,6 +71,9 @@ def _train(cfg: DictConfig, container: dict[str, Any], registry: Any, run_dir: P
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")  # frozen parts: on purpose
     warnings.filterwarnings("ignore", message=r".*no pre-optimization state was saved.*")  # GRPO: post-step is right
+    # resume is exact mid-epoch: the sampler continues at the checkpoint's sample (r1v.runtime.steps.DataPosition)
+    warnings.filterwarnings("ignore", message=r".*dataloader is not resumable.*")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "💡 Tip" not in r.getMessage())
     ckpt = resolve_resume(container.get("resume"), run_dir)
     first = run_dir / "config.yaml"
     resuming = ckpt is not None and first.is_file() and Path(ckpt).resolve().is_relative_to(run_dir.resolve())

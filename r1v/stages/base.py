@@ -122,7 +122,25 @@ class LightningStage(L.LightningModule):
         return self
 
     def on_fit_start(self) -> None:
+        if self.trainer.is_global_zero:
+            log.info("model: %s", self.summary())
         self.save_random_init()
+
+    def summary(self) -> str:
+        """Parameters per part and whether each trains, in one line (Lightning's own summary is switched off)."""
+
+        def count(params: list[Any]) -> int:
+            return sum(int(getattr(p, "ds_numel", 0) or p.numel()) for p in params)  # ZeRO-3: the whole tensor
+
+        parts, total, trained = [], 0, 0
+        for part in PARTS:
+            params = list(getattr(self.model, part).parameters())
+            n, t = count(params), count([p for p in params if p.requires_grad])
+            total, trained = total + n, trained + t
+            name = "internvl" if self.cfg["model"].get("internvl") else self.cfg["model"][part].get("name")
+            state = "trainable" if t == n else "frozen" if t == 0 else f"{t / 1e6:.2f}M trainable"
+            parts.append(f"{part} {name} {n / 1e6:.2f}M ({state})")
+        return f"{'; '.join(parts)}; {trained / 1e6:.2f}M of {total / 1e6:.2f}M parameters train"
 
     def save_random_init(self) -> None:
         """Frozen weights that no file rebuilds (a part with ``pretrained=null``) are saved with the run, once, as

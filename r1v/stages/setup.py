@@ -100,6 +100,7 @@ def build_trainer(cfg: dict[str, Any], run_dir: Path, resume_step: int | None = 
     from hydra.utils import instantiate
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
+    from r1v.runtime.progress import StepProgressBar
     from r1v.runtime.rng import RNGStates
     from r1v.runtime.runs import AtomicCheckpointIO, checkpoint_dir
     from r1v.runtime.stop import GracefulStop
@@ -115,6 +116,8 @@ def build_trainer(cfg: dict[str, Any], run_dir: Path, resume_step: int | None = 
         RNGStates(),  # every rank's torch/CUDA/numpy/python streams in the checkpoint, each rank's own restored
         GracefulStop(checkpoint_dir(run_dir)),  # Ctrl-C / SIGTERM: a checkpoint at the step boundary, then stop
     ]
+    if cfg["trainer"].get("enable_progress_bar", True):
+        callbacks.append(StepProgressBar())
     if every > 0:
         callbacks.insert(0, ModelCheckpoint(dirpath=checkpoint_dir(run_dir), filename="step{step:06d}",
                                             auto_insert_metric_name=False, every_n_train_steps=every, save_top_k=1,

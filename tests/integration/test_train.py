@@ -256,4 +256,6 @@ def test_ctrl_c_saves_a_checkpoint_at_the_step_boundary_and_says_how_to_continue
     command = last.split("Continue with: python -m r1v.train ", 1)[1].split()
     resumed = run_cli(command, tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    said = proc.stdout + proc.stderr + resumed.stdout + resumed.stderr
+    assert "dataloader is not resumable" not in said and "💡" not in said  # exact resume; no advertisement
     assert sorted(losses(run)) == list(range(8)) and (run / "final" / "trainable.safetensors").is_file()
