@@ -175,7 +175,22 @@ def stopped(trainer: Any, cfg: dict[str, Any], run_dir: Path) -> None:
 def _hydra_main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    exit_on_user_error(run, cfg, Path(HydraConfig.get().runtime.output_dir))
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        exit_on_user_error(run, cfg, run_dir)
+    except SystemExit as e:
+        if e.code:
+            remove_if_empty(run_dir)
+        raise
+
+
+def remove_if_empty(run_dir: Path) -> None:
+    """A run refused before it wrote anything leaves no folder behind (Hydra made it, with its log and
+    ``.hydra/``, before the checks ran); a folder with anything else in it is left alone."""
+    import shutil
+
+    if run_dir.is_dir() and not {p.name for p in run_dir.iterdir()} - {".hydra", "train.log", "run.lock"}:
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -185,6 +185,7 @@ def test_bad_throughput_knobs_are_one_line(tmp_path, override, message):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     (line,) = [x for x in proc.stderr.splitlines() if x.startswith("r1v: error:")]
     assert message in line
+    assert not (tmp_path / "runs" / "bad").exists()  # a refused run leaves no empty folder behind
 
 
 def test_gradient_accumulation_trains_like_one_batch_of_all_its_tokens(tmp_path):
