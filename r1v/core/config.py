@@ -56,11 +56,16 @@ def _first_call_time() -> str:
 
 
 def register_resolvers() -> None:
-    """The resolvers conf/ uses (``${r1v_run_name:…}``); idempotent, called by everything that composes."""
+    """The resolvers conf/ uses (``${r1v_run_name:…}``, and in ``hydra:`` ``${r1v_sweep_subdir:…}`` and
+    ``${r1v_app_groups:…}``, :mod:`r1v.core.resolvers`); idempotent, called by everything that composes."""
     from omegaconf import OmegaConf
 
-    if not OmegaConf.has_resolver("r1v_run_name"):
-        OmegaConf.register_new_resolver("r1v_run_name", default_run_name)
+    from r1v.core.resolvers import app_groups, sweep_subdir
+
+    for name, fn in (("r1v_run_name", default_run_name), ("r1v_sweep_subdir", sweep_subdir),
+                     ("r1v_app_groups", app_groups)):  # fmt: skip
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
 
 
 def conf_dir() -> str:
