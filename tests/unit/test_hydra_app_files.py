@@ -1,9 +1,11 @@
-"""What the Hydra apps show and where they write: ``--help`` lists only the groups r1v.train takes, and sweep jobs
-get flat bounded folder names."""
+"""What the Hydra apps show and where they write: ``--help`` lists only the groups r1v.train takes, sweep jobs get
+flat bounded folder names, and r1v.eval's log goes to the evaluation's folder, not the current one."""
 
 from __future__ import annotations
 
 import pytest
+
+from tests.conftest import run_cli
 
 
 def test_train_help_lists_its_groups_but_not_the_recipes(capsys, monkeypatch):
@@ -65,3 +67,17 @@ def test_the_sweep_subdir_composes_from_the_job_config(monkeypatch):
     with open_dict(cfg):
         cfg.hydra.job.num = 1
     assert OmegaConf.select(cfg, "hydra.sweep.subdir") == "1_lr-3e-3+checkpoint-runs-re"
+
+
+def test_eval_writes_its_log_into_the_evaluation_folder_not_the_current_one(tmp_path):
+    """A run folder (its config.yaml and run.json mark it) and an option error that stops r1v.eval right after
+    Hydra has set up its log: eval.log is in <run>/eval/<benchmark>/, none in the current folder."""
+    run, cwd = tmp_path / "run", tmp_path / "cwd"
+    run.mkdir()
+    cwd.mkdir()
+    (run / "config.yaml").write_text("{}\n")
+    (run / "run.json").write_text("{}\n")
+    proc = run_cli([f"checkpoint={run}", "prompt=chatty"], cwd, module="r1v.eval")
+    assert proc.returncode == 2 and "prompt=chatty: not a prompt style" in proc.stderr
+    assert sorted(p.name for p in cwd.iterdir()) == []
+    assert (run / "eval" / "synthetic" / "eval.log").is_file()
