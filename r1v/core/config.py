@@ -230,14 +230,14 @@ def _option_yaml(cfg: Mapping[str, Any], dotted: str, root: str | Path | None = 
     ``stage.rollout`` under stage=grpo), or None (no such file or node)."""
     top, _, rest = dotted.partition(".")
     node = cfg.get(top)
-    if top not in TYPED_NODES or not isinstance(node, Mapping):
+    if top not in TYPED_NODES or not rest or not isinstance(node, Mapping):
         return None
     path = Path(root or conf_dir()) / top / f"{TYPED_NODES[top] or node.get('name')}.yaml"
     if not path.is_file():
         return None
     from omegaconf import OmegaConf
 
-    found = _node(OmegaConf.to_container(OmegaConf.load(path)), rest) if rest else None  # type: ignore[arg-type]
+    found = _node(OmegaConf.to_container(OmegaConf.load(path)), rest)  # type: ignore[arg-type]
     return found if isinstance(found, Mapping) else None
 
 
