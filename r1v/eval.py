@@ -15,14 +15,30 @@ from r1v.core.config import ConfigError, conf_dir, hydra_entry, register_resolve
 from r1v.core.registry import get_registry
 
 log = logging.getLogger("r1v.eval")
+
+
+def eval_out(checkpoint: str | None, out: str | None, benchmark: str) -> str:
+    """Where an evaluation writes its results and its log (``eval.log``, Hydra's job log: conf/eval.yaml sets
+    ``hydra.run.dir`` to this): ``out``, else ``<the checkpoint's run folder>/eval/<benchmark>``, else
+    ``eval/<benchmark>``."""
+    if out:
+        return str(out)
+    from r1v.model.load import run_folder_of
+
+    base = (run_folder_of(checkpoint) if checkpoint else None) or Path(".")
+    return str(base / "eval" / str(benchmark))
+
+
 register_resolvers()  # the composed config names the run by ${r1v_run_name:…}
+if not OmegaConf.has_resolver("r1v_eval_out"):
+    OmegaConf.register_new_resolver("r1v_eval_out", eval_out)
 
 
 def run_eval(cfg: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     from r1v.core.config import build_plugin
     from r1v.evaluation.harness import evaluate, table
     from r1v.generation.choose import choose_engine
-    from r1v.model.load import autocast, load_for_inference, run_folder_of, stage_device
+    from r1v.model.load import autocast, load_for_inference, stage_device
 
     registry = get_registry()
     knobs = {"path": cfg.get("path"), "limit": cfg.get("limit"), **(cfg.get("benchmark_knobs") or {})}
@@ -46,9 +62,7 @@ def run_eval(cfg: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     greedy = n == 1
     knobs = {} if greedy else {"temperature": float(cfg["temperature"]), "top_p": float(cfg["top_p"])}
     engine, _ = choose_engine(model, "hf", **knobs)  # transformers' generate: the reference decoding for scores
-    ckpt = cfg.get("checkpoint")
-    base = (run_folder_of(ckpt) if ckpt else None) or Path(".")
-    out = Path(cfg["out"]) if cfg.get("out") else base / "eval" / str(cfg["benchmark"])
+    out = Path(eval_out(cfg.get("checkpoint"), cfg.get("out"), str(cfg["benchmark"])))
     with autocast(cfg, stage_device(cfg)):
         summary = evaluate(model, processor, engine, items, out, n_samples=n, ks=ks,
                            max_new_tokens=int(cfg["max_new_tokens"]), batch_size=int(cfg["batch_size"]),

@@ -56,11 +56,16 @@ def _first_call_time() -> str:
 
 
 def register_resolvers() -> None:
-    """The resolvers conf/ uses (``${r1v_run_name:…}``); idempotent, called by everything that composes."""
+    """The resolvers conf/ uses (``${r1v_run_name:…}``, and in ``hydra:`` ``${r1v_sweep_subdir:…}`` and
+    ``${r1v_app_groups:…}``, :mod:`r1v.core.resolvers`); idempotent, called by everything that composes."""
     from omegaconf import OmegaConf
 
-    if not OmegaConf.has_resolver("r1v_run_name"):
-        OmegaConf.register_new_resolver("r1v_run_name", default_run_name)
+    from r1v.core.resolvers import app_groups, sweep_subdir
+
+    for name, fn in (("r1v_run_name", default_run_name), ("r1v_sweep_subdir", sweep_subdir),
+                     ("r1v_app_groups", app_groups)):  # fmt: skip
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
 
 
 def conf_dir() -> str:
@@ -196,7 +201,8 @@ def validate(cfg: Mapping[str, Any], registry: Registry) -> None:
         except RegistryError as e:
             raise ConfigError(f"{dotted}.name: {e}") from None
         fixed = ADAPTER_FIXED if kind == "adapter" else DATASET_FIXED if kind == "dataset" else ()
-        knobs = {k: v for k, v in node.items() if k not in reserved}
+        left_out = other_plugins_defaults(cfg, dotted, entry)
+        knobs = {k: v for k, v in node.items() if k not in reserved and k not in left_out}
         try:
             entry.check_knobs(knobs, where=dotted, fixed=fixed)
         except RegistryError as e:
@@ -217,6 +223,36 @@ def validate(cfg: Mapping[str, Any], registry: Registry) -> None:
         weight = node.get("weight", 1.0)
         if isinstance(weight, bool) or not isinstance(weight, int | float):
             raise ConfigError(f"rewards.{key}.weight={weight!r}: expected a number (reward '{entry.name}')")
+
+
+def _option_yaml(cfg: Mapping[str, Any], dotted: str, root: str | Path | None = None) -> Mapping[str, Any] | None:
+    """The node ``dotted`` as the chosen option's YAML file writes it (``rollout`` of conf/stage/grpo.yaml for
+    ``stage.rollout`` under stage=grpo), or None (no such file or node)."""
+    top, _, rest = dotted.partition(".")
+    node = cfg.get(top)
+    if top not in TYPED_NODES or not rest or not isinstance(node, Mapping):
+        return None
+    path = Path(root or conf_dir()) / top / f"{TYPED_NODES[top] or node.get('name')}.yaml"
+    if not path.is_file():
+        return None
+    from omegaconf import OmegaConf
+
+    found = _node(OmegaConf.to_container(OmegaConf.load(path)), rest)  # type: ignore[arg-type]
+    return found if isinstance(found, Mapping) else None
+
+
+def other_plugins_defaults(cfg: Mapping[str, Any], dotted: str, entry: Any) -> set[str]:
+    """Keys of the plugin node ``dotted`` that its option's YAML wrote for the plugin it names by default and that
+    the chosen one (``entry``) does not take: left out, not refused, while they keep the YAML's value. So
+    ``stage.rollout.name=hf`` works although conf/stage/grpo.yaml sets the static engine's ``compile``, ``window``
+    …; a value the user changed is theirs, and still refused by the chosen plugin."""
+    node, default = _node(cfg, dotted), _option_yaml(cfg, dotted)
+    if not isinstance(node, Mapping) or default is None or default.get("name") == entry.name:
+        return set()
+    if entry.accepts_any_knob():
+        return set()
+    takes = set(entry.knobs())
+    return {k for k, v in node.items() if k != "name" and k not in takes and k in default and default[k] == v}
 
 
 # config node -> how its option is named (the node's ``name``, or a fixed option): their YAML defaults are the types
@@ -279,9 +315,17 @@ def _check_node(node: Mapping[str, Any], defaults: Mapping[str, Any], where: str
 def build_plugin(registry: Registry, kind: str, node: Mapping[str, Any], where: str,
                  reserved: tuple[str, ...] = ("name",)) -> Any:  # fmt: skip
     """The plugin a config node names, built with the node's knobs; a factory that refuses a knob value
-    (ValueError) becomes one line naming the node."""
+    (ValueError) becomes one line naming the node. On a node :func:`validate` checks (``where`` is one of
+    :data:`PLUGIN_NODES` / :data:`OPTIONAL_PLUGIN_NODES`), knobs the plugin does not take are left out: validate
+    refused any such knob the user set, so what is left are the YAML's knobs of the default plugin
+    (:func:`other_plugins_defaults`)."""
+    knobs = {k: v for k, v in node.items() if k not in reserved}
+    if where in PLUGIN_NODES or where in OPTIONAL_PLUGIN_NODES:
+        entry = registry.get(kind, str(node["name"]))
+        if not entry.accepts_any_knob():
+            knobs = {k: v for k, v in knobs.items() if k in entry.knobs()}
     try:
-        return registry.build(kind, str(node["name"]), **{k: v for k, v in node.items() if k not in reserved})
+        return registry.build(kind, str(node["name"]), **knobs)
     except ValueError as e:
         raise ConfigError(f"{where}: {e}") from None
 
