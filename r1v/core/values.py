@@ -29,7 +29,7 @@ from r1v.core.registry import did_you_mean
 # (it then means "not set").
 RANGES: dict[str, str] = {
     # optimisation (every training stage)
-    "stage.lr": ">= 0; 0: the weights stay as they are, e.g. a probe of the forward only",
+    "stage.lr": ">= 0; 0: the weights stay as they are",
     "stage.lrs": "> 0",
     "stage.weight_decay": ">= 0",
     "stage.warmup_ratio": "[0, 1); a share of max_steps",

@@ -39,7 +39,7 @@ def test_a_bad_value_stops_python_m_r1v_train_with_one_line_before_anything_is_b
 
 
 @pytest.mark.parametrize(("overrides", "line"), [
-    (["stage.lr=-0.001"], "stage.lr=-0.001: must be >= 0 (0: the weights stay as they are, e.g. a probe of the forward only)"),
+    (["stage.lr=-0.001"], "stage.lr=-0.001: must be >= 0 (0: the weights stay as they are)"),
     (["stage.warmup_ratio=1"], "stage.warmup_ratio=1: must be in [0, 1) (a share of max_steps)"),
     (["stage.betas=[0.9,1.0]"], "stage.betas=[0.9, 1.0]: each value must be in [0, 1); 1.0 is not"),
     (["stage.val_every=null"], "stage.val_every=null: must be >= 1 (null is not allowed here)"),
