@@ -63,6 +63,9 @@ def compose():
     register_plugin_configs(get_registry())
 
     def _compose(*overrides: str) -> dict:
+        from r1v.core.config import plugin_knob_overrides
+
+        overrides = tuple(plugin_knob_overrides(list(overrides)))  # as python -m r1v.train does
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=conf_dir(), version_base=None):
             cfg = hydra_compose("config", overrides=list(overrides))

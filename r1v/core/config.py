@@ -416,6 +416,34 @@ def _explain(err: Exception, overrides: list[str], groups: list[str]) -> str:
     return "config: " + " ".join(msg.split())
 
 
+def plugin_knob_overrides(overrides: list[str], config: str = "config") -> list[str]:
+    """``stage.length.repetition_penalty=1.3`` for a knob the chosen plugin's factory takes but its config node does
+    not list (the node holds only ``name``): Hydra would ask for ``+``; the knob is the plugin's, so it is added."""
+    nodes = {**PLUGIN_NODES, **OPTIONAL_PLUGIN_NODES}
+    candidates = [o for o in overrides if not o.startswith(("+", "~")) and "=" in o
+                  and o.split("=", 1)[0].rpartition(".")[0] in nodes
+                  and o.split("=", 1)[0].rpartition(".")[2] != "name"]  # fmt: skip
+    if not candidates:
+        return overrides
+    try:
+        base = compose([o for o in overrides if o not in candidates and "=" in o
+                        and not o.startswith(("-", "hydra"))], config)  # fmt: skip
+    except Exception:  # the other overrides are wrong: precheck_overrides says so in one line
+        return overrides
+    registry = get_registry()
+    out = []
+    for o in overrides:
+        if o in candidates:
+            parent, _, leaf = o.split("=", 1)[0].rpartition(".")
+            node = _node(base, parent)
+            kind = nodes[parent][0]
+            if isinstance(node, Mapping) and leaf not in node and node.get("name") in registry.names(kind) \
+                    and leaf in registry.get(kind, node["name"]).knobs():  # fmt: skip
+                o = "+" + o
+        out.append(o)
+    return out
+
+
 def hydra_entry(hydra_main: Any, config: str, argv: list[str] | None = None) -> None:
     """The shared front of ``python -m r1v.train`` / ``r1v.eval`` / ``r1v.recipe``: register plugin configs,
     pre-check the overrides against ``config`` (one-line errors, exit 2), then hand over to Hydra."""
@@ -426,6 +454,8 @@ def hydra_entry(hydra_main: Any, config: str, argv: list[str] | None = None) -> 
     argv = sys.argv[1:] if argv is None else argv
     try:
         register_plugin_configs(get_registry())
+        if "-m" not in argv and "--multirun" not in argv:
+            argv = plugin_knob_overrides(argv, config)
         if not any(a in ("--help", "-h", "--hydra-help", "--info", "--shell-completion", "-sc") for a in argv):
             precheck_overrides([a for a in argv if "=" in a and not a.startswith(("-", "hydra"))], config=config)
     except (ConfigError, RegistryError) as e:
@@ -447,6 +477,7 @@ def compose(overrides: list[str], config: str = "config") -> dict[str, Any]:
     register_resolvers()
     registry = get_registry()
     register_plugin_configs(registry)
+    overrides = plugin_knob_overrides(list(overrides), config)
     precheck_overrides(overrides, config)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=conf_dir(), version_base=None):

@@ -17,21 +17,21 @@ def ov(stage: str, *args: str) -> str:
     return f"+recipe.overrides.{stage}=[" + ",".join(f"'{a}'" for a in args) + "]"
 
 
-SHORT = [
+SHORT = [  # every stage as short as lineage, evaluation, report and resume need (learning is tested elsewhere)
     "recipe=r1v",
-    "recipe.eval.limit=16",
-    ov("align", "stage.max_steps=60", "stage.val_every=60"),
-    ov("distill", "distill.limit=96"),
-    ov("sft", "stage.max_steps=20", "stage.val_every=20"),
+    "recipe.eval.limit=8",
+    ov("align", "stage.max_steps=30", "stage.val_every=30", "stage.val_generate=8"),
+    ov("distill", "distill.limit=48"),
+    ov("sft", "stage.max_steps=10", "stage.val_every=10", "stage.val_generate=8"),
     ov(
         "iterative_sft",
         "stage.taus=[3]",
         "stage.lrs=[2e-4]",
-        "distill.limit=48",
-        "stage.errors.pool=32",
-        "stage.max_steps_per_round=5",
+        "distill.limit=32",
+        "stage.errors.pool=16",
+        "stage.max_steps_per_round=3",
     ),
-    ov("grpo", "stage.max_steps=3", "stage.val_every=3", "stage.val_generate=8", "stage.batch_size=4"),
+    ov("grpo", "stage.max_steps=2", "stage.val_every=2", "stage.val_generate=4", "stage.batch_size=4"),
 ]
 
 
@@ -45,11 +45,11 @@ def test_short_r1v_recipe_lineage_report_and_resume(tmp_path):
     sft = state["stages"]["sft"]
     assert sft["checkpoint"] == str(folder / "reassemble")  # lineage: where it started, on what data
     assert f"data.train={folder / 'distill'}/distilled.jsonl" in sft["data"]
-    assert "stage.max_steps=20" in sft["args"]
+    assert "stage.max_steps=10" in sft["args"]
     assert state["stages"]["distill"]["eval"] is None  # data only: nothing to evaluate
     for name in ("align", "reassemble", "sft", "iterative_sft", "grpo"):
         ev = state["stages"][name]["eval"]
-        assert ev["questions"] == 16 and 0 <= ev["pass@1"] <= 100, name
+        assert ev["questions"] == 8 and 0 <= ev["pass@1"] <= 100, name
     report = (folder / "report.md").read_text()
     assert "| 6 | grpo | iterative_sft |" in report and (folder / "plots" / "stages.png").is_file()
     assert (folder / "plots" / "grpo" / "reward.png").is_file()
@@ -58,7 +58,7 @@ def test_short_r1v_recipe_lineage_report_and_resume(tmp_path):
     said = again.stdout + again.stderr  # Hydra's logging goes to stdout
     assert again.returncode == 0 and said.count("finished earlier; skipped") == 6, said[-2000:]
 
-    changed = run_cli([*SHORT[:1], "recipe.eval.limit=8", *SHORT[2:], "run=r", "resume=auto"], tmp_path,
+    changed = run_cli([*SHORT[:1], "recipe.eval.limit=4", *SHORT[2:], "run=r", "resume=auto"], tmp_path,
                       module="r1v.recipe")  # fmt: skip
     assert changed.returncode == 2
     line = changed.stderr.strip().splitlines()[-1]

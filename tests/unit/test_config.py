@@ -230,3 +230,17 @@ def test_a_finished_run_names_the_commands_to_run_next(compose, tmp_path):
     sft = next_steps(compose("stage=sft", "model=tiny_reasoner"), tmp_path / "s")
     assert sft[2].startswith(f"python -m r1v.train stage=grpo model=tiny_reasoner checkpoint={tmp_path}/s ")
     assert len(next_steps(compose("stage=grpo", "model=tiny_reasoner"), tmp_path / "g")) == 2  # the chain's end
+
+
+def test_a_plugins_own_knobs_need_no_plus(compose):
+    """``stage.length`` holds only ``name``; a knob of the chosen controller's factory is accepted as it is, and a
+    word that is no knob of it is still one line."""
+    cfg = compose("stage=grpo", "stage.length.name=fixed", "stage.length.repetition_penalty=1.3")
+    assert cfg["stage"]["length"] == {"name": "fixed", "repetition_penalty": 1.3}
+    from r1v.core.config import compose as r1v_compose
+
+    assert r1v_compose(["stage=grpo", "stage.length.name=fixed", "stage.length.repetition_penalty=1.3"])["stage"][
+        "length"] == {"name": "fixed", "repetition_penalty": 1.3}  # fmt: skip
+    with pytest.raises(ConfigError) as e:
+        r1v_compose(["stage=grpo", "stage.length.name=fixed", "stage.length.penalty=1.3"])
+    assert "'penalty' is not a key of stage.length" in one_line(e)

@@ -293,7 +293,7 @@ def _grpo(compose, *overrides):
 def test_a_length_controllers_sampling_knobs_reach_every_rollout(compose):
     """``sampling_params`` is asked for every prompt, not only for rows with distillation scores: a fixed
     repetition penalty reaches the engine for each of the G completions of plain synthetic prompts."""
-    stage, samples = _grpo(compose, "stage.length.name=fixed", "+stage.length.repetition_penalty=1.3")
+    stage, samples = _grpo(compose, "stage.length.name=fixed", "stage.length.repetition_penalty=1.3")
     stage.rollout(samples)
     assert stage.engine.params == [[{"repetition_penalty": 1.3}] * 4]
     plain, _ = _grpo(compose)  # a controller without knobs: the engine's plain path
