@@ -77,6 +77,8 @@ class ImageNecessity:
     reference answer is without the images (mean NLL per token without − with; ≥ 0 in practice).
     Questions answerable from the text alone score near 0."""
 
+    needs_model = True  # runs the live model: scored in the training process (no process isolation)
+
     scale = "unbounded"
 
     def __init__(self, target: str) -> None:
@@ -135,6 +137,8 @@ class QuestionText:
 class ModelDifficulty:
     """Difficulty judged by the model itself: mean NLL per token of the reference answer given image
     and question (unbounded; min-max normalised with the rest)."""
+
+    needs_model = True  # runs the live model: scored in the training process (no process isolation)
 
     scale = "unbounded"
 
@@ -204,6 +208,8 @@ class ChainRules:
 class ModelLikelihood:
     """The model itself as reward model: minus the mean NLL per token of the sample's chain and answer.
     Unbounded (a log-likelihood), so use it with ``rm.calibration=quantile``."""
+
+    needs_model = True  # runs the live model: scored in the training process (no process isolation)
 
     scale = "unbounded"
 

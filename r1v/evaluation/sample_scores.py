@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import pickle
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -30,16 +31,84 @@ CALIBRATIONS = ("none", "quantile")
 DEFAULT_QUANTILES = (1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6)
 
 
+ISOLATIONS = ("process", "inline")
+
+
+def _score_in_worker(scorer: Any, samples: list[Sample]) -> list[float]:
+    return [float(v) for v in scorer.score(samples, ScoreContext())]
+
+
+class ScorerPool:
+    """Worker processes for the scorers that do not need the live model (``needs_model`` unset): a call stuck in C
+    code (a regular expression, an image decoder) is killed at its time limit, which SIGALRM in the training
+    process cannot do. Scorers that run the model (``needs_model = True``) and scorers that cannot be pickled
+    (said once) score in the training process, under SIGALRM's limit on Python code."""
+
+    def __init__(self, workers: int = 2) -> None:
+        self.workers = workers
+        self._pool: Any = None
+        self._inline: set[str] = set()
+
+    def isolates(self, name: str, scorer: Any) -> bool:
+        """Whether ``scorer`` runs in a worker process."""
+        if getattr(scorer, "needs_model", False) or name in self._inline:
+            return False
+        try:
+            pickle.dumps(scorer)
+        except Exception as e:
+            self._inline.add(name)
+            log.warning("scorer %s cannot be sent to a worker process (%s: %s); it scores in the training process, "
+                        "where a call stuck in C code cannot be interrupted", name, type(e).__name__, e)  # fmt: skip
+            return False
+        return True
+
+    def score(self, scorer: Any, samples: list[Sample], timeout_s: float | None) -> list[float]:
+        """``scorer.score(samples)`` in a worker; past ``timeout_s`` the workers are killed and TimeoutError raised."""
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures import TimeoutError as FutureTimeout
+
+        from r1v.rl.rewards import die_with_parent
+
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
+                                             initializer=die_with_parent)  # fmt: skip
+        future = self._pool.submit(_score_in_worker, scorer, samples)
+        try:
+            return future.result(timeout=timeout_s)
+        except FutureTimeout:
+            self.close(kill=True)
+            raise TimeoutError(f"no result within {timeout_s:g} s (worker killed)") from None
+
+    def close(self, kill: bool = False) -> None:
+        if self._pool is None:
+            return
+        if kill:
+            for proc in list((getattr(self._pool, "_processes", None) or {}).values()):
+                proc.kill()
+        self._pool.shutdown(wait=kill, cancel_futures=True)
+        self._pool = None
+
+
 def run_scorer(name: str, scorer: Any, samples: list[Sample], ctx: ScoreContext, failures: Counter[str],
-               policy: str = "keep", timeout_s: float | None = None) -> list[float | None]:  # fmt: skip
+               policy: str = "keep", timeout_s: float | None = None,
+               pool: ScorerPool | None = None) -> list[float | None]:  # fmt: skip
     """Scores of ``samples``; a batch that raises (or runs past ``timeout_s`` per sample) is retried sample by
     sample, and a sample that still fails (raises, times out, gives NaN or inf) yields None and is counted in
-    ``failures[name]`` — unless ``policy=error``."""
+    ``failures[name]`` — unless ``policy=error``. With ``pool``, a scorer that does not need the model scores in a
+    worker process (:class:`ScorerPool`)."""
     from r1v.rl.rewards import time_limit
 
+    isolated = pool is not None and pool.isolates(name, scorer)
+
+    def call(batch: list[Sample], limit: float | None) -> list[float]:
+        if isolated:
+            return pool.score(scorer, batch, limit)  # type: ignore[union-attr]
+        with time_limit(limit):
+            return [float(v) for v in scorer.score(batch, ctx)]
+
     try:
-        with time_limit(timeout_s * len(samples) if timeout_s else None):
-            values = [float(v) for v in scorer.score(samples, ctx)]
+        values = call(samples, timeout_s * len(samples) if timeout_s else None)
         if len(values) != len(samples):
             raise ScoringError(f"scorer '{name}' returned {len(values)} scores for {len(samples)} samples")
     except ScoringError:
@@ -48,8 +117,7 @@ def run_scorer(name: str, scorer: Any, samples: list[Sample], ctx: ScoreContext,
         values = []
         for s in samples:
             try:
-                with time_limit(timeout_s):
-                    values.append(float(scorer.score([s], ctx)[0]))
+                values.append(call([s], timeout_s)[0])
             except Exception as e:
                 if policy == "error":
                     raise ScoringError(f"scorer '{name}' failed on sample {s.id}: {type(e).__name__}: {e} (set "

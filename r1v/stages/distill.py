@@ -39,7 +39,16 @@ from r1v.core.interfaces import ScoreContext
 from r1v.core.registry import Registry, get_registry
 from r1v.data.datasets import image_refs
 from r1v.evaluation.answers import chain_of, equivalent, extract_answer
-from r1v.evaluation.sample_scores import SCORER_POLICIES, ScoringError, batches, impute_mean, minmax, run_scorer
+from r1v.evaluation.sample_scores import (
+    ISOLATIONS,
+    SCORER_POLICIES,
+    ScorerPool,
+    ScoringError,
+    batches,
+    impute_mean,
+    minmax,
+    run_scorer,
+)
 from r1v.runtime.runs import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -77,17 +86,24 @@ def build_plugins(dcfg: Mapping[str, Any], registry: Registry | None = None) -> 
 
 
 def score_dataset(dataset: Any, indices: list[int], plugins: DistillPlugins, ctx: ScoreContext, policy: str,
-                  batch_size: int, timeout: float | None = None,
+                  batch_size: int, timeout: float | None = None, isolation: str = "inline",
                   ) -> tuple[dict[str, list[float | None]], Counter[str]]:  # fmt: skip
     """Raw part scores for ``indices`` (None where a scorer failed) and failure counts per part."""
     if policy not in SCORER_POLICIES:
         raise ScoringError(f"distill.on_scorer_error: '{policy}' is not allowed (use {', '.join(SCORER_POLICIES)})")
+    if isolation not in ISOLATIONS:
+        raise ScoringError(f"distill.scorer_isolation: '{isolation}' is not allowed (use {', '.join(ISOLATIONS)})")
     raw: dict[str, list[float | None]] = {part: [] for part in plugins.scorers}
     failures: Counter[str] = Counter()
-    for chunk in batches(indices, batch_size):
-        samples = [dataset[i] for i in chunk]
-        for part, (_, scorer) in plugins.scorers.items():
-            raw[part].extend(run_scorer(part, scorer, samples, ctx, failures, policy, timeout))
+    pool = ScorerPool() if isolation == "process" else None
+    try:
+        for chunk in batches(indices, batch_size):
+            samples = [dataset[i] for i in chunk]
+            for part, (_, scorer) in plugins.scorers.items():
+                raw[part].extend(run_scorer(part, scorer, samples, ctx, failures, policy, timeout, pool))
+    finally:
+        if pool is not None:
+            pool.close()
     return raw, failures
 
 
@@ -117,7 +133,7 @@ def distill(dataset: Any, indices: list[int], ctx: ScoreContext, plugins: Distil
     policy = str(dcfg.get("on_scorer_error", "keep"))
     batch_size = int(dcfg.get("batch_size", 32))
     raw, failures = score_dataset(dataset, indices, plugins, ctx, policy, batch_size,
-                                  dcfg.get("scorer_timeout_s"))  # fmt: skip
+                                  dcfg.get("scorer_timeout_s"), str(dcfg["scorer_isolation"]))  # fmt: skip
     n = len(indices)
     groups = group_scores(raw, {p: g for p, (g, _) in plugins.scorers.items()}, n)
     failed_parts = [[p for p in raw if raw[p][k] is None] for k in range(n)]

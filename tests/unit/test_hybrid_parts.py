@@ -387,3 +387,28 @@ def test_model_likelihood_is_minus_reasoning_nll(registry, tiny_vlm, one_thread)
     assert all(v < 0 for v in values)
     with pytest.raises(ScoringError, match="needs the model"):
         registry.build("scorer", "model_likelihood").score(samples, ScoreContext())
+
+
+def test_a_scorer_stuck_in_c_code_is_killed_at_its_limit_in_a_worker_process():
+    """SIGALRM only interrupts Python code; a scorer that does not need the model scores in a worker process
+    (distill.scorer_isolation=process), which is killed at the time limit: the sample counts as failed, the
+    pool is rebuilt for the next scorer, and a scorer that runs the model stays in the training process."""
+    import time
+
+    from r1v.evaluation.sample_scores import ScorerPool
+    from tests.unit.scorer_fixtures import Fine, StuckInC
+
+    samples = [generate(i, "train")[0] for i in range(2)]
+    pool, failures = ScorerPool(workers=1), Counter()
+    try:
+        start = time.perf_counter()
+        out = run_scorer("stuck", StuckInC(), samples, ScoreContext(), failures, "keep", 1.0, pool)
+        assert out == [None, None] and failures["stuck"] == 2
+        assert time.perf_counter() - start < 30  # the batch and each sample: killed at 2 s, 1 s, 1 s (+ start-ups)
+        assert run_scorer("fine", Fine(), samples, ScoreContext(), failures, "keep", 30.0, pool) == [
+            float(len(s.question)) for s in samples]  # fmt: skip
+        model_scorer = Fine()
+        model_scorer.needs_model = True
+        assert not pool.isolates("m", model_scorer) and pool.isolates("f", Fine())
+    finally:
+        pool.close(kill=True)
