@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +139,8 @@ def _train(cfg: DictConfig, container: dict[str, Any], registry: Any, run_dir: P
     t1 = time.perf_counter()
     stopped(trainer, container, run_dir)  # Ctrl-C / SIGTERM: checkpoint saved, no final weights, exit 128 + signal
     stage.export_trainable(trained_weights(run_dir))  # every rank: gathers under ZeRO-3
+    if owner and getattr(getattr(stage, "position", None), "skipped_rows", None):
+        record_training_skips(run_dir, data_summary, Counter(stage.position.skipped_rows.values()))
     log.info("set-up before fit %.1f s, fit %.1f s (checkpoints included), weights export %.1f s",
              t0 - started, t1 - t0, time.perf_counter() - t1)  # fmt: skip
     if trainer.is_global_zero:
@@ -145,6 +149,22 @@ def _train(cfg: DictConfig, container: dict[str, Any], registry: Any, run_dir: P
         if untrained:  # said again where the run's result is read
             log.warning("note: %s", untrained_note(container, untrained))
     return run_dir
+
+
+def record_training_skips(run_dir: Path, data_summary: dict[str, Any], kinds: Mapping[str, int]) -> None:
+    """Add the rows the training loader skipped (too long, undecodable; each once, as this rank saw them) to
+    run.json's ``data.train.skipped``, beside the bad rows found when the data was read."""
+    import json
+
+    from r1v.runtime.runs import write_json_atomic
+
+    path = run_dir / "run.json"
+    if "train" not in data_summary or not path.is_file():
+        return
+    run = json.loads(path.read_text())
+    run.setdefault("data", {}).setdefault("train", {})["skipped"] = dict(Counter(data_summary["train"]["skipped"])
+                                                                         + Counter(kinds))  # fmt: skip
+    write_json_atomic(path, run)
 
 
 def stopped(trainer: Any, cfg: dict[str, Any], run_dir: Path) -> None:

@@ -21,7 +21,7 @@ PLUGIN_NODES: dict[str, tuple[str, tuple[str, ...]]] = {
     "model.vision": ("vision", ("name",)),
     "model.adapter": ("adapter", ("name",)),
     "model.backbone": ("backbone", ("name",)),
-    "data": ("dataset", ("name", "loader")),
+    "data": ("dataset", ("name", "loader", "max_tokens")),
 }
 # plugin nodes that only some configs have (checked when present)
 OPTIONAL_PLUGIN_NODES: dict[str, tuple[str, tuple[str, ...]]] = {

@@ -79,5 +79,15 @@ def exit_on_user_error(fn: Callable[..., _T], *args: Any) -> _T:
     try:
         return fn(*args)
     except USER_ERRORS as e:
-        print(f"r1v: error: {e}", file=sys.stderr)
+        print(f"r1v: error: {one_line(e)}", file=sys.stderr)
         sys.exit(2)
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message; raised in a data-loader worker, torch re-raises it as "Caught X in DataLoader worker
+    …" plus the worker's traceback, whose last line is ``module.X: <the message>``: that message alone."""
+    text = str(error)
+    if "\nOriginal Traceback" not in text:
+        return text
+    last = text.rstrip().splitlines()[-1]
+    return last.split(f"{type(error).__name__}: ", 1)[-1]

@@ -3,9 +3,10 @@
 The checks are the training loader's own (:class:`r1v.data.datasets.JsonlDataset`: JSON, fields and
 types, duplicate ids, image files and headers, placeholder counts) plus what needs the model's processor
 and a full decode: every image decoded as training would (EXIF rotation, transparency, 16-bit), and the
-token length of each sample after image-token expansion against the limit (``--max-tokens``, default the
-backbone's ``max_position_embeddings``). The processor comes from the composed model on the meta device,
-so checking data for a 38B composition needs no weights and no memory.
+token length of each sample after image-token expansion against the limit (``--max-tokens``, else
+``data.max_tokens``, else the backbone's ``max_position_embeddings``; the rule training's collator applies). The
+processor comes from the composed model on the meta device, so checking data for a 38B composition needs no
+weights and no memory.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from r1v.data.datasets import error_kind
+from r1v.data.datasets import error_kind, too_long
 
 
 @dataclass
@@ -53,6 +54,8 @@ def check(cfg: dict[str, Any], max_tokens: int | None = None) -> list[Report]:
     with torch.device("meta"):
         vlm, processor = build(cfg["model"], registry)
     if max_tokens is None:
+        max_tokens = data.get("max_tokens")
+    if max_tokens is None:
         max_tokens = getattr(getattr(vlm.backbone, "config", None), "max_position_embeddings", None)
     target = cfg["stage"].get("target") if cfg["stage"].get("target") in ("answer", "reasoning") else "answer"
     reports = []
@@ -75,8 +78,8 @@ def check(cfg: dict[str, Any], max_tokens: int | None = None) -> list[Report]:
             except (ValueError, OSError) as e:
                 report.add(f"{where}: cannot encode: {e}")
                 continue
-            if max_tokens and n > max_tokens:
-                report.add(f"{where}: too long: {n} tokens after image-token expansion (limit {max_tokens}; "
-                           "fewer tiles with model.max_tiles, or drop the row)")  # fmt: skip
+            bad_length = too_long(where, n, max_tokens)
+            if bad_length:
+                report.add(bad_length)
         reports.append(report)
     return reports

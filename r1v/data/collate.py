@@ -8,13 +8,14 @@ never a dead run; a lock-step pad of the sampler (:func:`r1v.data.sampler.is_pad
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
-from r1v.core.errors import ConfigError
+from r1v.core.errors import ConfigError, DataError
 from r1v.core.interfaces import Sample
+from r1v.data.datasets import error_kind, too_long
 from r1v.data.processor import Processor
 from r1v.data.sampler import is_pad
 from r1v.rl.grpo import completion_rows
@@ -22,36 +23,66 @@ from r1v.rl.grpo import completion_rows
 log = logging.getLogger(__name__)
 
 
+def _by_id(sample_id: str) -> str:
+    return f"sample {sample_id}"
+
+
 class Collator:
-    """Encodes samples in the loader workers; a sample that cannot be encoded is skipped and counted. A lock-step
-    pad of the sampler (:func:`r1v.data.sampler.is_pad`) is dropped uncounted: it carries no loss."""
+    """Encodes samples in the loader workers; a sample that cannot be encoded, or is longer than ``max_tokens``
+    after image-token expansion (:func:`r1v.data.datasets.too_long`, the rule ``data check`` applies), is skipped
+    and counted by kind, or under ``on_bad_sample="error"`` stops the run in one line naming ``where(id)``. A
+    lock-step pad of the sampler (:func:`r1v.data.sampler.is_pad`) is dropped uncounted: it carries no loss.
+
+    The length is checked here, on the one encoding the batch needs, not when rows are read: no row is tokenized
+    twice, start-up stays flat however large the data, and every dataset (synthetic, JSONL, a plugin's) is covered.
+    """
 
     def __init__(self, processor: Processor, target: str | None, padding_side: str = "right",
-                 pack_max_tokens: int | None = None, attn: str = "sdpa") -> None:  # fmt: skip
+                 pack_max_tokens: int | None = None, attn: str = "sdpa", max_tokens: int | None = None,
+                 on_bad_sample: str = "skip", where: Callable[[str], str] | None = None) -> None:  # fmt: skip
         self.processor, self.target, self.padding_side = processor, target, padding_side
         self.pack_max_tokens, self.attn = pack_max_tokens, attn  # packing: rows of up to this many tokens
+        self.limit(max_tokens, on_bad_sample, where)
+
+    def limit(self, max_tokens: int | None, on_bad_sample: str = "skip",
+              where: Callable[[str], str] | None = None) -> None:  # fmt: skip
+        """Set the length limit, the bad-sample policy and how a sample is named (``file:line`` for JSONL)."""
+        self.max_tokens, self.on_bad_sample = max_tokens, on_bad_sample
+        self.where = where or _by_id
 
     def __call__(self, samples: list[Sample]) -> dict[str, Any]:
-        encoded, skipped = [], 0
+        encoded, rows = [], {}  # rows: the id of each skipped sample -> its kind of bad
+
+        def bad(sample: Sample, message: str) -> None:
+            if self.on_bad_sample == "error":
+                raise DataError(f"{message}; data.on_bad_sample=error stops here (skip drops the row)")
+            rows[str(sample.id)] = error_kind(message)
+            log.warning("skipping %s", message)
+
         for s in samples:
             if is_pad(s):  # a repeat that only keeps the ranks in step (not a skipped sample)
                 continue
             if s.meta.get("_error"):  # the dataset could not decode it
-                skipped += 1
-                log.warning("skipping sample %s: %s", s.id, s.meta["_error"])
+                bad(s, s.meta["_error"])
                 continue
             try:
-                encoded.append(self.processor.encode(s, self.target))
-            except (ValueError, OSError) as e:
-                skipped += 1
-                log.warning("skipping sample %s: %s", getattr(s, "id", "?"), e)
+                e = self.processor.encode(s, self.target)
+            except (ValueError, OSError) as exc:
+                bad(s, f"{self.where(getattr(s, 'id', '?'))}: cannot encode: {exc}")
+                continue
+            length_error = self.max_tokens and too_long(self.where(s.id), len(e["input_ids"]), self.max_tokens)
+            if length_error:
+                bad(s, length_error)
+                continue
+            encoded.append(e)
+        skipped, named = len(rows), {"skipped_rows": rows} if rows else {}
         if not encoded:
-            return {"skipped": skipped, "empty": True}
+            return {"skipped": skipped, **named, "empty": True}
         if self.pack_max_tokens:
             batch = self.processor.pack(encoded, self.pack_max_tokens, self.attn)
         else:
             batch = self.processor.collate(encoded, self.padding_side)
-        batch["skipped"] = skipped
+        batch.update(skipped=skipped, **named)
         if torch.is_tensor(batch.get("labels")):  # the tokens the loss averages over (SFTStage.token_weight)
             batch["loss_tokens"] = int((batch["labels"][:, 1:] != -100).sum())
         return batch

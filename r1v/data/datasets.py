@@ -2,13 +2,15 @@
 
 JSONL schema (one object per line; the same schema ``python -m r1v data synth`` writes)::
 
-    {"id": "optional", "images": ["rel/or/abs.png", ...], "question": "<image>\\n...",
+    {"id": "optional", "images": ["rel/or/abs.png", ...] or "one.png", "question": "<image>\\n...",
      "answer": "3", "reasoning": "optional worked chain", "meta": {...}}
 
 ``messages`` ([{"role": "user", "content": ...}]) may stand in for ``question``. Image paths are
 relative to ``image_root`` (default: the JSONL file's folder). A bad row (missing field, missing or
 corrupt image, wrong placeholder count) is skipped and counted (``on_bad_sample=skip``) or stops the
-run before training (``on_bad_sample=error``), naming file, line and field.
+run before training (``on_bad_sample=error``), naming file, line and field. An image that fails only when
+decoded, and a sample over ``data.max_tokens`` (:func:`too_long`), are found when the sample is read and
+batched (:class:`r1v.data.collate.Collator`), under the same policy.
 """
 
 from __future__ import annotations
@@ -30,6 +32,17 @@ from r1v.data import synthetic
 log = logging.getLogger(__name__)
 BadSamplePolicy = Literal["skip", "error"]  # the annotation composition checks knobs against
 BAD_SAMPLE_POLICIES: tuple[str, ...] = typing.get_args(BadSamplePolicy)
+
+
+def too_long(where: str, n: int, limit: int | None) -> str | None:
+    """The one length rule (``data check`` and the training collator): ``n`` tokens after image-token
+    expansion against ``limit`` (``data.max_tokens``, default the backbone's context); the bad-row line, or None."""
+    if not limit or n <= limit:
+        return None
+    return (
+        f"{where}: too long: {n} tokens after image-token expansion (limit {limit}; fewer tiles with "
+        "model.max_tiles, a larger data.max_tokens, or drop the row)"
+    )
 
 
 def error_kind(message: str) -> str:
@@ -67,7 +80,7 @@ class JsonlDataset(Dataset):
                  require_reasoning: bool = False) -> None:  # fmt: skip
         if on_bad_sample not in BAD_SAMPLE_POLICIES:
             raise DataError(f"data.on_bad_sample: '{on_bad_sample}' is not allowed (use skip or error)")
-        self.path = Path(path)
+        self.path, self.on_bad_sample = Path(path), on_bad_sample
         if not self.path.is_file():
             raise DataError(f"data: file {self.path} does not exist")
         self.root = Path(image_root) if image_root else self.path.parent
@@ -122,8 +135,10 @@ class JsonlDataset(Dataset):
         if require_reasoning and not row.get("reasoning"):
             raise DataError(f"{where}: missing field 'reasoning': stage.target=reasoning needs a worked chain")
         images = row.get("images") or ([row["image"]] if row.get("image") else [])
+        if isinstance(images, str):  # one image given as a path, not a list of one
+            images = [images]
         if not isinstance(images, list) or not all(isinstance(x, str) for x in images):
-            raise DataError(f"{where}: wrong type: 'images' must be a list of file paths (strings)")
+            raise DataError(f"{where}: wrong type: 'images' must be a file path or a list of them (strings)")
         paths = []
         for rel in images:
             p = Path(rel) if Path(rel).is_absolute() else self.root / rel
@@ -145,6 +160,11 @@ class JsonlDataset(Dataset):
         return {"id": row_id, "question": str(row["question"]), "answer": "" if answer is None else str(answer),
                 "reasoning": row.get("reasoning"), "images": paths, "meta": meta, "line": lineno}  # fmt: skip
 
+    def where(self, sample_id: str) -> str:
+        """``file:line`` of a sample (how the training collator names a row it refuses)."""
+        line = self._ids.get(sample_id)
+        return f"{self.path}:{line}" if line else f"{self.path} (id {sample_id})"
+
     def _check_more(self, row: dict[str, Any], where: str) -> None:
         """Subclasses' extra checks of a parsed row (raise DataError)."""
 
@@ -161,7 +181,10 @@ class JsonlDataset(Dataset):
                 with Image.open(p) as im:
                     images.append(to_rgb(im))
             except Exception as e:  # passed the header check, fails to decode: the collator skips and counts it
-                meta = {**r["meta"], "_error": f"{self.path}:{r['line']}: corrupt image: {p} ({type(e).__name__})"}
+                error = f"{self.path}:{r['line']}: corrupt image: {p} cannot be decoded ({type(e).__name__})"
+                if self.on_bad_sample == "error":
+                    raise DataError(f"{error}; data.on_bad_sample=error stops here (skip drops the row)") from None
+                meta = {**r["meta"], "_error": error}
                 return Sample(r["id"], r["question"], r["answer"], [], r["reasoning"], meta, list(r["images"]))
         return Sample(r["id"], r["question"], r["answer"], images, r["reasoning"], r["meta"], list(r["images"]))
 
@@ -194,6 +217,11 @@ class PairsDataset(JsonlDataset):
 
     required = ("question", "chosen", "rejected")
     extra_fields = ("chosen", "rejected")
+
+    def where(self, sample_id: str) -> str:
+        """``file:line`` of a sample (how the training collator names a row it refuses)."""
+        line = self._ids.get(sample_id)
+        return f"{self.path}:{line}" if line else f"{self.path} (id {sample_id})"
 
     def _check_more(self, row: dict[str, Any], where: str) -> None:
         if str(row["chosen"]).strip() == str(row["rejected"]).strip():

@@ -70,6 +70,7 @@ class DataPosition:
         self.batch_size, self.seed = int(batch_size), int(seed)
         self.batches_done = 0
         self.skipped = 0
+        self.skipped_rows: dict[str, str] = {}  # id -> kind of each sample skipped, once (run.json's data.train)
         self.resume_at: tuple[int, int] | None = None  # (epoch, samples consumed) of the checkpoint
 
     def loader(self, ds: Dataset, collate_fn: Callable[[list[Any]], Any], world: int, rank: int,
@@ -92,10 +93,15 @@ class DataPosition:
 
     def state_dict(self, epoch: int) -> dict[str, Any]:
         consumed = self.batches_done * self.batch_size
-        return {"data_position": {"epoch": epoch, "consumed": consumed}, "skipped": self.skipped}
+        return {
+            "data_position": {"epoch": epoch, "consumed": consumed},
+            "skipped": self.skipped,
+            "skipped_rows": dict(self.skipped_rows),
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         pos = state.get("data_position")
         if pos:
             self.resume_at = (int(pos["epoch"]), int(pos["consumed"]))
         self.skipped = int(state.get("skipped", 0))
+        self.skipped_rows = dict(state.get("skipped_rows") or {})

@@ -169,7 +169,21 @@ class LightningStage(L.LightningModule):
         """Batches of ``stage.batch_size`` in a seeded order sharded by rank, continuing mid-epoch on resume."""
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self._trainer else (1, 0)
         workers = int(self.cfg["data"].get("loader", {}).get("num_workers", 0))
+        if isinstance(collate_fn, Collator):  # data.max_tokens and data.on_bad_sample hold for every training row
+            collate_fn.limit(self.max_tokens(), str(self.cfg["data"].get("on_bad_sample", "skip")),
+                             getattr(ds, "where", None))  # fmt: skip
         return self.position.loader(ds, collate_fn, world, rank, workers, window)
+
+    def max_tokens(self) -> int | None:
+        """The longest training sample after image-token expansion: ``data.max_tokens``, else the backbone's
+        context (``max_position_embeddings``); longer ones are skipped and counted, or stop the run."""
+        limit = self.cfg["data"].get("max_tokens")
+        if limit is None:
+            limit = getattr(getattr(self.model.backbone, "config", None), "max_position_embeddings", None)
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ConfigError(f"data.max_tokens: {limit!r} is not allowed (a positive whole number of tokens, or "
+                              "null for the backbone's context)")  # fmt: skip
+        return limit or None
 
     def val_dataloader(self) -> DataLoader | list:
         ds = self.datasets["val"]
@@ -186,6 +200,7 @@ class LightningStage(L.LightningModule):
         """Count a collated batch as consumed (for exact resume) and the samples the collator skipped."""
         self.position.batches_done += 1
         self.position.skipped += int(batch.get("skipped", 0))
+        self.position.skipped_rows.update(batch.get("skipped_rows") or {})
 
     def empty_loss(self) -> torch.Tensor | None:
         """The loss of a batch with nothing to train on. Alone, None skips the step; with several ranks the

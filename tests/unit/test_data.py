@@ -59,6 +59,12 @@ def test_jsonl_round_trip(data_dir):
     assert s.images[0].size == (64, 64) and s.answer == generate(0, "train")[0].answer
 
 
+def test_one_image_may_be_a_path_instead_of_a_list(data_dir):
+    rewrite(data_dir / "train.jsonl", lambda rows: rows[0].update(images=rows[0]["images"][0]))
+    ds = JsonlDataset(data_dir / "train.jsonl", on_bad_sample="error")
+    assert len(ds) == 6 and ds[0].images[0].size == (64, 64)
+
+
 @pytest.mark.parametrize(("breakage", "message"), [
     ("no_answer", "missing field 'answer'"),
     ("missing_image", "missing image"),

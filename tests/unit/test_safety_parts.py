@@ -198,18 +198,19 @@ def test_data_check_reports_every_bad_row_with_file_and_line(tmp_path):
     proc = run_cli(["data", "check", str(path), "--max-tokens", "300"], tmp_path, module="r1v")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]  # bad rows, not a crash
     out = proc.stdout
-    assert f"{path} (train): 11 rows, 9 bad" in out
-    for line, kind in ((3, "duplicate id"), (4, "missing image"), (5, "wrong type"), (6, "missing field 'question'"),
+    assert f"{path} (train): 11 rows, 8 bad" in out
+    for line, kind in ((3, "duplicate id"), (4, "missing image"), (6, "missing field 'question'"),
                        (7, "corrupt image"), (8, "corrupt image"), (9, "too long"), (10, "wrong type"),
                        (11, "invalid JSON")):  # fmt: skip
         assert f"{path}:{line}: {kind}" in out, (line, kind, out)
-    assert f"{path}:1:" not in out and f"{path}:2:" not in out
+    assert f"{path}:1:" not in out and f"{path}:2:" not in out and f"{path}:5:" not in out  # "images": "ok.png"
     assert "by kind: " in out
 
 
 def test_training_skips_and_counts_a_row_that_fails_to_decode(tmp_path):
     """The header check passes cut.png; the loader's full decode fails: the row is skipped and counted,
-    training goes on, and run.json records the header-level skips."""
+    training goes on. Row 9 (2028 tokens) is over the tiny backbone's 512-token context: skipped too, not a
+    batch padded past the context. run.json counts both, each once, beside the header-level skips."""
     from tests.conftest import run_cli
 
     path = _bad_dataset(tmp_path)
@@ -218,12 +219,47 @@ def test_training_skips_and_counts_a_row_that_fails_to_decode(tmp_path):
                    tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     run = json.loads((tmp_path / "runs" / "r" / "run.json").read_text())
-    assert run["data"]["train"]["rows"] == 4 and sum(run["data"]["train"]["skipped"].values()) == 7
+    skipped = run["data"]["train"]["skipped"]
+    assert run["data"]["train"]["rows"] == 5 and sum(skipped.values()) == 8, skipped  # 6 when read + 2 in training
+    assert skipped["too long"] == 1 and skipped["corrupt image"] == 2, skipped  # truncated.png, then cut.png
+    assert f"{path}:9: too long: 2028 tokens after image-token expansion (limit 512" in proc.stdout + proc.stderr
     assert "cut.png" in proc.stdout + proc.stderr  # the decode failure, named when it was skipped ...
     with open(tmp_path / "runs" / "r" / "metrics.csv") as f:  # ... and counted
         skipped = [float(r["train/skipped_samples"]) for r in __import__("csv").DictReader(f)
                    if r.get("train/skipped_samples")]  # fmt: skip
-    assert max(skipped) >= 1
+    assert max(skipped) >= 2
+
+
+def test_on_bad_sample_error_stops_at_an_image_that_fails_to_decode(tmp_path):
+    from r1v.data.datasets import DataError, JsonlDataset
+
+    _bad_dataset(tmp_path)
+    path = tmp_path / "two.jsonl"
+    path.write_text("".join(json.dumps({"images": [im], "question": "<image>\nQ", "answer": "x"}) + "\n"
+                            for im in ("ok.png", "cut.png")))  # fmt: skip
+    ds = JsonlDataset(path, on_bad_sample="error")  # the header check passes cut.png
+    assert ds[0].images
+    with pytest.raises(DataError) as e:
+        ds[1]
+    message = str(e.value)
+    assert message.startswith(f"{path}:2: corrupt image: {tmp_path / 'cut.png'} cannot be decoded"), message
+    assert "\n" not in message
+
+
+def test_on_bad_sample_error_stops_training_at_an_over_long_row(tmp_path):
+    from tests.conftest import reasoning_jsonl, run_cli
+
+    path = reasoning_jsonl(tmp_path, n=4)
+    long = {"id": "long", "images": ["a.png"], "question": "<image>\n" + "x" * 100_000, "answer": "3"}
+    path.write_text(path.read_text() + json.dumps(long) + "\n")
+    proc = run_cli(["data=jsonl", f"data.train={path}", "data.on_bad_sample=error", "run=r", "stage.max_steps=2",
+                    "stage.batch_size=5", "stage.val_every=1000", "stage.val_generate=0",
+                    "trainer.enable_progress_bar=false"], tmp_path)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    lines = [x for x in proc.stderr.splitlines() if x.startswith("r1v: error:")]
+    assert len(lines) == 1 and lines[0].startswith(f"r1v: error: {path}:5: too long: "), proc.stderr[-2000:]
+    assert "limit 512" in lines[0]
 
 
 def test_a_scorer_past_its_time_limit_is_a_counted_failure():
