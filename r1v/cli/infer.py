@@ -91,14 +91,15 @@ def chat(model: Any, processor: Any, engine: Any, images: list[Any], question: s
 
 
 # -- batch generation ------------------------------------------------------------------------------------------------
-def done_ids(out: Path) -> set[str]:
-    """Ids already answered in ``out``; a last line cut by a kill is removed (it will be redone)."""
+def done_samples(out: Path) -> dict[str, set[int]]:
+    """For each row id already in ``out``, the sample numbers it has complete lines for. A last line cut by a
+    kill is removed from the file (it will be redone); the rest of the file is never rewritten."""
     if not out.is_file():
-        return set()
+        return {}
     data = out.read_bytes()
     lines = data.split(b"\n")
     keep_bytes = 0
-    ids = set()
+    done: dict[str, set[int]] = {}
     for i, raw in enumerate(lines):
         if not raw.strip():
             keep_bytes += len(raw) + (1 if i < len(lines) - 1 else 0)
@@ -110,13 +111,16 @@ def done_ids(out: Path) -> set[str]:
             row = None
         if row is None:
             break
-        ids.add(str(row["id"]))
+        have = done.setdefault(str(row["id"]), set())
+        # a line without a sample number (written by hand) takes the lowest free one
+        k = row.get("sample")
+        have.add(k if isinstance(k, int) else min(set(range(len(have) + 1)) - have))
         keep_bytes += len(raw) + 1
     if keep_bytes < len(data):
         log.warning("generate: %s ended in a partial line (an interrupted write); it is redone", out)
         with open(out, "r+b") as f:
             f.truncate(keep_bytes)
-    return ids
+    return done
 
 
 def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
@@ -127,38 +131,43 @@ def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
 def generate_file(model: Any, processor: Any, engine: Any, data: str | Path, out: str | Path, *, max_new_tokens: int,
                   greedy: bool, n: int = 1, batch_size: int = 16, limit: int | None = None,
                   engine_name: str = "?") -> dict[str, Any]:  # fmt: skip
-    """Answer every row of ``data`` (n samples each) into ``out``, one JSON line per completion, skipping
-    rows already there (resumable); returns a summary."""
+    """Answer every row of ``data`` (n samples each) into ``out``, one JSON line per completion; returns a
+    summary. Resumable: a row's sample numbers already in ``out`` are skipped, so a run killed mid-write
+    generates only a row's missing samples (appending them keeps the finished ones, which cost as much to
+    make, and the file is never rewritten: no line can be lost or doubled)."""
     ds = PromptDataset(data)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    finished = done_ids(out)
-    todo = [i for i in range(len(ds)) if ds.rows[i]["id"] not in finished][: None if limit is None else limit]
+    done = done_samples(out)
+    missing = {i: [k for k in range(n) if k not in done.get(str(ds.rows[i]["id"]), set())] for i in range(len(ds))}
+    finished = [i for i in range(len(ds)) if not missing[i]]
+    todo = [i for i in range(len(ds)) if missing[i]][: None if limit is None else limit]
     tok = processor.tokenizer
     eos = tok.eos_token_id
     written = correct = scored = tokens = 0
     t_all = time.perf_counter()
     with out.open("a") as f:
         for chunk in _batches(todo, max(1, batch_size)):
-            samples = [ds[i] for i in chunk]
-            bad = [s for s in samples if s.meta.get("_error")]
-            for s in bad:
-                log.warning("generate: skipping %s: %s", s.id, s.meta["_error"])
-            samples = [s for s in samples if not s.meta.get("_error")]
-            if not samples:
+            expanded = []  # (sample, its sample number) for each completion still missing
+            for i in chunk:
+                s = ds[i]
+                if s.meta.get("_error"):
+                    log.warning("generate: skipping %s: %s", s.id, s.meta["_error"])
+                else:
+                    expanded += [(s, k) for k in missing[i]]
+            if not expanded:
                 continue
-            expanded = [s for s in samples for _ in range(n)]
             t0 = time.perf_counter()
-            rows = engine.generate_ids(model, processor, expanded, max_new_tokens, greedy=greedy)
+            rows = engine.generate_ids(model, processor, [s for s, _ in expanded], max_new_tokens, greedy=greedy)
             seconds = time.perf_counter() - t0
             lines = []
             for k, ids in enumerate(rows):
-                s = expanded[k]
+                s, sample = expanded[k]
                 text = processor.decode_completion(ids)
                 pred = extract_answer(text)
                 ok = equivalent(pred, s.answer) if s.answer else None
                 thought = text.split(THINK_CLOSE, 1)[0] if THINK_CLOSE in text else None
-                lines.append({"id": s.id, "sample": k % n, "prompt": s.question, "completion": text,
+                lines.append({"id": s.id, "sample": sample, "prompt": s.question, "completion": text,
                               "extracted_answer": pred, "answer": s.answer or None, "correct": ok,
                               "completion_tokens": len(ids), "finished": bool(ids) and ids[-1] == eos,
                               "think_tokens": len(tok(thought, add_special_tokens=False)["input_ids"])

@@ -14,6 +14,7 @@ process holds ``run.lock`` in its run folder (:func:`lock_run_folder`): a second
 from __future__ import annotations
 
 import fcntl
+import glob
 import json
 import logging
 import os
@@ -38,6 +39,9 @@ from r1v.runtime.faults import maybe_die
 
 LAST = "last.ckpt"
 SEAL = "r1v_complete.json"  # inside a DeepSpeed checkpoint folder: its files and sizes, written last
+# next to a DeepSpeed checkpoint folder ``<name>``: one rank's CRC verdicts on its .pt files ({file: size, mtime_ns,
+# error}). Not inside it: a write there would change the folder's mtime, which orders the checkpoints for resume.
+VERIFIED = ".{name}.r1v_verified.{rank}.json"
 LOCK = "run.lock"
 DIR_TMP = ".tmp-dir"  # suffix of a DeepSpeed checkpoint folder being written: ``.<name>.tmp-dir``
 log = logging.getLogger(__name__)
@@ -137,9 +141,10 @@ def _check_zip(path: Path, name: Path, what: str = "") -> None:
         raise RunError(f"checkpoint {name} is corrupt ({what}member {bad} fails its CRC check)")
 
 
-def _check_dir(path: Path) -> dict[str, Any]:
-    """A DeepSpeed checkpoint folder: its seal must list every file with its size, and each ``.pt`` must
-    pass its zip CRCs. Returns the seal."""
+def _check_dir(path: Path, rank_world: tuple[int, int] | None = None) -> dict[str, Any]:
+    """A DeepSpeed checkpoint folder: its seal must list every file with its size (checked on every rank:
+    cheap), and each ``.pt`` must pass its zip CRCs (read once in all: :func:`_crc_verdicts`). Returns the
+    seal."""
     try:
         seal = json.loads((path / SEAL).read_text())
         files = {str(k): int(v) for k, v in seal["files"].items()}
@@ -153,15 +158,116 @@ def _check_dir(path: Path) -> dict[str, Any]:
             raise RunError(f"checkpoint {path} is partial ({rel} is missing)")
         if f.stat().st_size != size:
             raise RunError(f"checkpoint {path} is corrupt ({rel} is {f.stat().st_size} bytes, {size} expected)")
-        if f.suffix == ".pt":
-            _check_zip(f, path, f"{rel}: ")
+    verdicts = _crc_verdicts(path, sorted(rel for rel in files if rel.endswith(".pt")), rank_world)
+    for rel in sorted(verdicts):
+        if verdicts[rel]["error"]:
+            raise RunError(f"checkpoint {path} {verdicts[rel]['error']}")
     return seal
+
+
+def _rank_world() -> tuple[int, int]:
+    """This process's global rank and the launch's size, from the launcher's environment before any process
+    group (torchrun: RANK and WORLD_SIZE; SLURM: SLURM_PROCID and SLURM_NTASKS); (0, 1) when not known, so
+    such a process checks everything itself (Lightning's own launcher resolves the resume in its parent,
+    before the other ranks exist: they find its verdicts)."""
+    env = os.environ
+    for r, w in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
+        try:
+            rank, world = int(env[r]), int(env[w])
+        except (KeyError, ValueError):
+            continue
+        if 0 <= rank < world:
+            return rank, world
+    return 0, 1
+
+
+def _fresh_verdicts(path: Path, pts: list[str]) -> dict[str, dict[str, Any]]:
+    """The verdicts any rank left in ``path`` that still describe the file as it is (same size and mtime: a
+    shard written again after its check is checked again)."""
+    stamps = {}
+    for rel in pts:
+        try:
+            st = (path / rel).stat()
+            stamps[rel] = (st.st_size, st.st_mtime_ns)
+        except OSError:
+            continue
+    fresh: dict[str, dict[str, Any]] = {}
+    # several files may judge one shard (earlier launches of other sizes): any fresh one counts
+    for vf in path.parent.glob(VERIFIED.format(name=glob.escape(path.name), rank="*")):
+        try:
+            verdicts = json.loads(vf.read_text())
+        except (OSError, ValueError):  # written atomically, so only a file removed under us
+            continue
+        for rel, v in verdicts.items() if isinstance(verdicts, dict) else ():
+            if isinstance(v, dict) and rel in stamps and (v.get("size"), v.get("mtime_ns")) == stamps[rel]:
+                fresh[rel] = v
+    return fresh
+
+
+def _crc(path: Path, rel: str) -> dict[str, Any]:
+    st = (path / rel).stat()  # before the read: a write during it changes the mtime, and the verdict goes stale
+    try:
+        _check_zip(path / rel, path, f"{rel}: ")
+        error = None
+    except RunError as e:  # kept without the folder's path, which a moved run folder changes
+        error = str(e).removeprefix(f"checkpoint {path} ")
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "error": error}
+
+
+def _crc_verdicts(path: Path, pts: list[str], rank_world: tuple[int, int] | None = None) -> dict[str, dict[str, Any]]:
+    """The CRC verdict of each ``.pt`` in ``pts``, reading each shard once over all ranks and all resumes.
+
+    This runs before the ranks are connected, so they share through files in the run folder: rank r
+    of w checks the shards ``r::w`` that have no fresh verdict and writes them to its own
+    :data:`VERIFIED` file (after each shard, atomically: no two ranks write one file), then waits for the
+    others' verdicts. Spreading the reads gives every rank's disk bandwidth to the check; a verdict that
+    stops coming (a rank that died or never checks) is read by the waiting rank itself after
+    ``R1V_VERIFY_STALL_S`` seconds (default 600) without any new verdict. A folder this process cannot
+    write next to is checked whole on every rank, as nothing can be shared."""
+    rank, world = rank_world or _rank_world()
+    if not os.access(path.parent, os.W_OK):
+        rank, world = 0, 1
+    mine_file = path.parent / VERIFIED.format(name=path.name, rank=rank)
+    known = _fresh_verdicts(path, pts)
+    try:  # keep what this rank's file already holds that still holds: other ranks may be waiting on it
+        mine = {rel: v for rel, v in json.loads(mine_file.read_text()).items() if known.get(rel) == v}
+    except (OSError, ValueError, AttributeError):
+        mine = {}
+
+    def record(rel: str) -> None:
+        mine[rel] = known[rel] = _crc(path, rel)
+        try:
+            part = mine_file.with_name(f"{mine_file.name}.part-{os.getpid()}")  # not .tmp-*: rank 0 removes those
+            part.write_text(json.dumps(mine))
+            os.replace(part, mine_file)
+        except OSError as e:
+            log.warning("checkpoint %s: cannot record its CRC verdicts (%s); other ranks read it again", path, e)
+
+    for rel in pts[rank::world]:
+        if rel not in known:
+            record(rel)
+    stall = float(os.environ.get("R1V_VERIFY_STALL_S", 600))
+    last, seen, poll = time.monotonic(), len(known), 0.02
+    while len(known := _fresh_verdicts(path, pts) | known) < len(pts):
+        if len(known) > seen:
+            last, seen = time.monotonic(), len(known)
+        elif time.monotonic() - last > stall:
+            todo = [rel for rel in pts if rel not in known]
+            log.warning("checkpoint %s: no CRC verdict on %d shard(s) for %.0f s; checking them here", path,
+                        len(todo), stall)  # fmt: skip
+            for rel in todo:
+                record(rel)
+            break
+        time.sleep(poll)
+        poll = min(poll * 2, 1.0)
+    return {rel: known[rel] for rel in pts}
 
 
 def check_checkpoint(path: Path) -> Path:
     """Refuse a missing, truncated or corrupt checkpoint by name, before Lightning half-loads it: a file
     must be a complete zip archive whose every member passes its CRC (one read of the file); a DeepSpeed
-    folder must carry its seal, match it, and hold zip-valid ``.pt`` files."""
+    folder must carry its seal, match it, and hold zip-valid ``.pt`` files (each read once over all ranks
+    and resumes, its verdict kept next to the folder: :func:`_crc_verdicts`)."""
     if not path.exists():
         raise RunError(f"checkpoint {path} does not exist")
     if path.is_file():
@@ -183,7 +289,14 @@ def seal_checkpoint_dir(tmp: Path, final: Path, step: int) -> None:
     if final.exists():
         os.replace(final, old)
     os.replace(tmp, final)
+    forget_verdicts(final)  # they judged the files it replaced
     _remove(old)
+
+
+def forget_verdicts(path: Path) -> None:
+    """Remove the CRC verdicts kept next to checkpoint folder ``path`` (it was replaced or deleted)."""
+    for vf in path.parent.glob(VERIFIED.format(name=glob.escape(path.name), rank="*")):
+        _remove(vf)
 
 
 def _remove(path: Path) -> None:
@@ -215,6 +328,9 @@ def _clean_interrupted(folder: Path) -> None:
         for tmp in folder.glob(".*.tmp-*"):
             log.warning("removing %s: a checkpoint save that was interrupted", tmp)
             _remove(tmp)
+        for vf in folder.glob(VERIFIED.format(name="*", rank="*")):  # verdicts on a checkpoint deleted by a kill
+            if not (folder / vf.name[1:].split(".r1v_verified.")[0]).exists():
+                _remove(vf)
 
 
 def latest_good_checkpoint(run_dir: Path) -> Path | None:

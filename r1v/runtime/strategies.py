@@ -23,7 +23,7 @@ from typing import Any
 from lightning.pytorch.strategies import DeepSpeedStrategy as _LightningDeepSpeed
 
 from r1v.runtime.faults import maybe_die
-from r1v.runtime.runs import DIR_TMP, seal_checkpoint_dir
+from r1v.runtime.runs import DIR_TMP, forget_verdicts, seal_checkpoint_dir
 
 
 def _keep_arange_dtype(enabled: bool) -> Any:
@@ -78,3 +78,4 @@ class DeepSpeedStrategy(_LightningDeepSpeed):
         shutil.rmtree(doomed, ignore_errors=True)
         os.replace(path, doomed)
         shutil.rmtree(doomed, ignore_errors=True)
+        forget_verdicts(path)

@@ -48,6 +48,27 @@ def test_generate_writes_scored_lines_and_resumes_after_a_cut_write(default_run,
     assert all(r["completion"] == by_id[r["id"]] for r in resumed)  # greedy: the same answers
 
 
+def test_generate_n_tops_up_a_row_cut_between_its_completions(default_run, synth, tmp_path):
+    ids = [json.loads(x)["id"] for x in synth.read_text().splitlines()]
+    out = tmp_path / "n3.jsonl"
+    # row 0 finished (3 of 3), row 1 killed after 1 of 3 with its second line half written
+    done = [{"id": ids[0], "sample": k, "completion": f"kept {k}"} for k in range(3)]
+    cut = [{"id": ids[1], "sample": 0, "completion": "kept 0"}]
+    out.write_text("".join(json.dumps(r) + "\n" for r in done + cut) + json.dumps({"id": ids[1], "sample": 1})[:12])
+    cmd = ["generate", "--checkpoint", str(default_run), "--data", str(synth), "--max-new-tokens", "8", "--n", "3",
+           "--limit", "1", "--device", "cpu", "--out", str(out)]  # fmt: skip
+    proc = run_cli(cmd, tmp_path, module="r1v")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "2 completions written" in proc.stdout and "1 rows already there" in proc.stdout
+    rows = [json.loads(x) for x in out.read_text().splitlines()]  # every line whole
+    assert rows[:4] == done + cut  # finished lines are kept, never rewritten
+    by_id: dict[str, list[int]] = {}
+    for r in rows:
+        by_id.setdefault(r["id"], []).append(r["sample"])
+    assert {i: sorted(k) for i, k in by_id.items()} == {ids[0]: [0, 1, 2], ids[1]: [0, 1, 2]}
+    assert all(r["completion_tokens"] > 0 for r in rows[4:])
+
+
 def test_chat_streams_the_answer_and_loops_on_stdin(default_run, synth, tmp_path):
     row = json.loads(synth.read_text().splitlines()[0])
     image = str(synth.parent / row["images"][0])

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ import torch
 from r1v.runtime.runs import (
     SEAL,
     RunError,
+    _check_dir,
     check_checkpoint,
     checkpoint_step,
     latest_good_checkpoint,
@@ -90,20 +92,29 @@ def _sealed(folder: Path, step: int) -> Path:
     return folder
 
 
-def test_unsealed_or_mismatching_folders_are_named_and_resume_falls_back(tmp_path, caplog):
-    ckpts = tmp_path / "run" / "checkpoints"
-    ckpts.mkdir(parents=True)
-    good = _sealed(ckpts / "step000002.ckpt", 2)
-    bad = _sealed(ckpts / "step000004.ckpt", 4)
-    pt = bad / "checkpoint" / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+def _listing(ckpts: Path) -> list[str]:
+    """The checkpoints folder's entries, less the CRC verdicts kept next to each checkpoint."""
+    return sorted(p.name for p in ckpts.iterdir() if ".r1v_verified." not in p.name)
+
+
+def _flip(pt: Path) -> None:
+    """Flip bytes inside a stored member of ``pt``: same size, only the CRC can catch it."""
     data = bytearray(pt.read_bytes())
-    with zipfile.ZipFile(pt) as z:  # flip bytes inside a stored member: same size, the CRC must catch it
+    with zipfile.ZipFile(pt) as z:
         info = max(z.infolist(), key=lambda i: i.file_size)
     local = info.header_offset  # the member's data follows its local header (name and padding of its own)
     start = local + 30 + int.from_bytes(data[local + 26 : local + 28], "little") + int.from_bytes(
         data[local + 28 : local + 30], "little")  # fmt: skip
     data[start + 100 : start + 104] = bytes(255 - b for b in data[start + 100 : start + 104])
     pt.write_bytes(bytes(data))
+
+
+def test_unsealed_or_mismatching_folders_are_named_and_resume_falls_back(tmp_path, caplog):
+    ckpts = tmp_path / "run" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    good = _sealed(ckpts / "step000002.ckpt", 2)
+    bad = _sealed(ckpts / "step000004.ckpt", 4)
+    _flip(bad / "checkpoint" / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
     with pytest.raises(RunError, match=r"step000004.ckpt is corrupt \(checkpoint/zero_pp_rank_0_mp_rank_00_optim_"
                                        r"states.pt: member .* fails its CRC check\)"):  # fmt: skip
         check_checkpoint(bad)
@@ -121,7 +132,7 @@ def test_unsealed_or_mismatching_folders_are_named_and_resume_falls_back(tmp_pat
     for name in ("last.ckpt", "step000004.ckpt", "step000008.ckpt"):
         assert f"resume: skipping checkpoint {ckpts / name} is" in caplog.text
     assert not (ckpts / ".step000010.ckpt.tmp-dir").exists()
-    assert sorted(p.name for p in ckpts.iterdir()) == [
+    assert _listing(ckpts) == [
         "last.ckpt",
         "step000002.ckpt",
         "step000004.ckpt",
@@ -200,7 +211,7 @@ def test_deepspeed_killed_inside_a_checkpoint_write_resumes_exactly_from_the_new
     killed = _deepspeed(str(killed_dir), fault="in_checkpoint_write:6")
     assert killed.returncode == 137, killed.stderr[-3000:]
     ckpts = killed_dir / "checkpoints"
-    assert sorted(p.name for p in ckpts.iterdir()) == [".step000006.ckpt.tmp-dir", "last.ckpt", "step000004.ckpt"]
+    assert _listing(ckpts) == [".step000006.ckpt.tmp-dir", "last.ckpt", "step000004.ckpt"]
     assert not (ckpts / ".step000006.ckpt.tmp-dir" / SEAL).exists()  # written by every rank, never sealed
     assert checkpoint_step(ckpts / "last.ckpt") == 4 and check_checkpoint(ckpts / "step000004.ckpt")
     states = ckpts / "last.ckpt" / "checkpoint" / "mp_rank_00_model_states.pt"
@@ -212,10 +223,72 @@ def test_deepspeed_killed_inside_a_checkpoint_write_resumes_exactly_from_the_new
     resumed = _deepspeed(str(killed_dir), str(fallback))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     # the damaged last.ckpt was replaced whole by the resumed run's; Lightning keeps the one it resumed from
-    assert sorted(p.name for p in ckpts.iterdir()) == ["last.ckpt", "step000004.ckpt", "step000008.ckpt"]
+    assert _listing(ckpts) == ["last.ckpt", "step000004.ckpt", "step000008.ckpt"]
     for name in ("last.ckpt", "step000008.ckpt"):
         assert checkpoint_step(ckpts / name) == 8 and check_checkpoint(ckpts / name)
     want = torch.load(tmp_path / "s" / "final.pt", weights_only=True)
     got = torch.load(killed_dir / "final.pt", weights_only=True)
     for key in want:
         assert torch.equal(got[key], want[key]), key  # bit for bit: optimizer, schedule and RNG streams restored
+
+
+def test_each_shard_is_crc_read_once_over_all_ranks_and_resumes(tmp_path, monkeypatch, caplog):
+    folder = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    tmp = folder.with_name(".last.ckpt.tmp-dir")
+    (tmp / "checkpoint").mkdir(parents=True)
+    names = [f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(5)]
+    for r, name in enumerate(names):
+        torch.save({"m": torch.arange(500.0) + r}, tmp / "checkpoint" / name)
+    seal_checkpoint_dir(tmp, folder, 6)
+    reads: list[str] = []
+    testzip = zipfile.ZipFile.testzip
+
+    def counted(self):
+        reads.append(Path(self.filename).name)
+        return testzip(self)
+
+    monkeypatch.setattr(zipfile.ZipFile, "testzip", counted)
+    monkeypatch.setenv("R1V_VERIFY_STALL_S", "30")  # a waiting rank never needs it here
+
+    def ranks(world: int) -> list[object]:  # the ranks of one launch, checking at the same time
+        with ThreadPoolExecutor(world) as pool:
+            futures = [pool.submit(_check_dir, folder, (r, world)) for r in range(world)]
+        return [f.exception() or f.result()["step"] for f in futures]
+
+    assert ranks(3) == [6, 6, 6]
+    assert sorted(reads) == sorted(names)  # each shard once in all, not once per rank
+    reads.clear()
+    for rank, world in ((0, 1), (1, 2)):  # a later resume, any launch size: the verdicts are kept
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", str(world))
+        assert check_checkpoint(folder) == folder
+    assert reads == []
+    again = folder / "checkpoint" / names[2]  # written again after its verdict: same size, new mtime
+    torch.save({"m": torch.arange(500.0) + 2}, again)
+    os.utime(again, ns=(again.stat().st_atime_ns, again.stat().st_mtime_ns + 10**9))
+    assert ranks(2) == [6, 6] and reads == [names[2]]
+    reads.clear()
+    _flip(again)
+    os.utime(again, ns=(again.stat().st_atime_ns, again.stat().st_mtime_ns + 2 * 10**9))
+    errors = ranks(4)
+    assert reads == [names[2]]
+    assert all(isinstance(e, RunError) for e in errors) and {str(e) for e in errors} == {
+        f"checkpoint {folder} is corrupt (checkpoint/{names[2]}: member {_member(again)} fails its CRC check)"
+    }
+    older = _sealed(folder.with_name("step000004.ckpt"), 4)
+    os.utime(folder, (10, 10))
+    reads.clear()
+    monkeypatch.setenv("R1V_VERIFY_STALL_S", "0.2")  # rank 1 of 2 never comes: rank 0 checks its share too
+    assert _check_dir(older, (0, 2))["step"] == 4 and len(reads) == 2
+    assert "no CRC verdict on 1 shard(s)" in caplog.text
+    reads.clear()
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    assert latest_good_checkpoint(tmp_path / "run") == older  # the corrupt one is named and skipped, as before
+    assert f"resume: skipping checkpoint {folder} is corrupt (checkpoint/{names[2]}" in caplog.text
+    assert reads == []  # both verdicts, the bad one too, came from the folders
+
+
+def _member(pt: Path) -> str:
+    with zipfile.ZipFile(pt) as z:
+        return max(z.infolist(), key=lambda i: i.file_size).filename
