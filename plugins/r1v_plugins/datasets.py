@@ -18,20 +18,23 @@ def synthetic_dataset(split: str, n_train: int = 4000, n_val: int = 128, seed: i
 
 
 def jsonl_dataset(split: str, train: str, val: str | None = None, image_root: str | None = None,
-                  on_bad_sample: BadSamplePolicy = "skip",
-                  require_reasoning: bool = False) -> JsonlDataset | None:  # fmt: skip
-    """Your data: JSONL rows (images, question or messages, answer, optional reasoning)."""
+                  on_bad_sample: BadSamplePolicy = "skip", require_reasoning: bool = False,
+                  allow_outside_root: bool = False) -> JsonlDataset | None:  # fmt: skip
+    """Your data: JSONL rows (images, question or messages, answer, optional reasoning); image paths must resolve
+    inside ``image_root`` (default: the file's folder) unless ``allow_outside_root``."""
     path = train if split == "train" else val
     if path is None:
         return None
-    return JsonlDataset(path, image_root, on_bad_sample, require_reasoning)
+    return JsonlDataset(path, image_root, on_bad_sample, require_reasoning, allow_outside_root)
 
 
 def pairs_dataset(split: str, train: str, val: str | None = None, image_root: str | None = None,
-                  on_bad_sample: BadSamplePolicy = "skip") -> PairsDataset | None:  # fmt: skip
+                  on_bad_sample: BadSamplePolicy = "skip",
+                  allow_outside_root: bool = False) -> PairsDataset | None:  # fmt: skip
     """Preference pairs from JSONL: the jsonl schema plus chosen and rejected completions."""
     path = train if split == "train" else val
-    return None if path is None else PairsDataset(path, image_root, on_bad_sample)
+    return None if path is None else PairsDataset(path, image_root, on_bad_sample,
+                                                  allow_outside_root=allow_outside_root)  # fmt: skip
 
 
 def synthetic_pairs_dataset(split: str, n_train: int = 4000, n_val: int = 128, seed: int = 0, image_size: int = 64,

@@ -15,6 +15,7 @@ batched (:class:`r1v.data.collate.Collator`), under the same policy.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import typing
@@ -77,13 +78,15 @@ class JsonlDataset(Dataset):
     extra_fields: tuple[str, ...] = ()  # copied into Sample.meta
 
     def __init__(self, path: str | Path, image_root: str | Path | None = None, on_bad_sample: str = "skip",
-                 require_reasoning: bool = False) -> None:  # fmt: skip
+                 require_reasoning: bool = False, allow_outside_root: bool = False) -> None:  # fmt: skip
         if on_bad_sample not in BAD_SAMPLE_POLICIES:
             raise DataError(f"data.on_bad_sample: '{on_bad_sample}' is not allowed (use skip or error)")
         self.path, self.on_bad_sample = Path(path), on_bad_sample
         if not self.path.is_file():
             raise DataError(f"data: file {self.path} does not exist")
         self.root = Path(image_root) if image_root else self.path.parent
+        self.allow_outside_root = allow_outside_root
+        self._real_root = self.root.resolve()
         self.rows: list[dict[str, Any]] = []
         self.skipped: Counter[str] = Counter()
         self.bad: list[str] = []  # every bad row's one-line reason (python -m r1v data check prints them)
@@ -142,8 +145,16 @@ class JsonlDataset(Dataset):
         paths = []
         for rel in images:
             p = Path(rel) if Path(rel).is_absolute() else self.root / rel
-            if not p.is_file():
+            real = p.resolve()  # symlinks followed: where the bytes really are
+            if not self.allow_outside_root and not real.is_relative_to(self._real_root):
+                raise DataError(f"{where}: image outside the data folder: {rel} resolves to {real}, outside "
+                                f"data.image_root ({self._real_root}); move it under that folder or set "
+                                "data.allow_outside_root=true")  # fmt: skip
+            if not p.exists():
                 raise DataError(f"{where}: missing image: {p} does not exist")
+            if not real.is_file():  # a FIFO or a device would hang or never end
+                raise DataError(f"{where}: not a regular file: image {p} is a special file (a FIFO, device or "
+                                "folder)")  # fmt: skip
             try:
                 with Image.open(p) as im:
                     im.verify()
@@ -258,11 +269,26 @@ class SyntheticPairs(SyntheticDataset):
 
 
 def image_refs(sample: Sample, out_dir: Path) -> list[str]:
-    """Image paths for a JSONL row written to ``out_dir``: the sample's source files (absolute), or, for
-    generated images, PNGs written once under ``out_dir/images/`` (relative paths)."""
+    """Image paths for a JSONL row written to ``out_dir``, relative to it, so the file reads under the default
+    containment rule (images inside its folder): the sample's source files hard-linked (copied across file
+    systems) under ``out_dir/images/``, or generated images written there once as PNGs."""
+    import os
     import re
+    import shutil
 
-    images = list(sample.image_paths)
+    images = []
+    if sample.image_paths:
+        (out_dir / "images").mkdir(exist_ok=True)
+    for source in sample.image_paths:
+        src = Path(source)
+        digest = hashlib.sha1(str(src.resolve()).encode()).hexdigest()[:10]  # same name, other folder: no clash
+        rel = f"images/{digest}_{src.name}"
+        if not (out_dir / rel).exists():
+            try:
+                os.link(src, out_dir / rel)
+            except OSError:  # another file system, or links not allowed
+                shutil.copy2(src, out_dir / rel)
+        images.append(rel)
     if not images and sample.images:
         (out_dir / "images").mkdir(exist_ok=True)
         stem = re.sub(r"[^A-Za-z0-9_.-]", "_", sample.id)

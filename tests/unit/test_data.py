@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -128,3 +129,44 @@ def test_sampler_resumes_mid_epoch_without_repeats():
     assert sorted(resumed) == list(range(20))  # next epoch is whole again
     ranks = [list(ResumableSampler(20, seed=1, rank=r, world_size=2)) for r in (0, 1)]
     assert not set(ranks[0]) & set(ranks[1])
+
+
+def test_image_paths_must_stay_inside_the_data_folder(data_dir, tmp_path_factory):
+    """A row may not make the loader open any file on the machine: ../ and absolute paths out of the data folder,
+    symlinks out of it and special files are refused in one line naming file:line; data.allow_outside_root opts
+    out; an absolute path inside the folder is fine."""
+    import os
+
+    outside = tmp_path_factory.mktemp("elsewhere")
+    first = json.loads((data_dir / "train.jsonl").read_text().splitlines()[0])["images"][0]
+    (outside / "x.png").write_bytes((data_dir / first).read_bytes())
+    (data_dir / "link.png").symlink_to(outside / "x.png")
+    os.mkfifo(data_dir / "fifo.png")
+    cases = {"../" + outside.name + "/x.png": "image outside the data folder", str(outside / "x.png"): "outside",
+             "link.png": "outside", "fifo.png": "not a regular file"}  # fmt: skip
+    for path, message in cases.items():
+        rewrite(data_dir / "train.jsonl", lambda rows, p=path: rows[0].update(images=[p]))
+        with pytest.raises(DataError, match=message) as e:
+            JsonlDataset(data_dir / "train.jsonl", on_bad_sample="error")
+        assert "\n" not in str(e.value) and str(e.value).startswith(f"{data_dir / 'train.jsonl'}:1: ")
+    for path in (str(outside / "x.png"), "link.png"):
+        rewrite(data_dir / "train.jsonl", lambda rows, p=path: rows[0].update(images=[p]))
+        assert JsonlDataset(data_dir / "train.jsonl", on_bad_sample="error", allow_outside_root=True)[0].images
+    rewrite(data_dir / "train.jsonl", lambda rows: rows[0].update(images=[str((data_dir / first).resolve())]))
+    assert len(JsonlDataset(data_dir / "train.jsonl", on_bad_sample="error")) == 6
+
+
+def test_rows_r1v_writes_keep_their_images_beside_them(data_dir, tmp_path):
+    """distilled.jsonl / pairs.jsonl rows name their images relative to their own folder (hard links or copies of
+    the sources), so they read back under the containment rule."""
+    from r1v.data.datasets import image_refs
+
+    source = JsonlDataset(data_dir / "train.jsonl", on_bad_sample="error")
+    out = tmp_path / "run"
+    out.mkdir()
+    rows = [{"id": f"r{i}", "question": source[i].question, "answer": source[i].answer,
+             "images": image_refs(source[i], out)} for i in range(3)]  # fmt: skip
+    (out / "written.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert all(not Path(p).is_absolute() for r in rows for p in r["images"])
+    again = JsonlDataset(out / "written.jsonl", on_bad_sample="error")
+    assert [s.images[0].tobytes() for s in again] == [source[i].images[0].tobytes() for i in range(3)]
