@@ -165,6 +165,8 @@ class JsonlDataset(Dataset):
         if n_ph > len(paths):
             raise DataError(f"{where}: placeholder count: {n_ph} {IMAGE_PLACEHOLDER} in the question "
                             f"but {len(paths)} images")  # fmt: skip
+        if row.get("meta") is not None and not isinstance(row["meta"], dict):
+            raise DataError(f"{where}: wrong type: 'meta' is a {type(row['meta']).__name__}; it must be an object")
         meta = {**(row.get("meta") or {}), **{k: str(row[k]) for k in self.extra_fields}}
         self._ids[row_id] = lineno
         answer = row.get("answer")
