@@ -123,15 +123,16 @@ def test_a_failing_scorer_is_counted_and_the_run_goes_on(compose, registry, tmp_
             raise RuntimeError("judge timeout")
         return original(self, text)
 
-    monkeypatch.setattr(QuestionText, "one", flaky)
-    _, kept = _distill_in_process(compose, registry, tmp_path / "keep", sft_run, monkeypatch)
+    monkeypatch.setattr(QuestionText, "one", flaky)  # in this process only: the scorers score here (inline)
+    inline = {"distill.scorer_isolation": "inline"}
+    _, kept = _distill_in_process(compose, registry, tmp_path / "keep", sft_run, monkeypatch, **inline)
     adds = [r for r in kept.records if r["meta"]["task"] == "add"]
     assert adds and all(set(r["failed"]) == {"quality", "difficulty", "reasoning_demand"} for r in adds)
     assert all(r["status"] != "dropped" or r["why"] != "scorer failed" for r in kept.records)
     assert kept.summary["scorer_failures"] == {"quality": len(adds), "difficulty": len(adds),
                                                "reasoning_demand": len(adds)}  # fmt: skip
     _, dropped = _distill_in_process(compose, registry, tmp_path / "drop", sft_run, monkeypatch,
-                                     **{"distill.on_scorer_error": "drop"})  # fmt: skip
+                                     **{"distill.on_scorer_error": "drop"}, **inline)  # fmt: skip
     assert {r["id"] for r in dropped.records if r.get("why") == "scorer failed"} == {r["id"] for r in adds}
 
 
