@@ -47,6 +47,7 @@ def main() -> int:
     ap.add_argument("--kills", type=int, default=10)
     ap.add_argument("--ckpt-every", type=int, default=25)
     ap.add_argument("--seed", type=int, default=0, help="draws the kill moments")
+    ap.add_argument("--kill", action="append", default=[], help="point:step instead of random ones (repeatable)")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     ckpt_steps = list(range(args.ckpt_every, args.steps, args.ckpt_every))
@@ -55,6 +56,7 @@ def main() -> int:
         point = rng.choice(POINTS)
         step = rng.choice(ckpt_steps) if point == "in_checkpoint_write" else rng.randrange(1, args.steps)
         kills.append(f"{point}:{step}")
+    kills = list(args.kill) or kills
     kills.sort(key=lambda k: int(k.split(":")[1]))
     common = [f"stage.max_steps={args.steps}", "stage.val_every=1000000", f"stage.ckpt_every={args.ckpt_every}",
               "stage.val_generate=0", *QUIET]  # fmt: skip
@@ -75,6 +77,12 @@ def main() -> int:
         wb = load_file(str(cwd / "runs" / "soak" / "final" / "trainable.safetensors"))
         same_losses = a == b and sorted(a) == list(range(args.steps))
         same_weights = wa.keys() == wb.keys() and all(wa[n].equal(wb[n]) for n in wa)
+        steps_ok = sorted(a) == sorted(b) == list(range(args.steps))
+        loss_gap = max((abs(float(a[k]) - float(b[k])) for k in a if k in b), default=float("inf"))
+        first = min((k for k in a if a[k] != b.get(k)), default=None)
+        weight_gap = max(float((wa[n] - wb[n]).abs().max()) for n in wa) if wa.keys() == wb.keys() else float("inf")
+        print(f"soak: every step logged once: {steps_ok}; largest loss gap {loss_gap:.3g} (first different step: "
+              f"{first}); largest weight gap {weight_gap:.3g}")  # fmt: skip
         print(f"soak: {args.steps} steps, {deaths} of {len(kills)} kills landed ({', '.join(kills)}); final exit {rc}; "
               f"losses equal at every step: {same_losses}; final weights bit-identical: {same_weights}; "
               f"uninterrupted {t1 - t0:.0f} s, killed-and-resumed {t2 - t1:.0f} s")  # fmt: skip

@@ -103,5 +103,9 @@ class DataPosition:
         pos = state.get("data_position")
         if pos:
             self.resume_at = (int(pos["epoch"]), int(pos["consumed"]))
+            # Lightning does not call on_train_epoch_start for an epoch it resumes in the middle of: without this,
+            # the count restarted at 0 and the next checkpoint of this process saved too few consumed samples, so
+            # a second resume replayed the wrong batches (found by benchmarks/soak.py)
+            self.batches_done = self.resume_at[1] // self.batch_size
         self.skipped = int(state.get("skipped", 0))
         self.skipped_rows = dict(state.get("skipped_rows") or {})

@@ -151,3 +151,18 @@ def test_grpo_marks_pad_prompts_and_their_completions_weigh_nothing():
         assert float(got) == pytest.approx(float(want), abs=1e-6), agg
         assert torch.allclose(g_got, g_want, atol=1e-6), agg
         assert g_got[[b for b, p in enumerate(pads) if p]].abs().sum() == 0  # nothing flows into a pad
+
+
+def test_a_resumed_position_counts_on_from_its_checkpoint():
+    """Lightning skips on_train_epoch_start for the epoch it resumes in: the position loaded from a checkpoint must
+    count on from there by itself, or the resumed run's own next checkpoint saves too few consumed samples and a
+    second resume replays the wrong batches (benchmarks/soak.py found it: loss gap 0.3 after two kills)."""
+    from r1v.runtime.steps import DataPosition
+
+    pos = DataPosition(batch_size=16, seed=0)
+    pos.load_state_dict({"data_position": {"epoch": 0, "consumed": 320}, "skipped": 2})
+    for _ in range(40):  # the resumed process trains 40 batches; no epoch start comes
+        pos.batches_done += 1
+    assert pos.state_dict(epoch=0)["data_position"] == {"epoch": 0, "consumed": 960} and pos.skipped == 2
+    pos.start_epoch(1)  # a new epoch starts from its beginning
+    assert pos.batches_done == 0
