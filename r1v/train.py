@@ -21,6 +21,7 @@ from r1v.core.errors import ConfigError, exit_on_user_error
 from r1v.core.interfaces import RunOnceStage, TrainingStage
 from r1v.core.registry import get_registry
 from r1v.data.build import build_datasets
+from r1v.runtime.steps import skips_over_ranks
 from r1v.stages.setup import build_device, build_trainer, next_steps, preflight, untrained_note, untrained_parts
 
 log = logging.getLogger("r1v.train")
@@ -139,8 +140,11 @@ def _train(cfg: DictConfig, container: dict[str, Any], registry: Any, run_dir: P
     t1 = time.perf_counter()
     stopped(trainer, container, run_dir)  # Ctrl-C / SIGTERM: checkpoint saved, no final weights, exit 128 + signal
     stage.export_trainable(trained_weights(run_dir))  # every rank: gathers under ZeRO-3
-    if owner and getattr(getattr(stage, "position", None), "skipped_rows", None):
-        record_training_skips(run_dir, data_summary, Counter(stage.position.skipped_rows.values()))
+    position = getattr(stage, "position", None)
+    if position is not None:  # every rank: the rows each skipped are gathered
+        rows = skips_over_ranks(position.skipped, position.skipped_rows)[1]
+        if owner and rows:
+            record_training_skips(run_dir, data_summary, Counter(rows.values()))
     log.info("set-up before fit %.1f s, fit %.1f s (checkpoints included), weights export %.1f s",
              t0 - started, t1 - t0, time.perf_counter() - t1)  # fmt: skip
     if trainer.is_global_zero:
@@ -152,7 +156,7 @@ def _train(cfg: DictConfig, container: dict[str, Any], registry: Any, run_dir: P
 
 
 def record_training_skips(run_dir: Path, data_summary: dict[str, Any], kinds: Mapping[str, int]) -> None:
-    """Add the rows the training loader skipped (too long, undecodable; each once, as this rank saw them) to
+    """Add the rows the training loader skipped on any rank (too long, undecodable; each once) to
     run.json's ``data.train.skipped``, beside the bad rows found when the data was read."""
     import json
 

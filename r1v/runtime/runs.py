@@ -13,6 +13,7 @@ process holds ``run.lock`` in its run folder (:func:`lock_run_folder`): a second
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import glob
 import json
@@ -207,7 +208,7 @@ def _fresh_verdicts(path: Path, pts: list[str]) -> dict[str, dict[str, Any]]:
 def _crc(path: Path, rel: str) -> dict[str, Any]:
     st = (path / rel).stat()  # before the read: a write during it changes the mtime, and the verdict goes stale
     try:
-        _check_zip(path / rel, path, f"{rel}: ")
+        _check_zip(path / rel, path, f"{rel}: " if rel else "")
         error = None
     except RunError as e:  # kept without the folder's path, which a moved run folder changes
         error = str(e).removeprefix(f"checkpoint {path} ")
@@ -270,8 +271,10 @@ def check_checkpoint(path: Path) -> Path:
     and resumes, its verdict kept next to the folder: :func:`_crc_verdicts`)."""
     if not path.exists():
         raise RunError(f"checkpoint {path} does not exist")
-    if path.is_file():
-        _check_zip(path, path)
+    if path.is_file():  # rel "" names the file itself: one verdict, rank 0 reads it, a resume of it reads none
+        error = _crc_verdicts(path, [""])[""]["error"]
+        if error:
+            raise RunError(f"checkpoint {path} {error}")
     elif path.is_dir():
         _check_dir(path)
     return path
@@ -331,6 +334,11 @@ def _clean_interrupted(folder: Path) -> None:
         for vf in folder.glob(VERIFIED.format(name="*", rank="*")):  # verdicts on a checkpoint deleted by a kill
             if not (folder / vf.name[1:].split(".r1v_verified.")[0]).exists():
                 _remove(vf)
+        # a verdict's part file lives for milliseconds; an old one was left by a kill between write and rename
+        for part in folder.glob(VERIFIED.format(name="*", rank="*") + ".part-*"):
+            with contextlib.suppress(OSError):
+                if time.time() - part.stat().st_mtime > 60:
+                    _remove(part)
 
 
 def latest_good_checkpoint(run_dir: Path) -> Path | None:

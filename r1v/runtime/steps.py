@@ -92,11 +92,15 @@ class DataPosition:
             self.batches_done = 0
 
     def state_dict(self, epoch: int) -> dict[str, Any]:
+        """Every rank calls this when a checkpoint is saved (only rank 0's copy is written), so the skips are
+        gathered here: the rows every rank skipped, and each rank's count (a resume gives each its own back)."""
         consumed = self.batches_done * self.batch_size
+        by_rank, rows = skips_over_ranks(self.skipped, self.skipped_rows)
         return {
             "data_position": {"epoch": epoch, "consumed": consumed},
-            "skipped": self.skipped,
-            "skipped_rows": dict(self.skipped_rows),
+            "skipped": sum(by_rank),
+            "skipped_by_rank": by_rank,
+            "skipped_rows": rows,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -107,5 +111,29 @@ class DataPosition:
             # the count restarted at 0 and the next checkpoint of this process saved too few consumed samples, so
             # a second resume replayed the wrong batches (found by benchmarks/soak.py)
             self.batches_done = self.resume_at[1] // self.batch_size
-        self.skipped = int(state.get("skipped", 0))
+        rank, world = _rank_world()
+        by_rank = state.get("skipped_by_rank")
+        if isinstance(by_rank, list) and len(by_rank) == world:
+            self.skipped = int(by_rank[rank])
+        else:  # saved by another number of ranks (or before counts were per rank): rank 0 carries the total
+            self.skipped = int(state.get("skipped", 0)) if rank == 0 else 0
         self.skipped_rows = dict(state.get("skipped_rows") or {})
+
+
+def _rank_world() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def skips_over_ranks(skipped: int, rows: Mapping[str, str]) -> tuple[list[int], dict[str, str]]:
+    """Each rank's count of skipped samples and the union of the rows they skipped (id -> kind), gathered from
+    every rank (a collective: all ranks call it); this rank's alone when not distributed."""
+    if _rank_world()[1] == 1:
+        return [int(skipped)], dict(rows)
+    gathered: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, (int(skipped), dict(rows)))
+    union: dict[str, str] = {}
+    for _, r in gathered:
+        union.update(r)
+    return [n for n, _ in gathered], union

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from r1v.core.config import ConfigError, build_plugin
 from r1v.core.interfaces import RewardInput, Sample
 from r1v.core.registry import get_registry
-from r1v.data.collate import Collator
+from r1v.data.collate import Collator, Limits
 from r1v.data.processor import Processor
 from r1v.evaluation.answers import equivalent, extract_answer
 from r1v.generation.choose import choose_engine
@@ -169,10 +169,14 @@ class LightningStage(L.LightningModule):
         """Batches of ``stage.batch_size`` in a seeded order sharded by rank, continuing mid-epoch on resume."""
         world, rank = (self.trainer.world_size, self.trainer.global_rank) if self._trainer else (1, 0)
         workers = int(self.cfg["data"].get("loader", {}).get("num_workers", 0))
-        if isinstance(collate_fn, Collator):  # data.max_tokens and data.on_bad_sample hold for every training row
-            collate_fn.limit(self.max_tokens(), str(self.cfg["data"].get("on_bad_sample", "skip")),
-                             getattr(ds, "where", None))  # fmt: skip
         return self.position.loader(ds, collate_fn, world, rank, workers, window)
+
+    def data_limits(self) -> Limits:
+        """The training collators' limits: ``data.max_tokens`` (:meth:`max_tokens`), ``data.on_bad_sample`` and the
+        training data's way of naming a sample (``file:line`` for JSONL)."""
+        where = getattr(self.datasets.get("train"), "where", None)
+        return Limits(self.max_tokens(), str(self.cfg["data"].get("on_bad_sample", "skip")),
+                      *([where] if callable(where) else []))  # fmt: skip
 
     def max_tokens(self) -> int | None:
         """The longest training sample after image-token expansion: ``data.max_tokens``, else the backbone's

@@ -45,7 +45,7 @@ class MPOStage(LightningStage):
 
     # -- data --------------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
-        return self.resumable_loader(self.datasets["train"], PairCollator(self.processor))
+        return self.resumable_loader(self.datasets["train"], PairCollator(self.processor, self.data_limits()))
 
     def attach_data(self, train: Any, val: Any) -> None:
         """Pair data only (checked before the model is built)."""

@@ -69,7 +69,7 @@ class RewardModelStage(LightningStage):
         super().attach_data(train, val)
 
     def train_dataloader(self) -> Any:
-        return self.resumable_loader(self.datasets["train"], PairCollator(self.processor))
+        return self.resumable_loader(self.datasets["train"], PairCollator(self.processor, self.data_limits()))
 
     def _pair_scores(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         dev = self.device

@@ -48,7 +48,8 @@ class SFTStage(LightningStage):
         """Padded batches, or packed rows with ``stage.packing=true`` (no cross-sample attention)."""
         pack = int(self.stage["pack_max_tokens"]) if self.stage["packing"] else None
         attn = getattr(self.model.backbone.config, "_attn_implementation", "sdpa") or "sdpa"
-        return Collator(self.processor, self.stage["target"], pack_max_tokens=pack, attn=attn)
+        limits = self.data_limits()
+        return Collator(self.processor, self.stage["target"], pack_max_tokens=pack, attn=attn, limits=limits)
 
     # -- steps ---------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:

@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -292,3 +293,35 @@ def test_each_shard_is_crc_read_once_over_all_ranks_and_resumes(tmp_path, monkey
 def _member(pt: Path) -> str:
     with zipfile.ZipFile(pt) as z:
         return max(z.infolist(), key=lambda i: i.file_size).filename
+
+
+def test_a_single_file_checkpoint_is_crc_read_once_and_a_kills_leftovers_go(tmp_path, monkeypatch):
+    """A ``.ckpt`` file is CRC-read at its first resume only (the verdict, kept beside it, holds while the file
+    is unchanged); a rewrite is read again and a flipped byte still refused. A verdict's part file that a kill
+    left between write and rename is removed by the next resume (a fresh one may belong to a live rank)."""
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    ckpt = folder / "last.ckpt"
+    torch.save({"state": torch.arange(2000.0)}, ckpt)
+    reads: list[str] = []
+    testzip = zipfile.ZipFile.testzip
+
+    def counted(self):
+        reads.append(Path(self.filename).name)
+        return testzip(self)
+
+    monkeypatch.setattr(zipfile.ZipFile, "testzip", counted)
+    assert check_checkpoint(ckpt) == ckpt and check_checkpoint(ckpt) == ckpt
+    assert reads == ["last.ckpt"]
+    _flip(ckpt)
+    os.utime(ckpt, ns=(ckpt.stat().st_atime_ns, ckpt.stat().st_mtime_ns + 10**9))
+    with pytest.raises(RunError, match=rf"checkpoint {ckpt} is corrupt \(member .* fails its CRC check\)"):
+        check_checkpoint(ckpt)
+    assert reads == ["last.ckpt"] * 2
+    old, fresh = (folder / f".last.ckpt.r1v_verified.0.json.part-{pid}" for pid in (11, 12))
+    old.write_text("{")
+    fresh.write_text("{")
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    with pytest.raises(RunError, match="no usable checkpoint"):  # the flipped one was the only one
+        latest_good_checkpoint(tmp_path / "run")
+    assert not old.exists() and fresh.exists()

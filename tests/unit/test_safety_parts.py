@@ -262,6 +262,28 @@ def test_on_bad_sample_error_stops_training_at_an_over_long_row(tmp_path):
     assert "limit 512" in lines[0]
 
 
+def test_a_preference_pair_over_the_length_limit_is_skipped_or_stops_the_run(tiny_vlm, tmp_path):
+    """Preference data (MPO, reward model) obeys data.max_tokens like SFT rows: the longer of prompt + chosen and
+    prompt + rejected counts; skipped and counted by kind, or under error one line naming file:line."""
+    from r1v.data.collate import Limits, PairCollator
+    from r1v.data.datasets import DataError, PairsDataset
+
+    _, processor = tiny_vlm
+    path = tmp_path / "pairs.jsonl"
+    rows = [{"id": "ok", "question": "Q", "chosen": "short", "rejected": "no"},
+            {"id": "long", "question": "Q", "chosen": "fine", "rejected": "word " * 600}]  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ds = PairsDataset(path)
+    batch = PairCollator(processor, Limits(128, "skip", ds.where))([ds[0], ds[1]])
+    assert batch["skipped"] == 1 and batch["skipped_rows"] == {"long": "too long"}
+    assert [s.id for s in batch["samples"]] == ["ok"] and batch["input_ids"].shape[1] <= 128
+    with pytest.raises(DataError) as e:
+        PairCollator(processor, Limits(128, "error", ds.where))([ds[0], ds[1]])
+    assert str(e.value).startswith(f"{path}:2: too long: ") and "limit 128" in str(e.value)
+    whole = PairCollator(processor)([ds[0], ds[1]])  # no limit: both rows, the long one padded in
+    assert whole["skipped"] == 0 and whole["input_ids"].shape[1] > 600
+
+
 def test_a_scorer_past_its_time_limit_is_a_counted_failure():
     import time
     from collections import Counter

@@ -5,6 +5,7 @@ collators and GRPO marked, and weigh nothing there."""
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -89,7 +90,7 @@ class _Processor:
 
     def encode(self, s: Sample, target: str | None) -> dict:
         self.encoded.append(s.id)
-        return {"id": s.id}
+        return {"id": s.id, "input_ids": [0, 1]}
 
     def collate(self, encoded: list[dict], padding_side: str) -> dict:
         return {"ids": [e["id"] for e in encoded]}
@@ -166,3 +167,36 @@ def test_a_resumed_position_counts_on_from_its_checkpoint():
     assert pos.state_dict(epoch=0)["data_position"] == {"epoch": 0, "consumed": 960} and pos.skipped == 2
     pos.start_epoch(1)  # a new epoch starts from its beginning
     assert pos.batches_done == 0
+
+
+def _two_rank_position(rank: int, init: str, out: str) -> None:
+    """One of two gloo ranks: skips of its own, a checkpoint's state from every rank, then a resume."""
+    import json
+
+    import torch.distributed as dist
+
+    from r1v.runtime.steps import DataPosition
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    pos = DataPosition(batch_size=4, seed=0)
+    pos.skipped, pos.skipped_rows = (3, {"a": "too long"}) if rank == 0 else (5, {"b": "corrupt image"})
+    state = pos.state_dict(epoch=0)  # every rank calls it when a checkpoint is saved
+    again = DataPosition(batch_size=4, seed=0)
+    again.load_state_dict(state)  # the same on every rank: rank 0's copy is the one written and read back
+    Path(f"{out}.{rank}").write_text(json.dumps({**state, "resumed": again.skipped}))
+    dist.destroy_process_group()
+
+
+def test_skipped_rows_of_every_rank_reach_the_checkpoint_and_each_rank_resumes_its_count(tmp_path):
+    """Only rank 0's checkpoint copy is written, so DataPosition gathers every rank's skips into it: run.json
+    counts the rows skipped on any rank, and a resume gives each rank its own count back."""
+    import json
+
+    import torch.multiprocessing as mp
+
+    out = str(tmp_path / "state")
+    mp.start_processes(_two_rank_position, args=(f"file://{tmp_path / 'rdv'}", out), nprocs=2, start_method="spawn")
+    s0, s1 = (json.loads(Path(f"{out}.{r}").read_text()) for r in (0, 1))
+    assert s0["skipped_rows"] == {"a": "too long", "b": "corrupt image"} == s1["skipped_rows"]
+    assert s0["skipped_by_rank"] == [3, 5] and s0["skipped"] == 8
+    assert s0["resumed"] == 3 and s1["resumed"] == 5
