@@ -14,6 +14,7 @@ else is refused with one line that names ``rollout=hf``.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 SUPPORTED = ("llama", "qwen2", "qwen3", "mistral")
+log = logging.getLogger(__name__)
 
 
 class UnsupportedModelError(ValueError):
@@ -64,7 +66,8 @@ class Decoder:
     whether the tensors it baked in are still the ones in use.
     """
 
-    def __init__(self, lm: nn.Module, compile: bool = False, fuse: bool = False) -> None:
+    def __init__(self, lm: nn.Module, compile: bool = False, fuse: bool = False, attention: str = "sdpa",
+                 compile_mode: str | None = None, fuse_budget: int | None = None) -> None:  # fmt: skip
         cfg = lm.config
         kind = getattr(cfg, "model_type", "?")
         if kind not in SUPPORTED:
@@ -86,16 +89,22 @@ class Decoder:
         self.eps = float(cfg.rms_norm_eps)
         self.vocab = cfg.vocab_size
         self.layers: list[Layer] = []
-        self.fuse = fuse
+        self.fuse, self.fuse_budget = fuse, fuse_budget
         self.fused: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]] = []  # (W_qkv, b_qkv, W_gate|up)
+        self._fused_for, self._fused_n = -1, 0  # the layer count the fused copies were made for, and how many
+        self.attention = attention  # "sdpa" (masked windows) or "triton" (filled columns only, split-K)
+        if attention == "triton":  # imports triton: only when asked for
+            from .triton_attention import decode_attention
+
+            self._decode_attention = decode_attention
         self.collect()
         self.scale = self.head_dim**-0.5
         self.dtype = self.layers[0].wq.dtype
-        self._qkv, self._mlp = (qkv_fused, mlp_fused) if fuse else (qkv, mlp_block)
-        self._qkv_eager, self._mlp_eager = self._qkv, self._mlp
+        self._fns = {False: (qkv, mlp_block), True: (qkv_fused, mlp_fused)}  # by: is this layer fused?
+        self._eager = dict(self._fns)
         if compile:  # one compiled kernel set serves every layer: the weights are arguments, not attributes
-            self._qkv = torch.compile(self._qkv, dynamic=False, fullgraph=True)
-            self._mlp = torch.compile(self._mlp, dynamic=False, fullgraph=True)
+            opts = {"dynamic": False, "fullgraph": True, "mode": compile_mode}
+            self._fns = {f: (torch.compile(a, **opts), torch.compile(m, **opts)) for f, (a, m) in self._fns.items()}
 
     def collect(self) -> None:
         """(Re-)read the layers' tensors: after a ZeRO-3 gather they live in new storage."""
@@ -120,10 +129,22 @@ class Decoder:
     def _refresh_fused(self) -> None:
         """Copy the current weights into the fused buffers, allocated once: their addresses stay, so captured
         graphs stay valid, and the copy on every call sees the optimizer steps since the last one."""
-        fresh = len(self.fused) != len(self.layers)
+        fresh = self._fused_for != len(self.layers) or len(self.fused) != self._fused_n
         if fresh:
+            self._fused_for = len(self.layers)
             self.fused = []
-        for i, w in enumerate(self.layers):
+            per_layer = sum(t.numel() * t.element_size() for t in self._fused_parts(self.layers[0]))
+            # a second copy of these weights: only for as many layers as the budget holds (the rest run unfused)
+            n = len(self.layers)
+            if self.fuse_budget is not None:
+                n = min(n, self.fuse_budget // max(per_layer, 1))
+            if n < len(self.layers):
+                log.warning("rollout 'static': fused q|k|v and gate|up GEMMs for %d of %d layers (a fused copy is "
+                            "%.2f GB per layer; %.1f GB of GPU memory is left beside the weights and the KV cache); "
+                            "the other layers run unfused", n, len(self.layers), per_layer / 1e9,
+                            self.fuse_budget / 1e9)  # fmt: skip
+            self._fused_n = n
+        for i, w in enumerate(self.layers[: self._fused_n]):
             parts = (w.wq, w.wk, w.wv), _qkv_bias(w), (w.w_gate, w.w_up)
             if fresh:
                 self.fused.append(tuple(None if p is None else torch.cat(p) for p in parts))
@@ -131,6 +152,10 @@ class Decoder:
                 for buffer, p in zip(self.fused[i], parts, strict=True):
                     if p is not None:
                         torch.cat(p, out=buffer)
+
+    @staticmethod
+    def _fused_parts(w: Layer) -> list[torch.Tensor]:
+        return [t for t in (w.wq, w.wk, w.wv, w.bq, w.bk, w.bv, w.w_gate, w.w_up) if t is not None]
 
     def fingerprint(self) -> tuple[int, ...]:
         """Storage addresses of every model tensor a step reads (a CUDA graph replays those addresses): the
@@ -159,34 +184,44 @@ class Decoder:
         return self.base.embed_tokens(ids)
 
     def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache_k: torch.Tensor,
-                cache_v: torch.Tensor, write: torch.Tensor | slice, window: int,
-                mask: torch.Tensor) -> torch.Tensor:  # fmt: skip
+                cache_v: torch.Tensor, write: torch.Tensor | slice, window: int, mask: torch.Tensor | None,
+                bounds: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:  # fmt: skip
         """All layers over ``h`` (B, T, D); K/V of the T new positions go to cache columns ``write``.
 
         ``cache_k``/``cache_v`` are (layers, B, H_kv, L, hd); attention reads columns ``[:window]`` under
-        ``mask`` (B, 1, T, window), True = attend. Returns the last position's hidden state (B, D).
+        ``mask`` (B, 1, T, window), True = attend — or, for one new token with ``attention="triton"``, only
+        columns ``[start[b], end)`` given as ``bounds`` (device tensors (B,) and (1,)). Returns the last
+        position's hidden state (B, D).
         """
         # compiled kernels for decode only: prompts vary in length and would recompile for every P
-        fqkv, fmlp = (self._qkv, self._mlp) if h.shape[1] == 1 else (self._qkv_eager, self._mlp_eager)
+        fns = self._fns if h.shape[1] == 1 else self._eager
         dims = (self.n_heads, self.n_kv, self.head_dim, self.eps)
         for i, w in enumerate(self.layers):
-            if self.fuse:
-                wqkv, bqkv, wgu = self.fused[i]
-                q, k, v = fqkv(h, cos, sin, w.ln1, wqkv, bqkv, w.q_norm, w.k_norm, *dims)  # (B, H·, T, hd)
-            else:
-                q, k, v = fqkv(h, cos, sin, w.ln1, w.wq, w.bq, w.wk, w.bk, w.wv, w.bv, w.q_norm, w.k_norm, *dims)
             ck, cv = cache_k[i], cache_v[i]
-            if isinstance(write, slice):
-                ck[:, :, write], cv[:, :, write] = k, v
-            else:  # a (1,) device index: graph-safe
-                ck.index_copy_(2, write, k)
-                cv.index_copy_(2, write, v)
-            o = attend(q, ck[:, :, :window], cv[:, :, :window], mask, self.scale)  # (B, T, H·hd)
-            if self.fuse:
+            fused = i < len(self.fused)
+            fqkv, fmlp = fns[fused]
+            if fused:
+                wqkv, bqkv, wgu = self.fused[i]  # K/V written into the cache inside the (compiled) function
+                q = fqkv(h, cos, sin, w.ln1, wqkv, bqkv, w.q_norm, w.k_norm, ck, cv, write, *dims)  # (B, H, T, hd)
+            else:
+                q = fqkv(h, cos, sin, w.ln1, w.wq, w.bq, w.wk, w.bk, w.wv, w.bv, w.q_norm, w.k_norm, ck, cv, write,
+                         *dims)  # fmt: skip
+            if bounds is not None:  # one new token: the filled columns only (r1v/generation/triton_attention.py)
+                b = h.shape[0]
+                o = self._decode_attention(q.view(b, self.n_kv, -1, self.head_dim), ck, cv, *bounds, self.scale)
+                o = o.view(b, 1, -1)  # (B, 1, H·hd): query head h·G + g used KV head h
+            else:
+                o = attend(q, ck[:, :, :window], cv[:, :, :window], mask, self.scale)  # (B, T, H·hd)
+            if fused:
                 h = fmlp(h, o, w.wo, w.bo, w.ln2, wgu, w.w_down, self.eps)
             else:
                 h = fmlp(h, o, w.wo, w.bo, w.ln2, w.w_gate, w.w_up, w.w_down, self.eps)
         return h[:, -1]
+
+
+def head_dim_ok(head_dim: int) -> bool:
+    """Whether the split-K decode kernel takes this head size (it loads whole heads: a power of two ≥ 16)."""
+    return head_dim >= 16 and head_dim & (head_dim - 1) == 0
 
 
 def _qkv_bias(w: Layer) -> tuple[torch.Tensor, ...] | None:
@@ -209,11 +244,22 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+def store(ck: torch.Tensor, cv: torch.Tensor, k: torch.Tensor, v: torch.Tensor, write: torch.Tensor | slice) -> None:
+    """K, V (B, H_kv, T, hd) into one layer's cache (B, H_kv, L, hd) at columns ``write``: a slice (prefill) or a
+    (1,) device index (decode: graph-safe; inside a compiled function inductor fuses it with the rotary, in
+    place)."""
+    if isinstance(write, slice):
+        ck[:, :, write], cv[:, :, write] = k, v
+    else:
+        ck.index_copy_(2, write, k)
+        cv.index_copy_(2, write, v)
+
+
 def qkv(h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ln1: torch.Tensor, wq: torch.Tensor,
         bq: torch.Tensor | None, wk: torch.Tensor, bk: torch.Tensor | None, wv: torch.Tensor, bv: torch.Tensor | None,
-        q_norm: torch.Tensor | None, k_norm: torch.Tensor | None, n_heads: int, n_kv: int, head_dim: int,
-        eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
-    """(B, T, D) -> q (B, H, T, hd), k and v (B, H_kv, T, hd); rotary applied to q and k."""
+        q_norm: torch.Tensor | None, k_norm: torch.Tensor | None, ck: torch.Tensor, cv: torch.Tensor,
+        write: torch.Tensor | slice, n_heads: int, n_kv: int, head_dim: int, eps: float) -> torch.Tensor:  # fmt: skip
+    """(B, T, D) -> q (B, H, T, hd) with rotary; k (rotary applied) and v (B, H_kv, T, hd) go into the cache."""
     b, t, _ = h.shape
     x = rms_norm(h, ln1, eps)
     q = F.linear(x, wq, bq).view(b, t, n_heads, head_dim)
@@ -223,8 +269,8 @@ def qkv(h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ln1: torch.Tensor
         q, k = rms_norm(q, q_norm, eps), rms_norm(k, k_norm, eps)
     q, k = q.transpose(1, 2), k.transpose(1, 2)
     q = q * cos + _rotate_half(q) * sin
-    k = k * cos + _rotate_half(k) * sin
-    return q, k, v
+    store(ck, cv, k * cos + _rotate_half(k) * sin, v, write)
+    return q
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
@@ -255,8 +301,9 @@ def mlp_block(h: torch.Tensor, o: torch.Tensor, wo: torch.Tensor, bo: torch.Tens
 
 
 def qkv_fused(h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ln1: torch.Tensor, wqkv: torch.Tensor,
-              bqkv: torch.Tensor | None, q_norm: torch.Tensor | None, k_norm: torch.Tensor | None, n_heads: int,
-              n_kv: int, head_dim: int, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+              bqkv: torch.Tensor | None, q_norm: torch.Tensor | None, k_norm: torch.Tensor | None, ck: torch.Tensor,
+              cv: torch.Tensor, write: torch.Tensor | slice, n_heads: int, n_kv: int, head_dim: int,
+              eps: float) -> torch.Tensor:  # fmt: skip
     """:func:`qkv` with one GEMM over the stacked [W_q; W_k; W_v] (fewer, larger kernels at decode batch sizes)."""
     b, t, _ = h.shape
     x = rms_norm(h, ln1, eps)
@@ -267,8 +314,8 @@ def qkv_fused(h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ln1: torch.
         q, k = rms_norm(q, q_norm, eps), rms_norm(k, k_norm, eps)
     q, k = q.transpose(1, 2), k.transpose(1, 2)
     q = q * cos + _rotate_half(q) * sin
-    k = k * cos + _rotate_half(k) * sin
-    return q, k, v
+    store(ck, cv, k * cos + _rotate_half(k) * sin, v, write)
+    return q
 
 
 def mlp_fused(h: torch.Tensor, o: torch.Tensor, wo: torch.Tensor, bo: torch.Tensor | None, ln2: torch.Tensor,

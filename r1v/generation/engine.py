@@ -24,10 +24,13 @@ from typing import Any
 
 import torch
 
-from .decoder import Decoder
+from .decoder import Decoder, head_dim_ok
 from .sampling import TOP_P_METHODS, Knobs, draw, resolve_top_p_method, triton_available
 
 PER_SAMPLE_KNOBS = ("repetition_penalty", "temperature", "top_p")
+ATTENTION = ("auto", "sdpa", "triton")  # decode attention: masked SDPA over windows, or the split-K kernel
+COMPILE_MODES = ("default", "max-autotune")  # torch.compile's mode for the per-layer functions
+_FUSE_MARGIN = 2 << 30  # bytes of GPU memory the fused copies leave free beside the weights and the KV cache
 _PREFILL_MASK_ELEMENTS = 1 << 28  # rows per prefill chunk keep the (rows, 1, P, P) mask under 256M entries
 
 
@@ -72,7 +75,8 @@ class StaticEngine:
     def __init__(self, temperature: float = 0.6, top_p: float = 0.95, repetition_penalty: float = 1.0,
                  cuda_graphs: bool = True, compile: bool = False, window: int = 128,
                  max_batch_size: int | None = None, check_every: int = 16, fuse: bool = False,
-                 top_p_method: str = "auto") -> None:  # fmt: skip
+                 top_p_method: str = "auto", attention: str = "auto",
+                 compile_mode: str = "default") -> None:  # fmt: skip
         checks = (("temperature", temperature, temperature > 0), ("top_p", top_p, 0 < top_p <= 1),
                   ("repetition_penalty", repetition_penalty, repetition_penalty > 0), ("window", window, window >= 1),
                   ("check_every", check_every, check_every >= 1),
@@ -86,6 +90,14 @@ class StaticEngine:
         if top_p_method == "triton" and not triton_available():
             raise ValueError("rollout 'static': top_p_method 'triton' needs triton, which does not import here")
         self.top_p_method = top_p_method
+        if attention not in ATTENTION:
+            raise ValueError(f"rollout 'static': attention '{attention}' is not one of {', '.join(ATTENTION)}")
+        if attention == "triton" and not triton_available():
+            raise ValueError("rollout 'static': attention 'triton' needs triton, which does not import here")
+        if compile_mode not in COMPILE_MODES:
+            raise ValueError(f"rollout 'static': compile_mode '{compile_mode}' is not one of "
+                             f"{', '.join(COMPILE_MODES)}")  # fmt: skip
+        self.attention, self.compile_mode = attention, compile_mode
         # the sampler stays eager inside the graph: inductor (torch 2.11) fails to generate Triton code for the
         # bisection's masked reductions over a 152k vocabulary ("get_block_shape"), found on the H200
         self._draw = draw
@@ -146,15 +158,33 @@ class StaticEngine:
         return out
 
     # -- decoding --------------------------------------------------------------------------------
-    def decoder(self, lm: torch.nn.Module) -> Decoder:
-        """The functional view of ``lm`` (kept per model so compiled kernels are reused)."""
+    def decoder(self, lm: torch.nn.Module, cache_bytes: int = 0) -> Decoder:
+        """The functional view of ``lm`` (kept per model so compiled kernels are reused). ``cache_bytes``: the
+        KV cache this rollout still has to allocate (the fused weight copies leave room for it)."""
         if self._decoder is None or self._decoder.lm is not lm:
+            device = next(lm.parameters()).device
+            on_gpu = device.type == "cuda"
+            budget = None
+            if self.fuse and on_gpu:  # a second copy of q|k|v and gate|up: only as much as fits
+                free = torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device)
+                free -= torch.cuda.memory_allocated(device)
+                budget = max(0, free - cache_bytes - _FUSE_MARGIN)
             # compile on the GPU only: on the CPU inductor builds C++ (slow, needs a compiler) for little gain
-            on_gpu = next(lm.parameters()).device.type == "cuda"
-            self._decoder = Decoder(lm, compile=self.compile and on_gpu, fuse=self.fuse)
+            self._decoder = Decoder(lm, compile=self.compile and on_gpu, fuse=self.fuse,
+                                    attention=self._attention(lm, device), fuse_budget=budget,
+                                    compile_mode=None if self.compile_mode == "default"
+                                    else "max-autotune-no-cudagraphs")  # fmt: skip (our own graphs wrap it)
         else:  # same model: re-read the tensors (a ZeRO-3 gather gives new storage every rollout)
             self._decoder.collect()
         return self._decoder
+
+    def _attention(self, lm: torch.nn.Module, device: torch.device) -> str:
+        """``auto`` -> ``triton`` on CUDA where triton imports and the head size suits the kernel, else ``sdpa``."""
+        if self.attention != "auto":
+            return self.attention
+        cfg = lm.config
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        return "triton" if device.type == "cuda" and triton_available() and head_dim_ok(head_dim) else "sdpa"
 
     @torch.no_grad()
     def decode(self, lm: torch.nn.Module, embeds: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, greedy: bool,
@@ -167,13 +197,13 @@ class StaticEngine:
         each step's tokens (one per row; ``pad`` for rows already ended) and costs a host sync per step.
         Tokens in ``suppress`` are never chosen (the VLM's ``never_generated``: its image placeholder).
         """
-        dec = self.decoder(lm)
         b, p = mask.shape
         dev = embeds.device
         graphs = self.cuda_graphs and dev.type == "cuda"
         need = p + max_new_tokens
-        st = self._buffers(dec, b, math.ceil(need / self.window) * self.window if graphs else need, max_new_tokens,
-                           dev)  # fmt: skip
+        capacity = math.ceil(need / self.window) * self.window if graphs else need
+        dec = self.decoder(lm, self._cache_bytes(lm, b, capacity))
+        st = self._buffers(dec, b, capacity, max_new_tokens, dev)
         kb = Knobs.build(knobs["temperature"], knobs["top_p"], knobs["repetition_penalty"], dev)
         mode = (greedy, kb.top_p is not None, kb.penalty is not None, eos, pad, max_new_tokens, tuple(suppress))
         for name in ("temperature", "top_p", "penalty"):  # values into the captured buffers
@@ -214,8 +244,9 @@ class StaticEngine:
 
         for t in range(1, max_new_tokens):
             col = p + t - 1  # where the input token's K/V go
-            if graphs:
-                w = min(math.ceil((col + 1) / self.window) * self.window, st.capacity)
+            if graphs:  # the split-K kernel reads the filled columns itself: one graph for every step
+                w = st.capacity if dec.attention == "triton" else min(math.ceil((col + 1) / self.window) * self.window,
+                                                                      st.capacity)  # fmt: skip
                 self._graph(dec, st, w, knobs_live, greedy, eos, pad).replay()
             else:
                 self._step(dec, st, col + 1, knobs_live, greedy, eos, pad)
@@ -236,6 +267,16 @@ class StaticEngine:
             logits = logits.index_fill(1, suppress, float("-inf"))
         return self._draw(logits, seen, knobs.penalty if seen is not None else None, knobs.temperature, knobs.top_p,
                           greedy, method)  # fmt: skip
+
+    def _cache_bytes(self, lm: torch.nn.Module, b: int, capacity: int) -> int:
+        """Bytes of the K and V caches a decode of ``b`` rows x ``capacity`` columns allocates (0: already held)."""
+        st, cfg = self._state, lm.config
+        if st is not None and st.batch == b and st.capacity >= capacity:
+            return 0
+        n_kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        item = next(lm.parameters()).element_size()
+        return 2 * cfg.num_hidden_layers * b * n_kv * capacity * head_dim * item
 
     def _buffers(self, dec: Decoder, b: int, capacity: int, max_new: int, dev: torch.device) -> _State:
         st = self._state
@@ -278,11 +319,14 @@ class StaticEngine:
         """Choose token ``t`` from token ``t-1`` (all state in device buffers: graph-capturable)."""
         h = dec.embed(st.tok)[:, None]  # (B, 1, D)
         cos, sin = dec.rope(st.pos[:, None], h)
-        cols = torch.arange(window, device=h.device)
-        allowed = (cols[None] >= st.pad[:, None]) & (cols[None] <= st.col)  # (B, W)
-        # an additive float mask built once per step: a bool mask is converted inside SDPA in every layer
-        bias = torch.zeros(allowed.shape, dtype=h.dtype, device=h.device).masked_fill_(~allowed, float("-inf"))
-        h = dec.forward(h, cos, sin, st.k, st.v, st.col, window, bias[:, None, None])
+        if dec.attention == "triton":  # row b's tokens are cache columns [pad[b], col]
+            h = dec.forward(h, cos, sin, st.k, st.v, st.col, window, None, (st.pad, st.col + 1))
+        else:
+            cols = torch.arange(window, device=h.device)
+            allowed = (cols[None] >= st.pad[:, None]) & (cols[None] <= st.col)  # (B, W)
+            # an additive float mask built once per step: a bool mask is converted inside SDPA in every layer
+            bias = torch.zeros(allowed.shape, dtype=h.dtype, device=h.device).masked_fill_(~allowed, float("-inf"))
+            h = dec.forward(h, cos, sin, st.k, st.v, st.col, window, bias[:, None, None])
         nxt = self._choose(dec.logits(h), knobs, greedy, st.seen if knobs.penalty is not None else None, st.suppress)
         nxt = torch.where(st.done, torch.full_like(nxt, pad), nxt)
         st.out.index_copy_(1, st.t, nxt[:, None])

@@ -4,7 +4,7 @@ CUDA graphs, GPU sampling: :mod:`r1v.generation`)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -100,16 +100,21 @@ def hf(temperature: float = 0.6, top_p: float = 0.95, repetition_penalty: float 
 
 def static(temperature: float = 0.6, top_p: float = 0.95, repetition_penalty: float = 1.0, cuda_graphs: bool = True,
            compile: bool = False, window: int = 128, max_batch_size: int | None = None,
-           check_every: int = 16, fuse: bool = False,
-           top_p_method: TopPMethod = "auto") -> Any:  # fmt: skip
-    """Static KV cache + one CUDA graph per attention window, batched GPU sampling (Llama/Qwen2/Qwen3).
+           check_every: int = 16, fuse: bool = False, top_p_method: TopPMethod = "auto",
+           attention: Literal["auto", "sdpa", "triton"] = "auto",
+           compile_mode: Literal["default", "max-autotune"] = "default") -> Any:  # fmt: skip
+    """Static KV cache + CUDA graphs, batched GPU sampling (Llama/Qwen2/Qwen3).
 
-    ``compile``: torch.compile the per-layer pointwise work (one compilation serves every layer);
-    ``fuse``: one GEMM for q/k/v and one for gate/up, from a copy of those weights refreshed every call
-    (costs their memory once more); ``top_p_method``: ``sort`` (transformers' rule, verbatim), ``bisect``
-    (the same kept set up to float rounding, no vocabulary sort) or ``auto`` (bisect on the GPU).
+    ``compile``: torch.compile the per-layer pointwise work (one compilation serves every layer; ``compile_mode``
+    ``max-autotune`` also lets inductor pick Triton GEMMs for the decode shapes, a slower first compile);
+    ``fuse``: one GEMM for q/k/v and one for gate/up, from a copy of those weights refreshed every call, made
+    for as many layers as fit beside the weights and the KV cache (a one-line notice when not all do);
+    ``attention``: ``triton`` (a split-K decode kernel over each row's filled cache columns, one CUDA graph for
+    the whole rollout), ``sdpa`` (masked SDPA over ``window``-column windows, one graph per window) or ``auto``
+    (triton on a GPU where it imports); ``top_p_method``: ``sort`` (transformers' rule, verbatim), ``bisect``
+    (the same kept set up to float rounding, no vocabulary sort), ``triton`` or ``auto`` (triton on the GPU).
     """
     from r1v.generation import StaticEngine
 
     return StaticEngine(temperature, top_p, repetition_penalty, cuda_graphs, compile, window, max_batch_size,
-                        check_every, fuse, top_p_method)  # fmt: skip
+                        check_every, fuse, top_p_method, attention, compile_mode)  # fmt: skip

@@ -116,3 +116,33 @@ def test_a_callers_autocast_does_not_reach_the_engine(registry, tiny_vlm, one_th
     plain = engine.generate_ids(model, processor, samples, 8, greedy=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert engine.generate_ids(model, processor, samples, 8, greedy=True) == plain
+
+
+def test_fused_copies_are_made_only_for_the_layers_that_fit(registry, compose, one_thread, caplog):
+    """``fuse=true`` keeps a second copy of q|k|v and gate|up (at 32B shapes 41 GB: it did not load on an 80 GB
+    card). Under a memory budget only the first layers that fit are fused, said in one line; the rest run
+    unfused, with the same greedy tokens as a fully fused and an unfused decoder."""
+    from r1v.data.synthetic import generate
+    from r1v.generation import Decoder
+    from r1v.model.build import build
+
+    torch.manual_seed(0)
+    model, processor = build(compose("model=tiny_reasoner")["model"], registry)
+    model.eval()
+    lm = model.backbone  # the causal LM the engine decodes with
+    layer = lm.model.layers[0]
+    per_layer = sum(p.numel() * p.element_size() for m in (layer.self_attn.q_proj, layer.self_attn.k_proj,
+                    layer.self_attn.v_proj, layer.mlp.gate_proj, layer.mlp.up_proj) for p in m.parameters())  # fmt: skip
+    samples = [generate(i, "val")[0] for i in range(3)]
+    ids = {}
+    for name, fuse, budget in (("none", False, None), ("all", True, None), ("one", True, per_layer + 10)):
+        engine = registry.build("rollout", "static", fuse=fuse)
+        caplog.clear()
+        engine._decoder = Decoder(lm, fuse=fuse, fuse_budget=budget)  # the engine's GPU budget, made explicit
+        ids[name] = engine.generate_ids(model, processor, samples, 10, greedy=True)
+        fused = len(engine._decoder.fused)
+        assert fused == {"none": 0, "all": len(lm.model.layers), "one": 1}[name]
+        said = [r.getMessage() for r in caplog.records if "fused q|k|v" in r.getMessage()]
+        assert len(said) == (name == "one"), said
+    assert len(lm.model.layers) > 1 and f"for 1 of {len(lm.model.layers)} layers" in said[0]
+    assert ids["one"] == ids["all"] == ids["none"]
