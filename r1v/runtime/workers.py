@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from typing import Any
 
@@ -53,7 +54,8 @@ def time_limit(seconds: float | None) -> Iterator[None]:
 
 class WorkerPool:
     """``workers`` spawned processes, started at the first call. A call (or batch of calls) past its time limit
-    gets the workers killed: the next call starts fresh ones."""
+    gets the workers killed, and a worker that died breaks the whole pool: either way the next call starts fresh
+    workers."""
 
     def __init__(self, workers: int = 2) -> None:
         self.workers = workers
@@ -61,9 +63,13 @@ class WorkerPool:
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
         """``fn(*args)`` in a worker (``fn`` and ``args`` are pickled to it)."""
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
-                                             initializer=die_with_parent)  # fmt: skip
+        if self._pool is not None:
+            try:
+                return self._pool.submit(fn, *args)
+            except BrokenProcessPool:  # a worker died in an earlier call (a crash, out of memory): the executor
+                self.close(kill=True)  # refuses every later call, so start fresh workers
+        self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
+                                         initializer=die_with_parent)  # fmt: skip
         return self._pool.submit(fn, *args)
 
     def call(self, fn: Callable[..., Any], *args: Any, timeout_s: float | None = None) -> Any:
