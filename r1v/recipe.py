@@ -27,9 +27,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from r1v.core.config import ConfigError, conf_dir, hydra_entry
 from r1v.core.registry import did_you_mean, get_registry
-from r1v.rl.rewards import die_with_parent
 from r1v.runtime.history import changed_keys
 from r1v.runtime.runs import RunError, lock_run_folder, unlock_run_folder, write_json_atomic
+from r1v.runtime.workers import die_with_parent
 
 log = logging.getLogger("r1v.recipe")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z0-9_]+)\}")

@@ -29,6 +29,16 @@ def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeo
                           text=True, timeout=timeout)  # fmt: skip
 
 
+def one_error_line(proc: subprocess.CompletedProcess) -> str:
+    """The one ``r1v: error:`` line of a run refused as a user error: exit status 2, no traceback, and exactly one
+    such line (the contract of every user error); returned for the test to check its text."""
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    lines = [x for x in proc.stderr.splitlines() if x.startswith("r1v: error:")]
+    assert len(lines) == 1, proc.stderr[-2000:]
+    return lines[0]
+
+
 def held_out_accuracy(model, processor, registry, n: int = 32) -> float:
     """Greedy accuracy on the first ``n`` synthetic validation questions (answers checked as in training)."""
     from r1v.data.synthetic import generate

@@ -24,6 +24,7 @@ import torch
 
 from r1v.core.errors import ScoringError
 from r1v.core.interfaces import IMAGE_PLACEHOLDER, Sample, ScoreContext
+from r1v.runtime.workers import WorkerPool, time_limit
 
 log = logging.getLogger(__name__)
 SCORER_POLICIES = ("keep", "drop", "error")
@@ -46,7 +47,7 @@ class ScorerPool:
 
     def __init__(self, workers: int = 2) -> None:
         self.workers = workers
-        self._pool: Any = None
+        self._pool = WorkerPool(workers)
         self._inline: set[str] = set()
 
     def isolates(self, name: str, scorer: Any) -> bool:
@@ -64,30 +65,10 @@ class ScorerPool:
 
     def score(self, scorer: Any, samples: list[Sample], timeout_s: float | None) -> list[float]:
         """``scorer.score(samples)`` in a worker; past ``timeout_s`` the workers are killed and TimeoutError raised."""
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-        from concurrent.futures import TimeoutError as FutureTimeout
-
-        from r1v.rl.rewards import die_with_parent
-
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
-                                             initializer=die_with_parent)  # fmt: skip
-        future = self._pool.submit(_score_in_worker, scorer, samples)
-        try:
-            return future.result(timeout=timeout_s)
-        except FutureTimeout:
-            self.close(kill=True)
-            raise TimeoutError(f"no result within {timeout_s:g} s (worker killed)") from None
+        return self._pool.call(_score_in_worker, scorer, samples, timeout_s=timeout_s)
 
     def close(self, kill: bool = False) -> None:
-        if self._pool is None:
-            return
-        if kill:
-            for proc in list((getattr(self._pool, "_processes", None) or {}).values()):
-                proc.kill()
-        self._pool.shutdown(wait=kill, cancel_futures=True)
-        self._pool = None
+        self._pool.close(kill)
 
 
 def run_scorer(name: str, scorer: Any, samples: list[Sample], ctx: ScoreContext, failures: Counter[str],
@@ -97,8 +78,6 @@ def run_scorer(name: str, scorer: Any, samples: list[Sample], ctx: ScoreContext,
     sample, and a sample that still fails (raises, times out, gives NaN or inf) yields None and is counted in
     ``failures[name]`` — unless ``policy=error``. With ``pool``, a scorer that does not need the model scores in a
     worker process (:class:`ScorerPool`)."""
-    from r1v.rl.rewards import time_limit
-
     isolated = pool is not None and pool.isolates(name, scorer)
 
     def call(batch: list[Sample], limit: float | None) -> list[float]:

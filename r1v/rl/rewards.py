@@ -21,56 +21,20 @@ from __future__ import annotations
 
 import logging
 import math
-import multiprocessing as mp
 import numbers
 import pickle
 import reprlib
-import signal
-import threading
 from collections import Counter
-from collections.abc import Iterator, Mapping
-from concurrent.futures import ProcessPoolExecutor, wait
+from collections.abc import Mapping
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
 from typing import Any
 
 from r1v.core.errors import ConfigError, RewardFailureError
 from r1v.core.interfaces import RewardInput
+from r1v.runtime.workers import WorkerPool, time_limit
 
 log = logging.getLogger(__name__)
 ISOLATIONS = ("process", "inline")
-
-
-def die_with_parent() -> None:
-    """Process initializer: on Linux the process gets SIGKILL when the training process dies (kill -9
-    included), so no orphan keeps running or holds the parent's output pipes open."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
-    except (OSError, AttributeError):  # not Linux: the pool's own shutdown still applies
-        pass
-
-
-@contextmanager
-def time_limit(seconds: float | None) -> Iterator[None]:
-    """Raise ``TimeoutError`` in this (main) thread after ``seconds`` (SIGALRM; Python-level code only: a long
-    C call is interrupted when it returns). A no-op for None/0, off the main thread, or without SIGALRM."""
-    usable = seconds and hasattr(signal, "SIGALRM") and threading.current_thread() is threading.main_thread()
-    if not usable:
-        yield
-        return
-
-    def expire(signum: int, frame: Any) -> None:
-        raise TimeoutError(f"no result within {seconds:g} s")
-
-    old = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, float(seconds))
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
 
 
 ALLOWED = "allowed: a number, or a mapping of part names to numbers"
@@ -160,30 +124,16 @@ class RewardRunner:
         self.failures: Counter[str] = Counter()
         self.calls: Counter[str] = Counter()
         self.first_failure: dict[str, str] = {}
-        self._pool: ProcessPoolExecutor | None = None
+        self._pool = WorkerPool(workers)
         self._warned: set[str] = set()
         if isolation == "process":
             for key, (_, fn) in self.rewards.items():
                 _check_picklable(key, fn)
 
-    def _executor(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
-                                             initializer=die_with_parent)  # fmt: skip
-        return self._pool
-
     def close(self, kill: bool = False) -> None:
-        """Stop the worker processes; ``kill=True`` terminates them first and waits, so that nothing of the pool
+        """Stop the worker processes; ``kill=True`` kills them first and waits, so that nothing of the pool
         (processes, semaphores) outlives a process about to end with ``os._exit``."""
-        if self._pool is not None:
-            if kill:
-                for proc in list((getattr(self._pool, "_processes", None) or {}).values()):
-                    proc.terminate()
-            self._pool.shutdown(wait=kill, cancel_futures=True)
-            self._pool = None
-
-    def __getstate__(self) -> dict[str, Any]:  # Lightning may deep-copy the module that holds us
-        return {**self.__dict__, "_pool": None}
+        self._pool.close(kill)
 
     def score(self, inputs: list[RewardInput]) -> tuple[list[dict[str, float]], list[float]]:
         """Per completion: every reward's named parts, and the weighted total."""
@@ -193,21 +143,16 @@ class RewardRunner:
             for i, key, fn in calls:
                 results[i, key] = _call(fn, key, inputs[i], self.timeout_s)
         else:
-            pool = self._executor()
-            futures = {pool.submit(_call, fn, key, inputs[i], self.timeout_s): (i, key) for i, key, fn in calls}
+            futures = {self._pool.submit(_call, fn, key, inputs[i], self.timeout_s): (i, key) for i, key, fn in calls}
             deadline = self.timeout_s * (math.ceil(len(calls) / self.workers) + 1) + 5.0
-            done, pending = wait(futures, timeout=deadline)
+            done, pending = self._pool.gather(futures, deadline)  # hung past every alarm: the workers are killed
             for f in done:
                 try:
                     results[futures[f]] = f.result()
                 except Exception as e:  # a worker died, or the call could not be pickled to it
                     results[futures[f]] = ("error", _pool_error(e))
-            if pending:  # hung past every alarm: kill the pool, count them
-                for f in pending:
-                    results[futures[f]] = ("error", f"no result within {deadline:.0f} s (worker killed)")
-                for p in getattr(self._pool, "_processes", {}).values():
-                    p.kill()
-                self.close()
+            for f in pending:
+                results[futures[f]] = ("error", f"no result within {deadline:.0f} s (worker killed)")
         parts_out: list[dict[str, float]] = []
         totals: list[float] = []
         for i, x in enumerate(inputs):

@@ -48,8 +48,6 @@ class MakePairs:
         self.cfg = dict(cfg)
         st = self.cfg["stage"]
         self.k, self.threshold = int(st["k"]), float(st["threshold"])
-        if self.k < 2:
-            raise ConfigError(f"stage.k={self.k}: a pair needs at least 2 sampled responses per prompt")
         if not self.cfg.get("rewards"):
             raise ConfigError(
                 "stage=make_pairs needs at least one reward to score responses (reward=[accuracy,format])"

@@ -31,8 +31,6 @@ class MPOStage(LightningStage):
         st = self.stage
         self.beta = float(st["beta"])
         self.weights = tuple(float(st["weights"][k]) for k in ("dpo", "bco", "nll"))
-        if self.beta <= 0:
-            raise ConfigError(f"stage.beta={self.beta}: the implicit reward β·log(π/π_ref) needs β > 0 (MPO: 0.1)")
         if min(self.weights) < 0 or not any(self.weights):
             raise ConfigError(f"stage.weights={dict(st['weights'])}: weights must be ≥ 0 and not all 0")
         self.delta = RunningMean()

@@ -14,7 +14,6 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from r1v.core.config import ConfigError
 from r1v.core.interfaces import Sample
 from r1v.data.collate import Collator
 from r1v.rl.grpo import chunked_logprobs
@@ -25,14 +24,6 @@ from r1v.stages.base import LightningStage
 class SFTStage(LightningStage):
     def __init__(self, cfg: Mapping[str, Any]) -> None:
         super().__init__(cfg)
-        chunk = self.stage["loss_chunk_tokens"]
-        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0:
-            raise ConfigError(f"stage.loss_chunk_tokens={chunk!r}: expected a whole number ≥ 0 (0: transformers' "
-                              "loss over the full logits)")  # fmt: skip
-        acc = self.stage["accumulate_grad_batches"]
-        if isinstance(acc, bool) or not isinstance(acc, int) or acc < 1:
-            raise ConfigError(f"stage.accumulate_grad_batches={acc!r}: expected a whole number ≥ 1 (batches per "
-                              "optimizer step)")  # fmt: skip
         self._window_total = 1.0  # loss tokens of the current accumulation window, all ranks (token_weight)
 
     # -- data ----------------------------------------------------------------------------------

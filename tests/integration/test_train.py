@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import reasoning_jsonl, run_cli
+from tests.conftest import one_error_line, reasoning_jsonl, run_cli
 
 pytestmark = pytest.mark.slow
 QUIET = ["stage.batch_size=4", "stage.val_generate=0", "logger=csv", "trainer.enable_progress_bar=false"]
@@ -126,14 +126,6 @@ def test_multirun_sweep_gives_each_job_a_folder(tmp_path):
     assert all((j / "metrics.csv").is_file() and (j / "final" / "trainable.safetensors").is_file() for j in jobs)
 
 
-def one_error_line(proc) -> str:
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
-    lines = [x for x in proc.stderr.splitlines() if x.startswith("r1v: error:")]
-    assert len(lines) == 1, proc.stderr[-2000:]
-    return lines[0]
-
-
 @pytest.mark.parametrize(("args", "expected"), [
     (["stage.lrr=1e-3"], "did you mean 'lr'"),
     (["vision=tinyy"], "no option 'tinyy' in config group 'vision'"),
@@ -181,10 +173,7 @@ def test_ckpt_every_zero_writes_no_checkpoint_and_says_so(tmp_path):
                                                 "allowed: backbone"),
 ])  # fmt: skip
 def test_bad_throughput_knobs_are_one_line(tmp_path, override, message):
-    proc = run_cli(["stage=sft", override, "stage.max_steps=1", "run=bad", *FAST], tmp_path)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("r1v: error:")]
-    assert message in line
+    assert message in one_error_line(run_cli(["stage=sft", override, "stage.max_steps=1", "run=bad", *FAST], tmp_path))
     assert not (tmp_path / "runs" / "bad").exists()  # a refused run leaves no empty folder behind
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 
@@ -17,3 +18,12 @@ class StuckInC:
 class Fine:
     def score(self, samples, ctx):
         return [float(len(s.question)) for s in samples]
+
+
+class Crash:
+    """Ends its worker process like a segfault or the OOM killer would, on a sample whose question is 'die'."""
+
+    def score(self, samples, ctx):
+        if any(s.question == "die" for s in samples):
+            os._exit(3)
+        return [1.0 for _ in samples]

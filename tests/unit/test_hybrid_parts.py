@@ -412,3 +412,19 @@ def test_a_scorer_stuck_in_c_code_is_killed_at_its_limit_in_a_worker_process():
         assert not pool.isolates("m", model_scorer) and pool.isolates("f", Fine())
     finally:
         pool.close(kill=True)
+
+
+def test_a_scorer_that_kills_its_worker_fails_its_samples_and_the_next_call_gets_fresh_workers():
+    """A dead worker breaks a process pool for good; the pool is replaced, so only the crashing samples fail."""
+    from r1v.evaluation.sample_scores import ScorerPool
+    from tests.unit.scorer_fixtures import Crash, Fine
+
+    samples = [replace(generate(0, "train")[0], question="die"), generate(1, "train")[0]]
+    pool, failures = ScorerPool(workers=1), Counter()
+    try:
+        assert run_scorer("crash", Crash(), samples, ScoreContext(), failures, "keep", 30.0, pool) == [None, 1.0]
+        assert failures == {"crash": 1}
+        assert run_scorer("fine", Fine(), samples[1:], ScoreContext(), failures, "keep", 30.0, pool) == [
+            float(len(samples[1].question))]  # fmt: skip
+    finally:
+        pool.close(kill=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
 import time
 
 import numpy as np
@@ -20,6 +21,13 @@ ALLOWED = "(allowed: a number, or a mapping of part names to numbers)"
 
 def one(x: RewardInput) -> float:
     """Importable: a worker process can get it."""
+    return 1.0
+
+
+def dies_on_die(x: RewardInput) -> float:
+    """Ends its worker process (as a segfault or the OOM killer would) on the completion 'die'."""
+    if x.completion == "die":
+        os._exit(3)
     return 1.0
 
 
@@ -106,3 +114,15 @@ def test_summary_names_a_reward_that_failed_on_too_few_calls_to_stop_the_run() -
     assert runner.summary() == [
         "reward 'broken' failed on 4 of 4 calls (100%; its part counted 0 there); first failure: ValueError: no answer"
     ]
+
+
+def test_a_reward_that_kills_its_worker_is_a_failure_and_the_next_batch_gets_fresh_workers() -> None:
+    runner = RewardRunner({"dies": (1.0, dies_on_die)}, timeout_s=30, isolation="process", workers=1,
+                          max_failure_share=None)  # fmt: skip
+    try:
+        _, totals = runner.score([RewardInput("q", "die", "1")])
+        assert totals == [0.0] and runner.first_failure["dies"].startswith("worker died (BrokenProcessPool)")
+        _, totals = runner.score([RewardInput("q", "ok", "1")] * 2)  # a broken pool refused every later call
+        assert totals == [1.0, 1.0] and runner.failures == {"dies": 1}
+    finally:
+        runner.close(kill=True)

@@ -45,6 +45,15 @@ def test_a_bad_value_stops_python_m_r1v_train_with_one_line_before_anything_is_b
     (["stage.val_every=null"], "stage.val_every=null: must be >= 1 (null is not allowed here)"),
     (["stage=grpo", "stage.group_size=1"], "stage.group_size=1: must be >= 2 (GRPO's advantage is relative to the "
                                            "group, 0 for a group of one; R1V: 8)"),
+    # the stages once checked these by hand; the range check is now the only one
+    (["stage=sft", "stage.loss_chunk_tokens=-1"], "stage.loss_chunk_tokens=-1: must be >= 0 (0: transformers' loss "
+                                                  "over the full logits)"),
+    (["stage=sft", "stage.accumulate_grad_batches=0"], "stage.accumulate_grad_batches=0: must be >= 1 (batches per "
+                                                       "optimizer step)"),
+    (["stage=mpo", "stage.beta=0"], "stage.beta=0: must be > 0 (the implicit reward β·log(π/π_ref) needs β > 0, "
+                                    "MPO: 0.1)"),
+    (["stage=make_pairs", "stage.k=1"], "stage.k=1: must be >= 2 (a pair needs at least 2 sampled responses per "
+                                        "prompt)"),
     (["stage=grpo", "stage.rollout.top_p=0"], "stage.rollout.top_p=0: must be in (0, 1] (1: no nucleus cut)"),
     (["stage=iterative_sft", "stage.taus=[2,6]"], "stage.taus=[2, 6]: each value must be in [0, 5] (R1V's 0–5 "
                                                   "reward-model scale); 6 is not"),

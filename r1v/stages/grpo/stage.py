@@ -95,9 +95,6 @@ class GRPOStage(LightningStage):
         st = self.stage
         self.automatic_optimization = False  # μ updates per rollout batch, micro-batched
         self.G = int(st["group_size"])
-        if self.G < 2:
-            raise ConfigError(f"stage.group_size={self.G}: GRPO's advantage is relative to the group, and with one "
-                              "completion per prompt every advantage is 0; use group_size ≥ 2 (R1V: 8)")  # fmt: skip
         if not self.cfg.get("rewards"):
             raise ConfigError("stage=grpo needs at least one reward (reward=[accuracy,format])")
         self.mu = int(st["mu"])
