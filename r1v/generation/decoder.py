@@ -208,7 +208,7 @@ class Decoder:
                          *dims)  # fmt: skip
             if bounds is not None:  # one new token: the filled columns only (r1v/generation/triton_attention.py)
                 b = h.shape[0]
-                o = self._decode_attention(q.view(b, self.n_kv, -1, self.head_dim), ck, cv, *bounds, self.scale)
+                o = self._decode_attention(q.reshape(b, self.n_kv, -1, self.head_dim), ck, cv, *bounds, self.scale)
                 o = o.view(b, 1, -1)  # (B, 1, H·hd): query head h·G + g used KV head h
             else:
                 o = attend(q, ck[:, :, :window], cv[:, :, :window], mask, self.scale)  # (B, T, H·hd)

@@ -32,6 +32,7 @@ ATTENTION = ("auto", "sdpa", "triton")  # decode attention: masked SDPA over win
 COMPILE_MODES = ("default", "max-autotune")  # torch.compile's mode for the per-layer functions
 _FUSE_MARGIN = 2 << 30  # bytes of GPU memory the fused copies leave free beside the weights and the KV cache
 _PREFILL_MASK_ELEMENTS = 1 << 28  # rows per prefill chunk keep the (rows, 1, P, P) mask under 256M entries
+_PREFILL_TOKENS = 1 << 15  # and the chunk's activations bounded (32B, P = 2k: gate|up of 32k tokens is 3.6 GB)
 
 
 @dataclass
@@ -168,7 +169,9 @@ class StaticEngine:
             if self.fuse and on_gpu:  # a second copy of q|k|v and gate|up: only as much as fits
                 free = torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device)
                 free -= torch.cuda.memory_allocated(device)
-                budget = max(0, free - cache_bytes - _FUSE_MARGIN)
+                cfg = lm.config  # room for a prefill chunk's activations (q|k|v, gate|up, SwiGLU, residuals)
+                chunk = _PREFILL_TOKENS * (3 * cfg.intermediate_size + 4 * cfg.hidden_size) * 4
+                budget = max(0, free - cache_bytes - chunk - _FUSE_MARGIN)
             # compile on the GPU only: on the CPU inductor builds C++ (slow, needs a compiler) for little gain
             self._decoder = Decoder(lm, compile=self.compile and on_gpu, fuse=self.fuse,
                                     attention=self._attention(lm, device), fuse_budget=budget,
@@ -300,7 +303,7 @@ class StaticEngine:
     def _prefill(self, dec: Decoder, st: _State, embeds: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Prompt pass in row chunks: cache columns [0, P) and each row's last hidden state."""
         b, p = mask.shape
-        rows = max(1, _PREFILL_MASK_ELEMENTS // (p * p))
+        rows = max(1, min(_PREFILL_MASK_ELEMENTS // (p * p), _PREFILL_TOKENS // p))
         j = torch.arange(p, device=mask.device)
         last = []
         for r0 in range(0, b, rows):

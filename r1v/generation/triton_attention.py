@@ -26,9 +26,10 @@ BLOCK_N = 64  # cache columns per loop step
 
 
 @triton.jit
-def _partial(Q, K, V, Start, End, Part, Lse,
+def _attention_partial(Q, K, V, Start, End, Part, Lse,
              sq_b, sq_h, sq_g, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, n_kv, G, scale, S,
-             BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, HD: tl.constexpr):  # fmt: skip
+             BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, HD: tl.constexpr,
+             PRECISION: tl.constexpr):  # fmt: skip
     bh = tl.program_id(0)
     s = tl.program_id(1)
     b = bh // n_kv
@@ -50,14 +51,14 @@ def _partial(Q, K, V, Start, End, Part, Lse,
         n = n0 + tl.arange(0, BLOCK_N)
         valid = n < hi
         k = tl.load(kb + n[:, None] * sk_n + d[None, :], mask=valid[:, None], other=0.0)  # (BLOCK_N, HD)
-        qk = tl.dot(q, tl.trans(k)) * scale  # (BLOCK_G, BLOCK_N) float32
+        qk = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # (BLOCK_G, BLOCK_N) float32
         qk = tl.where(valid[None, :], qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))  # finite: every block of the loop holds a valid column
         alpha = tl.exp(m_i - m_new)
         p = tl.exp(qk - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(vb + n[:, None] * sv_n + d[None, :], mask=valid[:, None], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
     has = l_i > 0  # an empty split (its range starts past the row's end) leaves -inf and zeros
     lse = tl.where(has, m_i + tl.log(tl.where(has, l_i, 1.0)), float("-inf"))
@@ -68,7 +69,7 @@ def _partial(Q, K, V, Start, End, Part, Lse,
 
 
 @triton.jit
-def _combine(Part, Lse, Out, so_b, so_h, so_g, n_kv, G, S,
+def _attention_combine(Part, Lse, Out, so_b, so_h, so_g, n_kv, G, S,
              BLOCK_G: tl.constexpr, HD: tl.constexpr):  # fmt: skip
     bh = tl.program_id(0)
     b = bh // n_kv
@@ -109,11 +110,13 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: t
     part = torch.empty(b * n_kv, s, block_g, hd, dtype=torch.float32, device=q.device)
     lse = torch.empty(b * n_kv, s, block_g, dtype=torch.float32, device=q.device)
     out = torch.empty_like(q)
-    _partial[(b * n_kv, s)](q, k, v, start, end, part, lse, q.stride(0), q.stride(1), q.stride(2), k.stride(0),
-                            k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2), n_kv, g, scale, s,
-                            BLOCK_G=block_g, BLOCK_N=BLOCK_N, HD=hd, num_warps=4)  # fmt: skip
-    _combine[(b * n_kv,)](part, lse, out, out.stride(0), out.stride(1), out.stride(2), n_kv, g, s, BLOCK_G=block_g,
-                          HD=hd, num_warps=4)  # fmt: skip
+    grid = (b * n_kv, s)
+    _attention_partial[grid](q, k, v, start, end, part, lse, q.stride(0), q.stride(1), q.stride(2), k.stride(0),
+                             k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2), n_kv, g, scale, s,
+                             BLOCK_G=block_g, BLOCK_N=BLOCK_N, HD=hd, num_warps=4,
+                             PRECISION="ieee" if q.dtype == torch.float32 else "tf32")  # fmt: skip
+    _attention_combine[(b * n_kv,)](part, lse, out, out.stride(0), out.stride(1), out.stride(2), n_kv, g, s,
+                                    BLOCK_G=block_g, HD=hd, num_warps=4)  # fmt: skip
     return out
 
 

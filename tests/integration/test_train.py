@@ -198,7 +198,9 @@ def test_gradient_accumulation_trains_like_one_batch_of_all_its_tokens(tmp_path)
         assert f"  python -m r1v.train stage=grpo model=tiny_reasoner checkpoint=runs/{name}" in proc.stdout
     assert weights["big"].keys() == weights["acc"].keys()
     for k, v in weights["big"].items():
-        torch.testing.assert_close(weights["acc"][k], v, rtol=0, atol=1e-5)
+        # 1e-4: float sums in another order (seen up to 3.5e-5 on one element of 49k on some CPUs); 100x below
+        # the 0.01 of the unweighted mean
+        torch.testing.assert_close(weights["acc"][k], v, rtol=0, atol=1e-4)
 
 
 def test_a_frozen_random_part_is_saved_with_the_run_and_loaded_back(tmp_path):

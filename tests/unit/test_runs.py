@@ -181,4 +181,5 @@ def test_only_rank_zero_removes_leftovers_of_interrupted_saves(tmp_path, monkeyp
     assert (ckpts / "step000001.ckpt").is_dir() and not (ckpts / ".step000001.ckpt.old").exists()
     monkeypatch.setenv("RANK", "0")
     latest_good_checkpoint(tmp_path / "run")
-    assert sorted(p.name for p in ckpts.iterdir()) == ["step000001.ckpt", "step000003.ckpt"]
+    left = sorted(p.name for p in ckpts.iterdir() if ".r1v_verified." not in p.name)  # less the CRC verdicts
+    assert left == ["step000001.ckpt", "step000003.ckpt"]

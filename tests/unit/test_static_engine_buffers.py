@@ -131,8 +131,9 @@ def test_fused_copies_are_made_only_for_the_layers_that_fit(registry, compose, o
     model.eval()
     lm = model.backbone  # the causal LM the engine decodes with
     layer = lm.model.layers[0]
-    per_layer = sum(p.numel() * p.element_size() for m in (layer.self_attn.q_proj, layer.self_attn.k_proj,
-                    layer.self_attn.v_proj, layer.mlp.gate_proj, layer.mlp.up_proj) for p in m.parameters())  # fmt: skip
+    a, m = layer.self_attn, layer.mlp
+    per_layer = sum(p.numel() * p.element_size() for part in (a.q_proj, a.k_proj, a.v_proj, m.gate_proj, m.up_proj)
+                    for p in part.parameters())  # fmt: skip
     samples = [generate(i, "val")[0] for i in range(3)]
     ids = {}
     for name, fuse, budget in (("none", False, None), ("all", True, None), ("one", True, per_layer + 10)):
