@@ -67,7 +67,8 @@ class Decoder:
     """
 
     def __init__(self, lm: nn.Module, compile: bool = False, fuse: bool = False, attention: str = "sdpa",
-                 compile_mode: str | None = None, fuse_budget: int | None = None) -> None:  # fmt: skip
+                 compile_mode: str | None = None, fuse_budget: int | None = None,
+                 split_k: bool = False) -> None:  # fmt: skip
         cfg = lm.config
         kind = getattr(cfg, "model_type", "?")
         if kind not in SUPPORTED:
@@ -91,6 +92,10 @@ class Decoder:
         self.layers: list[Layer] = []
         self.fuse, self.fuse_budget = fuse, fuse_budget
         self.fused: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]] = []  # (W_qkv, b_qkv, W_gate|up)
+        dev = next(lm.parameters()).device
+        # split-K decode GEMMs (:func:`linear`), sized by the GPU's SM count (8 on the CPU: the tests' path)
+        sms = torch.cuda.get_device_properties(dev).multi_processor_count if dev.type == "cuda" else 8
+        self.split_k_sms = sms if split_k else 0
         self._fused_for, self._fused_n = -1, 0  # the layer count the fused copies were made for, and how many
         self.attention = attention  # "sdpa" (masked windows) or "triton" (filled columns only, split-K)
         if attention == "triton":  # imports triton: only when asked for
@@ -196,16 +201,17 @@ class Decoder:
         # compiled kernels for decode only: prompts vary in length and would recompile for every P
         fns = self._fns if h.shape[1] == 1 else self._eager
         dims = (self.n_heads, self.n_kv, self.head_dim, self.eps)
+        sms = self.split_k_sms if h.shape[1] == 1 else 0  # split-K for decode GEMMs only
         for i, w in enumerate(self.layers):
             ck, cv = cache_k[i], cache_v[i]
             fused = i < len(self.fused)
             fqkv, fmlp = fns[fused]
             if fused:
                 wqkv, bqkv, wgu = self.fused[i]  # K/V written into the cache inside the (compiled) function
-                q = fqkv(h, cos, sin, w.ln1, wqkv, bqkv, w.q_norm, w.k_norm, ck, cv, write, *dims)  # (B, H, T, hd)
+                q = fqkv(h, cos, sin, w.ln1, wqkv, bqkv, w.q_norm, w.k_norm, ck, cv, write, *dims, sms)  # (B,H,T,hd)
             else:
                 q = fqkv(h, cos, sin, w.ln1, w.wq, w.bq, w.wk, w.bk, w.wv, w.bv, w.q_norm, w.k_norm, ck, cv, write,
-                         *dims)  # fmt: skip
+                         *dims, sms)  # fmt: skip
             if bounds is not None:  # one new token: the filled columns only (r1v/generation/triton_attention.py)
                 b = h.shape[0]
                 o = self._decode_attention(q.reshape(b, self.n_kv, -1, self.head_dim), ck, cv, *bounds, self.scale)
@@ -213,9 +219,9 @@ class Decoder:
             else:
                 o = attend(q, ck[:, :, :window], cv[:, :, :window], mask, self.scale)  # (B, T, H·hd)
             if fused:
-                h = fmlp(h, o, w.wo, w.bo, w.ln2, wgu, w.w_down, self.eps)
+                h = fmlp(h, o, w.wo, w.bo, w.ln2, wgu, w.w_down, self.eps, sms)
             else:
-                h = fmlp(h, o, w.wo, w.bo, w.ln2, w.w_gate, w.w_up, w.w_down, self.eps)
+                h = fmlp(h, o, w.wo, w.bo, w.ln2, w.w_gate, w.w_up, w.w_down, self.eps, sms)
         return h[:, -1]
 
 
@@ -258,13 +264,15 @@ def store(ck: torch.Tensor, cv: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
 def qkv(h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ln1: torch.Tensor, wq: torch.Tensor,
         bq: torch.Tensor | None, wk: torch.Tensor, bk: torch.Tensor | None, wv: torch.Tensor, bv: torch.Tensor | None,
         q_norm: torch.Tensor | None, k_norm: torch.Tensor | None, ck: torch.Tensor, cv: torch.Tensor,
-        write: torch.Tensor | slice, n_heads: int, n_kv: int, head_dim: int, eps: float) -> torch.Tensor:  # fmt: skip
-    """(B, T, D) -> q (B, H, T, hd) with rotary; k (rotary applied) and v (B, H_kv, T, hd) go into the cache."""
+        write: torch.Tensor | slice, n_heads: int, n_kv: int, head_dim: int, eps: float,
+        sms: int = 0) -> torch.Tensor:  # fmt: skip
+    """(B, T, D) -> q (B, H, T, hd) with rotary; k (rotary applied) and v (B, H_kv, T, hd) go into the cache.
+    ``sms`` > 0: split-K GEMMs where the output has few tiles for that many SMs (:func:`linear`)."""
     b, t, _ = h.shape
     x = rms_norm(h, ln1, eps)
-    q = F.linear(x, wq, bq).view(b, t, n_heads, head_dim)
-    k = F.linear(x, wk, bk).view(b, t, n_kv, head_dim)
-    v = F.linear(x, wv, bv).view(b, t, n_kv, head_dim).transpose(1, 2)
+    q = linear(x, wq, bq, sms).view(b, t, n_heads, head_dim)
+    k = linear(x, wk, bk, sms).view(b, t, n_kv, head_dim)
+    v = linear(x, wv, bv, sms).view(b, t, n_kv, head_dim).transpose(1, 2)
     if q_norm is not None:  # Qwen3: per-head RMSNorm before the rotation
         q, k = rms_norm(q, q_norm, eps), rms_norm(k, k_norm, eps)
     q, k = q.transpose(1, 2), k.transpose(1, 2)
@@ -293,21 +301,22 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
 
 
 def mlp_block(h: torch.Tensor, o: torch.Tensor, wo: torch.Tensor, bo: torch.Tensor | None, ln2: torch.Tensor,
-              w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor, eps: float) -> torch.Tensor:  # fmt: skip
+              w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor, eps: float,
+              sms: int = 0) -> torch.Tensor:  # fmt: skip
     """Attention output projection + residual, then RMSNorm → SwiGLU → residual: (B, T, D)."""
-    h = h + F.linear(o, wo, bo)
+    h = h + linear(o, wo, bo, sms)
     x = rms_norm(h, ln2, eps)
-    return h + F.linear(F.silu(F.linear(x, w_gate)) * F.linear(x, w_up), w_down)
+    return h + linear(F.silu(linear(x, w_gate, None, sms)) * linear(x, w_up, None, sms), w_down, None, sms)
 
 
 def qkv_fused(h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ln1: torch.Tensor, wqkv: torch.Tensor,
               bqkv: torch.Tensor | None, q_norm: torch.Tensor | None, k_norm: torch.Tensor | None, ck: torch.Tensor,
               cv: torch.Tensor, write: torch.Tensor | slice, n_heads: int, n_kv: int, head_dim: int,
-              eps: float) -> torch.Tensor:  # fmt: skip
+              eps: float, sms: int = 0) -> torch.Tensor:  # fmt: skip
     """:func:`qkv` with one GEMM over the stacked [W_q; W_k; W_v] (fewer, larger kernels at decode batch sizes)."""
     b, t, _ = h.shape
     x = rms_norm(h, ln1, eps)
-    q, k, v = F.linear(x, wqkv, bqkv).split([n_heads * head_dim, n_kv * head_dim, n_kv * head_dim], dim=-1)
+    q, k, v = linear(x, wqkv, bqkv, sms).split([n_heads * head_dim, n_kv * head_dim, n_kv * head_dim], dim=-1)
     q, k = q.reshape(b, t, n_heads, head_dim), k.reshape(b, t, n_kv, head_dim)
     v = v.reshape(b, t, n_kv, head_dim).transpose(1, 2)
     if q_norm is not None:
@@ -319,8 +328,38 @@ def qkv_fused(h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ln1: torch.
 
 
 def mlp_fused(h: torch.Tensor, o: torch.Tensor, wo: torch.Tensor, bo: torch.Tensor | None, ln2: torch.Tensor,
-              w_gate_up: torch.Tensor, w_down: torch.Tensor, eps: float) -> torch.Tensor:  # fmt: skip
+              w_gate_up: torch.Tensor, w_down: torch.Tensor, eps: float, sms: int = 0) -> torch.Tensor:  # fmt: skip
     """:func:`mlp_block` with one GEMM over the stacked [W_gate; W_up]."""
-    h = h + F.linear(o, wo, bo)
-    gate, up = F.linear(rms_norm(h, ln2, eps), w_gate_up).chunk(2, dim=-1)
-    return h + F.linear(F.silu(gate) * up, w_down)
+    h = h + linear(o, wo, bo, sms)
+    gate, up = linear(rms_norm(h, ln2, eps), w_gate_up, None, sms).chunk(2, dim=-1)
+    return h + linear(F.silu(gate) * up, w_down, None, sms)
+
+
+def split_count(m: int, n: int, k: int, sms: int) -> int:
+    """Slices of K for an (m × k) @ (k × n) decode GEMM: enough that the output's 64 × 128 tiles, times the slices,
+    reach the SMs (at most 8, a power of two dividing k into multiples of 8 elements: 16-byte aligned slices); 1 when
+    the tiles already do."""
+    tiles = -(-m // 64) * -(-n // 128)
+    s = 1
+    while s < 8 and tiles * s * 2 <= sms and k % (s * 2 * 8) == 0:
+        s *= 2
+    return s
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None, sms: int = 0) -> torch.Tensor:
+    """``F.linear``, or for a decode GEMM whose output has few tiles (``sms`` > 0: the GPU's SM count) a split-K
+    product: K cut into s slices, one batched GEMM (s × the tiles, so the SMs all read weights), the slices summed
+    in float32 (inside a compiled function that sum fuses with what follows). At Qwen2.5-1.5B, batch 64, the down
+    projection (64 × 8960 @ 8960 × 1536: 12 tiles for 132 SMs) read its 27.5 MB at 0.87 TB/s on an H100."""
+    if sms <= 0:
+        return F.linear(x, w, b)
+    n, k = w.shape
+    m = x.numel() // k
+    s = split_count(m, n, k, sms)
+    if s == 1:
+        return F.linear(x, w, b)
+    parts = torch.bmm(x.reshape(m, s, k // s).transpose(0, 1), w.view(n, s, k // s).permute(1, 2, 0))  # (s, m, n)
+    out = parts.float().sum(0)
+    if b is not None:
+        out = out + b.float()
+    return out.to(x.dtype).view(*x.shape[:-1], n)

@@ -76,8 +76,8 @@ class StaticEngine:
     def __init__(self, temperature: float = 0.6, top_p: float = 0.95, repetition_penalty: float = 1.0,
                  cuda_graphs: bool = True, compile: bool = False, window: int = 128,
                  max_batch_size: int | None = None, check_every: int = 16, fuse: bool = False,
-                 top_p_method: str = "auto", attention: str = "auto",
-                 compile_mode: str = "default") -> None:  # fmt: skip
+                 top_p_method: str = "auto", attention: str = "auto", compile_mode: str = "default",
+                 split_k: bool = False) -> None:  # fmt: skip
         checks = (("temperature", temperature, temperature > 0), ("top_p", top_p, 0 < top_p <= 1),
                   ("repetition_penalty", repetition_penalty, repetition_penalty > 0), ("window", window, window >= 1),
                   ("check_every", check_every, check_every >= 1),
@@ -98,7 +98,7 @@ class StaticEngine:
         if compile_mode not in COMPILE_MODES:
             raise ValueError(f"rollout 'static': compile_mode '{compile_mode}' is not one of "
                              f"{', '.join(COMPILE_MODES)}")  # fmt: skip
-        self.attention, self.compile_mode = attention, compile_mode
+        self.attention, self.compile_mode, self.split_k = attention, compile_mode, split_k
         # the sampler stays eager inside the graph: inductor (torch 2.11) fails to generate Triton code for the
         # bisection's masked reductions over a 152k vocabulary ("get_block_shape"), found on the H200
         self._draw = draw
@@ -174,7 +174,7 @@ class StaticEngine:
                 budget = max(0, free - cache_bytes - chunk - _FUSE_MARGIN)
             # compile on the GPU only: on the CPU inductor builds C++ (slow, needs a compiler) for little gain
             self._decoder = Decoder(lm, compile=self.compile and on_gpu, fuse=self.fuse,
-                                    attention=self._attention(lm, device), fuse_budget=budget,
+                                    attention=self._attention(lm, device), fuse_budget=budget, split_k=self.split_k,
                                     compile_mode=None if self.compile_mode == "default"
                                     else "max-autotune-no-cudagraphs")  # fmt: skip (our own graphs wrap it)
         else:  # same model: re-read the tensors (a ZeRO-3 gather gives new storage every rollout)
@@ -208,7 +208,7 @@ class StaticEngine:
         dec = self.decoder(lm, self._cache_bytes(lm, b, capacity))
         st = self._buffers(dec, b, capacity, max_new_tokens, dev)
         kb = Knobs.build(knobs["temperature"], knobs["top_p"], knobs["repetition_penalty"], dev)
-        mode = (greedy, kb.top_p is not None, kb.penalty is not None, eos, pad, max_new_tokens, tuple(suppress))
+        mode = (greedy, kb.top_p is not None, kb.penalty is not None, eos, pad, tuple(suppress))
         for name in ("temperature", "top_p", "penalty"):  # values into the captured buffers
             src = getattr(kb, name)
             if src is not None:
@@ -257,7 +257,7 @@ class StaticEngine:
                 on_token(st.tok.tolist())
             if eos is not None and (not graphs or on_token or t % self.check_every == 0) and bool(st.done.all()):
                 break
-        out = st.out[:b].tolist()
+        out = st.out[:b, :max_new_tokens].tolist()  # the buffer may be wider (kept from a longer rollout)
         return [row[: row.index(eos) + 1] if eos is not None and eos in row else row for row in out]
 
     def _choose(self, logits: torch.Tensor, knobs: Knobs, greedy: bool, seen: torch.Tensor | None,
@@ -283,7 +283,7 @@ class StaticEngine:
 
     def _buffers(self, dec: Decoder, b: int, capacity: int, max_new: int, dev: torch.device) -> _State:
         st = self._state
-        if (st is not None and st.batch == b and st.capacity >= capacity and st.out.shape[1] == max_new
+        if (st is not None and st.batch == b and st.capacity >= capacity and st.out.shape[1] >= max_new
                 and st.k.device == dev and st.k.dtype == dec.dtype and st.k.shape[0] == len(dec.layers)
                 and st.k.shape[2] == dec.n_kv and st.k.shape[4] == dec.head_dim):  # fmt: skip
             return st

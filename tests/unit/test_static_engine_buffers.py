@@ -147,3 +147,40 @@ def test_fused_copies_are_made_only_for_the_layers_that_fit(registry, compose, o
         assert len(said) == (name == "one"), said
     assert len(lm.model.layers) > 1 and f"for 1 of {len(lm.model.layers)} layers" in said[0]
     assert ids["one"] == ids["all"] == ids["none"]
+
+
+def test_split_k_decode_gemms_equal_plain_ones(registry, compose, one_thread):
+    """split_k: a decode GEMM with few output tiles for the SMs runs as K slices in one batched GEMM, summed in
+    float32: the same product up to summation order, and the same greedy tokens on the tiny reasoner."""
+    from r1v.data.synthetic import generate
+    from r1v.generation.decoder import linear, split_count
+    from r1v.model.build import build
+
+    assert split_count(64, 1536, 8960, 132) == 8  # Qwen2.5-1.5B's down projection at batch 64 on an H100
+    assert split_count(64, 1536, 1536, 132) == 8 and split_count(64, 17920, 1536, 132) == 1  # o; gate|up: enough
+    assert split_count(64, 5120, 27648, 132) == 2  # 32B's down projection
+    g = torch.Generator().manual_seed(0)
+    x, w, b = torch.randn(3, 1, 512, generator=g), torch.randn(96, 512, generator=g), torch.randn(96, generator=g)
+    torch.testing.assert_close(linear(x, w, b, sms=8), torch.nn.functional.linear(x, w, b), rtol=1e-5, atol=1e-4)
+    assert split_count(3, 96, 512, 8) == 8
+    torch.manual_seed(0)
+    model, processor = build(compose("model=tiny_reasoner")["model"], registry)
+    samples = [generate(i, "val")[0] for i in range(3)]
+    engines = [registry.build("rollout", "static", split_k=on) for on in (False, True)]
+    runs = [e.generate_ids(model.eval(), processor, samples, 10, greedy=True) for e in engines]
+    assert runs[0] == runs[1]
+
+
+def test_a_shorter_rollout_reuses_the_buffers_and_graph_key(tiny_vlm, one_thread):
+    """A rollout with fewer new tokens than the last one keeps the cache and output buffers (and so the captured
+    graphs): the output is cut to the budget instead of reallocated."""
+    from r1v.generation import StaticEngine
+
+    lm = tiny_vlm[0].backbone
+    engine = StaticEngine(cuda_graphs=False)
+    embeds, mask = lm.model.embed_tokens(torch.tensor([[5, 6, 7]])), torch.ones(1, 3, dtype=torch.long)
+    knobs = {"temperature": [1.0], "top_p": [1.0], "repetition_penalty": [1.0]}
+    long = engine.decode(lm, embeds, mask, 9, True, knobs, eos=None, pad=0)
+    st = engine._state
+    short = engine.decode(lm, embeds, mask, 4, True, knobs, eos=None, pad=0)
+    assert engine._state is st and len(short[0]) == 4 and short[0] == long[0][:4]
