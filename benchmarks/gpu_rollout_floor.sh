@@ -17,5 +17,6 @@ if [ "${1:-1}" = 1 ] || [ "${1:-1}" = 1a ]; then
 else
   layers=64; [ "$mem" -lt 120 ] && layers=24
   python3 rollout_floor.py --shape 32b --layers "$layers" --batch 32 64 --prompt 1024 2048 --new 1024 --hf-steps 4 \
+    --variants "baseline: sdpa windows" "split-K triton attention + split-K GEMMs" \
     --out "$out/rollout_floor_32b_${layers}l_$card.json"
 fi
