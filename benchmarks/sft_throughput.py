@@ -11,10 +11,11 @@ clock, so MFU counts real tokens only and padding is pure loss. The first ``--wa
     python benchmarks/sft_throughput.py --out $OUT \\
         --run full_padded:qwen2_5_1_5b:1:2:full:padded --run full_packed:qwen2_5_1_5b:1:2:full:packed
 
-A run is ``name:backbone:gpus:zero:train:batching[:ckpt]`` with train ``full`` (every part) or ``adapter`` (R1V),
-batching ``packed`` or ``padded``, ckpt ``ckpt`` for activation checkpointing of the backbone. Prints one table
-(tokens/s/GPU, TFLOP/s/GPU, MFU, packed ÷ padded, scaling vs the 1-GPU run of the same setting, peak memory
-measured and planned) and writes ``sft_throughput.json``.
+A run is ``name:backbone:gpus:zero:train:batching[:ckpt][:key=value…]`` with train ``full`` (every part) or
+``adapter`` (R1V), batching ``packed`` or ``padded``, ckpt ``ckpt`` for activation checkpointing of the backbone,
+and any further ``r1v.train`` overrides (e.g. ``stage.optimizer_impl=fused``, ``+trainer.profiler=simple``).
+Prints one table (tokens/s/GPU, TFLOP/s/GPU, MFU, packed ÷ padded, scaling vs the 1-GPU run of the same setting,
+peak memory measured and planned) and writes ``sft_throughput.json``.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def overrides(spec: dict, data: Path, steps: int, batch: int) -> list[str]:
            f"stage.packing={'true' if spec['batching'] == 'packed' else 'false'}"]  # fmt: skip
     if spec["ckpt"]:
         out.append("stage.activation_checkpointing=[backbone]")
-    return out + MODEL["extra"]
+    return out + MODEL["extra"] + spec.get("overrides", [])
 
 
 def planner_total(args: list[str], knobs: dict[str, int]) -> float | None:
@@ -163,13 +164,14 @@ def run(spec: dict, data: Path, work: Path, out: Path, steps: int, batch: int, w
 
 def parse(text: str) -> dict:
     parts = text.split(":")
-    if len(parts) not in (6, 7):
-        raise SystemExit(f"--run {text}: expected name:backbone:gpus:zero:train:batching[:ckpt]")
+    if len(parts) < 6 or any(p != "ckpt" and "=" not in p for p in parts[6:]):
+        raise SystemExit(f"--run {text}: expected name:backbone:gpus:zero:train:batching[:ckpt][:key=value…]")
     name, backbone, gpus, zero, train, batching = parts[:6]
     if train not in ("full", "adapter") or batching not in ("packed", "padded"):
         raise SystemExit(f"--run {text}: train is full|adapter, batching packed|padded")
     return {"name": name, "backbone": backbone, "gpus": int(gpus), "zero": int(zero), "train": train,
-            "batching": batching, "ckpt": len(parts) == 7 and parts[6] == "ckpt"}  # fmt: skip
+            "batching": batching, "ckpt": "ckpt" in parts[6:],
+            "overrides": [p for p in parts[6:] if "=" in p]}  # fmt: skip
 
 
 def main() -> None:

@@ -27,7 +27,13 @@ def grads_finite(model: torch.nn.Module) -> bool | None:
     """Whether every gradient is finite (one host sync); None when no parameter holds one (e.g. DeepSpeed keeps
     them in its own buffers)."""
     grads = [p.grad for p in model.parameters() if p.grad is not None]
-    return bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else None
+    if not grads:
+        return None
+    # one multi-tensor max-abs per dtype/device group instead of two kernels per parameter (~700 launches per step
+    # for a 1.5B model under full fine-tuning); the max norm keeps a huge finite gradient finite (a 2-norm's
+    # squares overflow from 1.8e19) and an inf or nan element makes it inf or nan
+    norms = torch._foreach_norm(grads, ord=float("inf"))
+    return bool(torch.isfinite(torch.stack([n.float() for n in norms])).all())
 
 
 class StepGuard:

@@ -374,3 +374,22 @@ def test_empty_batch_takes_part_in_the_all_reduce():
     assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in model[1].parameters())
     one = SimpleNamespace(world_size=1)
     assert SFTStage.empty_loss(SimpleNamespace(_trainer=one, trainer=one, model=model)) is None
+
+
+def test_grads_finite_finds_one_bad_element_among_many_tensors():
+    """The step guard's check: a single inf or nan in any gradient (fp32 or bf16) is found; none held → None."""
+    import torch
+
+    from r1v.runtime.steps import grads_finite
+
+    model = torch.nn.Sequential(*(torch.nn.Linear(64, 64) for _ in range(30)), torch.nn.Linear(64, 8).bfloat16())
+    assert grads_finite(model) is None
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 1e30)  # large but finite: the norm is taken in float32 per tensor
+    assert grads_finite(model) is True
+    for bad in (float("inf"), float("nan")):
+        for index in (3, -1):  # an fp32 weight, the bf16 head's bias
+            g = list(model.parameters())[index].grad
+            g.view(-1)[-1] = bad
+            assert grads_finite(model) is False, (bad, index)
+            g.view(-1)[-1] = 1.0
