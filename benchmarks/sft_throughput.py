@@ -13,7 +13,7 @@ clock, so MFU counts real tokens only and padding is pure loss. The first ``--wa
 
 A run is ``name:backbone:gpus:zero:train:batching[:ckpt][:key=value…]`` with train ``full`` (every part) or
 ``adapter`` (R1V), batching ``packed`` or ``padded``, ckpt ``ckpt`` for activation checkpointing of the backbone,
-and any further ``r1v.train`` overrides (e.g. ``stage.optimizer_impl=fused``, ``+trainer.profiler=simple``).
+and any further ``r1v.train`` overrides (e.g. ``+trainer.profiler=simple``: Lightning's time per hook).
 Prints one table (tokens/s/GPU, TFLOP/s/GPU, MFU, packed ÷ padded, scaling vs the 1-GPU run of the same setting,
 peak memory measured and planned) and writes ``sft_throughput.json``.
 """

@@ -48,7 +48,6 @@ from r1v.runtime.steps import DataPosition, StepGuard, grads_finite
 from r1v.runtime.weights import decode_ready, full_state, gather_mode
 
 log = logging.getLogger(__name__)
-OPTIMIZER_IMPLS = ("default", "fused", "foreach")  # stage.optimizer_impl: AdamW's kernels
 _T = TypeVar("_T")
 
 
@@ -94,10 +93,6 @@ class LightningStage(L.LightningModule):
         self.position = DataPosition(int(self.stage["batch_size"]), int(self.cfg["seed"]))
         self.guard = StepGuard(int(self.stage["max_nonfinite"]))
         self.throughput = Throughput(chunked_head=bool(self.stage["loss_chunk_tokens"]))
-        self.optimizer_impl = str(self.stage.get("optimizer_impl", "default"))
-        if self.optimizer_impl not in OPTIMIZER_IMPLS:
-            raise ConfigError(f"stage.optimizer_impl={self.optimizer_impl!r} is not allowed (one of "
-                              f"{', '.join(OPTIMIZER_IMPLS)})")  # fmt: skip
         self._engines: dict[str, Any] = {}  # generation engine per ZeRO-3 gather mode (generation_engine)
         self._rewards: dict[str, tuple[float, Any]] | None = None
         self._val_runner: RewardRunner | None = None
@@ -334,9 +329,8 @@ class LightningStage(L.LightningModule):
         from transformers import get_cosine_schedule_with_warmup
 
         params = [p for p in self.model.parameters() if p.requires_grad]
-        kernels = {"fused": {"fused": True}, "foreach": {"foreach": True}}.get(self.optimizer_impl, {})
         opt = torch.optim.AdamW(params, lr=float(self.stage["lr"]), weight_decay=float(self.stage["weight_decay"]),
-                                betas=tuple(self.stage["betas"]), **kernels)  # fmt: skip
+                                betas=tuple(self.stage["betas"]))  # fmt: skip
         total = int(self.trainer.estimated_stepping_batches)
         warmup = int(float(self.stage["warmup_ratio"]) * total)
         sched = get_cosine_schedule_with_warmup(opt, warmup, total)

@@ -8,7 +8,6 @@ from types import SimpleNamespace
 from typing import Literal
 
 import pytest
-import torch
 import yaml
 
 from r1v.core.config import ConfigError, conf_dir, validate
@@ -153,18 +152,3 @@ def test_every_numeric_setting_has_a_range_or_a_reason():
     known = {key for _, _, keys in _options() for key in keys}
     assert not [k for k in RANGES if k not in known], "RANGES names settings no option has"
     assert all(k.split("@")[0] in known for k in EXEMPT)
-
-
-def test_optimizer_impl_picks_adamws_kernels_or_is_refused_in_one_line(compose):
-    """stage.optimizer_impl: fused / foreach reach torch's AdamW (fused: one kernel per parameter group instead of
-    a launch per tensor op on a GPU); anything else stops the stage before a model is built."""
-    from r1v.stages.sft import SFTStage
-
-    with pytest.raises(ConfigError, match=r"^stage.optimizer_impl='fast' is not allowed \(one of default, fused, "):
-        SFTStage(compose("stage.optimizer_impl=fast"))
-    for impl, flags in (("default", (None, None)), ("fused", (True, None)), ("foreach", (None, True))):
-        stage = SFTStage(compose(f"stage.optimizer_impl={impl}"))
-        stage.model = torch.nn.Linear(2, 2)
-        stage._trainer = SimpleNamespace(estimated_stepping_batches=10)
-        opt = stage.configure_optimizers()["optimizer"]
-        assert (opt.defaults.get("fused"), opt.defaults.get("foreach")) == flags, impl
