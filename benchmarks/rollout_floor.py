@@ -45,6 +45,7 @@ VARIANTS = {
     "baseline: sdpa windows": {"attention": "sdpa"},
     "split-K triton attention": {"attention": "triton"},
     "split-K triton attention + split-K GEMMs": {"attention": "triton", "split_k": True},
+    "split-K triton attention + whole-step compile": {"attention": "triton", "compile_scope": "step"},
     # measured 4.5x slower on an H100 (13.8 vs 3.1 ms per step, 2026-12-06): kept to re-check on other torch versions
     "split-K triton attention + max-autotune GEMMs": {"attention": "triton", "compile_mode": "max-autotune"},
 }

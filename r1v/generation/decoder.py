@@ -15,8 +15,9 @@ else is refused with one line that names ``rollout=hf``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -30,9 +31,10 @@ class UnsupportedModelError(ValueError):
     """The backbone is not a Llama-style decoder this engine can run (one line; says what to use instead)."""
 
 
-@dataclass
-class Layer:
-    """One decoder layer's tensors (the module's own parameters; biases may be None)."""
+class Layer(NamedTuple):
+    """One decoder layer's tensors (the module's own parameters; biases may be None). A tuple, so a compiled step
+    takes every layer as plain inputs (guards on shapes, not on object identity: a ZeRO-3 gather's new storage
+    does not recompile)."""
 
     ln1: torch.Tensor
     wq: torch.Tensor
@@ -67,8 +69,8 @@ class Decoder:
     """
 
     def __init__(self, lm: nn.Module, compile: bool = False, fuse: bool = False, attention: str = "sdpa",
-                 compile_mode: str | None = None, fuse_budget: int | None = None,
-                 split_k: bool = False) -> None:  # fmt: skip
+                 compile_mode: str | None = None, fuse_budget: int | None = None, split_k: bool = False,
+                 compile_scope: str = "layer", compile_backend: str = "inductor") -> None:  # fmt: skip
         cfg = lm.config
         kind = getattr(cfg, "model_type", "?")
         if kind not in SUPPORTED:
@@ -96,6 +98,8 @@ class Decoder:
         # split-K decode GEMMs (:func:`linear`), sized by the GPU's SM count (8 on the CPU: the tests' path)
         sms = torch.cuda.get_device_properties(dev).multi_processor_count if dev.type == "cuda" else 8
         self.split_k_sms = sms if split_k else 0
+        if compile_scope not in ("layer", "step"):
+            raise ValueError(f"rollout 'static': compile_scope '{compile_scope}' is not one of layer, step")
         self._fused_for, self._fused_n = -1, 0  # the layer count the fused copies were made for, and how many
         self.attention = attention  # "sdpa" (masked windows) or "triton" (filled columns only, split-K)
         if attention == "triton":  # imports triton: only when asked for
@@ -107,9 +111,17 @@ class Decoder:
         self.dtype = self.layers[0].wq.dtype
         self._fns = {False: (qkv, mlp_block), True: (qkv_fused, mlp_fused)}  # by: is this layer fused?
         self._eager = dict(self._fns)
-        if compile:  # one compiled kernel set serves every layer: the weights are arguments, not attributes
-            opts = {"dynamic": False, "fullgraph": True, "mode": compile_mode}
+        self._run_decode = run_layers
+        opts = {"dynamic": False, "fullgraph": True, "mode": compile_mode, "backend": compile_backend}
+        if compile and compile_scope == "step" and attention != "triton":  # a masked window per step: a compile each
+            log.warning("rollout 'static': compile_scope=step needs attention=triton (one shape for every step); "
+                        "compiling per layer instead")  # fmt: skip
+            compile_scope = "layer"
+        if compile and compile_scope == "step":  # the whole decode step is one graph: inductor fuses across layers
+            self._run_decode = torch.compile(run_layers, **opts)
+        elif compile:  # one compiled kernel set serves every layer: the weights are arguments, not attributes
             self._fns = {f: (torch.compile(a, **opts), torch.compile(m, **opts)) for f, (a, m) in self._fns.items()}
+        self.sms = torch.cuda.get_device_properties(dev).multi_processor_count if dev.type == "cuda" else 8
 
     def collect(self) -> None:
         """(Re-)read the layers' tensors: after a ZeRO-3 gather they live in new storage."""
@@ -170,7 +182,7 @@ class Decoder:
                self.lm.lm_head.weight.data_ptr()]  # fmt: skip
         out += [t.data_ptr() for t in self.base.rotary_emb.buffers()]
         for layer in self.layers:
-            out += [t.data_ptr() for t in vars(layer).values() if t is not None]
+            out += [t.data_ptr() for t in layer if t is not None]
         for fused in self.fused:
             out += [t.data_ptr() for t in fused if t is not None]
         return tuple(out)
@@ -198,31 +210,64 @@ class Decoder:
         columns ``[start[b], end)`` given as ``bounds`` (device tensors (B,) and (1,)). Returns the last
         position's hidden state (B, D).
         """
-        # compiled kernels for decode only: prompts vary in length and would recompile for every P
-        fns = self._fns if h.shape[1] == 1 else self._eager
-        dims = (self.n_heads, self.n_kv, self.head_dim, self.eps)
-        sms = self.split_k_sms if h.shape[1] == 1 else 0  # split-K for decode GEMMs only
-        for i, w in enumerate(self.layers):
-            ck, cv = cache_k[i], cache_v[i]
-            fused = i < len(self.fused)
-            fqkv, fmlp = fns[fused]
-            if fused:
-                wqkv, bqkv, wgu = self.fused[i]  # K/V written into the cache inside the (compiled) function
-                q = fqkv(h, cos, sin, w.ln1, wqkv, bqkv, w.q_norm, w.k_norm, ck, cv, write, *dims, sms)  # (B,H,T,hd)
-            else:
-                q = fqkv(h, cos, sin, w.ln1, w.wq, w.bq, w.wk, w.bk, w.wv, w.bv, w.q_norm, w.k_norm, ck, cv, write,
-                         *dims, sms)  # fmt: skip
-            if bounds is not None:  # one new token: the filled columns only (r1v/generation/triton_attention.py)
-                b = h.shape[0]
-                o = self._decode_attention(q.reshape(b, self.n_kv, -1, self.head_dim), ck, cv, *bounds, self.scale)
-                o = o.view(b, 1, -1)  # (B, 1, H·hd): query head h·G + g used KV head h
-            else:
-                o = attend(q, ck[:, :, :window], cv[:, :, :window], mask, self.scale)  # (B, T, H·hd)
-            if fused:
-                h = fmlp(h, o, w.wo, w.bo, w.ln2, wgu, w.w_down, self.eps, sms)
-            else:
-                h = fmlp(h, o, w.wo, w.bo, w.ln2, w.w_gate, w.w_up, w.w_down, self.eps, sms)
-        return h[:, -1]
+        decode = h.shape[1] == 1  # compiled code for decode only: prompts vary in length (a compile per P)
+        splits = splits_for(h.shape[0] * self.n_kv, self.sms)
+        consts = StepConsts(self.n_heads, self.n_kv, self.head_dim, self.eps, self.scale,
+                            self.split_k_sms if decode else 0, splits)  # fmt: skip
+        attn = getattr(self, "_decode_attention", None) if bounds is not None else None
+        run = self._run_decode if decode else run_layers
+        fns = self._fns if decode else self._eager
+        return run(h, cos, sin, cache_k, cache_v, write, window, mask, bounds, list(self.layers), list(self.fused),
+                   fns, attn, consts)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class StepConsts:
+    """The numbers a decode step is specialised on (constants of a compiled step)."""
+
+    n_heads: int
+    n_kv: int
+    head_dim: int
+    eps: float
+    scale: float
+    sms: int  # split-K GEMMs for this many SMs (0: off)
+    splits: int  # programs per (row, KV head) of the split-K attention kernel
+
+
+def splits_for(rows: int, sms: int) -> int:
+    """Programs per (row, KV head) of the attention kernel: about two waves of the SMs in all, at most 16."""
+    return max(1, min(16, -(-2 * sms // rows)))
+
+
+def run_layers(h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor,
+               write: torch.Tensor | slice, window: int, mask: torch.Tensor | None,
+               bounds: tuple[torch.Tensor, torch.Tensor] | None, layers: list[Layer],
+               fused: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]], fns: dict[bool, tuple[Any, Any]],
+               attn: Callable[..., torch.Tensor] | None, c: StepConsts) -> torch.Tensor:  # fmt: skip
+    """Every layer over ``h`` (B, T, D) (see :meth:`Decoder.forward`): the body a whole-step compile traces, or the
+    loop over the per-layer (compiled) functions ``fns`` (keyed by: is this layer fused?). Returns (B, D)."""
+    dims = (c.n_heads, c.n_kv, c.head_dim, c.eps)
+    for i, w in enumerate(layers):
+        ck, cv = cache_k[i], cache_v[i]
+        is_fused = i < len(fused)
+        fqkv, fmlp = fns[is_fused]
+        if is_fused:
+            wqkv, bqkv, wgu = fused[i]  # K/V written into the cache inside the (compiled) function
+            q = fqkv(h, cos, sin, w.ln1, wqkv, bqkv, w.q_norm, w.k_norm, ck, cv, write, *dims, c.sms)  # (B,H,T,hd)
+        else:
+            q = fqkv(h, cos, sin, w.ln1, w.wq, w.bq, w.wk, w.bk, w.wv, w.bv, w.q_norm, w.k_norm, ck, cv, write, *dims,
+                     c.sms)  # fmt: skip
+        if bounds is not None and attn is not None:  # one new token: the filled columns only (triton_attention.py)
+            b = h.shape[0]
+            o = attn(q.reshape(b, c.n_kv, -1, c.head_dim), ck, cv, *bounds, c.scale, c.splits)
+            o = o.view(b, 1, -1)  # (B, 1, H·hd): query head h·G + g used KV head h
+        else:
+            o = attend(q, ck[:, :, :window], cv[:, :, :window], mask, c.scale)  # (B, T, H·hd)
+        if is_fused:
+            h = fmlp(h, o, w.wo, w.bo, w.ln2, wgu, w.w_down, c.eps, c.sms)
+        else:
+            h = fmlp(h, o, w.wo, w.bo, w.ln2, w.w_gate, w.w_up, w.w_down, c.eps, c.sms)
+    return h[:, -1]
 
 
 def head_dim_ok(head_dim: int) -> bool:

@@ -29,7 +29,8 @@ from .sampling import TOP_P_METHODS, Knobs, draw, resolve_top_p_method, triton_a
 
 PER_SAMPLE_KNOBS = ("repetition_penalty", "temperature", "top_p")
 ATTENTION = ("auto", "sdpa", "triton")  # decode attention: masked SDPA over windows, or the split-K kernel
-COMPILE_MODES = ("default", "max-autotune")  # torch.compile's mode for the per-layer functions
+COMPILE_MODES = ("default", "max-autotune")  # torch.compile's mode
+COMPILE_SCOPES = ("layer", "step")  # compile the per-layer functions, or the whole decode step as one graph
 _FUSE_MARGIN = 2 << 30  # bytes of GPU memory the fused copies leave free beside the weights and the KV cache
 _PREFILL_MASK_ELEMENTS = 1 << 28  # rows per prefill chunk keep the (rows, 1, P, P) mask under 256M entries
 _PREFILL_TOKENS = 1 << 15  # and the chunk's activations bounded (32B, P = 2k: gate|up of 32k tokens is 3.6 GB)
@@ -77,7 +78,7 @@ class StaticEngine:
                  cuda_graphs: bool = True, compile: bool = False, window: int = 128,
                  max_batch_size: int | None = None, check_every: int = 16, fuse: bool = False,
                  top_p_method: str = "auto", attention: str = "auto", compile_mode: str = "default",
-                 split_k: bool = False) -> None:  # fmt: skip
+                 split_k: bool = False, compile_scope: str = "layer") -> None:  # fmt: skip
         checks = (("temperature", temperature, temperature > 0), ("top_p", top_p, 0 < top_p <= 1),
                   ("repetition_penalty", repetition_penalty, repetition_penalty > 0), ("window", window, window >= 1),
                   ("check_every", check_every, check_every >= 1),
@@ -98,7 +99,11 @@ class StaticEngine:
         if compile_mode not in COMPILE_MODES:
             raise ValueError(f"rollout 'static': compile_mode '{compile_mode}' is not one of "
                              f"{', '.join(COMPILE_MODES)}")  # fmt: skip
+        if compile_scope not in COMPILE_SCOPES:
+            raise ValueError(f"rollout 'static': compile_scope '{compile_scope}' is not one of "
+                             f"{', '.join(COMPILE_SCOPES)}")  # fmt: skip
         self.attention, self.compile_mode, self.split_k = attention, compile_mode, split_k
+        self.compile_scope = compile_scope
         # the sampler stays eager inside the graph: inductor (torch 2.11) fails to generate Triton code for the
         # bisection's masked reductions over a 152k vocabulary ("get_block_shape"), found on the H200
         self._draw = draw
@@ -173,10 +178,10 @@ class StaticEngine:
                 chunk = _PREFILL_TOKENS * (3 * cfg.intermediate_size + 4 * cfg.hidden_size) * 4
                 budget = max(0, free - cache_bytes - chunk - _FUSE_MARGIN)
             # compile on the GPU only: on the CPU inductor builds C++ (slow, needs a compiler) for little gain
-            self._decoder = Decoder(lm, compile=self.compile and on_gpu, fuse=self.fuse,
+            mode = None if self.compile_mode == "default" else "max-autotune-no-cudagraphs"  # our graphs wrap it
+            self._decoder = Decoder(lm, compile=self.compile and on_gpu, fuse=self.fuse, compile_mode=mode,
                                     attention=self._attention(lm, device), fuse_budget=budget, split_k=self.split_k,
-                                    compile_mode=None if self.compile_mode == "default"
-                                    else "max-autotune-no-cudagraphs")  # fmt: skip (our own graphs wrap it)
+                                    compile_scope=self.compile_scope)  # fmt: skip
         else:  # same model: re-read the tensors (a ZeRO-3 gather gives new storage every rollout)
             self._decoder.collect()
         return self._decoder

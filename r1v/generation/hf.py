@@ -102,7 +102,8 @@ def static(temperature: float = 0.6, top_p: float = 0.95, repetition_penalty: fl
            compile: bool = False, window: int = 128, max_batch_size: int | None = None,
            check_every: int = 16, fuse: bool = False, top_p_method: TopPMethod = "auto",
            attention: Literal["auto", "sdpa", "triton"] = "auto",
-           compile_mode: Literal["default", "max-autotune"] = "default", split_k: bool = False) -> Any:  # fmt: skip
+           compile_mode: Literal["default", "max-autotune"] = "default", split_k: bool = False,
+           compile_scope: Literal["layer", "step"] = "layer") -> Any:  # fmt: skip
     """Static KV cache + CUDA graphs, batched GPU sampling (Llama/Qwen2/Qwen3).
 
     ``compile``: torch.compile the per-layer pointwise work (one compilation serves every layer; ``compile_mode``
@@ -114,9 +115,10 @@ def static(temperature: float = 0.6, top_p: float = 0.95, repetition_penalty: fl
     (triton on a GPU where it imports); ``top_p_method``: ``sort`` (transformers' rule, verbatim), ``bisect``
     (the same kept set up to float rounding, no vocabulary sort), ``triton`` or ``auto`` (triton on the GPU);
     ``split_k``: decode GEMMs whose output has few tiles for the GPU's SMs (q|k|v, o and down projections at
-    batch 64) as split-K batched products.
+    batch 64) as split-K batched products; ``compile_scope``: ``layer`` (the per-layer functions) or ``step``
+    (every layer of a decode step as one graph: residual adds, norms and rotary fuse across layer boundaries).
     """
     from r1v.generation import StaticEngine
 
     return StaticEngine(temperature, top_p, repetition_penalty, cuda_graphs, compile, window, max_batch_size,
-                        check_every, fuse, top_p_method, attention, compile_mode, split_k)  # fmt: skip
+                        check_every, fuse, top_p_method, attention, compile_mode, split_k, compile_scope)  # fmt: skip

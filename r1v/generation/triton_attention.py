@@ -16,8 +16,6 @@ on CPU tensors through triton's interpreter (the unit tests); :func:`reference` 
 
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
@@ -90,12 +88,6 @@ def _attention_combine(Part, Lse, Out, so_b, so_h, so_g, n_kv, G, S,
              mask=g[:, None] < G)  # fmt: skip
 
 
-def splits_for(rows: int, device: torch.device) -> int:
-    """Programs per (row, KV head): about two waves of the GPU's SMs in all, at most 16."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
-    return max(1, min(16, math.ceil(2 * sms / rows)))
-
-
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: torch.Tensor, end: torch.Tensor,
                      scale: float, splits: int | None = None) -> torch.Tensor:  # fmt: skip
     """q (B, H_kv, G, hd) over cache columns ``[start[b], end)`` of k, v (B, H_kv, L, hd) -> (B, H_kv, G, hd).
@@ -105,7 +97,10 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: t
     b, n_kv, g, hd = q.shape
     if k.stride(-1) != 1 or v.stride(-1) != 1 or q.stride(-1) != 1:
         raise ValueError("decode_attention: the head dimension must be contiguous")
-    s = splits or splits_for(b * n_kv, q.device)
+    if splits is None:  # about two waves of the SMs (r1v.generation.decoder.splits_for, without the device query)
+        sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 8
+        splits = max(1, min(16, -(-2 * sms // (b * n_kv))))
+    s = splits
     block_g = max(16, triton.next_power_of_2(g))  # tl.dot needs 16 rows
     part = torch.empty(b * n_kv, s, block_g, hd, dtype=torch.float32, device=q.device)
     lse = torch.empty(b * n_kv, s, block_g, dtype=torch.float32, device=q.device)

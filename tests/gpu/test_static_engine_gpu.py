@@ -39,6 +39,19 @@ def test_graphs_greedy_equal_reference_across_windows(registry, cuda_vlm, compil
     assert len(engine._state.graphs) >= 3 if attention == "sdpa" else len(engine._state.graphs) == 1
 
 
+@pytest.mark.parametrize("fuse", [False, True])
+def test_a_whole_step_compile_decodes_as_the_reference(registry, cuda_vlm, fuse):
+    """compile_scope=step: inductor's code for every layer of the step with the split-K kernel inside, one graph,
+    replayed twice; greedy ids equal transformers' generate (fp32)."""
+    model, processor = cuda_vlm
+    samples = _samples(6)
+    ref = registry.build("rollout", "hf").generate_ids(model, processor, samples, 32, greedy=True)
+    engine = registry.build("rollout", "static", compile=True, attention="triton", compile_scope="step", fuse=fuse)
+    assert engine.generate_ids(model, processor, samples, 32, greedy=True) == ref
+    assert engine.generate_ids(model, processor, samples, 32, greedy=True) == ref
+    assert len(engine._state.graphs) == 1
+
+
 def test_split_k_kernel_at_qwen_shapes():
     """bf16 at Qwen2.5-1.5B's decode shapes (64 rows, 2 KV heads x 6 query heads, head 128) and 32B's (8 x 5):
     the kernel against float32 attention over each row's filled columns, rows of 1 to 2,000 columns."""

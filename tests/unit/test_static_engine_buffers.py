@@ -184,3 +184,42 @@ def test_a_shorter_rollout_reuses_the_buffers_and_graph_key(tiny_vlm, one_thread
     st = engine._state
     short = engine.decode(lm, embeds, mask, 4, True, knobs, eos=None, pad=0)
     assert engine._state is st and len(short[0]) == 4 and short[0] == long[0][:4]
+
+
+@pytest.mark.parametrize("fuse", [False, True])
+def test_a_whole_decode_step_compiles_as_one_graph_and_computes_the_same(tiny_vlm, fuse):
+    """compile_scope=step: every layer of a decode step traced as one graph (fullgraph: no break; the K/V writes
+    kept in place through functionalisation), the weights as inputs. Traced here with aot_eager (no C++ build on
+    the CPU; the GPU's step uses the split-K kernel, one shape for every step): the same hidden state and cache
+    as the eager decoder, and a second model's tensors (new storage, as a ZeRO-3 gather gives) do not recompile."""
+    import torch._dynamo
+
+    from r1v.generation import Decoder
+
+    lm = tiny_vlm[0].backbone
+    eager = Decoder(lm, fuse=fuse)
+    torch._dynamo.reset()
+    step = Decoder(lm, fuse=fuse, compile=True, compile_scope="step", compile_backend="aot_eager",
+                   attention="triton")  # fmt: skip  (the kernel itself is not called: no bounds are passed)
+    b, width, col = 3, 24, 7
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(b, 1, lm.config.hidden_size, generator=g)
+    cos, sin = eager.rope(torch.tensor([[col]] * b), h)
+    shape = (len(eager.layers), b, eager.n_kv, width, eager.head_dim)
+    k0, v0 = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+    mask = torch.zeros(b, 1, 1, width).masked_fill_(torch.arange(width) > col, float("-inf"))
+    write = torch.tensor([col])
+    caches = [(k0.clone(), v0.clone()) for _ in range(2)]
+    with torch.no_grad():  # as the engine decodes
+        want = eager.forward(h, cos, sin, *caches[0], write, width, mask)
+    with torch._dynamo.config.patch(error_on_recompile=True), torch.no_grad():
+        got = step.forward(h, cos, sin, *caches[1], write, width, mask)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        for eager_cache, step_cache in zip(*caches, strict=True):  # K, then V
+            torch.testing.assert_close(step_cache, eager_cache, rtol=1e-5, atol=1e-5)
+        assert not torch.equal(caches[1][0][:, :, :, col], k0[:, :, :, col])  # written in place
+        for p in lm.parameters():  # new storage for every weight
+            p.data = p.data.clone()
+        step.collect()
+        again = step.forward(h, cos, sin, k0.clone(), v0.clone(), write, width, mask)
+    torch.testing.assert_close(again, want, rtol=1e-5, atol=1e-5)
