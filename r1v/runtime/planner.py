@@ -230,7 +230,8 @@ def recommend(parts: list[Part], s: Settings) -> Recommendation:
         for zero, name in STRATEGIES.items():
             if table[(zero, ckpt)].total > cap:
                 continue
-            how = "one GPU without sharding (DDP/ZeRO-2/ZeRO-3 only add overhead here)" if s.gpus == 1 else name
+            how = ("one GPU without sharding, trainer=gpu (ZeRO-2 on one GPU ran 1.54x slower for 1.5B SFT on an H100: "
+                   "benchmarks/README.md)" if s.gpus == 1 else name)  # fmt: skip
             if ckpt and set(CHECKPOINTABLE) - set(s.ckpt):
                 how += " with activation checkpointing (planner.ckpt=all; activations dominate)"
             text = f"{how}: {table[(zero, ckpt)].total / GIB:.1f} GiB of {cap / GIB:.1f}"
