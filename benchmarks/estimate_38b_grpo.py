@@ -442,8 +442,8 @@ def main() -> None:
         f"{max(mem['rollout_phase_gib'], mem['update_phase_gib'])} GiB",
         f"64 rows of 8k cannot decode at once beside the gathered model ({mem['all_64_rows_in_one_pass']} GiB in the "
         f"rollout phase): 4 passes of 16 rows ({mem['rollout_phase_gib']} GiB). stage.rollout_gather=auto reserves "
-        "the KV cache for every row of the rollout batch, not for stage.rollout.max_batch_size, so auto would pick "
-        "'layer' (rollout=hf, which does not split a batch: out of memory); set stage.rollout_gather=whole",
+        "the KV cache of stage.rollout.max_batch_size rows (it reserved every row of the batch before this estimate "
+        "found it, and would have picked 'layer': rollout=hf, which does not split a batch, out of memory)",
         f"R1V3 (whole model): the gathered model does not fit beside the optimizer states even with no KV cache "
         f"({mem3['whole_gather_without_kv_cache']} GiB); the layer-by-layer fallback decodes every row at once "
         f"(8 prompts: {mem3['layer_gather_8_prompts']} GiB, 2 prompts: {mem3['layer_gather_2_prompts']} GiB), so only "

@@ -261,6 +261,12 @@ def test_layer_by_layer_rollouts_switch_a_whole_weight_engine_to_hf(tiny_vlm, mo
     monkeypatch.setattr(weights, "gather_mode", lambda m, e, req, reserve: "whole")
     fake.engine = static
     assert GRPOStage.rollout_engine(fake, rows=4) == ("whole", static)
+    # an engine that decodes 2 rows at a time holds the cache of 2 (at 38B with 8k completions the reserve of all
+    # 64 rows pushed auto to the layer-by-layer path, which then ran out of memory: benchmarks/estimate_38b_grpo.py)
+    monkeypatch.setattr(weights, "gather_mode", lambda m, e, req, reserve: asked.append((req, reserve)) or "whole")
+    fake.engine, asked[:] = StaticEngine(max_batch_size=2), []
+    GRPOStage.rollout_engine(fake, rows=4)
+    assert asked == [("auto", kv * 2 * 2 * (16 + 2048))]
 
 
 class _RecordingEngine:

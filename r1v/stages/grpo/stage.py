@@ -194,7 +194,8 @@ class GRPOStage(LightningStage):
     # -- rollout ---------------------------------------------------------------------------------
     def rollout_engine(self, rows: int) -> tuple[str, Any]:
         """How this rollout gets its weights under ZeRO-3 (``stage.rollout_gather``: auto | whole | layer, see
-        :func:`r1v.runtime.weights.gather_mode`; the KV cache of ``rows`` sequences is reserved) and the engine that
+        :func:`r1v.runtime.weights.gather_mode`; the KV cache of ``rows`` sequences, or of the engine's
+        ``max_batch_size`` when it decodes in parts, is reserved) and the engine that
         can decode that way: an engine that reads whole weight tensors (``rollout=static``) cannot decode
         layer by layer, so those rollouts use ``rollout=hf`` with the same sampling knobs (said once)."""
         from r1v.runtime.planner import kv_cache_bytes
@@ -203,7 +204,9 @@ class GRPOStage(LightningStage):
         cfg = self.model.backbone.config
         kv_dim = cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads)
         context = int(self.stage["max_new_tokens"]) + 2048  # prompts (image tokens included) rarely pass 2k
-        reserve = kv_cache_bytes(cfg.num_hidden_layers, kv_dim, rows, context)  # bf16, every row at full length
+        split = getattr(self.engine, "max_batch_size", None)  # the static engine decodes that many rows at a time
+        cached = min(rows, int(split)) if split else rows
+        reserve = kv_cache_bytes(cfg.num_hidden_layers, kv_dim, cached, context)  # bf16, every row at full length
         engine = self.ds_engine()
         mode = gather_mode(self.model, engine, str(self.stage["rollout_gather"]), reserve)
         if zero3_offload(engine) is not None and getattr(self, "_gather_said", None) != mode:  # once per change
