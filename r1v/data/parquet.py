@@ -131,7 +131,9 @@ class ParquetDataset(Dataset):
         self.preset, self.on_bad_sample, self.require_reasoning = preset, on_bad_sample, require_reasoning
         self.root = Path(image_root) if image_root else self.files[0].parent
         self._real_root, self.allow_outside_root = self.root.resolve(), allow_outside_root
-        self.cache_row_groups = cache_row_groups
+        # the training sampler's block-shuffle window: as many row groups as the cache holds, so a window's
+        # random order reads each of its groups once (r1v.data.sampler.BlockShuffleSampler)
+        self.cache_row_groups = self.shuffle_window = cache_row_groups
         self.skipped: Counter[str] = Counter()
         self.bad: list[str] = []
         explicit = {k: v for k, v in (columns or {}).items() if v is not None}  # None: the preset's column

@@ -170,3 +170,95 @@ def test_start_up_reads_footers_only(folder, monkeypatch):
     assert reads == [] and len(ds) == 100 and len(ds.row_groups) == 10
     assert [ds[i].question for i in (37, 38, 31)] == ["q37", "q38", "q31"] and reads == ["read_row_group"]  # cached
     assert ds.locate(99) == (9, 9) and ds.where("t-37") == f"{folder / 't.parquet'}:37"
+
+
+BOUNDS = [7, 10, 20, 21, 30, 38, 45, 50, 61, 64, 70]  # 11 row groups of uneven sizes (cumulative ends), 70 rows
+
+
+def group_of(i: int) -> int:
+    import bisect
+
+    return bisect.bisect_right(BOUNDS, i)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_block_shuffle_resumes_at_any_consumed_count(world):
+    from r1v.data.sampler import BlockShuffleSampler
+
+    for rank in range(world):
+        full = BlockShuffleSampler(BOUNDS, window=3, seed=5, rank=rank, world_size=world)
+        full.set_epoch(2)
+        uninterrupted = list(full)
+        assert len(uninterrupted) == len(full)
+        for consumed in range(len(uninterrupted) + 1):
+            resumed = BlockShuffleSampler(BOUNDS, window=3, seed=5, rank=rank, world_size=world)
+            resumed.set_epoch(2)
+            resumed.resume_at(2, consumed)
+            got = list(resumed)
+            assert got == uninterrupted[consumed:]
+            assert [type(i) for i in got] == [type(i) for i in uninterrupted[consumed:]]  # a pad stays a pad
+
+
+def test_block_shuffle_covers_every_row_once_across_two_ranks():
+    from r1v.data.sampler import BlockShuffleSampler, PadIndex
+
+    for epoch in (0, 1):
+        shares = []
+        for rank in (0, 1):
+            s = BlockShuffleSampler(BOUNDS, window=4, seed=1, rank=rank, world_size=2)
+            s.set_epoch(epoch)
+            shares.append(list(s))
+        assert len(shares[0]) == len(shares[1]) == 35
+        real = [i for share in shares for i in share if not isinstance(i, PadIndex)]
+        assert sorted(real) == list(range(70))
+    orders = [BlockShuffleSampler(BOUNDS, window=4, seed=1).order(e) for e in (0, 1)]
+    assert orders[0] != orders[1] and orders[0] == BlockShuffleSampler(BOUNDS, window=4, seed=1).order(0)
+    odd = [BlockShuffleSampler(BOUNDS[:-2], window=4, seed=1, rank=r, world_size=2).order(0) for r in (0, 1)]
+    assert len(odd[0]) == len(odd[1]) == 31 and isinstance(odd[1][0], PadIndex)  # 61 rows: rank 1's share is short
+    assert not isinstance(odd[0][0], PadIndex) and sorted({*odd[0], *odd[1][1:]}) == list(range(61))
+
+
+def test_block_shuffle_stays_within_a_window_of_row_groups():
+    """A reader caching `window` row groups (LRU) reads each group once per epoch on one rank, and at most
+    one group more than its share's on each of two ranks (the share may start mid-window)."""
+    from collections import OrderedDict
+
+    from r1v.data.sampler import BlockShuffleSampler
+
+    def reads(order: list[int], cache: int) -> int:
+        lru, n = OrderedDict(), 0
+        for i in order:
+            g = group_of(int(i))
+            if g not in lru:
+                n += 1
+                lru[g] = True
+                if len(lru) > cache:
+                    lru.popitem(last=False)
+            lru.move_to_end(g)
+        return n
+
+    for seed in range(5):
+        order = BlockShuffleSampler(BOUNDS, window=3, seed=seed).order(seed)
+        assert reads(order, 3) == len(BOUNDS)
+        assert reads(order, 3) < reads(torch_uniform(seed), 3)  # what the uniform shuffle would read
+        for rank in (0, 1):
+            share = BlockShuffleSampler(BOUNDS, window=3, seed=seed, rank=rank, world_size=2).order(seed)
+            assert reads(share, 3) <= len({group_of(int(i)) for i in share}) + 1
+
+
+def torch_uniform(seed: int) -> list[int]:
+    from r1v.data.sampler import ResumableSampler
+
+    return ResumableSampler(70, seed=seed).order(seed)
+
+
+def test_the_training_loader_block_shuffles_parquet_data(folder):
+    from r1v.data.sampler import BlockShuffleSampler, PadAware, ResumableSampler
+    from r1v.runtime.steps import DataPosition
+
+    write(folder / "t.parquet", {"question": [f"q{i}" for i in range(40)], "answer": ["a"] * 40}, row_group_size=8)
+    ds = ParquetDataset(folder / "t.parquet", cache_row_groups=2)
+    loader = DataPosition(batch_size=4, seed=0).loader(PadAware(ds), list, world=1, rank=0)
+    assert isinstance(loader.sampler, BlockShuffleSampler) and loader.sampler.window == 2
+    assert sorted(s.question for b in loader for s in b) == sorted(f"q{i}" for i in range(40))
+    assert type(DataPosition(batch_size=4, seed=0).loader(list(range(5)), list, 1, 0).sampler) is ResumableSampler
