@@ -284,3 +284,14 @@ def test_resumed_loader_with_two_workers_continues_across_a_shard_boundary(folde
     full = run(None)
     assert sorted(full) == sorted(f"q{k}-{i}" for k in range(2) for i in range(15))
     assert run(12) == full[12:]
+
+
+def test_data_check_names_parquet_rows_by_file_and_row(folder, compose):
+    from r1v.data.check import check
+
+    columns = {"question": ["<image>\nq", "<image>\nr", "s " * 400], "answer": ["a", "b", "c"],
+               "images": [png((1, 1, 1)), b"junk", None]}  # fmt: skip
+    path = write(folder / "t.parquet", columns)
+    (report,) = check(compose("data=parquet", f"data.train={path}"), max_tokens=300)
+    assert report.rows == 3 and [line.split(": ")[:2] for line in report.bad] == \
+        [[f"{path}:1", "corrupt image"], [f"{path}:2", "too long"]]  # fmt: skip
