@@ -138,6 +138,7 @@ class ParquetDataset(Dataset):
         self.bad: list[str] = []
         explicit = {k: v for k, v in (columns or {}).items() if v is not None}  # None: the preset's column
         self.columns, self.row_groups, self._files_of_group = self._scan(explicit)
+        self._group_start_rows = self._rows_before(self._files_of_group, self.row_groups)
         self._cache: OrderedDict[int, list[dict[str, Any]]] = OrderedDict()
         self._where: OrderedDict[str, str] = OrderedDict()
         if not len(self):
@@ -180,7 +181,6 @@ class ParquetDataset(Dataset):
                     total += n
                     bounds.append(total)
                     groups.append((fi, g))
-        self._group_start_rows = self._rows_before(groups, bounds)
         return chosen or {}, bounds, groups
 
     @staticmethod

@@ -101,6 +101,9 @@ def test_column_mapping_and_image_bytes(folder):
         s = ds[i]
         assert s.image_paths == [] and [im.tobytes() for im in s.images] == [expected[i].images[0].tobytes()]
         assert (s.id, s.question, s.answer) == (expected[i].id, expected[i].question, expected[i].answer)
+    by_path = [{"bytes": None, "path": "img/b.png"}]  # HF's Image feature without embedded bytes: a path
+    write(folder / "p.parquet", {"question": ["<image>\nq"], "answer": ["a"], "images": by_path})
+    assert ParquetDataset(folder / "p.parquet")[0].image_paths == [str((folder / "img/b.png").resolve())]
     write(folder / "bin.parquet", {"question": ["<image>\nq"], "answer": [1], "images": [[png((1, 2, 3))] * 2]})
     s = ParquetDataset(folder / "bin.parquet")[0]
     assert len(s.images) == 2 and s.answer == "1" and s.id == "bin-0"
