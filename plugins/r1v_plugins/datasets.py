@@ -1,4 +1,4 @@
-"""Datasets: the bundled synthetic visual-reasoning tasks and users' JSONL files."""
+"""Datasets: the bundled synthetic visual-reasoning tasks and users' JSONL and Parquet files."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import Literal
 
 from r1v import hookimpl
 from r1v.data.datasets import BadSamplePolicy, JsonlDataset, PairsDataset, SyntheticDataset, SyntheticPairs
+from r1v.data.parquet import ParquetDataset, Preset
 from r1v.data.synthetic import TASKS
 
 PairStyle = Literal["answer", "reasoning"]
@@ -28,6 +29,19 @@ def jsonl_dataset(split: str, train: str, val: str | None = None, image_root: st
     return JsonlDataset(path, image_root, on_bad_sample, require_reasoning, allow_outside_root)
 
 
+def parquet_dataset(split: str, train: str, val: str | None = None, columns: dict[str, str | None] | None = None,
+                    preset: Preset = "r1v", image_root: str | None = None, on_bad_sample: BadSamplePolicy = "skip",
+                    require_reasoning: bool = False, allow_outside_root: bool = False,
+                    cache_row_groups: int = 4) -> ParquetDataset | None:  # fmt: skip
+    """Parquet shards (a glob, a file or a folder) read lazily by row group; ``columns`` maps r1v's fields to
+    column names over a ``preset`` (r1v, llava, sharegpt, openai); images as paths or encoded bytes."""
+    path = train if split == "train" else val
+    if path is None:
+        return None
+    return ParquetDataset(path, columns, preset, image_root, on_bad_sample, require_reasoning, allow_outside_root,
+                          cache_row_groups)  # fmt: skip
+
+
 def pairs_dataset(split: str, train: str, val: str | None = None, image_root: str | None = None,
                   on_bad_sample: BadSamplePolicy = "skip",
                   allow_outside_root: bool = False) -> PairsDataset | None:  # fmt: skip
@@ -48,5 +62,6 @@ def synthetic_pairs_dataset(split: str, n_train: int = 4000, n_val: int = 128, s
 def register_datasets(register):
     register("synthetic", synthetic_dataset)
     register("jsonl", jsonl_dataset)
+    register("parquet", parquet_dataset)
     register("pairs", pairs_dataset)
     register("synthetic_pairs", synthetic_pairs_dataset)

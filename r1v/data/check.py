@@ -68,8 +68,11 @@ def check(cfg: dict[str, Any], max_tokens: int | None = None) -> list[Report]:
             report.add(line)
         rows = getattr(ds, "rows", None)
         for i in range(len(ds)):
-            where = f"{ds.path}:{rows[i]['line']}" if rows and "line" in rows[i] else f"{split}[{i}]"
             sample = ds[i]
+            if rows and "line" in rows[i]:
+                where = f"{ds.path}:{rows[i]['line']}"
+            else:  # a lazily read data set (Parquet) knows the file:row of what it just read
+                where = ds.where(sample.id) if hasattr(ds, "where") else f"{split}[{i}]"
             if sample.meta.get("_error"):
                 report.add(sample.meta["_error"])
                 continue

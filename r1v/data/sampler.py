@@ -13,15 +13,22 @@ When ``world_size`` divides ``n`` nothing is padded and the shares are the same 
 
 The stage records how many positions of the current epoch (pads included) were trained on in every
 checkpoint; on resume the sampler skips exactly those, so no sample is seen twice or skipped within the epoch.
+
+A data set read by row groups (Parquet: ``ds.row_groups``, the cumulative row count at each group's end) gets a
+:class:`BlockShuffleSampler` instead (:func:`train_sampler`): a uniform shuffle would read a whole row group for
+every sample, a block shuffle reads each group once per epoch with a cache of ``window`` groups. Same sharding,
+padding and resume contract.
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -104,6 +111,80 @@ class ResumableSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return -(-self.n // self.world_size)  # every rank the same: ceil(n / world_size)
+
+
+class BlockShuffleSampler(ResumableSampler):
+    """A shuffle local enough for data read by row groups: the row groups in a seeded order, cut into windows of
+    ``window`` groups, the rows of each window shuffled among themselves. Both depend only on (seed, epoch,
+    window), so position k of an epoch maps to its row in O(rows of one window) — bisect for the window, then its
+    permutation (cached while iterating) — and a resume starts mid-epoch without replaying it. Ranks get
+    contiguous shares of the epoch's order as :class:`ResumableSampler`'s do, so each rank's reads stay within
+    windows too; a reader caching ``window`` row groups reads each group about once per epoch."""
+
+    def __init__(self, bounds: Sequence[int], window: int = 4, seed: int = 0, shuffle: bool = True, rank: int = 0,
+                 world_size: int = 1) -> None:  # fmt: skip
+        if any(b <= a for a, b in zip([0, *bounds], bounds, strict=False)):
+            raise ValueError("row-group bounds must be increasing cumulative row counts (no empty groups)")
+        super().__init__(bounds[-1] if bounds else 0, seed, shuffle, rank, world_size)
+        self.bounds, self.window = list(bounds), max(1, int(window))
+        self._layout: tuple[int, np.ndarray, list[int]] | None = None  # (epoch, group order, rows at window ends)
+        self._cached: tuple[int, int, np.ndarray] | None = None  # (epoch, window, its rows in epoch order)
+
+    def _rng(self, epoch: int, stream: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed % 2**63, epoch, stream])  # stream 0: groups, j + 1: window j
+
+    def _epoch(self, epoch: int) -> tuple[np.ndarray, list[int]]:
+        if self._layout is None or self._layout[0] != epoch:
+            g = len(self.bounds)
+            groups = self._rng(epoch, 0).permutation(g) if self.shuffle else np.arange(g)
+            sizes = np.diff([0, *self.bounds])[groups]
+            ends = np.cumsum([sizes[i : i + self.window].sum() for i in range(0, g, self.window)]).tolist()
+            self._layout = (epoch, groups, ends)
+        return self._layout[1], self._layout[2]
+
+    def _rows(self, epoch: int, j: int) -> np.ndarray:
+        """The data set indices of window ``j`` of ``epoch``, in the order the epoch visits them."""
+        if self._cached is None or self._cached[:2] != (epoch, j):
+            groups, _ = self._epoch(epoch)
+            starts = [0, *self.bounds]
+            mine = groups[j * self.window : (j + 1) * self.window]
+            rows = np.concatenate([np.arange(starts[g], starts[g + 1]) for g in mine])
+            self._cached = (epoch, j, self._rng(epoch, j + 1).permutation(rows) if self.shuffle else rows)
+        return self._cached[2]
+
+    def index_at(self, epoch: int, k: int) -> int:
+        """The data set index at position ``k`` of ``epoch``'s order (all ranks' positions together)."""
+        _, ends = self._epoch(epoch)
+        j = bisect.bisect_right(ends, k)
+        return int(self._rows(epoch, j)[k - (ends[j - 1] if j else 0)])
+
+    def _share(self, epoch: int, skip: int) -> Iterator[int]:
+        base, extra = divmod(self.n, self.world_size)
+        start, length = self.rank * base + min(self.rank, extra), base + (self.rank < extra)
+        padded = int(length < len(self) and self.n > 0)
+        if padded and skip == 0:  # a short share: one pad in front, as ResumableSampler's
+            yield PadIndex(self.index_at(epoch, start if length else 0))
+        for k in range(start + max(0, skip - padded), start + length):
+            yield self.index_at(epoch, k)
+
+    def order(self, epoch: int) -> list[int]:
+        return list(self._share(epoch, 0))
+
+    def __iter__(self) -> Iterator[int]:
+        skip = 0
+        if self._resume and self._resume[0] == self.epoch:
+            skip, self._resume = self._resume[1], None
+        return self._share(self.epoch, skip)
+
+
+def train_sampler(ds: Any, seed: int, rank: int, world_size: int) -> ResumableSampler:
+    """The training order of ``ds``: a block shuffle when it is read by row groups (``row_groups``, with
+    ``shuffle_window`` groups cached per reader), else a uniform shuffle."""
+    bounds = getattr(ds, "row_groups", None)
+    if bounds:
+        window = int(getattr(ds, "shuffle_window", 4))
+        return BlockShuffleSampler(bounds, window, seed=seed, rank=rank, world_size=world_size)
+    return ResumableSampler(len(ds), seed=seed, rank=rank, world_size=world_size)
 
 
 class WindowLoader(DataLoader):

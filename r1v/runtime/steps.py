@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from r1v.data.sampler import ResumableSampler, WindowLoader
+from r1v.data.sampler import WindowLoader, train_sampler
 from r1v.runtime.runs import NonFiniteError
 
 log = logging.getLogger(__name__)
@@ -81,9 +81,9 @@ class DataPosition:
 
     def loader(self, ds: Dataset, collate_fn: Callable[[list[Any]], Any], world: int, rank: int,
                num_workers: int = 0, window: int = 1) -> DataLoader:  # fmt: skip
-        """Batches in a seeded order sharded by rank, continuing mid-epoch on resume; ``window`` > 1: read ahead
-        a window at a time (:class:`~r1v.data.sampler.WindowLoader`)."""
-        sampler = ResumableSampler(len(ds), seed=self.seed, rank=rank, world_size=world)
+        """Batches in a seeded order sharded by rank (block-shuffled for data read by row groups), continuing
+        mid-epoch on resume; ``window`` > 1: read ahead a window at a time (:class:`~r1v.data.sampler.WindowLoader`)."""
+        sampler = train_sampler(ds, seed=self.seed, rank=rank, world_size=world)
         if self.resume_at:
             sampler.resume_at(*self.resume_at)
         kind, extra = (WindowLoader, {"window": window}) if window > 1 else (DataLoader, {})

@@ -15,6 +15,7 @@ PLUGIN_GROUPS = ("vision", "adapter", "backbone", "data", "reward", "stage")
 REQUIRED = {
     "backbone/hf": ["model.backbone.path=/nonexistent"],
     "data/jsonl": ["data.train=/nonexistent.jsonl"],
+    "data/parquet": ["data.train=/nonexistent/*.parquet", "data.columns.question=prompt"],
     "model/internvl_chat": ["model.internvl=/nonexistent"],
     "vision/siglip": ["model.vision.pretrained=/nonexistent"],
     "vision/clip": ["model.vision.pretrained=/nonexistent"],
