@@ -1,4 +1,4 @@
-"""Datasets: the bundled synthetic visual-reasoning tasks and users' JSONL and Parquet files."""
+"""Datasets: the bundled synthetic visual-reasoning tasks and users' JSONL, Parquet and save_to_disk files."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import Literal
 
 from r1v import hookimpl
 from r1v.data.datasets import BadSamplePolicy, JsonlDataset, PairsDataset, SyntheticDataset, SyntheticPairs
+from r1v.data.hf_disk import HfDiskDataset, val_folder
 from r1v.data.parquet import ParquetDataset, Preset
 from r1v.data.synthetic import TASKS
 
@@ -42,6 +43,19 @@ def parquet_dataset(split: str, train: str, val: str | None = None, columns: dic
                           cache_row_groups)  # fmt: skip
 
 
+def hf_disk_dataset(split: str, train: str, val: str | None = None, train_split: str = "train",
+                    columns: dict[str, str | None] | None = None, preset: Preset = "r1v", image_root: str | None = None,
+                    on_bad_sample: BadSamplePolicy = "skip", require_reasoning: bool = False,
+                    allow_outside_root: bool = False, cache_row_groups: int = 4) -> HfDiskDataset | None:  # fmt: skip
+    """A Hugging Face ``datasets`` save_to_disk folder (a Dataset, or a DatasetDict's ``train_split``) read lazily
+    by record batch; ``val``: a folder, a split name, or null for the DatasetDict's validation / test split."""
+    path = train if split == "train" else val_folder(train, val, train_split)
+    if path is None:
+        return None
+    return HfDiskDataset(path, columns, preset, image_root, on_bad_sample, require_reasoning, allow_outside_root,
+                         cache_row_groups, split=train_split)  # fmt: skip
+
+
 def pairs_dataset(split: str, train: str, val: str | None = None, image_root: str | None = None,
                   on_bad_sample: BadSamplePolicy = "skip",
                   allow_outside_root: bool = False) -> PairsDataset | None:  # fmt: skip
@@ -63,5 +77,6 @@ def register_datasets(register):
     register("synthetic", synthetic_dataset)
     register("jsonl", jsonl_dataset)
     register("parquet", parquet_dataset)
+    register("hf_disk", hf_disk_dataset)
     register("pairs", pairs_dataset)
     register("synthetic_pairs", synthetic_pairs_dataset)

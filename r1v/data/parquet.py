@@ -109,8 +109,11 @@ def expand(train: str) -> list[Path]:
     return [path]
 
 
-class ParquetDataset(Dataset):
-    """Rows of Parquet files, located by footer at start and read a row group at a time when sampled."""
+class RowGroupDataset(Dataset):
+    """Rows of columnar files located at start by their row groups' counts and read a row group at a time when
+    sampled. A format supplies :meth:`_expand` (its files), :meth:`_layout` (a file's schema and rows per group,
+    without decoding columns) and :meth:`_read` (one group's rows); Parquet here, Arrow IPC streams in
+    :mod:`r1v.data.hf_disk`."""
 
     def __init__(self, train: str | Path, columns: dict[str, str | None] | None = None, preset: str = "r1v",
                  image_root: str | Path | None = None, on_bad_sample: str = "skip", require_reasoning: bool = False,
@@ -126,7 +129,7 @@ class ParquetDataset(Dataset):
         if unknown:
             raise DataError(f"data.columns: unknown field '{unknown[0]}' (fields: {', '.join(FIELDS)})"
                             f"{did_you_mean(unknown[0], FIELDS)}")  # fmt: skip
-        self.files = expand(str(train))
+        self.files = self._expand(str(train))
         self.path = self.files[0] if len(self.files) == 1 else Path(str(train))  # how reports name the data set
         self.preset, self.on_bad_sample, self.require_reasoning = preset, on_bad_sample, require_reasoning
         self.root = Path(image_root) if image_root else self.files[0].parent
@@ -144,19 +147,26 @@ class ParquetDataset(Dataset):
         if not len(self):
             raise DataError(f"data.train: {train} has no rows")
 
+    def _expand(self, train: str) -> list[Path]:
+        raise NotImplementedError
+
+    def _layout(self, fi: int) -> tuple[pa.Schema, list[int]]:
+        """File ``fi``'s schema and the row count of each of its row groups, read without decoding columns."""
+        raise NotImplementedError
+
+    def _read(self, fi: int, group: int, columns: list[str]) -> list[dict[str, Any]]:
+        """The rows of row group ``group`` of file ``fi``, only ``columns``."""
+        raise NotImplementedError
+
     def _scan(self, explicit: dict[str, str]) -> tuple[dict[str, str], list[int], list[tuple[int, int]]]:
-        """Footers only: the field -> column mapping checked against every file's schema, the cumulative row
+        """Layouts only: the field -> column mapping checked against every file's schema, the cumulative row
         count at each row group's end, and each row group's (file index, row group in file)."""
         mapping = {**PRESETS[self.preset], **explicit}
         if self.preset == "r1v" and "images" not in explicit:  # JSONL takes one "image" as well as "images"
             mapping["images"] = "images"
         bounds, groups, total, chosen = [], [], 0, None
         for fi, f in enumerate(self.files):
-            try:
-                meta = pq.ParquetFile(f).metadata
-            except (OSError, pa.ArrowException) as e:
-                raise DataError(f"{f}: not a Parquet file ({e})") from None
-            schema = meta.schema.to_arrow_schema()
+            schema, counts = self._layout(fi)
             names = schema.names
             if self.preset == "r1v" and "images" not in explicit and "images" not in names and "image" in names:
                 mapping["images"] = "image"
@@ -175,8 +185,7 @@ class ParquetDataset(Dataset):
             if chosen is not None and resolved != chosen:
                 raise DataError(f"{f}: its columns differ from {self.files[0]}'s: mapped {resolved} vs {chosen}")
             chosen = resolved
-            for g in range(meta.num_row_groups):
-                n = meta.row_group(g).num_rows
+            for g, n in enumerate(counts):
                 if n:
                     total += n
                     bounds.append(total)
@@ -211,7 +220,7 @@ class ParquetDataset(Dataset):
             return self._cache[g]
         fi, rg = self._files_of_group[g]
         cols = sorted(set(self.columns.values()))
-        rows = pq.ParquetFile(self.files[fi]).read_row_group(rg, columns=cols).to_pylist()
+        rows = self._read(fi, rg, cols)
         self._cache[g] = rows
         while len(self._cache) > self.cache_row_groups:
             self._cache.popitem(last=False)
@@ -338,3 +347,21 @@ class ParquetDataset(Dataset):
         if not real.is_file():
             raise DataError(f"{where}: not a regular file: image {p} is a special file (a FIFO, device or folder)")
         return real
+
+
+class ParquetDataset(RowGroupDataset):
+    """Rows of Parquet files, located by footer at start and read a row group at a time when sampled."""
+
+    def _expand(self, train: str) -> list[Path]:
+        return expand(train)
+
+    def _layout(self, fi: int) -> tuple[pa.Schema, list[int]]:
+        f = self.files[fi]
+        try:
+            meta = pq.ParquetFile(f).metadata
+        except (OSError, pa.ArrowException) as e:
+            raise DataError(f"{f}: not a Parquet file ({e})") from None
+        return meta.schema.to_arrow_schema(), [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+
+    def _read(self, fi: int, group: int, columns: list[str]) -> list[dict[str, Any]]:
+        return pq.ParquetFile(self.files[fi]).read_row_group(group, columns=columns).to_pylist()

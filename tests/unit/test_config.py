@@ -16,6 +16,7 @@ REQUIRED = {
     "backbone/hf": ["model.backbone.path=/nonexistent"],
     "data/jsonl": ["data.train=/nonexistent.jsonl"],
     "data/parquet": ["data.train=/nonexistent/*.parquet", "data.columns.question=prompt"],
+    "data/hf_disk": ["data.train=/nonexistent/mm_ds", "data.columns.question=prompt"],
     "model/internvl_chat": ["model.internvl=/nonexistent"],
     "vision/siglip": ["model.vision.pretrained=/nonexistent"],
     "vision/clip": ["model.vision.pretrained=/nonexistent"],
