@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,6 @@ from r1v.data.parquet import RowGroupDataset
 
 log = logging.getLogger(__name__)
 VAL_SPLITS = ("validation", "test")  # what a DatasetDict offers for validation when data.val is null, in order
-RECORD_BATCH = 3  # the MessageHeader union's RecordBatch member (Arrow's Message.fbs)
 
 
 def _splits(folder: Path) -> list[str]:
@@ -96,28 +94,6 @@ def val_folder(train: str, val: str | None, train_split: str = "train") -> Path 
                     "DatasetDict)")  # fmt: skip
 
 
-def batch_rows(metadata: pa.Buffer, where: str) -> int:
-    """A record batch message's row count, read from its flatbuffer header (``Message.header.length``) alone."""
-    b = memoryview(metadata)
-
-    def field(table: int, index: int) -> int:  # a table field's offset from the table, 0 when absent
-        vtable = table - struct.unpack_from("<i", b, table)[0]
-        if 4 + 2 * index >= struct.unpack_from("<H", b, vtable)[0]:
-            return 0
-        return struct.unpack_from("<H", b, vtable + 4 + 2 * index)[0]
-
-    try:
-        root = struct.unpack_from("<I", b, 0)[0]
-        kind, header = field(root, 1), field(root, 2)  # Message: version, header_type, header, bodyLength, ...
-        if not kind or b[root + kind] != RECORD_BATCH or not header:
-            raise ValueError("not a record batch header")
-        batch = root + header + struct.unpack_from("<I", b, root + header)[0]
-        length = field(batch, 0)  # RecordBatch: length, nodes, buffers, compression
-        return struct.unpack_from("<q", b, batch + length)[0] if length else 0
-    except (struct.error, ValueError, IndexError) as e:
-        raise DataError(f"{where}: unreadable record batch header ({e})") from None
-
-
 class HfDiskDataset(RowGroupDataset):
     """A ``save_to_disk`` folder's rows, located by record batch headers at start and read a batch at a time."""
 
@@ -163,9 +139,10 @@ class HfDiskDataset(RowGroupDataset):
                         break
                     if msg.type == "schema":
                         schema = pa.ipc.read_schema(msg)
-                    elif msg.type == "record batch":
+                    elif msg.type == "record batch" and schema is not None:
                         offsets.append(at)
-                        counts.append(batch_rows(msg.metadata, str(f)))
+                        # zero-copy over the memory map: array views of the body, no column data read or converted
+                        counts.append(pa.ipc.read_record_batch(msg, schema).num_rows)
                     else:  # datasets writes none: a dictionary batch would tie each batch to the ones before it
                         raise DataError(f"{f}: a {msg.type} message; only plain (not dictionary-encoded) columns are "
                                         "supported")  # fmt: skip
