@@ -109,10 +109,15 @@ def agreement(ref: torch.Tensor, mine: list[list[int]], scores: tuple[torch.Tens
 
 def kernel_classes(engine: Any, lm: Any, ids: torch.Tensor, mask: torch.Tensor, new: int) -> dict[str, float]:
     """Total kernel µs by class for one eager ``decode`` of ``new`` tokens."""
+    return classes_of(lambda: ours(engine, lm, ids, mask, new, False))
+
+
+def classes_of(fn: Any) -> dict[str, float]:
+    """Total kernel µs by class (GEMM, attention, sampling, other) of the CUDA kernels ``fn()`` runs."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        ours(engine, lm, ids, mask, new, False)
+        fn()
     classes: dict[str, float] = {}
     for e in prof.key_averages():
         us = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0.0)

@@ -36,8 +36,8 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import kernel_class
-from rollout_engine import prompts, read_bandwidth
+
+from rollout_engine import classes_of, prompts, read_bandwidth
 
 SHAPES = {"0.5b": "qwen2_5_0_5b", "1.5b": "qwen2_5_1_5b", "7b": "qwen2_5_7b", "32b": "r1_distill_qwen_32b"}
 # name -> StaticEngine knobs; "baseline" is the engine as it was before issue 24 (graph per 128-column window)
@@ -234,26 +234,11 @@ def step_floor_scaled(lm: Any, filled: float, batch: int, bw: float, depth: int)
 
 def profile(engine: Any, lm: Any, ids: torch.Tensor, mask: torch.Tensor, greedy: bool, steps: int = 16) -> dict:
     """Kernel µs per graph-replayed decode step by class: (prefill + 1 + steps) − (prefill + 1)."""
-    a = _classes(lambda: decode(engine, lm, ids, mask, 2, greedy))
-    b = _classes(lambda: decode(engine, lm, ids, mask, 2 + steps, greedy))
+    a = classes_of(lambda: decode(engine, lm, ids, mask, 2, greedy))
+    b = classes_of(lambda: decode(engine, lm, ids, mask, 2 + steps, greedy))
     out = {k: (b[k] - a.get(k, 0.0)) / steps for k in sorted(b)}
     out["total"] = sum(out.values())
     return out
-
-
-def _classes(fn: Any) -> dict[str, float]:
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
-
-    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()
-    classes: dict[str, float] = {}
-    for e in prof.key_averages():
-        us = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0.0)
-        cls = kernel_class(e.key, "other (norms, rotary, elementwise, copies)")
-        cls = {"softmax / loss": "sampling", "norm": "other (norms, rotary, elementwise, copies)"}.get(cls, cls)
-        classes[cls] = classes.get(cls, 0.0) + us
-    return classes
 
 
 if __name__ == "__main__":

@@ -46,6 +46,24 @@ def too_long(where: str, n: int, limit: int | None) -> str | None:
     )
 
 
+def image_path(rel: str, root: Path, real_root: Path, allow_outside_root: bool, where: str) -> Path:
+    """An image path of a row (relative ones under ``root``), checked where it resolves to (symlinks followed:
+    where the bytes really are): inside
+    ``real_root`` (``data.image_root`` resolved) unless ``allow_outside_root``, existing, a regular file (a FIFO or a
+    device would hang or never end); else a one-line DataError naming ``where``."""
+    p = Path(rel) if Path(rel).is_absolute() else root / rel
+    real = p.resolve()
+    if not allow_outside_root and not real.is_relative_to(real_root):
+        raise DataError(f"{where}: image outside the data folder: {rel} resolves to {real}, outside "
+                        f"data.image_root ({real_root}); move it under that folder or set "
+                        "data.allow_outside_root=true")  # fmt: skip
+    if not p.exists():
+        raise DataError(f"{where}: missing image: {p} does not exist")
+    if not real.is_file():
+        raise DataError(f"{where}: not a regular file: image {p} is a special file (a FIFO, device or folder)")
+    return p
+
+
 def error_kind(message: str) -> str:
     """'<where>: <kind>: <why>' -> '<kind>' (how bad rows are counted and summarised)."""
     return message.split(": ", 2)[1] if message.count(": ") >= 2 else message
@@ -144,17 +162,7 @@ class JsonlDataset(Dataset):
             raise DataError(f"{where}: wrong type: 'images' must be a file path or a list of them (strings)")
         paths = []
         for rel in images:
-            p = Path(rel) if Path(rel).is_absolute() else self.root / rel
-            real = p.resolve()  # symlinks followed: where the bytes really are
-            if not self.allow_outside_root and not real.is_relative_to(self._real_root):
-                raise DataError(f"{where}: image outside the data folder: {rel} resolves to {real}, outside "
-                                f"data.image_root ({self._real_root}); move it under that folder or set "
-                                "data.allow_outside_root=true")  # fmt: skip
-            if not p.exists():
-                raise DataError(f"{where}: missing image: {p} does not exist")
-            if not real.is_file():  # a FIFO or a device would hang or never end
-                raise DataError(f"{where}: not a regular file: image {p} is a special file (a FIFO, device or "
-                                "folder)")  # fmt: skip
+            p = image_path(rel, self.root, self._real_root, self.allow_outside_root, where)
             try:
                 with Image.open(p) as im:
                     im.verify()

@@ -31,6 +31,7 @@ import glob
 import io
 import json
 import logging
+from abc import ABC, abstractmethod
 from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Any, Literal
@@ -43,7 +44,7 @@ from torch.utils.data import Dataset
 from r1v.core.errors import DataError
 from r1v.core.interfaces import IMAGE_PLACEHOLDER, Sample
 from r1v.core.registry import did_you_mean
-from r1v.data.datasets import BAD_SAMPLE_POLICIES, error_kind
+from r1v.data.datasets import BAD_SAMPLE_POLICIES, error_kind, image_path
 
 log = logging.getLogger(__name__)
 Preset = Literal["r1v", "llava", "sharegpt", "openai"]
@@ -109,7 +110,7 @@ def expand(train: str) -> list[Path]:
     return [path]
 
 
-class RowGroupDataset(Dataset):
+class RowGroupDataset(Dataset, ABC):
     """Rows of columnar files located at start by their row groups' counts and read a row group at a time when
     sampled. A format supplies :meth:`_expand` (its files), :meth:`_layout` (a file's schema and rows per group,
     without decoding columns) and :meth:`_read` (one group's rows); Parquet here, Arrow IPC streams in
@@ -147,16 +148,17 @@ class RowGroupDataset(Dataset):
         if not len(self):
             raise DataError(f"data.train: {train} has no rows")
 
+    @abstractmethod
     def _expand(self, train: str) -> list[Path]:
-        raise NotImplementedError
+        """The format's files for ``data.train`` (one-line DataError when there are none)."""
 
+    @abstractmethod
     def _layout(self, fi: int) -> tuple[pa.Schema, list[int]]:
         """File ``fi``'s schema and the row count of each of its row groups, read without decoding columns."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _read(self, fi: int, group: int, columns: list[str]) -> list[dict[str, Any]]:
         """The rows of row group ``group`` of file ``fi``, only ``columns``."""
-        raise NotImplementedError
 
     def _scan(self, explicit: dict[str, str]) -> tuple[dict[str, str], list[int], list[tuple[int, int]]]:
         """Layouts only: the field -> column mapping checked against every file's schema, the cumulative row
@@ -335,18 +337,8 @@ class RowGroupDataset(Dataset):
         return images, paths
 
     def _path(self, rel: str, where: str) -> Path:
-        """An image path checked as JSONL's are: inside ``image_root`` unless allowed out, an existing file."""
-        p = Path(rel) if Path(rel).is_absolute() else self.root / rel
-        real = p.resolve()
-        if not self.allow_outside_root and not real.is_relative_to(self._real_root):
-            raise DataError(f"{where}: image outside the data folder: {rel} resolves to {real}, outside "
-                            f"data.image_root ({self._real_root}); move it under that folder or set "
-                            "data.allow_outside_root=true")  # fmt: skip
-        if not p.exists():
-            raise DataError(f"{where}: missing image: {p} does not exist")
-        if not real.is_file():
-            raise DataError(f"{where}: not a regular file: image {p} is a special file (a FIFO, device or folder)")
-        return real
+        """An image path checked as JSONL's are (:func:`r1v.data.datasets.image_path`)."""
+        return image_path(rel, self.root, self._real_root, self.allow_outside_root, where).resolve()
 
 
 class ParquetDataset(RowGroupDataset):

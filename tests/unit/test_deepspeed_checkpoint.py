@@ -233,14 +233,9 @@ def test_deepspeed_killed_inside_a_checkpoint_write_resumes_exactly_from_the_new
         assert torch.equal(got[key], want[key]), key  # bit for bit: optimizer, schedule and RNG streams restored
 
 
-def test_each_shard_is_crc_read_once_over_all_ranks_and_resumes(tmp_path, monkeypatch, caplog):
-    folder = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    tmp = folder.with_name(".last.ckpt.tmp-dir")
-    (tmp / "checkpoint").mkdir(parents=True)
-    names = [f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(5)]
-    for r, name in enumerate(names):
-        torch.save({"m": torch.arange(500.0) + r}, tmp / "checkpoint" / name)
-    seal_checkpoint_dir(tmp, folder, 6)
+@pytest.fixture
+def zip_reads(monkeypatch) -> list[str]:
+    """The names of the files whose zip CRCs are read (each ``ZipFile.testzip`` call), in order."""
     reads: list[str] = []
     testzip = zipfile.ZipFile.testzip
 
@@ -249,6 +244,18 @@ def test_each_shard_is_crc_read_once_over_all_ranks_and_resumes(tmp_path, monkey
         return testzip(self)
 
     monkeypatch.setattr(zipfile.ZipFile, "testzip", counted)
+    return reads
+
+
+def test_each_shard_is_crc_read_once_over_all_ranks_and_resumes(tmp_path, monkeypatch, caplog, zip_reads):
+    folder = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    tmp = folder.with_name(".last.ckpt.tmp-dir")
+    (tmp / "checkpoint").mkdir(parents=True)
+    names = [f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in range(5)]
+    for r, name in enumerate(names):
+        torch.save({"m": torch.arange(500.0) + r}, tmp / "checkpoint" / name)
+    seal_checkpoint_dir(tmp, folder, 6)
+    reads = zip_reads
     monkeypatch.setenv("R1V_VERIFY_STALL_S", "30")  # a waiting rank never needs it here
 
     def ranks(world: int) -> list[object]:  # the ranks of one launch, checking at the same time
@@ -295,7 +302,7 @@ def _member(pt: Path) -> str:
         return max(z.infolist(), key=lambda i: i.file_size).filename
 
 
-def test_a_single_file_checkpoint_is_crc_read_once_and_a_kills_leftovers_go(tmp_path, monkeypatch):
+def test_a_single_file_checkpoint_is_crc_read_once_and_a_kills_leftovers_go(tmp_path, zip_reads):
     """A ``.ckpt`` file is CRC-read at its first resume only (the verdict, kept beside it, holds while the file
     is unchanged); a rewrite is read again and a flipped byte still refused. A verdict's part file that a kill
     left between write and rename is removed by the next resume (a fresh one may belong to a live rank)."""
@@ -303,14 +310,7 @@ def test_a_single_file_checkpoint_is_crc_read_once_and_a_kills_leftovers_go(tmp_
     folder.mkdir(parents=True)
     ckpt = folder / "last.ckpt"
     torch.save({"state": torch.arange(2000.0)}, ckpt)
-    reads: list[str] = []
-    testzip = zipfile.ZipFile.testzip
-
-    def counted(self):
-        reads.append(Path(self.filename).name)
-        return testzip(self)
-
-    monkeypatch.setattr(zipfile.ZipFile, "testzip", counted)
+    reads = zip_reads
     assert check_checkpoint(ckpt) == ckpt and check_checkpoint(ckpt) == ckpt
     assert reads == ["last.ckpt"]
     _flip(ckpt)

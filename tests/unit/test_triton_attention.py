@@ -10,30 +10,14 @@ lengths (left padding). The CUDA graph and the timing are on the GPU (tests/gpu,
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-ROOT = Path(__file__).resolve().parents[2]
+from tests.unit.interpreted import INTERPRETED, run_interpreted
 
 
 def test_kernels_under_the_interpreter():
-    if INTERPRETED:
-        pytest.skip("this is the interpreter process")
-    if importlib.util.find_spec("triton") is None:
-        pytest.skip("triton is not installed")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-p", "no:xdist",
-                           str(Path(__file__).relative_to(ROOT)), "-k", "interp_"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
-    assert " passed" in proc.stdout and "skipped" not in proc.stdout.splitlines()[-1], proc.stdout[-2000:]
+    run_interpreted(__file__)
 
 
 @pytest.fixture(scope="module")
