@@ -77,3 +77,5 @@ def test_attention_knob_is_checked():
         StaticEngine(attention="flash")
     with pytest.raises(ValueError, match="compile_mode 'fast' is not one of default, max-autotune"):
         StaticEngine(compile_mode="fast")
+    with pytest.raises(ValueError, match="compile_scope 'model' is not one of layer, step"):
+        StaticEngine(compile_scope="model")
