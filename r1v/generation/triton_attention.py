@@ -49,7 +49,9 @@ def _attention_partial(Q, K, V, Start, End, Part, Lse,
         n = n0 + tl.arange(0, BLOCK_N)
         valid = n < hi
         k = tl.load(kb + n[:, None] * sk_n + d[None, :], mask=valid[:, None], other=0.0)  # (BLOCK_N, HD)
-        qk = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale  # (BLOCK_G, BLOCK_N) float32
+        # inductor hands a Python float to a kernel inside a compiled graph as fp64 (the whole-step compile):
+        # cast back, or the loop-carried m_i would change type
+        qk = (tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale).to(tl.float32)  # (BLOCK_G, BLOCK_N)
         qk = tl.where(valid[None, :], qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))  # finite: every block of the loop holds a valid column
         alpha = tl.exp(m_i - m_new)
