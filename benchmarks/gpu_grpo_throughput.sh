@@ -19,7 +19,7 @@ STEPS=${STEPS:-3}
 A="model=r1v_small stage=grpo $W trainer.devices=${GPUS:-2} stage.batch_size=8 stage.group_size=8 stage.micro_batch_size=8
    stage.val_every=1000 stage.val_generate=0 stage.ckpt_every=0 stage.policy_loss.beta=0.04 stage.lr=1e-6
    logger=csv trainer.enable_progress_bar=false trainer.enable_model_summary=false"
-STATIC="stage.rollout.name=static stage.rollout.compile=true +stage.rollout.fuse=true"
+STATIC="stage.rollout.name=static stage.rollout.compile=true stage.rollout.fuse=true"
 run() {  # name, extra args...
   local name=$1 s=$SECONDS; shift
   python3 -m r1v.train $A run="$name" "$@" > "$out/$name.log" 2>&1 || { tail -30 "$out/$name.log"; return 1; }
