@@ -118,6 +118,10 @@ class Decoder:
                         "compiling per layer instead")  # fmt: skip
             compile_scope = "layer"
         if compile and compile_scope == "step":  # the whole decode step is one graph: inductor fuses across layers
+            log.warning(
+                "rollout 'static': compile_scope=step decodes correctly but measured 29x slower than layer "
+                "on an H100 (the extra time matches a copy of the whole KV cache per layer; PERF_NOTES)"
+            )
             self._run_decode = torch.compile(run_layers, **opts)
         elif compile:  # one compiled kernel set serves every layer: the weights are arguments, not attributes
             self._fns = {f: (torch.compile(a, **opts), torch.compile(m, **opts)) for f, (a, m) in self._fns.items()}

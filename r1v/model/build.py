@@ -6,6 +6,7 @@ import fnmatch
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import nn
 
 from r1v.core.errors import ModelConfigError  # noqa: F401  (stages import it from here)
@@ -69,3 +70,21 @@ def apply_freeze(model: nn.Module, trainable: list[str]) -> list[str]:
     for n, p in model.named_parameters():
         p.requires_grad_(n in chosen)
     return sorted(chosen)
+
+
+def cast_frozen_parts(model: nn.Module, dtype: torch.dtype) -> list[str]:
+    """Cast every part none of whose parameters train to ``dtype``; returns the parts cast.
+
+    Under Lightning's bf16-mixed without DeepSpeed, a part built in float32 (InternViT, the MLP adapter) would
+    stay float32 although autocast runs its matmuls in bf16: twice the memory, a cast of every weight at every
+    forward, and the rollout engine (which runs without autocast, in the weights' own dtype) encoding images in
+    float32. DeepSpeed's bf16 casts the whole model; here only what no optimizer touches, so trained weights keep
+    float32 masters."""
+    cast = []
+    for part in PARTS:
+        module = getattr(model, part)
+        params = list(module.parameters())
+        if params and not any(p.requires_grad for p in params) and any(p.dtype != dtype for p in params):
+            module.to(dtype)
+            cast.append(part)
+    return cast

@@ -38,7 +38,7 @@ from r1v.data.processor import Processor
 from r1v.evaluation.answers import equivalent, extract_answer
 from r1v.generation.choose import choose_engine
 from r1v.model import varlen
-from r1v.model.build import PARTS, apply_freeze, build
+from r1v.model.build import PARTS, apply_freeze, build, cast_frozen_parts
 from r1v.model.load import load_trainable
 from r1v.model.sources import RANDOM_INIT, random_frozen
 from r1v.rl.rewards import RewardRunner
@@ -107,6 +107,12 @@ class LightningStage(L.LightningModule):
         if self.cfg.get("checkpoint"):
             load_trainable(self.model, self.cfg["checkpoint"])
         enable_checkpointing(self.model, self.stage["activation_checkpointing"] or [])
+        trainer = getattr(self, "_trainer", None)
+        if trainer is not None and str(trainer.precision) == "bf16-mixed" and "deepspeed" not in \
+                type(trainer.strategy).__name__.lower():  # fmt: skip
+            cast = cast_frozen_parts(self.model, torch.bfloat16)  # DeepSpeed's bf16 casts the whole model itself
+            if cast:
+                log.info("bf16-mixed: frozen part(s) %s held in bf16", ", ".join(cast))
         config = getattr(self.model.backbone, "config", None)
         if self.stage["packing"] and getattr(config, "_attn_implementation", None) == "sdpa":
             varlen.register()  # padding-free packing: SDPA everywhere else, the flash varlen kernel when packed
