@@ -103,8 +103,11 @@ def test_dataset_dict_splits_and_validation(folder, compose, registry):
 
 def test_not_a_save_to_disk_folder(tmp_path):
     (tmp_path / "x").mkdir()
-    with pytest.raises(DataError, match=r"^data.train: .*x is not a datasets save_to_disk folder: expected "
-                                        r"state.json \(a Dataset\) or dataset_dict.json \(a DatasetDict\) in it$"):
+    with pytest.raises(
+        DataError,
+        match=r"^data.train: .*x is not a datasets save_to_disk folder: expected "
+        r"state.json \(a Dataset\) or dataset_dict.json \(a DatasetDict\) in it$",
+    ):
         HfDiskDataset(tmp_path / "x")
     with pytest.raises(DataError, match=r"^data.train: .*nope is not a folder"):
         HfDiskDataset(tmp_path / "nope")
@@ -149,3 +152,21 @@ def test_resumed_loader_continues_through_the_block_shuffle(tmp_path):
     full = run(None)
     assert sorted(full) == sorted(f"q{i}" for i in range(30))
     assert run(12) == full[12:]
+
+
+def test_a_folder_written_by_the_datasets_library_reads_in_its_order(compose, registry):
+    """tests/unit/assets/hf_disk_llava was written by ``datasets`` 5.2.0's own ``save_to_disk`` (make.py beside
+    it): a DatasetDict in the LLaVA layout, images as the ``Image`` feature's {bytes, path} struct, the train split
+    shuffled and cut by ``select`` (an indices mapping, which save_to_disk writes out) over two shards."""
+    from r1v.data.build import build_datasets
+
+    root = Path(__file__).parent / "assets" / "hf_disk_llava"
+    expected = json.loads((root / "expected_ids.json").read_text())
+    train, val = build_datasets(compose("data=hf_disk", f"data.train={root}", "data.preset=llava",
+                                        "data.on_bad_sample=error"), registry)  # fmt: skip
+    assert [train[i].id for i in range(len(train))] == expected["train"]
+    assert [val[i].id for i in range(len(val))] == expected["validation"]
+    first = train[0]
+    n = int(first.id[1:])
+    assert first.answer == f"<think>count</think>{n % 5}" and f"picture {n}?" in first.question
+    assert len(first.images) == 1 and first.images[0].size == (8, 8)

@@ -199,8 +199,9 @@ def test_a_whole_decode_step_compiles_as_one_graph_and_computes_the_same(tiny_vl
     lm = tiny_vlm[0].backbone
     eager = Decoder(lm, fuse=fuse)
     torch._dynamo.reset()
-    step = Decoder(lm, fuse=fuse, compile=True, compile_scope="step", compile_backend="aot_eager",
-                   attention="triton")  # fmt: skip  (the kernel itself is not called: no bounds are passed)
+    step = Decoder(
+        lm, fuse=fuse, compile=True, compile_scope="step", compile_backend="aot_eager", attention="triton"
+    )  # fmt: skip  (the kernel itself is not called: no bounds are passed)
     b, width, col = 3, 24, 7
     g = torch.Generator().manual_seed(0)
     h = torch.randn(b, 1, lm.config.hidden_size, generator=g)
