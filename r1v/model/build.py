@@ -11,6 +11,7 @@ from torch import nn
 from r1v.core.errors import ModelConfigError  # stages import it from here too
 from r1v.core.interfaces import LanguageBackbone
 from r1v.core.registry import Registry, RegistryError, did_you_mean
+from r1v.data.audio import LONG_CLIPS
 from r1v.data.processor import Processor
 from r1v.model.assemble import AUDIO_PARTS, PARTS, assemble, ensure_special_tokens  # noqa: F401  (importable here too)
 from r1v.model.contract import check_adapter, check_audio, check_vision
@@ -60,6 +61,8 @@ def build_audio(model_cfg: Mapping[str, Any], registry: Registry,
     if not aacfg:
         raise ModelConfigError(f"audio={ucfg['name']} needs an audio adapter: compose audio_adapter=mlp")
     extra = ("long_clips",)  # the processor's rule, not an encoder knob
+    if ucfg.get("long_clips", "split") not in LONG_CLIPS:
+        raise ModelConfigError(f"model.audio.long_clips: '{ucfg['long_clips']}' is not allowed (use split or refuse)")
     audio = registry.build("audio", ucfg["name"], **{k: v for k, v in knobs(ucfg).items() if k not in extra})
     entry = registry.get("audio_adapter", aacfg["name"])
     entry.check_knobs(knobs(aacfg), where="audio_adapter", fixed=AUDIO_ADAPTER_FIXED)

@@ -42,6 +42,20 @@ def test_the_default_composition_has_no_audio_and_the_kinds_are_listed(registry,
     assert cfg["audio"]["name"] == "whisper" and cfg["audio_adapter"]["name"] == "mlp"  # the adapter comes along
 
 
+def test_audio_composition_mistakes_are_one_line(registry, compose):
+    from r1v.core.errors import ModelConfigError
+    from r1v.model.build import build
+
+    for overrides, line in ((("audio_adapter=mlp",), "audio_adapter=mlp needs an audio encoder: compose audio="),
+                            ((*AUDIO, "model.audio.long_clips=trim"), "model.audio.long_clips: 'trim' is not allowed"),
+                            ((*AUDIO, "model.audio_adapter.in_features=32"),
+                             "audio_adapter 'mlp' expects audio features of width 32 but audio 'whisper' produces "
+                             "width 64")):  # fmt: skip
+        with pytest.raises(ModelConfigError) as e:
+            build(compose(*overrides)["model"], registry)
+        assert str(e.value).startswith(line) and "\n" not in str(e.value), str(e.value)
+
+
 def test_tokens_per_clip_follow_the_frame_rate_pool_and_windows(audio_vlm):
     """4 s window = 400 mel frames; 2 frames per encoder frame × pool 4 = 8 frames per token: 1 s -> 13 tokens, a
     full window 50, 6 s split into 50 + 25; a clip at 8 kHz is resampled to the same count; refuse is one line."""
@@ -92,6 +106,27 @@ def test_each_placeholder_lands_at_its_positions(audio_vlm):
         model.embed(ids, batch["pixel_values"])
     with pytest.raises(ValueError, match=r"^18 audio tokens \(1 windows\) do not fill the 19 <audio_ctx> slots"):
         model.embed(ids, batch["pixel_values"], batch["audio_features"], batch["audio_frames"] - 8)
+
+
+def test_packed_rows_splice_the_same_audio_as_padded_ones(audio_vlm):
+    """Packing (first fit, rows of samples) keeps each clip's windows in token order: per-sample losses equal."""
+    from r1v.core.interfaces import AudioClip, Sample
+
+    model, processor = audio_vlm
+    rng = np.random.default_rng(2)
+    samples = [Sample(f"s{i}", "How many beeps?", str(i), audios=[AudioClip(rng.normal(0, 0.1, n).astype(np.float32),
+               16000)]) for i, n in enumerate((8000, 72000, 30000))]  # fmt: skip
+    encoded = [processor.encode(s) for s in samples]
+    packed = processor.pack(encoded, max_tokens=10_000, attn="eager")
+    padded = processor.collate(encoded)
+    assert packed["audio_windows"] == padded["audio_windows"] == [1, 2, 1]
+    with torch.no_grad():
+        a = model(packed["input_ids"], packed["attention_mask"], None, packed["labels"],
+                  position_ids=packed["position_ids"], audio_features=packed["audio_features"],
+                  audio_frames=packed["audio_frames"]).loss  # fmt: skip
+        b = model(padded["input_ids"], padded["attention_mask"], None, padded["labels"],
+                  audio_features=padded["audio_features"], audio_frames=padded["audio_frames"]).loss  # fmt: skip
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_audio_only_logits_equal_the_encoder_and_adapter_run_by_hand(audio_vlm):
