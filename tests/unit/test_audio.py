@@ -33,7 +33,12 @@ def _wav(path, seconds: float, rate: int = 16000, freq: float = 440.0):
     return path
 
 
-def test_the_default_composition_has_no_audio_and_the_kinds_are_listed(registry, compose, tiny_vlm):
+def test_the_default_composition_has_no_audio_and_the_kinds_are_listed(registry, compose, tiny_vlm, capsys):
+    from r1v.__main__ import main
+
+    assert main(["plugins"]) == 0  # python -m r1v plugins
+    listed = {tuple(line.split()[:2]) for line in capsys.readouterr().out.splitlines()}
+    assert {("audio", "whisper"), ("audio_adapter", "mlp")} <= listed
     model, processor = tiny_vlm
     assert "audio" not in compose()["model"] and model.audio is None and processor.audio is None
     assert "<audio_ctx>" not in processor.tokenizer.get_vocab()  # tokens are added only when audio is composed
