@@ -113,8 +113,7 @@ class Processor:
         """One sample -> ids (prompt + completion + EOS), labels on the completion only, tiles."""
         pixels, tiles = self.images(sample)
         feats, frames, windows, audio_tokens = self.audios(sample)
-        prompt = self.prompt(sample.question, tiles, audio_tokens) if feats is not None \
-            else self.prompt(sample.question, tiles)  # fmt: skip
+        prompt = self.prompt(sample.question, tiles, audio_tokens)
         prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         out: dict[str, Any] = {"id": sample.id, "pixel_values": pixels, "prompt_len": len(prompt_ids)}
         if feats is not None:  # image-only samples keep exactly their old keys
