@@ -289,3 +289,18 @@ def test_a_tiny_audio_run_learns(tmp_path):
     with open(tmp_path / "runs" / "a" / "metrics.csv") as f:
         losses = [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
     assert len(losses) == 12 and np.mean(losses[-4:]) < 0.5 * np.mean(losses[:2]), losses
+    # the run brings back its own composition: the audio parts, the trained adapter and the saved random draws
+    from safetensors.torch import load_file
+
+    from r1v.core.config import compose
+    from r1v.model.load import load_for_inference
+
+    run = tmp_path / "runs" / "a"
+    model, processor, _ = load_for_inference(compose([f"checkpoint={run}"]))
+    saved = {
+        **load_file(str(run / "final" / "trainable.safetensors")),
+        **load_file(str(run / "random_init.safetensors")),
+    }
+    assert processor.audio is not None and {k.split(".")[0] for k in saved} == {"audio_adapter", "audio", "adapter"}
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in saved.items())
