@@ -32,9 +32,12 @@ OPTIONAL_PLUGIN_NODES: dict[str, tuple[str, tuple[str, ...]]] = {
     "stage.policy_loss": ("policy_loss", ("name",)),
     "stage.length": ("length", ("name",)),
     "stage.rollout": ("rollout", ("name",)),
+    "model.audio": ("audio", ("name", "long_clips")),  # long_clips: the processor's rule, not an encoder knob
+    "model.audio_adapter": ("audio_adapter", ("name",)),
 }
 SCORER_GROUPS = ("vision", "text", "integration")
 ADAPTER_FIXED = ("vision_hidden", "llm_hidden")
+AUDIO_ADAPTER_FIXED = ("audio_hidden", "llm_hidden")
 DATASET_FIXED = ("split",)
 
 
@@ -86,6 +89,8 @@ DERIVED_GROUPS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "backbone": ("backbone", "model.backbone", ()),
     "reward": ("reward", "rewards.{name}", ()),
     "dataset": ("data", "data", DATASET_FIXED),
+    "audio": ("audio", "model.audio", ()),
+    "audio_adapter": ("audio_adapter", "model.audio_adapter", AUDIO_ADAPTER_FIXED),
 }
 _PLAIN = (str, int, float, bool, type(None))
 
@@ -200,7 +205,7 @@ def validate(cfg: Mapping[str, Any], registry: Registry) -> None:
             entry = registry.get(kind, str(node["name"]))
         except RegistryError as e:
             raise ConfigError(f"{dotted}.name: {e}") from None
-        fixed = ADAPTER_FIXED if kind == "adapter" else DATASET_FIXED if kind == "dataset" else ()
+        fixed = {"adapter": ADAPTER_FIXED, "audio_adapter": AUDIO_ADAPTER_FIXED, "dataset": DATASET_FIXED}.get(kind, ())
         left_out = other_plugins_defaults(cfg, dotted, entry)
         knobs = {k: v for k, v in node.items() if k not in reserved and k not in left_out}
         try:

@@ -38,6 +38,8 @@ KIND_HOOKS: dict[str, str] = {
     "reviser": "register_revisers",
     "policy_loss": "register_policy_losses",
     "benchmark": "register_benchmarks",
+    "audio": "register_audio_encoders",
+    "audio_adapter": "register_audio_adapters",
 }
 
 
@@ -123,6 +125,22 @@ def register_policy_losses(register: Any) -> None:
 def register_benchmarks(register: Any) -> None:
     """Register evaluation benchmarks: factory(path=None, limit=None, **knobs) -> list of
     :class:`r1v.evaluation.scoring.EvalItem` (read from a local copy; never download)."""
+
+
+@hookspec
+def register_audio_encoders(register: Any) -> None:
+    """Register audio encoders: factory(**knobs) -> nn.Module with positive-integer attributes ``hidden_size`` (C),
+    ``n_mels``, ``sampling_rate`` (Hz), ``hop_length`` (samples per mel frame), ``window_frames`` (W, mel frames per
+    fixed window) and ``frames_per_token`` (mel frames per output token), and ``forward(features (N, n_mels, W)) ->
+    (N, ceil(W / frames_per_token), C)``. A window's tokens past its clip's end are dropped by the model
+    (:func:`r1v.data.audio.tokens_for`). The builder checks all of it (r1v.model.contract)."""
+
+
+@hookspec
+def register_audio_adapters(register: Any) -> None:
+    """Register audio adapters: factory(audio_hidden, llm_hidden, **knobs) -> nn.Module with ``in_features``
+    (= the audio encoder's ``hidden_size``) and ``out_features`` (= the backbone's hidden size), mapping (N, T, C)
+    encoder tokens to (N, T, out_features), one per ``<audio_ctx>`` slot."""
 
 
 @hookspec

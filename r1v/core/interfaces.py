@@ -13,6 +13,23 @@ from PIL import Image
 IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
 IMAGE_PLACEHOLDER = "<image>"  # what users write in questions; expanded to IMG_START + contexts + IMG_END
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+# Audio (issue 26): added to the tokenizer at run time, only when an audio encoder is composed, so the shipped
+# tokenizer files of the image-only default stay byte-identical.
+AUD_START, AUD_END, AUDIO_CONTEXT = "<aud>", "</aud>", "<audio_ctx>"
+AUDIO_PLACEHOLDER = "<audio>"  # expanded to AUD_START + AUDIO_CONTEXT × (tokens of the clip) + AUD_END
+
+
+@dataclass
+class AudioClip:
+    """A decoded clip: mono float32 samples in [-1, 1] at ``sampling_rate`` Hz (resampled later, by the processor,
+    to the encoder's rate)."""
+
+    samples: Any  # np.ndarray (n,)
+    sampling_rate: int
+
+    @property
+    def seconds(self) -> float:
+        return len(self.samples) / self.sampling_rate
 
 
 @dataclass
@@ -30,6 +47,8 @@ class Sample:
     reasoning: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     image_paths: list[str] = field(default_factory=list)  # where the images came from (absolute), if files
+    audios: list[AudioClip] = field(default_factory=list)  # one <audio> each in ``question`` (prepended when absent)
+    audio_paths: list[str] = field(default_factory=list)
 
 
 @runtime_checkable

@@ -232,6 +232,7 @@ BUILTIN_MODULES = [
     "r1v_plugins.policy_losses",
     "r1v_plugins.benchmarks",
     "r1v_plugins.stages",
+    "r1v_plugins.audio",
 ]
 
 

@@ -3,7 +3,8 @@
 JSONL schema (one object per line; the same schema ``python -m r1v data synth`` writes)::
 
     {"id": "optional", "images": ["rel/or/abs.png", ...] or "one.png", "question": "<image>\\n...",
-     "answer": "3", "reasoning": "optional worked chain", "meta": {...}}
+     "answer": "3", "reasoning": "optional worked chain", "meta": {...},
+     "audios": ["clip.wav", ...] or "one.wav"}      # optional; one <audio> each in the question (issue 26)
 
 ``messages`` ([{"role": "user", "content": ...}]) may stand in for ``question``. Image paths are
 relative to ``image_root`` (default: the JSONL file's folder). A bad row (missing field, missing or
@@ -27,8 +28,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from r1v.core.errors import DataError
-from r1v.core.interfaces import IMAGE_PLACEHOLDER, Sample
-from r1v.data import synthetic
+from r1v.core.interfaces import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER, Sample
+from r1v.data import audio, synthetic
 
 log = logging.getLogger(__name__)
 BadSamplePolicy = Literal["skip", "error"]  # the annotation composition checks knobs against
@@ -46,21 +47,23 @@ def too_long(where: str, n: int, limit: int | None) -> str | None:
     )
 
 
-def image_path(rel: str, root: Path, real_root: Path, allow_outside_root: bool, where: str) -> Path:
+def image_path(rel: str, root: Path, real_root: Path, allow_outside_root: bool, where: str,
+               what: str = "image") -> Path:  # fmt: skip
     """An image path of a row (relative ones under ``root``), checked where it resolves to (symlinks followed:
     where the bytes really are): inside
     ``real_root`` (``data.image_root`` resolved) unless ``allow_outside_root``, existing, a regular file (a FIFO or a
-    device would hang or never end); else a one-line DataError naming ``where``."""
+    device would hang or never end); else a one-line DataError naming ``where``. ``what``: the kind of file, for the
+    message (the same rule covers ``audios``)."""
     p = Path(rel) if Path(rel).is_absolute() else root / rel
     real = p.resolve()
     if not allow_outside_root and not real.is_relative_to(real_root):
-        raise DataError(f"{where}: image outside the data folder: {rel} resolves to {real}, outside "
+        raise DataError(f"{where}: {what} outside the data folder: {rel} resolves to {real}, outside "
                         f"data.image_root ({real_root}); move it under that folder or set "
                         "data.allow_outside_root=true")  # fmt: skip
     if not p.exists():
-        raise DataError(f"{where}: missing image: {p} does not exist")
+        raise DataError(f"{where}: missing {what}: {p} does not exist")
     if not real.is_file():
-        raise DataError(f"{where}: not a regular file: image {p} is a special file (a FIFO, device or folder)")
+        raise DataError(f"{where}: not a regular file: {what} {p} is a special file (a FIFO, device or folder)")
     return p
 
 
@@ -173,13 +176,43 @@ class JsonlDataset(Dataset):
         if n_ph > len(paths):
             raise DataError(f"{where}: placeholder count: {n_ph} {IMAGE_PLACEHOLDER} in the question "
                             f"but {len(paths)} images")  # fmt: skip
+        audio_paths = self._check_audios(row, where)
         if row.get("meta") is not None and not isinstance(row["meta"], dict):
             raise DataError(f"{where}: wrong type: 'meta' is a {type(row['meta']).__name__}; it must be an object")
         meta = {**(row.get("meta") or {}), **{k: str(row[k]) for k in self.extra_fields}}
         self._ids[row_id] = lineno
         answer = row.get("answer")
         return {"id": row_id, "question": str(row["question"]), "answer": "" if answer is None else str(answer),
-                "reasoning": row.get("reasoning"), "images": paths, "meta": meta, "line": lineno}  # fmt: skip
+                "reasoning": row.get("reasoning"), "images": paths, "meta": meta, "line": lineno,
+                **({"audios": audio_paths} if audio_paths else {})}  # fmt: skip
+
+    def _check_audios(self, row: dict[str, Any], where: str) -> list[str]:
+        """The row's ``audios`` (a path or a list; relative to the data folder, contained as images are), each
+        readable by soundfile with at least one frame, and no more ``<audio>`` placeholders than clips."""
+        audios = row.get("audios") or []
+        if isinstance(audios, str):
+            audios = [audios]
+        if not isinstance(audios, list) or not all(isinstance(x, str) for x in audios):
+            raise DataError(f"{where}: wrong type: 'audios' must be a file path or a list of them (strings)")
+        paths = []
+        for rel in audios:
+            p = image_path(rel, self.root, self._real_root, self.allow_outside_root, where, what="audio")
+            if p.stat().st_size == 0:
+                raise DataError(f"{where}: empty audio: {p} is an empty file")
+            try:
+                frames = audio.probe(p)
+            except ImportError:
+                raise DataError(f"{where}: audio needs soundfile: pip install 'r1v[audio]'") from None
+            except Exception as e:  # soundfile's own error types differ by version; the kind is what matters
+                raise DataError(f"{where}: corrupt audio: {p} cannot be read as audio ({type(e).__name__})") from None
+            if frames == 0:
+                raise DataError(f"{where}: empty audio: {p} has no frames")
+            paths.append(str(p.resolve()))
+        n_ph = str(row["question"]).count(AUDIO_PLACEHOLDER)
+        if n_ph > len(paths):
+            raise DataError(f"{where}: placeholder count: {n_ph} {AUDIO_PLACEHOLDER} in the question "
+                            f"but {len(paths)} audio clips")  # fmt: skip
+        return paths
 
     def where(self, sample_id: str) -> str:
         """``file:line`` of a sample (how the training collator names a row it refuses)."""
@@ -207,7 +240,18 @@ class JsonlDataset(Dataset):
                     raise DataError(f"{error}; data.on_bad_sample=error stops here (skip drops the row)") from None
                 meta = {**r["meta"], "_error": error}
                 return Sample(r["id"], r["question"], r["answer"], [], r["reasoning"], meta, list(r["images"]))
-        return Sample(r["id"], r["question"], r["answer"], images, r["reasoning"], r["meta"], list(r["images"]))
+        sample = Sample(r["id"], r["question"], r["answer"], images, r["reasoning"], r["meta"], list(r["images"]))
+        for p in r.get("audios", []):
+            try:
+                sample.audios.append(audio.decode(p))
+            except Exception as e:  # passed the header check, fails to decode: skipped and counted as for images
+                error = f"{self.path}:{r['line']}: corrupt audio: {p} cannot be decoded ({type(e).__name__})"
+                if self.on_bad_sample == "error":
+                    raise DataError(f"{error}; data.on_bad_sample=error stops here (skip drops the row)") from None
+                sample.audios, sample.meta = [], {**r["meta"], "_error": error}
+                return sample
+            sample.audio_paths.append(p)
+        return sample
 
 
 class OverlayDataset(Dataset):

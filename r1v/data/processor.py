@@ -13,7 +13,19 @@ from typing import Any
 
 import torch
 
-from r1v.core.interfaces import IMAGE_PLACEHOLDER, IMG_CONTEXT, IMG_END, IMG_START, THINK_CLOSE, Sample
+from r1v.core.interfaces import (
+    AUD_END,
+    AUD_START,
+    AUDIO_CONTEXT,
+    AUDIO_PLACEHOLDER,
+    IMAGE_PLACEHOLDER,
+    IMG_CONTEXT,
+    IMG_END,
+    IMG_START,
+    THINK_CLOSE,
+    Sample,
+)
+from r1v.data.audio import AudioSpec, audio_batch
 from r1v.data.images import IMAGENET_MEAN, IMAGENET_STD, preprocess
 from r1v.model.varlen import NAME as VARLEN
 from r1v.model.varlen import packed_kwargs
@@ -36,6 +48,7 @@ class Processor:
     reasoning: bool = True  # backbone writes <think> chains (R1 format)
     image_mean: tuple[float, ...] = IMAGENET_MEAN
     image_std: tuple[float, ...] = IMAGENET_STD
+    audio: AudioSpec | None = None  # set when an audio encoder is composed (r1v.data.audio)
 
     def images(self, sample: Sample) -> tuple[torch.Tensor | None, list[int]]:
         """All tiles of the sample's images (n_tiles, 3, S, S) and the tile count per image."""
@@ -45,8 +58,21 @@ class Processor:
         per_image = [preprocess(im, *tiling) for im in sample.images]
         return torch.cat(per_image), [t.shape[0] for t in per_image]
 
-    def prompt(self, question: str, tiles_per_image: list[int]) -> str:
-        content = question
+    def audios(self, sample: Sample) -> tuple[torch.Tensor | None, list[int], list[int], list[int]]:
+        """All windows of the sample's clips (n_windows, n_mels, W), real mel frames per window, windows per clip
+        and ``<audio_ctx>`` tokens per clip."""
+        if not sample.audios:
+            return None, [], [], []
+        if self.audio is None:
+            raise ValueError(f"the sample has {len(sample.audios)} audio clips but the model has no audio encoder "
+                             "(compose one: audio=whisper_tiny)")  # fmt: skip
+        per_clip = [self.audio.features(clip) for clip in sample.audios]
+        frames = [f for _, fr in per_clip for f in fr]
+        return (torch.cat([x for x, _ in per_clip]), frames, [len(fr) for _, fr in per_clip],
+                [self.audio.tokens(fr) for _, fr in per_clip])  # fmt: skip
+
+    def prompt(self, question: str, tiles_per_image: list[int], audio_tokens: list[int] | None = None) -> str:
+        content = self._audio_placeholders(question, audio_tokens or [])
         missing = len(tiles_per_image) - content.count(IMAGE_PLACEHOLDER)
         if missing > 0:  # images without a placeholder go first, one per line
             content = f"{IMAGE_PLACEHOLDER}\n" * missing + content
@@ -59,7 +85,20 @@ class Processor:
         )  # fmt: skip
         for n in tiles_per_image:  # expand in order
             text = text.replace(IMAGE_PLACEHOLDER, IMG_START + IMG_CONTEXT * (self.tokens_per_tile * n) + IMG_END, 1)
+        for n in audio_tokens or []:
+            text = text.replace(AUDIO_PLACEHOLDER, AUD_START + AUDIO_CONTEXT * n + AUD_END, 1)
         return text
+
+    @staticmethod
+    def _audio_placeholders(question: str, audio_tokens: list[int]) -> str:
+        """One ``<audio>`` per clip: missing ones go first, one per line (after any missing ``<image>``)."""
+        missing = len(audio_tokens) - question.count(AUDIO_PLACEHOLDER)
+        if missing < 0:
+            raise ValueError(
+                f"placeholder count: the question has {question.count(AUDIO_PLACEHOLDER)} "
+                f"{AUDIO_PLACEHOLDER} placeholders but the sample has {len(audio_tokens)} audio clips"
+            )
+        return f"{AUDIO_PLACEHOLDER}\n" * missing + question
 
     def completion(self, sample: Sample, target: str) -> str:
         if target == "reasoning" and self.reasoning:
@@ -73,8 +112,12 @@ class Processor:
     def encode(self, sample: Sample, target: str | None = "answer") -> dict[str, Any]:
         """One sample -> ids (prompt + completion + EOS), labels on the completion only, tiles."""
         pixels, tiles = self.images(sample)
-        prompt_ids = self.tokenizer(self.prompt(sample.question, tiles), add_special_tokens=False)["input_ids"]
+        feats, frames, windows, audio_tokens = self.audios(sample)
+        prompt = self.prompt(sample.question, tiles, audio_tokens)
+        prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         out: dict[str, Any] = {"id": sample.id, "pixel_values": pixels, "prompt_len": len(prompt_ids)}
+        if feats is not None:  # image-only samples keep exactly their old keys
+            out.update(audio_features=feats, audio_frames=frames, audio_windows=windows)
         if target is None:  # generation: prompt only
             out["input_ids"], out["labels"] = prompt_ids, [IGNORE] * len(prompt_ids)
             return out
@@ -128,7 +171,7 @@ class Processor:
         tiles = [e["pixel_values"] for e in order if e["pixel_values"] is not None]
         return {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "labels": labels,
                 "pixel_values": torch.cat(tiles) if tiles else None, "ids": [e["id"] for e in order],
-                "lengths": [len(e["input_ids"]) for e in order]}  # fmt: skip
+                "lengths": [len(e["input_ids"]) for e in order], **audio_batch(order)}  # fmt: skip
 
     def pack_varlen(self, encoded: list[dict[str, Any]]) -> dict[str, Any]:
         """Samples -> one (1, Σ nᵢ) row with positions restarting per sample and ``attn_kwargs`` for the
@@ -140,7 +183,7 @@ class Processor:
         tiles = [e["pixel_values"] for e in encoded if e["pixel_values"] is not None]
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "position_ids": positions, "labels": labels,
                 "pixel_values": torch.cat(tiles) if tiles else None, "ids": [e["id"] for e in encoded],
-                "lengths": lengths, "attn_kwargs": packed_kwargs(lengths)}  # fmt: skip
+                "lengths": lengths, "attn_kwargs": packed_kwargs(lengths), **audio_batch(encoded)}  # fmt: skip
 
     def decode_completion(self, ids: list[int]) -> str:
         """Generated ids -> text up to EOS; ``</think>`` stays (some tokenizers mark it special)."""
@@ -167,4 +210,5 @@ class Processor:
         tiles = [e["pixel_values"] for e in encoded if e["pixel_values"] is not None]
         pixels = torch.cat(tiles) if tiles else None
         return {"input_ids": ids, "attention_mask": mask, "labels": labels, "pixel_values": pixels,
-                "ids": [e["id"] for e in encoded], "lengths": [len(e["input_ids"]) for e in encoded]}  # fmt: skip
+                "ids": [e["id"] for e in encoded], "lengths": [len(e["input_ids"]) for e in encoded],
+                **audio_batch(encoded)}  # fmt: skip

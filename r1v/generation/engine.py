@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from r1v.data.audio import audio_inputs
+
 from .decoder import Decoder, head_dim_ok
 from .sampling import TOP_P_METHODS, Knobs, draw, resolve_top_p_method, triton_available
 
@@ -140,7 +142,8 @@ class StaticEngine:
                 batch = processor.collate([processor.encode(s, target=None) for s in part], padding_side="left")
                 ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
                 pixels = None if batch["pixel_values"] is None else batch["pixel_values"].to(device)
-                embeds = model.embed(ids, pixels)  # (B, P, D), image tokens spliced
+                audio = {k: v.to(device) for k, v in audio_inputs(batch).items()}  # {} without audio
+                embeds = model.embed(ids, pixels, **audio)  # (B, P, D), image (and audio) tokens spliced
                 rows += self.decode(model.backbone, embeds, mask, max_new_tokens, greedy,
                                     {k: v[start : start + step] for k, v in knobs.items()},
                                     eos=tok.eos_token_id, pad=tok.pad_token_id, on_token=on_token,

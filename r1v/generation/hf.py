@@ -9,6 +9,7 @@ from typing import Any, Literal
 import torch
 
 from r1v.core.interfaces import Sample
+from r1v.data.audio import audio_inputs
 from r1v.data.processor import Processor
 from r1v.generation.sampling import TopPMethod
 
@@ -80,7 +81,7 @@ class HFGenerate:
             None if batch["pixel_values"] is None else batch["pixel_values"].to(device),
             max_new_tokens=max_new_tokens, do_sample=not greedy,
             pad_token_id=processor.tokenizer.pad_token_id, eos_token_id=processor.tokenizer.eos_token_id,
-            **sampling, **extra,
+            **sampling, **extra, **{k: v.to(device) for k, v in audio_inputs(batch).items()},
         )  # fmt: skip
         eos, pad = processor.tokenizer.eos_token_id, processor.tokenizer.pad_token_id
         rows = []

@@ -110,3 +110,42 @@ def check_adapter(adapter: Any, name: str, vision: Any, vision_name: str, llm_hi
             f"<IMG_CONTEXT> slots the processor inserts for downsample_ratio {ratio:g}, each of width {llm_hidden} "
             f"(backbone '{backbone_name}')"
         )
+
+
+AUDIO_ATTRS = ("hidden_size", "n_mels", "sampling_rate", "hop_length", "window_frames", "frames_per_token")
+
+
+def check_audio(audio: Any, name: str, adapter: Any, adapter_name: str, llm_hidden: int, backbone_name: str) -> None:
+    """The audio encoder ``name`` and audio adapter ``adapter_name`` built: their attributes and widths, and the
+    shapes of one window's tokens (``ceil(window_frames / frames_per_token)`` of them, the count the processor's
+    :func:`r1v.data.audio.tokens_for` assumes for a full window)."""
+    what = f"audio '{name}'"
+    if not isinstance(audio, nn.Module):
+        raise ModelConfigError(f"{what} returned a {type(audio).__name__}, expected an nn.Module ({DOCS})")
+    bad = [a for a in AUDIO_ATTRS if not _positive_int(audio, a)]
+    if bad:
+        got = ", ".join(f"{a}={getattr(audio, a, 'missing')!r}" for a in bad)
+        raise ModelConfigError(f"{what} returned {type(audio).__name__} with {got}; an audio encoder needs positive "
+                               f"integers {', '.join(AUDIO_ATTRS)} ({DOCS})")  # fmt: skip
+    tokens = -(-audio.window_frames // audio.frames_per_token)
+    expect = (1, tokens, audio.hidden_size)
+    out = shape_only(audio, (1, audio.n_mels, audio.window_frames))
+    if out is not None and out != expect:
+        raise ModelConfigError(
+            f"{what} returned {_shape(out)} for one window of {audio.window_frames} mel frames, expected "
+            f"{_shape(expect)} (a token per {audio.frames_per_token} frames)"
+        )
+    what = f"audio_adapter '{adapter_name}'"
+    if not isinstance(adapter, nn.Module) or not all(_positive_int(adapter, a) for a in ADAPTER_ATTRS[:2]):
+        raise ModelConfigError(f"{what} returned {type(adapter).__name__}; an audio adapter is an nn.Module with "
+                               f"positive integers in_features and out_features ({DOCS})")  # fmt: skip
+    if adapter.in_features != audio.hidden_size:
+        raise ModelConfigError(f"{what} expects audio features of width {adapter.in_features} but audio '{name}' "
+                               f"produces width {audio.hidden_size}; drop audio_adapter.in_features")  # fmt: skip
+    if adapter.out_features != llm_hidden:
+        raise ModelConfigError(f"{what} produces width {adapter.out_features} but backbone '{backbone_name}' has "
+                               f"hidden size {llm_hidden}")  # fmt: skip
+    out = shape_only(adapter, (1, tokens, audio.hidden_size))
+    if out is not None and out != (1, tokens, llm_hidden):
+        raise ModelConfigError(f"{what} returned {_shape(out)} for {tokens} tokens of width {audio.hidden_size}, "
+                               f"expected {_shape((1, tokens, llm_hidden))}")  # fmt: skip

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from r1v.model.assemble import PARTS
+from r1v.model.assemble import AUDIO_PARTS, PARTS
 
 RANDOM_INIT = "random_init.safetensors"  # in the run folder: the frozen weights no file can rebuild
 HASH_LIMIT = 1 << 30  # files above 1 GiB are recorded by size only (hashing tens of GB would stall the start)
@@ -49,7 +49,7 @@ def part_sources(model_cfg: Mapping[str, Any], seed: int) -> dict[str, dict[str,
         folder = describe_file(model_cfg["internvl"])
         return {p: {"name": "internvl", "source": "internvl folder", **folder} for p in PARTS}
     out = {}
-    for part in PARTS:
+    for part in (*PARTS, *(p for p in AUDIO_PARTS if model_cfg.get(p))):  # audio parts when composed
         node = model_cfg[part]
         entry: dict[str, Any] = {"name": node.get("name")}
         if random_source(node):
@@ -67,5 +67,5 @@ def random_frozen(model: Any, model_cfg: Mapping[str, Any], trainable: set[str])
     hold them): every frozen parameter of a part with a random source."""
     if model_cfg.get("internvl"):
         return []
-    parts = [p for p in PARTS if random_source(model_cfg[p])]
+    parts = [p for p in (*PARTS, *AUDIO_PARTS) if model_cfg.get(p) and random_source(model_cfg[p])]
     return [n for n, _ in model.named_parameters() if n.split(".")[0] in parts and n not in trainable]

@@ -2,7 +2,9 @@
 
 Every ``<image>`` in a prompt becomes ``<img>`` + ``<IMG_CONTEXT>`` × (T · tiles) + ``</img>``
 (see :mod:`r1v.data.processor`); here the embeddings at ``<IMG_CONTEXT>`` positions are replaced,
-in order, by the adapter's outputs for all tiles of all images of the batch.
+in order, by the adapter's outputs for all tiles of all images of the batch. With an audio encoder composed,
+``<audio_ctx>`` positions get the audio adapter's outputs the same way: every window of every clip, each cut to
+the tokens of real audio (:func:`r1v.data.audio.tokens_for`).
 """
 
 from __future__ import annotations
@@ -14,10 +16,15 @@ from torch import nn
 
 
 class VisionLanguageModel(nn.Module):
-    def __init__(self, vision: nn.Module, adapter: nn.Module, backbone: nn.Module, img_context_id: int) -> None:
+    def __init__(self, vision: nn.Module, adapter: nn.Module, backbone: nn.Module, img_context_id: int,
+                 audio: nn.Module | None = None, audio_adapter: nn.Module | None = None,
+                 audio_context_id: int | None = None) -> None:  # fmt: skip
         super().__init__()
         self.vision, self.adapter, self.backbone = vision, adapter, backbone
         self.img_context_id = img_context_id
+        # submodules only when composed (None is a plain attribute): the image-only model's state dict is unchanged
+        self.audio, self.audio_adapter = audio, audio_adapter
+        self.audio_context_id = audio_context_id
 
     @property
     def tokens_per_tile(self) -> int:
@@ -32,8 +39,48 @@ class VisionLanguageModel(nn.Module):
             features = self.vision(pixel_values.to(dtype))  # (N, g, g, C)
         return self.adapter(features.to(next(self.adapter.parameters()).dtype))  # (N, T, D)
 
-    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, L) ids [+ tiles] -> (B, L, D) input embeddings with image tokens spliced in."""
+    def encode_audio(self, features: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """(N_windows, n_mels, W) log-mel windows and (N_windows,) real mel frames -> (Σ kept tokens, D): each
+        window's tokens that see real audio, window after window."""
+        grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.audio.parameters())
+        with torch.set_grad_enabled(grad):
+            dtype = next(self.audio.parameters()).dtype
+            hidden = self.audio(features.to(dtype))  # (N, T, C)
+        tokens = self.audio_adapter(hidden.to(next(self.audio_adapter.parameters()).dtype))  # (N, T, D)
+        keep = (frames.to(tokens.device) + self.audio.frames_per_token - 1) // self.audio.frames_per_token  # (N,)
+        mask = torch.arange(tokens.shape[1], device=tokens.device)[None] < keep[:, None]  # (N, T)
+        return tokens[mask]  # (Σ keep, D), row-major: window by window
+
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        audio_features: torch.Tensor | None = None,
+        audio_frames: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """(B, L) ids [+ tiles] [+ audio windows] -> (B, L, D) input embeddings with image and audio tokens spliced
+        in."""
+        embeds = self._embed_images(input_ids, pixel_values)
+        if self.audio_context_id is None:
+            if audio_features is not None:
+                raise ValueError("the batch carries audio but the model has no audio encoder (compose audio=...)")
+            return embeds
+        slots = input_ids == self.audio_context_id  # (B, L)
+        n_slots = int(slots.sum())
+        if audio_features is None or audio_features.numel() == 0:
+            if n_slots:
+                raise ValueError(f"the batch has {n_slots} <audio_ctx> tokens but no audio")
+            return embeds
+        if audio_frames is None:
+            raise ValueError("audio_features come without audio_frames (real mel frames per window)")
+        audio_tokens = self.encode_audio(audio_features, audio_frames)  # (Σ, D)
+        if audio_tokens.shape[0] != n_slots:
+            raise ValueError(f"{audio_tokens.shape[0]} audio tokens ({audio_features.shape[0]} windows) do not fill "
+                             f"the {n_slots} <audio_ctx> slots of the batch (processor and model disagree on tokens "
+                             "per window)")  # fmt: skip
+        return embeds.masked_scatter(slots.unsqueeze(-1), audio_tokens.to(embeds.dtype))
+
+    def _embed_images(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None) -> torch.Tensor:
         embeds = self.backbone.get_input_embeddings()(input_ids)  # (B, L, D)
         slots = input_ids == self.img_context_id  # (B, L)
         n_slots = int(slots.sum())
@@ -55,7 +102,7 @@ class VisionLanguageModel(nn.Module):
         """Token ids a rollout must never sample: the ``<IMG_CONTEXT>`` placeholder. A completion holding one
         cannot be scored: re-embedding prompt + completion finds more image slots than image tokens (seen with
         random weights on the H200). Every rollout engine suppresses them."""
-        return (self.img_context_id,)
+        return (self.img_context_id,) if self.audio_context_id is None else (self.img_context_id, self.audio_context_id)
 
     def forward(
         self,
@@ -64,6 +111,8 @@ class VisionLanguageModel(nn.Module):
         pixel_values: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        audio_features: torch.Tensor | None = None,
+        audio_frames: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> Any:
         """Causal-LM output; ``loss`` is the mean over tokens whose label is not -100 (answers).
@@ -71,7 +120,7 @@ class VisionLanguageModel(nn.Module):
         ``attention_mask`` is (B, L) for padded batches or a (B, 1, L, L) mask with ``position_ids`` for
         packed ones (see ``Processor.pack``).
         """
-        embeds = self.embed(input_ids, pixel_values)
+        embeds = self.embed(input_ids, pixel_values, audio_features, audio_frames)
         position_ids = _positions(attention_mask, position_ids)
         return self.backbone(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids,
                              labels=labels, **kwargs)  # fmt: skip
@@ -82,11 +131,13 @@ class VisionLanguageModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        audio_features: torch.Tensor | None = None,
+        audio_frames: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> torch.Tensor:
         """(B, L) ids [+ tiles] -> (B, L, D) the backbone's last hidden states, without the LM head (for losses
         that run the head in chunks: :func:`r1v.rl.grpo.chunked_logprobs`)."""
-        embeds = self.embed(input_ids, pixel_values)
+        embeds = self.embed(input_ids, pixel_values, audio_features, audio_frames)
         base = self.backbone.base_model
         return base(inputs_embeds=embeds, attention_mask=attention_mask,
                     position_ids=_positions(attention_mask, position_ids), **kwargs).last_hidden_state  # fmt: skip
@@ -97,13 +148,15 @@ class VisionLanguageModel(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         pixel_values: torch.Tensor | None = None,
+        audio_features: torch.Tensor | None = None,
+        audio_frames: torch.Tensor | None = None,
         **generate_kwargs: Any,
     ) -> torch.Tensor:
         """Left-padded prompts -> (B, new_tokens) completions, with the backbone's KV cache; tokens in
         :attr:`never_generated` are suppressed."""
         suppress = list(generate_kwargs.pop("suppress_tokens", None) or [])
         generate_kwargs["suppress_tokens"] = sorted({*suppress, *self.never_generated})
-        embeds = self.embed(input_ids, pixel_values)
+        embeds = self.embed(input_ids, pixel_values, audio_features, audio_frames)
         return self.backbone.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
 
 

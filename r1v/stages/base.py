@@ -33,12 +33,13 @@ from torch.utils.data import DataLoader, Dataset
 from r1v.core.config import ConfigError, build_plugin
 from r1v.core.interfaces import RewardInput, Sample
 from r1v.core.registry import get_registry
+from r1v.data.audio import audio_inputs
 from r1v.data.collate import Collator, Limits
 from r1v.data.processor import Processor
 from r1v.evaluation.answers import equivalent, extract_answer
 from r1v.generation.choose import choose_engine
 from r1v.model import varlen
-from r1v.model.build import PARTS, apply_freeze, build, cast_frozen_parts
+from r1v.model.build import AUDIO_PARTS, PARTS, apply_freeze, build, cast_frozen_parts
 from r1v.model.load import load_trainable
 from r1v.model.sources import RANDOM_INIT, random_frozen
 from r1v.rl.rewards import RewardRunner
@@ -121,7 +122,7 @@ class LightningStage(L.LightningModule):
     def train(self, mode: bool = True) -> LightningStage:
         super().train(mode)
         if self.model is not None:  # frozen parts stay in eval mode (no dropout, fixed norms)
-            for part in PARTS:
+            for part in self.model_parts():
                 module = getattr(self.model, part)
                 if not any(p.requires_grad for p in module.parameters()):
                     module.eval()
@@ -132,6 +133,10 @@ class LightningStage(L.LightningModule):
             log.info("model: %s", self.summary())
         self.save_random_init()
 
+    def model_parts(self) -> list[str]:
+        """The model's parts: vision, adapter, backbone, and the audio ones when composed."""
+        return [*PARTS, *(p for p in AUDIO_PARTS if getattr(self.model, p, None) is not None)]
+
     def summary(self) -> str:
         """Parameters per part and whether each trains, in one line (Lightning's own summary is switched off)."""
 
@@ -139,7 +144,7 @@ class LightningStage(L.LightningModule):
             return sum(int(getattr(p, "ds_numel", 0) or p.numel()) for p in params)  # ZeRO-3: the whole tensor
 
         parts, total, trained = [], 0, 0
-        for part in PARTS:
+        for part in self.model_parts():
             params = list(getattr(self.model, part).parameters())
             n, t = count(params), count([p for p in params if p.requires_grad])
             total, trained = total + n, trained + t
@@ -255,7 +260,8 @@ class LightningStage(L.LightningModule):
         if batch.get("empty"):
             return
         batch = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
-        out = self.model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["labels"])
+        out = self.model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["labels"],
+                         **audio_inputs(batch))  # fmt: skip
         self.log("val/loss", out.loss, prog_bar=True, batch_size=len(samples))
         if batch_idx * len(samples) >= int(self.stage["val_generate"]):
             return

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from r1v.core.interfaces import Sample
+from r1v.data.audio import audio_inputs
 from r1v.data.collate import Collator
 from r1v.rl.grpo import chunked_logprobs
 from r1v.runtime.faults import poisoned
@@ -84,7 +85,7 @@ class SFTStage(LightningStage):
         fp32 logits (16k tokens × 152k × 4 B ≈ 10 GB, twice with their gradient) never exist (default 4,096: a
         padded batch of 4 × 8k tokens ran out of memory on an H200 in transformers' loss); 0: transformers' loss
         over the full logits. The two are equal (tests/unit/test_model.py)."""
-        kw = {"position_ids": batch.get("position_ids"), **batch.get("attn_kwargs", {})}
+        kw = {"position_ids": batch.get("position_ids"), **batch.get("attn_kwargs", {}), **audio_inputs(batch)}
         chunk = int(self.stage["loss_chunk_tokens"])
         if not chunk:
             return self.model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["labels"],

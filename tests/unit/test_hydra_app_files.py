@@ -18,8 +18,8 @@ def test_train_help_lists_its_groups_but_not_the_recipes(capsys, monkeypatch):
     lines = capsys.readouterr().out.splitlines()
     groups = lines[lines.index("== Configuration groups ==") + 3 : lines.index("== Config ==")]
     assert [g.split(":")[0] for g in groups if ":" in g] == [
-        "adapter", "backbone", "data", "distill", "evaluation", "logger", "model", "reward", "stage", "trainer",
-        "vision"]  # fmt: skip
+        "adapter", "audio", "audio_adapter", "backbone", "data", "distill", "evaluation", "logger", "model", "reward",
+        "stage", "trainer", "vision"]  # fmt: skip
     assert "stage: align, distill, grpo, iterative_sft, make_pairs, mpo, reassemble, reward_model, sft" in groups
     assert ("(R1V's multi-stage recipes run with python -m r1v.recipe recipe=NAME; its --help lists them.)"
             in groups)  # fmt: skip
