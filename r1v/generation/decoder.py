@@ -15,7 +15,7 @@ else is refused with one line that names ``rollout=hf``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -204,12 +204,12 @@ class Decoder:
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.base.embed_tokens(ids)
 
-    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache_k: torch.Tensor,
-                cache_v: torch.Tensor, write: torch.Tensor | slice, window: int, mask: torch.Tensor | None,
+    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache_k: Sequence[torch.Tensor],
+                cache_v: Sequence[torch.Tensor], write: torch.Tensor | slice, window: int, mask: torch.Tensor | None,
                 bounds: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:  # fmt: skip
         """All layers over ``h`` (B, T, D); K/V of the T new positions go to cache columns ``write``.
 
-        ``cache_k``/``cache_v`` are (layers, B, H_kv, L, hd); attention reads columns ``[:window]`` under
+        ``cache_k``/``cache_v`` hold one (B, H_kv, L, hd) tensor per layer; attention reads columns ``[:window]`` under
         ``mask`` (B, 1, T, window), True = attend — or, for one new token with ``attention="triton"``, only
         columns ``[start[b], end)`` given as ``bounds`` (device tensors (B,) and (1,)). Returns the last
         position's hidden state (B, D).
@@ -243,7 +243,8 @@ def splits_for(rows: int, sms: int) -> int:
     return max(1, min(16, -(-2 * sms // rows)))
 
 
-def run_layers(h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor,
+def run_layers(h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache_k: Sequence[torch.Tensor],
+               cache_v: Sequence[torch.Tensor],
                write: torch.Tensor | slice, window: int, mask: torch.Tensor | None,
                bounds: tuple[torch.Tensor, torch.Tensor] | None, layers: list[Layer],
                fused: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]], fns: dict[bool, tuple[Any, Any]],

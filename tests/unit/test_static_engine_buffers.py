@@ -61,7 +61,7 @@ def _recording(engine) -> list[dict[int, torch.Tensor]]:
 
 
 def _state_ptrs(st) -> set[int]:
-    tensors = [st.k, st.v, st.tok, st.col, st.pos, st.t, st.pad, st.done, st.out, st.seen, st.suppress,
+    tensors = [*st.k, *st.v, st.tok, st.col, st.pos, st.t, st.pad, st.done, st.out, st.seen, st.suppress,
                st.knobs.temperature, st.knobs.top_p, st.knobs.penalty]  # fmt: skip
     return {t.untyped_storage().data_ptr() for t in tensors if t is not None}
 
@@ -210,17 +210,21 @@ def test_a_whole_decode_step_compiles_as_one_graph_and_computes_the_same(tiny_vl
     k0, v0 = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
     mask = torch.zeros(b, 1, 1, width).masked_fill_(torch.arange(width) > col, float("-inf"))
     write = torch.tensor([col])
-    caches = [(k0.clone(), v0.clone()) for _ in range(2)]
+
+    def per_layer(t: torch.Tensor) -> list[torch.Tensor]:  # the engine's layout: each layer its own storage
+        return [x.clone() for x in t]
+
+    caches = [(per_layer(k0), per_layer(v0)) for _ in range(2)]
     with torch.no_grad():  # as the engine decodes
         want = eager.forward(h, cos, sin, *caches[0], write, width, mask)
     with torch._dynamo.config.patch(error_on_recompile=True), torch.no_grad():
         got = step.forward(h, cos, sin, *caches[1], write, width, mask)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
         for eager_cache, step_cache in zip(*caches, strict=True):  # K, then V
-            torch.testing.assert_close(step_cache, eager_cache, rtol=1e-5, atol=1e-5)
-        assert not torch.equal(caches[1][0][:, :, :, col], k0[:, :, :, col])  # written in place
+            torch.testing.assert_close(torch.stack(step_cache), torch.stack(eager_cache), rtol=1e-5, atol=1e-5)
+        assert not torch.equal(torch.stack(caches[1][0])[:, :, :, col], k0[:, :, :, col])  # written in place
         for p in lm.parameters():  # new storage for every weight
             p.data = p.data.clone()
         step.collect()
-        again = step.forward(h, cos, sin, k0.clone(), v0.clone(), write, width, mask)
+        again = step.forward(h, cos, sin, per_layer(k0), per_layer(v0), write, width, mask)
     torch.testing.assert_close(again, want, rtol=1e-5, atol=1e-5)
