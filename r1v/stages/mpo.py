@@ -4,8 +4,8 @@ Each batch holds ``stage.batch_size`` pairs (prompt with its images, chosen, rej
 ``data=synthetic_pairs``). Chosen and rejected rows go through the policy together, and through the
 frozen reference — the starting policy: for adapter-only training the same trunk with a copy of the
 initial adapter swapped in (:class:`r1v.rl.grpo.AdapterReference`; with LoRA also LoRA off) — without
-gradients. The loss is ``w1·DPO + w2·BCO + w3·NLL(chosen)/|chosen|`` (:func:`r1v.rl.preference.mpo_loss`); BCO's δ is a running
-mean checkpointed with the run. Validation logs the same pair metrics on the val pairs, and greedy
+gradients. The loss is ``w1·DPO + w2·BCO + w3·NLL(chosen)/|chosen|`` (:func:`r1v.rl.preference.mpo_loss`);
+BCO's δ is a running mean checkpointed with the run. Validation logs the same pair metrics on the val pairs, and greedy
 accuracy where the pairs carry an ``answer``.
 """
 
