@@ -22,6 +22,7 @@ import json
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -208,11 +209,22 @@ def unload_lora(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def peft_adapter_config(spec: LoraSpec, target_names: list[str], base: str = "..") -> dict[str, Any]:
-    """A PEFT ``adapter_config.json`` for LoRA weights written apart (``export --unmerged``)."""
-    return {"peft_type": "LORA", "task_type": None, "base_model_name_or_path": base, "r": spec.r,
-            "lora_alpha": spec.alpha, "lora_dropout": spec.dropout, "bias": "none", "fan_in_fan_out": False,
-            "target_modules": sorted(target_names), "init_lora_weights": True, "inference_mode": True}  # fmt: skip
+def write_apart(state: Mapping[str, torch.Tensor], spec: LoraSpec, out_dir: Path, rename: Any) -> Path:
+    """LoRA weights (r1v names, from :func:`unload_lora`) as a PEFT adapter folder ``out_dir``: ``adapter_config.json``
+    + ``adapter_model.safetensors`` with PEFT's key names (``base_model.model.<module>.lora_A.weight``) over the
+    exported model's module names (``rename``: r1v name -> exported name), so ``PeftModel.from_pretrained(model,
+    out_dir)`` applies them to the exported base."""
+    from safetensors.torch import save_file
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {"base_model.model." + rename(n).replace(f".{ADAPTER}.", "."): t.contiguous() for n, t in state.items()}
+    modules = sorted({rename(n.split(".lora_")[0]) for n in state})
+    config = {"peft_type": "LORA", "task_type": None, "base_model_name_or_path": "..", "r": spec.r,
+              "lora_alpha": spec.alpha, "lora_dropout": spec.dropout, "bias": "none", "fan_in_fan_out": False,
+              "target_modules": modules, "init_lora_weights": True, "inference_mode": True}  # fmt: skip
+    save_file(tensors, str(out_dir / "adapter_model.safetensors"), metadata={"format": "pt"})
+    (out_dir / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return out_dir
 
 
 def lora_params(model: nn.Module) -> int:
@@ -223,4 +235,5 @@ def lora_params(model: nn.Module) -> int:
 
 def full_rank_params(model: nn.Module) -> int:
     """Parameters of the base layers LoRA wraps (what training those layers whole would train)."""
-    return sum(math.prod(m.base_layer.weight.shape) for m in lora_layers(model).values())
+    return sum(math.prod(getattr(w, "ds_shape", None) or w.shape)
+               for w in (m.base_layer.weight for m in lora_layers(model).values()))  # fmt: skip
