@@ -230,7 +230,7 @@ def write_apart(state: Mapping[str, torch.Tensor], spec: LoraSpec, out_dir: Path
 def lora_params(model: nn.Module) -> int:
     """The number of LoRA parameters in ``model`` (0 without LoRA)."""
     return sum(int(getattr(p, "ds_numel", 0) or p.numel()) for n, p in model.named_parameters()
-               if ".lora_A." in n or ".lora_B." in n)  # fmt: skip
+               if {"lora_A", "lora_B"} & set(n.split(".")))  # fmt: skip
 
 
 def full_rank_params(model: nn.Module) -> int:
