@@ -30,12 +30,12 @@ from torch import nn
 
 from r1v.core.errors import ConfigError
 from r1v.core.registry import did_you_mean
+from r1v.core.values import check_lora
 from r1v.runtime.weights import gathered
 
 ADAPTER = "default"  # PEFT's adapter name: one LoRA per model
 BACKBONE_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 PRESETS = ("backbone", "vision")
-KEYS = ("r", "alpha", "dropout", "targets")
 METADATA_KEY = "r1v.lora"  # a trainable-weights safetensors file's metadata: the spec its LoRA weights need
 
 
@@ -54,31 +54,12 @@ class LoraSpec:
 
     @classmethod
     def from_node(cls, node: Mapping[str, Any] | None) -> LoraSpec | None:
-        """``stage.lora`` (None: no LoRA) -> the spec; a bad key or value is one line naming it."""
-        if node is None or node is False:
+        """``stage.lora`` (None: no LoRA) -> the spec; a bad key or value is one line naming it
+        (:func:`r1v.core.values.check_lora`, also run when the config is validated)."""
+        checked = check_lora(node)
+        if checked is None:
             return None
-        if not isinstance(node, Mapping):
-            raise ConfigError(f"stage.lora={node!r}: must be a mapping such as {{r: 64, alpha: 128, dropout: 0.05, "
-                              "targets: [backbone]}, or null for no LoRA")  # fmt: skip
-        unknown = sorted(set(node) - set(KEYS))
-        if unknown:
-            raise ConfigError(f"stage.lora.{unknown[0]}: not a LoRA setting (allowed: {', '.join(KEYS)})"
-                              f"{did_you_mean(unknown[0], KEYS)}")  # fmt: skip
-        r = node.get("r", cls.r)
-        if isinstance(r, bool) or not isinstance(r, int) or r < 1:
-            raise ConfigError(f"stage.lora.r={r!r}: must be a whole number ≥ 1 (the rank of the low-rank update)")
-        alpha = node.get("alpha", 2 * r)  # α = 2r: the scale α/r = 2 of the common recipes
-        if isinstance(alpha, bool) or not isinstance(alpha, int | float) or alpha <= 0:
-            raise ConfigError(f"stage.lora.alpha={alpha!r}: must be a number > 0 (the update is scaled by alpha/r)")
-        dropout = node.get("dropout", cls.dropout)
-        if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 <= dropout < 1:
-            raise ConfigError(f"stage.lora.dropout={dropout!r}: must be in [0, 1)")
-        targets = node.get("targets", list(cls.targets))
-        targets = [targets] if isinstance(targets, str) else targets
-        if not targets or not all(isinstance(t, str) and t for t in targets):
-            raise ConfigError(f"stage.lora.targets={targets!r}: must be a non-empty list of {', '.join(PRESETS)} "
-                              "or module-name globs")  # fmt: skip
-        return cls(int(r), float(alpha), float(dropout), tuple(targets))
+        return cls(checked["r"], checked["alpha"], checked["dropout"], tuple(checked["targets"]))
 
     def to_node(self) -> dict[str, Any]:
         return {**asdict(self), "targets": list(self.targets)}

@@ -202,3 +202,21 @@ def test_inspect_counts_lora_and_says_when_it_makes_a_composition_fit():
         lines
     )
     assert "total          8,108,649,984     8.11B       189,021,184" in "\n".join(lines)  # LoRA + adapter train
+
+
+def test_a_bad_lora_value_is_refused_when_the_config_is_checked(compose):
+    from r1v.core.config import check_types
+
+    check_types(compose("stage=grpo", "stage.lora={r: 4}"))
+    with pytest.raises(ConfigError, match=r"^stage.lora.dropout=1.5: must be in \[0, 1\)$"):
+        check_types(compose("stage=mpo", "stage.lora={r: 4, dropout: 1.5}"))
+
+
+def test_mpo_with_lora_uses_the_lora_off_reference(compose):
+    from r1v.rl.grpo import LoraReference
+    from r1v.stages.mpo import MPOStage
+
+    stage = MPOStage(compose("stage=mpo", "data=synthetic_pairs", "stage.lora={r: 4, targets: [q_proj, v_proj]}"))
+    stage.configure_model()
+    assert isinstance(stage.reference, LoraReference)
+    assert {n.rsplit(".", 1)[-1] for n in lora_layers(stage.model)} == {"q_proj", "v_proj"}
