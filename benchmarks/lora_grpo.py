@@ -61,7 +61,7 @@ def main() -> None:
                 print(f"seed {seed} {name}: {json.dumps(rows[f'{seed} {name}'])}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"steps": args.steps, "lora": LORA, "runs": rows}, indent=2) + "\n")
-    print("\n| seed, variant | accuracy reward, first fifth | last fifth | gain | KL step 0 | KL end | held-out accuracy |")
+    print("\n| seed, variant | accuracy reward, first fifth | last fifth | gain | KL step 0 | KL end | held-out acc. |")
     print("|---|---|---|---|---|---|---|")
     for key, r in rows.items():
         print(f"| {key} | {r['first_fifth']:.3f} | {r['last_fifth']:.3f} | {r['last_fifth'] - r['first_fifth']:+.3f} "
