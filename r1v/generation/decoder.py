@@ -71,9 +71,11 @@ def _lora_merged(layer: Any, key: str, merged: dict[str, torch.Tensor]) -> torch
     one ``addmm`` per layer per rollout). Why a merged copy rather than the other two ways: merging into W in
     place and unmerging after each rollout drifts the frozen bf16 base by a rounding per round trip (hundreds of
     steps: many ulps), and separate low-rank GEMMs would thread A, B through every compiled decode function. The
-    copy costs the targeted weights' bytes once more during rollouts (the attention and MLP projections: about the
-    backbone less its embeddings); its address is stable, so captured CUDA graphs stay valid across rollouts.
-    A layer whose LoRA is merged or switched off reads W itself."""
+    copy costs the targeted weights' bytes once more, during rollouts only (the attention and MLP projections: about
+    the backbone less its embeddings): :meth:`Decoder.release_merged` frees it when a rollout ends, so training
+    never holds it. The caching allocator mostly hands the same blocks back next time; where it does not, the
+    engine's fingerprint sees new addresses and captures its CUDA graphs again. A layer whose LoRA is merged or
+    switched off reads W itself."""
     base = layer.base_layer.weight
     if layer.merged or layer.disable_adapters or not layer.active_adapters:
         return base
@@ -169,6 +171,13 @@ class Decoder:
                                      up, down))  # fmt: skip
         if self.fuse:
             self._refresh_fused()
+
+    def release_merged(self) -> None:
+        """Free the LoRA layers' merged weights (:func:`_lora_merged`) after a rollout; :meth:`collect` makes them
+        again. The layer list holds them too, so it goes as well."""
+        if self.merged:
+            self.merged.clear()
+            self.layers = []
 
     @torch.no_grad()
     def _refresh_fused(self) -> None:

@@ -109,7 +109,8 @@ def load_trainable(model: torch.nn.Module, checkpoint: str, refuse_unknown: bool
         with safe_open(str(path), framework="pt") as f:
             names = set(f.keys())
     spec = checkpoint_lora(checkpoint) if any(".lora_A." in n for n in names) else None
-    if spec is not None and not lora_layers(model):
+    had_lora = bool(lora_layers(model))  # LoRA layers already there (iterative SFT's next round): load into them
+    if spec is not None and not had_lora:
         apply_lora(model, spec)  # the LoRA layers its weights belong to (B = 0 until loaded)
     if refuse_unknown and names:
         unknown = sorted(names - set(model.state_dict()))
@@ -122,7 +123,7 @@ def load_trainable(model: torch.nn.Module, checkpoint: str, refuse_unknown: bool
         model.load_state_dict(state, strict=False)
     else:
         load_into(model, path, f"checkpoint {checkpoint}", strict=False)
-    if spec is not None and spec != keep_lora:
+    if spec is not None and spec != keep_lora and not had_lora:
         merge_lora(model)
         return None
     return spec

@@ -220,3 +220,32 @@ def test_mpo_with_lora_uses_the_lora_off_reference(compose):
     stage.configure_model()
     assert isinstance(stage.reference, LoraReference)
     assert {n.rsplit(".", 1)[-1] for n in lora_layers(stage.model)} == {"q_proj", "v_proj"}
+
+
+def test_lora_weights_load_merged_kept_or_into_existing_layers(fresh, tmp_path):
+    """A LoRA run's trainable weights (the file export_trainable writes, spec in its metadata): merged into the base
+    by default (inference, a stage without that LoRA), kept when the loading stage continues the same LoRA, and
+    loaded into the LoRA layers a model already has (iterative SFT's next round)."""
+    from safetensors.torch import save_file
+
+    from r1v.model.load import checkpoint_lora, load_trainable
+    from r1v.model.lora import METADATA_KEY
+
+    model, processor = fresh()
+    b = batch(processor)
+    apply_lora(model, SPEC)
+    train_lora(model)
+    ours = logits(model, b)
+    path = tmp_path / "trainable.safetensors"
+    save_file({n: p.detach() for n, p in model.named_parameters() if ".lora_" in n or n.startswith("adapter.")},
+              str(path), metadata={METADATA_KEY: SPEC.to_json()})  # fmt: skip
+    assert checkpoint_lora(str(path)) == SPEC
+    merged, _ = fresh()
+    assert load_trainable(merged, str(path)) is None and not lora_layers(merged)
+    torch.testing.assert_close(logits(merged, b), ours, rtol=1e-4, atol=1e-4)
+    kept, _ = fresh()
+    assert load_trainable(kept, str(path), keep_lora=SPEC) == SPEC and lora_layers(kept)
+    assert torch.equal(logits(kept, b), ours)
+    train_lora(kept, seed=5)  # the next round's LoRA layers, trained on: loading goes into them, nothing merges
+    load_trainable(kept, str(path))
+    assert len(lora_layers(kept)) == len(lora_layers(model)) and torch.equal(logits(kept, b), ours)
