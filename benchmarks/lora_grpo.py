@@ -38,6 +38,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--steps", type=int, default=120)
     ap.add_argument("--start", type=Path, default=None, help="a re-assembled run to start from (skips align)")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/lora_grpo.json"))
     args = ap.parse_args()
     rows: dict[str, dict] = {}
@@ -49,7 +50,8 @@ def main() -> None:
                 train(work, "run=align", f"seed={seed}")
                 train(work, "stage=reassemble", "model=tiny_reasoner", "checkpoint=runs/align", "run=re",
                       f"seed={seed}")  # fmt: skip
-            for name, extra in VARIANTS.items():
+            for name in args.variants:
+                extra = VARIANTS[name]
                 run = f"g{len(rows)}"
                 train(work, *GRPO, *extra, f"checkpoint={start}", f"run={run}", f"seed={seed}",
                       f"stage.max_steps={args.steps}", f"stage.val_every={args.steps}")  # fmt: skip
