@@ -39,7 +39,7 @@ from r1v.evaluation.answers import equivalent, extract_answer
 from r1v.generation.choose import choose_engine
 from r1v.model import varlen
 from r1v.model.build import PARTS, apply_freeze, build
-from r1v.model.load import load_trainable
+from r1v.model.load import checkpoint_lora, load_trainable
 from r1v.model.lora import METADATA_KEY, LoraSpec, apply_lora, base_name, lora_layers, lora_names
 from r1v.model.sources import RANDOM_INIT, random_frozen
 from r1v.rl.rewards import RewardRunner
@@ -108,9 +108,16 @@ class LightningStage(L.LightningModule):
         if self.model is not None:
             return
         self.model, self.processor = build(self.cfg["model"], get_registry())
-        if self.cfg.get("checkpoint"):  # a LoRA checkpoint's LoRA is merged, or kept when this stage continues it
-            kept = load_trainable(self.model, self.cfg["checkpoint"], keep_lora=self.lora)
+        ckpt = self.cfg.get("checkpoint")
+        if ckpt:  # a LoRA checkpoint's LoRA is merged, or kept when this stage continues it
+            kept = load_trainable(self.model, ckpt, keep_lora=self.lora)
             self.lora_fresh = kept is None
+            earlier = checkpoint_lora(ckpt) if kept is None else None
+            if earlier is not None and self._trainer is not None and self.trainer.is_global_zero:
+                log.warning("checkpoint=%s holds LoRA (%s), merged into the base weights for this run (its stage.lora "
+                            "is %s); this run's weights do not hold that merge: load them on top of that checkpoint's "
+                            "merged model, or continue the same LoRA (same stage.lora) to keep one product", ckpt,
+                            earlier.to_json(), self.lora.to_json() if self.lora else "null")  # fmt: skip
         if self.lora is not None and not lora_layers(self.model):
             apply_lora(self.model, self.lora)
         self.trainable = apply_freeze(self.model, list(self.stage["trainable"]))
