@@ -25,13 +25,14 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "create_model", "hookimpl", "list_plugins", "load"]
 
 
-def load(checkpoint: str, *overrides: str, device: str = "auto") -> Model:
+def load(checkpoint: str, *overrides: str, device: str = "auto", merge_lora: bool = True) -> Model:
     """A trained model: ``checkpoint`` is a run folder (its own composition comes with it), a weights file inside
     one, or an InternVL-chat / Skywork-R1V folder; ``overrides`` are ``key=value`` as on the command line;
-    ``device`` is ``auto`` (CUDA when present, in bf16), ``cuda`` or ``cpu``."""
+    ``device`` is ``auto`` (CUDA when present, in bf16), ``cuda`` or ``cpu``. A LoRA run comes with its LoRA merged
+    into the weights; ``merge_lora=False`` keeps PEFT's LoRA layers."""
     from r1v.model.handle import load_model
 
-    return load_model(checkpoint, *overrides, device=device)
+    return load_model(checkpoint, *overrides, device=device, merge_lora=merge_lora)
 
 
 def create_model(preset: str | None = None, *overrides: str, device: str = "cpu", **parts: str) -> Model:

@@ -170,7 +170,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     export_source(Path(args.source))  # refuse what has no known composition, in one line
     shard = parse_size(args.shard_size)
-    model = load_model(args.source, device="cpu")
+    model = load_model(args.source, device="cpu", merge_lora=not args.unmerged)
     print(model.export(args.out, shard_size=shard, overwrite=args.overwrite))
     return 0
 
@@ -184,7 +184,10 @@ Only InternViT -> mlp -> Qwen2 models have this layout. Written to OUT.tmp-<rand
 Examples:
   python -m r1v export runs/sft-r1v runs/sft-r1v/internvl
   python -m r1v export runs/sft-r1v/checkpoints/last.ckpt out/step-last
-  python -m r1v export /models/Skywork-R1V-38B /models/Skywork-R1V-38B-2GB --shard-size 2GB"""
+  python -m r1v export /models/Skywork-R1V-38B /models/Skywork-R1V-38B-2GB --shard-size 2GB
+  python -m r1v export runs/grpo-lora runs/grpo-lora/internvl --unmerged   # base + OUT/lora (PEFT)
+
+A LoRA run (stage.lora) is exported with its LoRA merged into the weights, unless --unmerged."""
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
@@ -255,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out", help="the folder to write (must not exist, unless --overwrite)")
     p.add_argument("--shard-size", default="5GB", help="largest weight file (default 5GB; e.g. 2GB, 500MB)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists (atomically)")
+    p.add_argument("--unmerged", action="store_true", help="a LoRA run: write the base and the LoRA weights apart "
+                   "(OUT/lora, a PEFT adapter folder) instead of merging them into the weights")  # fmt: skip
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("report", help=cmd_report.__doc__, description=cmd_report.__doc__)
     p.add_argument("runs", nargs="+", help="run folders (each with metrics.csv)")

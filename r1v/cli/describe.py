@@ -3,19 +3,23 @@
 Composes the Hydra config exactly as ``python -m r1v.train`` would, builds the model on the meta device
 (no memory, no weights read; a 38B model in seconds), applies the stage's freeze policy, and prints the
 parameters per part (vision, adapter, backbone), the total, the trainable count, and the per-GPU memory
-plan of :mod:`r1v.runtime.planner`. ``planner.*`` overrides are planner knobs, taken off before composing.
+plan of :mod:`r1v.runtime.planner`. ``planner.*`` overrides are planner knobs, taken off before composing. With
+``stage.lora`` it also prints the LoRA parameter count and the plan without LoRA (the wrapped layers trained whole),
+saying when LoRA is what makes the composition fit.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from torch import nn
 
 from r1v.model.build import PARTS
 from r1v.model.handle import create_model
+from r1v.model.lora import LoraSpec, lora_layers, lora_params
 from r1v.model.meta import count
 from r1v.runtime import planner
 
@@ -126,6 +130,9 @@ def default_settings(cfg: dict[str, Any]) -> tuple[planner.Settings, dict[str, s
                        ("micro_batch", "micro_batch_size"), ("beta", "policy_loss.beta")):  # fmt: skip
             sources[k] = f"stage.{src}"
         sources["rollout_batch"] = "stage.batch_size × stage.group_size"
+        if stage.get("lora"):  # the reference is the base with LoRA off + the adapter's copy: no second model
+            rl_knobs["reference"] = "trainable"
+            sources["reference"] = "stage.lora"
     chunk = int(stage.get("logp_chunk" if rl else "loss_chunk_tokens") or 0)
     if chunk:
         sources["loss_chunk"] = f"stage.{'logp_chunk' if rl else 'loss_chunk_tokens'}"
@@ -182,6 +189,36 @@ def inspect(args: Sequence[str]) -> list[str]:
     share = 100 * trainable / total if total else 0.0
     lines.append(f"{'total':<10}{total:>18,}{human(total):>10}{trainable:>18,}  ({human(trainable)}, {share:.2f}%)")
     lines += dtype_notes(vlm, settings)
+    lines += lora_lines(vlm, LoraSpec.from_node(stage.get("lora")), parts, settings)
     lines.append("")
     lines += planner.report(parts, settings, sources)
     return lines
+
+
+def lora_lines(vlm: nn.Module, spec: LoraSpec | None, parts: list[planner.Part], s: planner.Settings) -> list[str]:
+    """LoRA's parameter count and the memory plan without it: the wrapped layers' own weights trained instead (their
+    gradients and AdamW states, and the activations of parts that then train), on the same settings."""
+    if spec is None:
+        return []
+    layers = lora_layers(vlm)
+    lora_in: dict[str, int] = {}
+    base_in: dict[str, int] = {}
+    for name, layer in layers.items():
+        part = name.split(".")[0]
+        lora_in[part] = lora_in.get(part, 0) + lora_params(layer)
+        base_in[part] = base_in.get(part, 0) + layer.base_layer.weight.numel()
+    whole = [replace(p, trainable=p.trainable - lora_in.get(p.name, 0) + base_in.get(p.name, 0)) for p in parts]
+    with_lora, without = planner.estimate(parts, s), planner.estimate(whole, s)
+    cap, gib = s.capacity, planner.GIB
+    verdict = ("LoRA makes it fit" if without.total > cap >= with_lora.total else
+               "both fit" if without.total <= cap else "does not fit either way")  # fmt: skip
+    n_lora, n_base = sum(lora_in.values()), sum(base_in.values())
+    merged = sum(v for k, v in base_in.items() if k == "backbone") * s.weight_bytes
+    return [
+        f"LoRA r={spec.r} alpha={spec.alpha:g} on {len(layers)} linear layers (targets {list(spec.targets)}): "
+        f"{n_lora:,} ({human(n_lora)}) LoRA parameters train in place of those layers' {n_base:,} ({human(n_base)})",
+        f"  per GPU {with_lora.total / gib:.1f} GiB with LoRA vs {without.total / gib:.1f} GiB without LoRA (the "
+        f"wrapped layers trained whole) of {cap / gib:.1f} GiB: {verdict}",
+        *([f"  rollout=static reads a merged copy of the wrapped backbone layers during rollouts: "
+           f"{merged / gib:.1f} GiB more then"] if s.rl and merged else []),
+    ]  # fmt: skip

@@ -103,9 +103,15 @@ RANGES: dict[str, str] = {
     "trainer.strategy.allgather_bucket_size": ">= 1",
     "trainer.strategy.reduce_bucket_size": ">= 1",
 }
+LORA_NODE = "a mapping (null: no LoRA), checked whole by check_lora"
+LORA_KEYS = ("r", "alpha", "dropout", "targets")
 # "<setting>@<option>": a setting whose range does not apply in that option, and why
 EXEMPT: dict[str, str] = {
     "stage.max_steps@iterative_sft": "each round sets its own step count from its data (max_steps_per_round caps it)",
+    "stage.lora@sft": LORA_NODE,
+    "stage.lora@iterative_sft": LORA_NODE,
+    "stage.lora@grpo": LORA_NODE,
+    "stage.lora@mpo": LORA_NODE,
 }
 
 _CMP = re.compile(r"^(>=|<=|>|<)\s*(-?[\d.e+-]+)$")
@@ -144,6 +150,9 @@ def _is_number(v: Any) -> bool:
 def check_range(dotted: str, value: Any, default: Any = None, option: str | None = None) -> None:
     """Raise one line when the setting ``dotted`` has a value outside its :data:`RANGES` entry. Values that are
     not numbers (or lists of numbers) are left to the type check; a null is allowed when the default is null."""
+    if dotted == "stage.lora":
+        check_lora(value)
+        return
     spec = RANGES.get(dotted)
     if spec is None or (option and f"{dotted}@{option}" in EXEMPT):
         return
@@ -157,6 +166,36 @@ def check_range(dotted: str, value: Any, default: Any = None, option: str | None
             raise ConfigError(f"{dotted}={list(value)!r}: each value must be {say(spec)}; {bad[0]!r} is not")
     elif _is_number(value) and not allows(spec, value):
         raise ConfigError(f"{dotted}={value!r}: must be {say(spec)}")
+
+
+def check_lora(node: Any) -> dict[str, Any] | None:
+    """``stage.lora`` (null: no LoRA) with its defaults filled in — r 64, alpha 2·r, dropout 0.05, targets
+    [backbone] — or one line naming the bad key or value. Whether the targets match modules and the rank fits
+    their width is checked on the built model (:func:`r1v.model.lora.target_modules`)."""
+    if node is None or node is False:
+        return None
+    if not isinstance(node, Mapping):
+        raise ConfigError(f"stage.lora={node!r}: must be a mapping such as {{r: 64, alpha: 128, dropout: 0.05, "
+                          "targets: [backbone]}, or null for no LoRA")  # fmt: skip
+    unknown = sorted(set(node) - set(LORA_KEYS))
+    if unknown:
+        raise ConfigError(f"stage.lora.{unknown[0]}: not a LoRA setting (allowed: {', '.join(LORA_KEYS)})"
+                          f"{did_you_mean(unknown[0], LORA_KEYS)}")  # fmt: skip
+    r = node.get("r", 64)
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise ConfigError(f"stage.lora.r={r!r}: must be a whole number ≥ 1 (the rank of the low-rank update)")
+    alpha = node.get("alpha", 2 * r)  # α = 2r: the scale α/r = 2 of the common recipes
+    if isinstance(alpha, bool) or not _is_number(alpha) or alpha <= 0:
+        raise ConfigError(f"stage.lora.alpha={alpha!r}: must be a number > 0 (the update is scaled by alpha/r)")
+    dropout = node.get("dropout", 0.05)
+    if isinstance(dropout, bool) or not _is_number(dropout) or not 0 <= dropout < 1:
+        raise ConfigError(f"stage.lora.dropout={dropout!r}: must be in [0, 1)")
+    targets = node.get("targets", ["backbone"])
+    targets = [targets] if isinstance(targets, str) else targets
+    if not isinstance(targets, list | tuple) or not targets or not all(isinstance(t, str) and t for t in targets):
+        raise ConfigError(f"stage.lora.targets={targets!r}: must be a non-empty list of backbone, vision or "
+                          "module-name globs")  # fmt: skip
+    return {"r": int(r), "alpha": float(alpha), "dropout": float(dropout), "targets": list(targets)}
 
 
 def check_untyped_ranges(cfg: Mapping[str, Any], nodes: tuple[str, ...] = ("trainer",)) -> None:

@@ -9,7 +9,8 @@ one decode step can be captured in a CUDA graph and its pointwise parts fused by
 Supported: every model whose decoder layer is Llama's — RMSNorm → attention (q/k/v with or without
 bias, optional per-head q/k RMSNorm as in Qwen3, RoPE, GQA) → residual → RMSNorm → SwiGLU MLP →
 residual — i.e. ``llama``, ``qwen2``, ``qwen3`` and ``mistral`` without a sliding window. Anything
-else is refused with one line that names ``rollout=hf``.
+else is refused with one line that names ``rollout=hf``. Projections wrapped by PEFT LoRA layers are read as
+W + (α/r)·B·A, merged into a buffer per layer at every :meth:`Decoder.collect` (:func:`_lora_merged`).
 """
 
 from __future__ import annotations
@@ -53,11 +54,39 @@ class Layer(NamedTuple):
     w_down: torch.Tensor
 
 
-def _weight(module: Any, what: str, owner: str) -> torch.Tensor:
-    if type(module) is not nn.Linear:  # a LoRA wrapper's .weight alone would silently drop the adapter
+def _weight(module: Any, what: str, owner: str, merged: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """The weight a decode step multiplies by: a plain Linear's own, or for a PEFT LoRA layer W + (α/r)·B·A
+    written into a buffer of ``merged`` (:func:`_lora_merged`)."""
+    if merged is not None and hasattr(module, "lora_A") and type(getattr(module, "base_layer", None)) is nn.Linear:
+        return _lora_merged(module, f"{owner}.{what}", merged)
+    if type(module) is not nn.Linear:  # any other wrapper's .weight alone would silently drop what it adds
         raise UnsupportedModelError(f"rollout 'static': {owner}.{what} is a {type(module).__name__}, not a plain "
                                     "Linear; merge any adapter first or use rollout=hf")  # fmt: skip
     return module.weight
+
+
+@torch.no_grad()
+def _lora_merged(layer: Any, key: str, merged: dict[str, torch.Tensor]) -> torch.Tensor:
+    """W + (α/r)·B·A of a LoRA layer, recomputed into a buffer kept per layer (the LoRA weights change every step;
+    one ``addmm`` per layer per rollout). Why a merged copy rather than the other two ways: merging into W in
+    place and unmerging after each rollout drifts the frozen bf16 base by a rounding per round trip (hundreds of
+    steps: many ulps), and separate low-rank GEMMs would thread A, B through every compiled decode function. The
+    copy costs the targeted weights' bytes once more, during rollouts only (the attention and MLP projections: about
+    the backbone less its embeddings): :meth:`Decoder.release_merged` frees it when a rollout ends, so training
+    never holds it. The caching allocator mostly hands the same blocks back next time; where it does not, the
+    engine's fingerprint sees new addresses and captures its CUDA graphs again. A layer whose LoRA is merged or
+    switched off reads W itself."""
+    base = layer.base_layer.weight
+    if layer.merged or layer.disable_adapters or not layer.active_adapters:
+        return base
+    buf = merged.get(key)
+    if buf is None or buf.shape != base.shape or buf.dtype != base.dtype or buf.device != base.device:
+        buf = merged[key] = torch.empty_like(base)
+    buf.copy_(base)
+    for name in layer.active_adapters:  # r1v injects one ("default"); PEFT allows several
+        a, b = layer.lora_A[name].weight, layer.lora_B[name].weight  # (r, in), (out, r)
+        buf.addmm_(b.to(buf.dtype), a.to(buf.dtype), alpha=layer.scaling[name])
+    return buf
 
 
 class Decoder:
@@ -101,6 +130,7 @@ class Decoder:
         if compile_scope not in ("layer", "step"):
             raise ValueError(f"rollout 'static': compile_scope '{compile_scope}' is not one of layer, step")
         self._fused_for, self._fused_n = -1, 0  # the layer count the fused copies were made for, and how many
+        self.merged: dict[str, torch.Tensor] = {}  # LoRA layers' W + (α/r)·B·A, refreshed by collect()
         self.attention = attention  # "sdpa" (masked windows) or "triton" (filled columns only, split-K)
         if attention == "triton":  # imports triton: only when asked for
             from .triton_attention import decode_attention
@@ -132,10 +162,10 @@ class Decoder:
         self.layers = []
         for i, layer in enumerate(self.base.layers):
             a, m, owner = layer.self_attn, layer.mlp, f"model.layers.{i}"
-            q, k, v, o = (_weight(getattr(a, n, None), n, f"{owner}.self_attn") for n in ("q_proj", "k_proj", "v_proj",
-                                                                                         "o_proj"))  # fmt: skip
-            gate, up, down = (_weight(getattr(m, n, None), n, f"{owner}.mlp") for n in ("gate_proj", "up_proj",
-                                                                                      "down_proj"))  # fmt: skip
+            q, k, v, o = (_weight(getattr(a, n, None), n, f"{owner}.self_attn", self.merged)
+                          for n in ("q_proj", "k_proj", "v_proj", "o_proj"))  # fmt: skip
+            gate, up, down = (_weight(getattr(m, n, None), n, f"{owner}.mlp", self.merged)
+                              for n in ("gate_proj", "up_proj", "down_proj"))  # fmt: skip
             if any(getattr(m, n).bias is not None for n in ("gate_proj", "up_proj", "down_proj")):
                 raise UnsupportedModelError(f"rollout 'static': {owner}.mlp has biases; use rollout=hf")
             qn, kn = getattr(a, "q_norm", None), getattr(a, "k_norm", None)
@@ -145,6 +175,13 @@ class Decoder:
                                      up, down))  # fmt: skip
         if self.fuse:
             self._refresh_fused()
+
+    def release_merged(self) -> None:
+        """Free the LoRA layers' merged weights (:func:`_lora_merged`) after a rollout; :meth:`collect` makes them
+        again. The layer list holds them too, so it goes as well."""
+        if self.merged:
+            self.merged.clear()
+            self.layers = []
 
     @torch.no_grad()
     def _refresh_fused(self) -> None:

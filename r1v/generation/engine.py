@@ -151,6 +151,8 @@ class StaticEngine:
                                     {k: v[start : start + step] for k, v in knobs.items()},
                                     eos=tok.eos_token_id, pad=tok.pad_token_id, on_token=on_token,
                                     suppress=getattr(model, "never_generated", ()))  # fmt: skip
+        if self._decoder is not None:
+            self._decoder.release_merged()  # LoRA's merged weights live for a rollout only
         return rows
 
     def _knobs(self, n: int, sample_params: Sequence[Mapping[str, float]] | None) -> dict[str, list[float]]:

@@ -19,8 +19,9 @@ from r1v.evaluation.answers import extract_answer
 from r1v.generation.choose import fastest_engine
 from r1v.generation.stream import answer
 from r1v.model.build import apply_freeze, build
-from r1v.model.internvl import export_folder, parse_size, read_config
-from r1v.model.load import inference_config, load_for_inference
+from r1v.model.internvl import UNRENAME, export_folder, parse_size, read_config, to_r1v
+from r1v.model.load import checkpoint_lora, inference_config, load_for_inference
+from r1v.model.lora import LoraSpec, apply_lora, lora_layers, unload_lora, write_apart
 
 ImageLike = Any  # a PIL image or a path to an image file
 PART_KINDS = ("vision", "adapter", "backbone")
@@ -100,13 +101,22 @@ class Model:
     def export(self, out: str | Path, *, shard_size: int | str = "5GB", overwrite: bool = False) -> Path:
         """Write the model as a Skywork-R1V / InternVL-chat folder (config.json, InternVL-named safetensors shards of
         at most ``shard_size`` — bytes or "5GB", "500MB", "2GiB" —, the tokenizer with the chat template); only
-        InternViT → mlp → Qwen2 models have that layout. Atomic: written beside ``out``, then renamed."""
+        InternViT → mlp → Qwen2 models have that layout. Atomic: written beside ``out``, then renamed.
+
+        A model holding LoRA layers (``r1v.load(run, merge_lora=False)``) is written as its base with the LoRA
+        weights apart, a PEFT adapter folder ``<out>/lora`` (:func:`r1v.model.lora.write_apart`); its LoRA
+        layers are taken out for that (the model is the base afterwards)."""
         source = self.config["model"].get("internvl")  # its config.json and remote code are carried over
         size = parse_size(shard_size) if isinstance(shard_size, str) else int(shard_size)
-        return export_folder(self.vlm, self.processor.tokenizer, out, read_config(source) if source else None, size,
-                             chat_template=self.processor.chat_template, max_tiles=self.processor.max_tiles,
-                             use_thumbnail=self.processor.use_thumbnail, source_folder=source,
-                             overwrite=overwrite)  # fmt: skip
+        lora = unload_lora(self.vlm) if lora_layers(self.vlm) else None
+        folder = export_folder(self.vlm, self.processor.tokenizer, out, read_config(source) if source else None, size,
+                               chat_template=self.processor.chat_template, max_tiles=self.processor.max_tiles,
+                               use_thumbnail=self.processor.use_thumbnail, source_folder=source,
+                               overwrite=overwrite)  # fmt: skip
+        if lora:
+            spec = LoraSpec.from_node(self.config.get("lora")) or LoraSpec()
+            write_apart(lora, spec, Path(folder) / "lora", lambda n: to_r1v(n, UNRENAME) or n)
+        return folder
 
     @property
     def parts(self) -> dict[str, str]:
@@ -115,16 +125,18 @@ class Model:
         return {"internvl": m["internvl"]} if m.get("internvl") else {p: m[p]["name"] for p in PART_KINDS}
 
 
-def load_model(checkpoint: str | Path | None, *overrides: str, device: str = "auto") -> Model:
+def load_model(checkpoint: str | Path | None, *overrides: str, device: str = "auto", merge_lora: bool = True) -> Model:
     """:func:`r1v.load`: a run folder, a weights file inside one, or an InternVL-chat folder (None: the composition
-    the overrides make, untrained)."""
+    the overrides make, untrained). A LoRA run's LoRA is merged into the base weights (plain linear layers: every
+    engine runs them at full speed) unless ``merge_lora=False``, which keeps PEFT's LoRA layers."""
     path = Path(checkpoint or "")
     if checkpoint and path.is_dir() and (path / "config.json").is_file() and not (path / "run.json").is_file():
         overrides = ("model=internvl_chat", f"model.internvl={path}", *overrides)  # an InternVL-chat folder
         checkpoint = None  # type: ignore[assignment]
     cfg = inference_config(None if checkpoint is None else str(checkpoint), list(overrides), device)
-    vlm, processor, cfg = load_for_inference(cfg, list(overrides))
-    return Model(vlm, processor, cfg)
+    vlm, processor, cfg = load_for_inference(cfg, list(overrides), keep_lora=not merge_lora)
+    spec = checkpoint_lora(str(checkpoint)) if checkpoint and lora_layers(vlm) else None
+    return Model(vlm, processor, {**cfg, "lora": spec.to_node() if spec else None})
 
 
 def create_model(preset: str | None = None, *overrides: str, device: str = "cpu", **parts: str) -> Model:
@@ -135,9 +147,14 @@ def create_model(preset: str | None = None, *overrides: str, device: str = "cpu"
         raise ValueError(f"create_model: unknown part '{unknown[0]}' (parts: {', '.join(PART_KINDS)})")
     args = [*([f"model={preset}"] if preset else []), *(f"{k}={v}" for k, v in parts.items()), *overrides]
     cfg = compose(args)
+    lora = LoraSpec.from_node(cfg["stage"].get("lora"))
     with torch.device(device):
         vlm, processor = build(cfg["model"], get_registry())
+        if lora is not None:  # stage.lora: its layers (inspect counts them), made on the same device
+            apply_lora(vlm, lora)
     apply_freeze(vlm, list(cfg["stage"].get("trainable") or ["all"]))
+    for name, p in vlm.named_parameters():
+        p.requires_grad_(p.requires_grad or ".lora_" in name)
     return Model(vlm if device == "meta" else vlm.eval(), processor, cfg)
 
 

@@ -1,5 +1,6 @@
 """Building blocks of GRPO-family training: group advantages, memory-bounded per-token log-probs,
-R1V2's Selective Sample Buffer and the adapter-only reference model.
+R1V2's Selective Sample Buffer and the reference models that share the policy's trunk (adapter-only training:
+:class:`AdapterReference`; LoRA: :class:`LoraReference`).
 
 Shapes: B completions (= prompts × G, grouped consecutively), T completion tokens, L = prompt + T.
 """
@@ -13,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from r1v.model.lora import lora_disabled, lora_names
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True, eps: float = 1e-6) -> torch.Tensor:
@@ -219,3 +222,33 @@ class AdapterReference:
         finally:
             for n, p in self.params.items():
                 p.data = saved[n]
+
+
+class LoraReference:
+    """The reference of a LoRA run: the base with LoRA switched off (LoRA's B starts at 0, so the base *is* the
+    starting policy: no copy at all) plus :class:`AdapterReference`'s initial copy of the other trainable tensors
+    (the projector). Gives KL = 0 at step 0 up to float rounding."""
+
+    def __init__(self, model: torch.nn.Module, names: list[str], device: str | torch.device | None = None) -> None:
+        self.model = model
+        lora = set(lora_names(model))
+        self.rest = AdapterReference(model, [n for n in names if n not in lora], device)
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        """Within this block the model computes the reference policy."""
+        with lora_disabled(self.model), self.rest.active():
+            yield
+
+
+Reference = AdapterReference | LoraReference  # what a stage's frozen reference can be
+
+
+def reference_for(model: torch.nn.Module, trainable: list[str], lora_fresh: bool = True,
+                  device: str | torch.device | None = None) -> Reference:  # fmt: skip
+    """The frozen starting policy of a stage that trains ``trainable``: with fresh LoRA weights the base with LoRA
+    off (:class:`LoraReference`); LoRA weights continued from a checkpoint are not the base, so their (small) copy
+    is kept like the adapter's (:class:`AdapterReference`)."""
+    if lora_fresh and lora_names(model):
+        return LoraReference(model, trainable, device)
+    return AdapterReference(model, trainable, device)

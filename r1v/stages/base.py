@@ -40,7 +40,8 @@ from r1v.evaluation.answers import equivalent, extract_answer
 from r1v.generation.choose import choose_engine
 from r1v.model import varlen
 from r1v.model.build import AUDIO_PARTS, PARTS, apply_freeze, build, cast_frozen_parts
-from r1v.model.load import load_trainable
+from r1v.model.load import checkpoint_lora, load_trainable
+from r1v.model.lora import METADATA_KEY, LoraSpec, apply_lora, base_name, lora_layers, lora_names
 from r1v.model.sources import RANDOM_INIT, random_frozen
 from r1v.rl.rewards import RewardRunner
 from r1v.runtime.faults import abort_run, maybe_die, poisoned
@@ -89,6 +90,8 @@ class LightningStage(L.LightningModule):
         self.model: torch.nn.Module | None = None
         self.processor: Processor | None = None
         self.trainable: list[str] = []
+        self.lora = LoraSpec.from_node(self.stage.get("lora"))  # stage.lora checked before anything is built
+        self.lora_fresh = True  # LoRA weights start at B = 0 (not continued from checkpoint=): base = start
         self.strict_loading = False  # checkpoints hold trainable weights only
         self.datasets: dict[str, Dataset | None] = {"train": None, "val": None}
         self.position = DataPosition(int(self.stage["batch_size"]), int(self.cfg["seed"]))
@@ -100,13 +103,29 @@ class LightningStage(L.LightningModule):
 
     # -- model -----------------------------------------------------------------------------------
     def configure_model(self) -> None:
-        """Build the composition, freeze what ``stage.trainable`` leaves out, load ``checkpoint=`` on top."""
+        """Build the composition, load ``checkpoint=`` on top, add ``stage.lora``'s LoRA layers, freeze what
+        ``stage.trainable`` and the LoRA leave out. LoRA layers are injected here, before a ZeRO-3 engine exists
+        (``zero.Init`` partitions them as they are made)."""
         if self.model is not None:
             return
         self.model, self.processor = build(self.cfg["model"], get_registry())
+        ckpt = self.cfg.get("checkpoint")
+        if ckpt:  # a LoRA checkpoint's LoRA is merged, or kept when this stage continues it
+            kept = load_trainable(self.model, ckpt, keep_lora=self.lora)
+            self.lora_fresh = kept is None
+            earlier = checkpoint_lora(ckpt) if kept is None else None
+            if earlier is not None and self._trainer is not None and self.trainer.is_global_zero:
+                log.warning("checkpoint=%s holds LoRA (%s), merged into the base weights for this run (its stage.lora "
+                            "is %s); this run's weights do not hold that merge: load them on top of that checkpoint's "
+                            "merged model, or continue the same LoRA (same stage.lora) to keep one product", ckpt,
+                            earlier.to_json(), self.lora.to_json() if self.lora else "null")  # fmt: skip
+        if self.lora is not None and not lora_layers(self.model):
+            apply_lora(self.model, self.lora)
         self.trainable = apply_freeze(self.model, list(self.stage["trainable"]))
-        if self.cfg.get("checkpoint"):
-            load_trainable(self.model, self.cfg["checkpoint"])
+        if self.lora is not None:
+            for n, p in self.model.named_parameters():
+                p.requires_grad_(p.requires_grad or ".lora_" in n)
+            self.trainable = sorted({*self.trainable, *lora_names(self.model)})
         enable_checkpointing(self.model, self.stage["activation_checkpointing"] or [])
         trainer = getattr(self, "_trainer", None)
         if trainer is not None and str(trainer.precision) == "bf16-mixed" and "deepspeed" not in \
@@ -162,6 +181,7 @@ class LightningStage(L.LightningModule):
         if not names or path.exists():  # a resumed run has it already
             return
         with full_state(self.model, set(names)) as state:
+            state = {base_name(k): v for k, v in state.items()}  # loaded before any LoRA layer exists
             if self.trainer.is_global_zero:
                 tmp = path.with_name(f".{path.name}.tmp")
                 save_file(state, str(tmp))
@@ -353,7 +373,7 @@ class LightningStage(L.LightningModule):
         keep = {f"model.{n}" for n in self.trainable}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
         checkpoint["r1v"] = {"trainable": self.trainable, **self.position.state_dict(self.current_epoch),
-                             **self.guard.state_dict()}  # fmt: skip
+                             **self.guard.state_dict(), "lora": self.lora.to_node() if self.lora else None}  # fmt: skip
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("r1v", {})
@@ -373,5 +393,5 @@ class LightningStage(L.LightningModule):
             if self.trainer.is_global_zero if self._trainer else True:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_name(f".{path.name}.tmp")
-                save_file(state, str(tmp))
+                save_file(state, str(tmp), metadata={METADATA_KEY: self.lora.to_json()} if self.lora else None)
                 tmp.replace(path)

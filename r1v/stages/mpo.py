@@ -3,9 +3,9 @@
 Each batch holds ``stage.batch_size`` pairs (prompt with its images, chosen, rejected; ``data=pairs`` or
 ``data=synthetic_pairs``). Chosen and rejected rows go through the policy together, and through the
 frozen reference — the starting policy: for adapter-only training the same trunk with a copy of the
-initial adapter swapped in (:class:`r1v.rl.grpo.AdapterReference`) — without gradients. The loss is
-``w1·DPO + w2·BCO + w3·NLL(chosen)/|chosen|`` (:func:`r1v.rl.preference.mpo_loss`); BCO's δ is a running
-mean checkpointed with the run. Validation logs the same pair metrics on the val pairs, and greedy
+initial adapter swapped in (:class:`r1v.rl.grpo.AdapterReference`; with LoRA also LoRA off) — without
+gradients. The loss is ``w1·DPO + w2·BCO + w3·NLL(chosen)/|chosen|`` (:func:`r1v.rl.preference.mpo_loss`);
+BCO's δ is a running mean checkpointed with the run. Validation logs the same pair metrics on the val pairs, and greedy
 accuracy where the pairs carry an ``answer``.
 """
 
@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from r1v.core.config import ConfigError
 from r1v.core.interfaces import Sample
 from r1v.data.collate import PairCollator, check_pairs
-from r1v.rl.grpo import AdapterReference, token_logprobs
+from r1v.rl.grpo import Reference, reference_for, token_logprobs
 from r1v.rl.preference import RunningMean, mpo_loss
 from r1v.stages.base import LightningStage
 
@@ -34,12 +34,12 @@ class MPOStage(LightningStage):
         if min(self.weights) < 0 or not any(self.weights):
             raise ConfigError(f"stage.weights={dict(st['weights'])}: weights must be ≥ 0 and not all 0")
         self.delta = RunningMean()
-        self.reference: AdapterReference | None = None
+        self.reference: Reference | None = None
 
     def configure_model(self) -> None:
         super().configure_model()
         if self.reference is None and any(self.weights[:2]):  # DPO/BCO compare with the starting policy
-            self.reference = AdapterReference(self.model, self.trainable)
+            self.reference = reference_for(self.model, self.trainable, self.lora_fresh)
 
     # -- data --------------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:

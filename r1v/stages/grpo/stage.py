@@ -9,7 +9,8 @@ plugin (clipped ratio against the stored old log-probs, + β·KL(k3) to the froz
 
 A **step** is one optimizer update, so ``max_steps`` counts μ per rollout batch. Per-token log-probs
 come in chunks (no [B, T, vocab] fp32 logits); the reference for adapter-only training is the same
-trunk with a copy of the initial adapter swapped in (:class:`r1v.rl.grpo.AdapterReference`).
+trunk with a copy of the initial adapter swapped in (:class:`r1v.rl.grpo.AdapterReference`); with ``stage.lora``
+the base with LoRA switched off plus that copy (:class:`r1v.rl.grpo.LoraReference`): no second model either way.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from r1v.core.interfaces import Sample, sampling_params
 from r1v.core.registry import did_you_mean, get_registry
 from r1v.data.sampler import mark
 from r1v.generation.choose import choose_engine
-from r1v.rl.grpo import AdapterReference, Rollout, SelectiveSampleBuffer, completion_rows, token_logprobs
+from r1v.rl.grpo import Reference, Rollout, SelectiveSampleBuffer, completion_rows, reference_for, token_logprobs
 from r1v.rl.rewards import RewardRunner
 from r1v.runtime.faults import maybe_die, poisoned
 from r1v.runtime.steps import grads_finite
@@ -111,7 +112,7 @@ class GRPOStage(LightningStage):
         ssb = st["ssb"]
         self.ssb = SelectiveSampleBuffer(int(ssb.get("capacity", 1024)), int(cfg["seed"])) if ssb.get("enabled") \
             else None  # fmt: skip
-        self.reference: AdapterReference | None = None
+        self.reference: Reference | None = None
         self._tiles: dict[int, torch.Tensor | None] = {}  # one step's preprocessed tiles, by prompt object
         self._refill = random.Random(int(cfg["seed"]) + 1)
 
@@ -123,7 +124,7 @@ class GRPOStage(LightningStage):
             raise ConfigError(f"stage.max_new_tokens={self.stage['max_new_tokens']} does not fit the backbone's "
                               f"context of {ctx} tokens (prompts need room too)")  # fmt: skip
         if self.beta > 0 and self.reference is None:  # β = 0: no reference at all
-            self.reference = AdapterReference(self.model, self.trainable)
+            self.reference = reference_for(self.model, self.trainable, self.lora_fresh)
 
     def train_dataloader(self) -> DataLoader:
         return self.resumable_loader(_Indexed(self.datasets["train"]), list)  # prompts stay Samples
