@@ -149,8 +149,9 @@ class Decoder:
             compile_scope = "layer"
         if compile and compile_scope == "step":  # the whole decode step is one graph: inductor fuses across layers
             log.warning(
-                "rollout 'static': compile_scope=step decodes correctly but measured 29x slower than layer "
-                "on an H100 (the extra time matches a copy of the whole KV cache per layer; PERF_NOTES)"
+                "rollout 'static': compile_scope=step is experimental: with one stacked KV cache it measured 29x "
+                "slower than layer on an H100 (a whole-cache copy per layer); the per-layer caches that should fix "
+                "it are not yet measured on a GPU (PERF_NOTES)"
             )
             self._run_decode = torch.compile(run_layers, **opts)
         elif compile:  # one compiled kernel set serves every layer: the weights are arguments, not attributes
