@@ -103,13 +103,16 @@ class DataPosition:
         else:
             self.batches_done = 0
 
-    def sources(self, epoch: int) -> dict[str, Any] | None:
-        """A mixture's position: draws so far per source and passes started (None for other data)."""
+    def sources(self, epoch: int, remember: bool = False) -> dict[str, Any] | None:
+        """A mixture's position: draws so far per source and passes started (None for other data); ``remember``:
+        keep it as the run's last trained position (``last_sources``, run.json's counts at the end)."""
         state_at = getattr(self.sampler, "state_at", None)
-        if callable(state_at):
-            self.last_sources = state_at(epoch, self.batches_done * self.batch_size)
-            return self.last_sources
-        return None
+        if not callable(state_at):
+            return None
+        state = state_at(epoch, self.batches_done * self.batch_size)
+        if remember:
+            self.last_sources = state
+        return state
 
     def state_dict(self, epoch: int) -> dict[str, Any]:
         """Every rank calls this when a checkpoint is saved (only rank 0's copy is written), so the skips are

@@ -239,7 +239,8 @@ class LightningStage(L.LightningModule):
         stats = self.throughput.stats(self.device)
         if stats:
             self.log_dict(stats, batch_size=1)
-        mixture = self.position.sources(self.current_epoch)  # data=mixture: draws per source so far, all ranks
+        # data=mixture: draws per source so far, all ranks together
+        mixture = self.position.sources(self.current_epoch, remember=True)
         if mixture:
             self.log_dict({f"data/source_{name}_{what}": float(n) for what in ("samples", "epochs")
                            for name, n in mixture[what].items()}, batch_size=1)  # fmt: skip

@@ -210,3 +210,23 @@ def test_source_counts_go_to_run_json(tmp_path):
     sources = json.loads((tmp_path / "run.json").read_text())["data"]["train"]["sources"]
     assert sources == {"general": {"rows": 20, "weight": 0.7, "samples": 31, "epochs": 1},
                        "reasoning": {"rows": 6, "weight": 0.3, "samples": 14, "epochs": 2}}  # fmt: skip
+
+
+def test_the_stage_logs_draws_per_source_after_every_batch():
+    from types import SimpleNamespace
+
+    from r1v.runtime.steps import DataPosition
+    from r1v.stages.base import LightningStage
+
+    ds = mix({"general": 30, "reasoning": 10}, {"general": 0.7, "reasoning": 0.3})
+    position = DataPosition(batch_size=4, seed=0)
+    position.loader(ds, list, world=1, rank=0)
+    position.batches_done = 3
+    logged: dict = {}
+    stage = SimpleNamespace(throughput=SimpleNamespace(stats=lambda device: {}), position=position, current_epoch=0,
+                            device="cpu", log_dict=lambda d, batch_size: logged.update(d), global_step=0)  # fmt: skip
+    LightningStage.on_train_batch_end(stage, None, None, 0)
+    expected = position.sampler.state_at(0, 12)
+    assert logged == {f"data/source_{n}_{what}": float(expected[what][n]) for n in ds.names
+                      for what in ("samples", "epochs")}  # fmt: skip
+    assert sum(expected["samples"].values()) == 12 and position.last_sources == expected
