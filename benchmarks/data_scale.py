@@ -3,7 +3,7 @@ JSONL reader on the same rows, from 10⁴ to 2·10⁶ rows; and ``python -m r1v 
 first and cached run.
 
     python benchmarks/data_scale.py --sizes 10000 100000 1000000 2000000 --jsonl-max 1000000
-    python benchmarks/data_scale.py --check-size 100000        # also time data check (first run, then cached)
+    python benchmarks/data_scale.py --sizes --check-size 2000000  # data check only: first run, then cached
 
 Rows: an id, ``<image>\\n`` question, answer and one 16×16 PNG (eight encoded images reused: generation is not the
 thing measured). Parquet: shards of ``--shard-rows`` rows, row groups of 1,000, images as bytes in the row; JSONL:
@@ -148,7 +148,7 @@ def time_check(folder: Path, workers: int) -> list[float]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000, 2_000_000])
+    ap.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000, 1_000_000, 2_000_000])
     ap.add_argument("--jsonl-max", type=int, default=1_000_000, help="largest size read as JSONL too")
     ap.add_argument("--shard-rows", type=int, default=250_000)
     ap.add_argument("--samples", type=int, default=4000, help="samples read for the speed figure")
@@ -183,7 +183,8 @@ def main() -> int:
         first, cached = time_check(folder, args.check_workers)
         rows.append({"kind": "data check", "rows": args.check_size, "first_s": first, "cached_s": cached})
         print(json.dumps(rows[-1]), flush=True)
-    (args.out / "results.json").write_text(json.dumps(rows, indent=1))
+    with (args.out / "results.jsonl").open("a") as f:  # every run's rows, appended
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
     return 0
 
 

@@ -1,5 +1,6 @@
 """``data check`` on data read by shards (Parquet files, save_to_disk Arrow files): one verdict per shard, computed
-in parallel by a process pool and cached per shard.
+in parallel by a process pool (over pieces of :data:`CHUNK_ROWS` rows, so one big shard is parallel too) and cached
+per shard.
 
 A verdict is the shard's row count and its bad rows' lines, exactly as the sequential check writes them
 (``<file>:<row>: <kind>: <why>``), so a report reads the same with or without the cache. It is cached in a file per
@@ -29,6 +30,7 @@ from r1v.data.datasets import too_long
 
 CACHE_DIR = ".r1v_check"
 NOT_KEY = ("train", "val", "train_split", "loader", "on_bad_sample", "cache_row_groups", "name")  # no verdict changes
+CHUNK_ROWS = 10_000  # rows per unit of work of the pool
 _WORKER: dict[str, Any] = {}  # a pool worker's data set, processor and limits (set once by _setup)
 
 
@@ -115,38 +117,45 @@ def _setup(ds: Any, processor: Any, target: str, max_tokens: int | None) -> None
     _WORKER.update(ds=ds, processor=processor, target=target, max_tokens=max_tokens)
 
 
-def _check_file(fi: int) -> tuple[int, list[str]]:
-    ds = _WORKER["ds"]
-    rows = ds.rows_of_file(fi)
-    return len(rows), bad_rows(ds, rows, _WORKER["processor"], _WORKER["target"], _WORKER["max_tokens"])
+def _check_rows(start: int, stop: int) -> list[str]:
+    return bad_rows(_WORKER["ds"], range(start, stop), _WORKER["processor"], _WORKER["target"], _WORKER["max_tokens"])
+
+
+def chunks(rows: range, size: int | None = None) -> list[tuple[int, int]]:
+    """A shard's rows cut into (start, stop) pieces of ``size``: the pool's units of work, so that one big shard
+    is checked by every worker too (a piece of whole row groups reads each of them once)."""
+    size = size or CHUNK_ROWS
+    return [(a, min(a + size, rows.stop)) for a in range(rows.start, rows.stop, size)]
 
 
 def check_shards(ds: Any, processor: Any, target: str, max_tokens: int | None, config: str, workers: int = 1,
                  use_cache: bool = True) -> tuple[list[tuple[int, list[str]]], int]:  # fmt: skip
     """Every shard's (rows, bad lines), in file order, and how many shards were checked (not read from the cache).
-    Shards to check go to ``workers`` spawned processes (each gets the data set and processor once), in this
-    process when one worker or one shard."""
+    The rows of the shards to check go in pieces (:func:`chunks`) to ``workers`` spawned processes (each gets the
+    data set and processor once), or are checked in this process with one worker or one piece."""
     keys = [shard_key(f, config) for f in ds.files]
     verdicts: list[tuple[int, list[str]] | None] = [cached(f, k) if use_cache else None
                                                     for f, k in zip(ds.files, keys, strict=True)]  # fmt: skip
-    todo = [fi for fi, v in enumerate(verdicts) if v is None]
-    if len(todo) > 1 and workers > 1:
+    todo = {fi: chunks(ds.rows_of_file(fi)) for fi, v in enumerate(verdicts) if v is None}
+    pieces = sum(len(c) for c in todo.values())
+    pool = None
+    if pieces > 1 and workers > 1:
         from r1v.runtime.workers import WorkerPool
 
-        pool = WorkerPool(min(workers, len(todo)), setup=_setup, setup_args=(ds, processor, target, max_tokens))
-        try:
-            futures = {fi: pool.submit(_check_file, fi) for fi in todo}
-            for fi, future in futures.items():
-                verdicts[fi] = future.result()
-                store(ds.files[fi], keys[fi], *verdicts[fi])  # as each finishes: a killed check keeps what it did
-        finally:
-            pool.close()
+        pool = WorkerPool(min(workers, pieces), setup=_setup, setup_args=(ds, processor, target, max_tokens))
     else:
         _setup(ds, processor, target, max_tokens)
-        try:
-            for fi in todo:
-                verdicts[fi] = _check_file(fi)
-                store(ds.files[fi], keys[fi], *verdicts[fi])
-        finally:
-            _WORKER.clear()
+    try:
+        if pool is not None:
+            futures = {fi: [pool.submit(_check_rows, *c) for c in cs] for fi, cs in todo.items()}
+            results = ((fi, (f.result() for f in fs)) for fi, fs in futures.items())
+        else:
+            results = ((fi, (_check_rows(*c) for c in cs)) for fi, cs in todo.items())
+        for fi, parts in results:  # shard by shard, in order; each cached when done (a killed check keeps them)
+            verdicts[fi] = (len(ds.rows_of_file(fi)), [line for part in parts for line in part])
+            store(ds.files[fi], keys[fi], *verdicts[fi])
+    finally:
+        if pool is not None:
+            pool.close()
+        _WORKER.clear()
     return [v for v in verdicts if v is not None], len(todo)

@@ -83,8 +83,12 @@ def test_a_read_only_data_folder_caches_in_the_user_cache(shards, compose, monke
     assert run(compose, shards).checked == 0
 
 
-def test_parallel_check_reports_the_same_rows(shards, compose):
+def test_parallel_check_reports_the_same_rows(shards, compose, monkeypatch):
+    import r1v.data.check_shards as cs
+
     sequential = run(compose, shards, use_cache=False)
+    monkeypatch.setattr(cs, "CHUNK_ROWS", 2)  # a shard of 5 rows in 3 pieces: shards are split over the workers too
+    assert cs.chunks(range(5, 10), 2) == [(5, 7), (7, 9), (9, 10)]
     parallel = run(compose, shards, workers=2, use_cache=False)
     assert (parallel.checked, parallel.rows, parallel.bad) == (4, 20, sequential.bad)
     assert run(compose, shards, workers=2).checked == 0  # the workers' verdicts were cached
