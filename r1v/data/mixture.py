@@ -96,8 +96,8 @@ class MixtureDataset(Dataset):
         s, j = self.locate(int(i))
         sample = self.sources[s][j]
         meta = getattr(sample, "meta", None)
-        if isinstance(meta, dict):  # which source it came from (rewards and reports may read it)
-            meta["_source"] = self.names[s]
+        if isinstance(meta, dict):  # its source (rewards see it in extra); a copy, as JSONL rows share their meta
+            sample.meta = {**meta, "_source": self.names[s]}
         sid = str(getattr(sample, "id", i))
         self._where[sid] = s
         self._where.move_to_end(sid)
