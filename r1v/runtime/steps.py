@@ -89,6 +89,10 @@ class DataPosition:
         sampler = train_sampler(ds, seed=self.seed, rank=rank, world_size=world)
         if self.resume_at:
             sampler.resume_at(*self.resume_at)
+            # the resumed epoch from the start: with loader workers Lightning makes the iterator (whose workers
+            # prefetch, so the sampler is iterated) before it calls set_epoch for the epoch it resumes in; the
+            # sampler then iterated epoch 0 from its first sample instead (found by a kill in epoch 1, 2 workers)
+            sampler.set_epoch(self.resume_at[0])
         if self.mixture_state and hasattr(sampler, "restore"):
             sampler.restore(self.mixture_state)
         self.sampler = sampler

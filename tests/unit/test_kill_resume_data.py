@@ -1,7 +1,8 @@
 """Kill at a named point, resume exactly, on the data side: a process reading Parquet shards (or a mixture of a
-Parquet and a JSONL source) with two loader workers dies by ``R1V_FAULT_INJECT=after_step:<k>`` just before the
-stream crosses into another shard; resumed from its last checkpoint, it trains exactly the rows an uninterrupted
-run trains after step k: none twice, none left out (tests/unit/kill_stream.py)."""
+Parquet and a JSONL source) with two loader workers dies by ``R1V_FAULT_INJECT=after_step:<k>`` in its second epoch,
+just before the stream crosses into another shard; resumed from its last checkpoint, it trains exactly the rows an
+uninterrupted run trains after step k: none twice, none left out (tests/unit/kill_stream.py). Before the fix in
+``DataPosition.loader`` the resumed epoch's workers prefetched epoch 0's order."""
 
 from __future__ import annotations
 
@@ -43,7 +44,11 @@ def uninterrupted(data: dict) -> list[str]:
 
     train, _ = build_datasets({"data": data, "stage": {}}, get_registry())
     loader = DataPosition(batch_size=3, seed=7).loader(PadAware(train), list, world=1, rank=0, num_workers=2)
-    return [s.id for batch in loader for s in batch]
+    ids = []
+    for epoch in range(2):
+        loader.sampler.set_epoch(epoch)
+        ids += [s.id for batch in loader for s in batch]
+    return ids
 
 
 def shard(sample_id: str) -> str:
@@ -70,13 +75,14 @@ def test_killed_just_before_a_shard_boundary_resumes_exactly(shards, kind):
                 "train": str(shards / "r.jsonl")}}, "mixture": [{"source": "general", "weight": 0.7},
                 {"source": "reasoning", "weight": 0.3}], "epoch_samples": 36, "on_bad_sample": "skip"}  # fmt: skip
     full = uninterrupted(data)
-    assert len(full) == 36
+    assert len(full) == 72
     batches = [full[i : i + 3] for i in range(0, len(full), 3)]
-    # the kill point: the last step before a batch that reads a Parquet shard no earlier batch read
-    seen, kill = {shard(i) for i in batches[0]}, None
-    for k, batch in enumerate(batches[1:], 1):
+    # the kill point, in epoch 1 (steps 13-24): the last step before a batch that reads a Parquet shard none of
+    # that epoch's earlier batches read
+    seen, kill = {shard(i) for i in batches[12]}, None
+    for k, batch in enumerate(batches[13:], 13):
         new = {shard(i) for i in batch} - seen
-        if any(n.startswith("s") for n in new) and k >= 2:
+        if any(n.startswith("s") for n in new) and k >= 14:
             kill = k
             break
         seen |= new
