@@ -19,6 +19,9 @@ the positions ``p ≡ r (mod W)``, so ranks stay in lock-step without pads. Ever
 position) and the per-source counts at the epoch's start, so a resume at the checkpoint's (epoch, consumed) yields
 exactly the uninterrupted sequence; the checkpoint also holds each source's count there (:meth:`MixtureSampler.
 state_at`), and a resume continues each source's stream from those counts.
+
+Each sample carries its source's name in ``meta["_source"]`` (rewards see it in ``extra``). Validation: every
+source's validation split once, in order (sources without one add nothing).
 """
 
 from __future__ import annotations
