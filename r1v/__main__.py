@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
         if not Path(path).is_file():
             raise FileNotFoundError(f"data check: {path} does not exist (give a JSONL file or data=... overrides)")
         overrides = ["data=jsonl", f"data.train={path}", *overrides]
-    reports = check(compose(overrides), args.max_tokens)
+    reports = check(compose(overrides), args.max_tokens, args.workers, not args.no_cache)
     for report in reports:
         print("\n".join(report.lines()))
     return 1 if any(r.bad for r in reports) else 0
@@ -226,6 +227,11 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="longest sample after image-token expansion (default: the backbone's max_position_embeddings)",
     )
+    p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                   else os.cpu_count() or 1, help="processes checking Parquet / save_to_disk shards in parallel "
+                   "(default: the CPUs this process may use)")  # fmt: skip
+    p.add_argument("--no-cache", action="store_true", help="re-check every shard (default: shards unchanged since "
+                   "their last check are read from <shard folder>/.r1v_check/)")  # fmt: skip
     p.set_defaults(func=cmd_data_check)
     p = sub.add_parser(
         "chat",

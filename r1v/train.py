@@ -101,6 +101,8 @@ def _train(cfg: DictConfig, container: dict[str, Any], registry: Any, run_dir: P
         for split, ds in zip(("train", "val"), datasets, strict=True):
             if ds is not None:
                 data_summary[split] = {"rows": len(ds), "skipped": dict(getattr(ds, "skipped", {}) or {})}
+                if split == "train" and callable(getattr(ds, "summary", None)):  # data=mixture: rows and weights
+                    data_summary[split]["sources"] = ds.summary()
         strategy = container["trainer"].get("strategy")  # a DeepSpeed config, or a name like "ddp"
         # build now (width mismatches surface before any training), except under ZeRO-3 (built partitioned)
         if not isinstance(strategy, dict) or int(strategy.get("stage", 0)) != 3:
@@ -145,6 +147,8 @@ def _train(cfg: DictConfig, container: dict[str, Any], registry: Any, run_dir: P
         rows = skips_over_ranks(position.skipped, position.skipped_rows)[1]
         if owner and rows:
             record_training_skips(run_dir, data_summary, Counter(rows.values()))
+        if owner and getattr(position, "last_sources", None):
+            record_source_counts(run_dir, position.last_sources)
     log.info("set-up before fit %.1f s, fit %.1f s (checkpoints included), weights export %.1f s",
              t0 - started, t1 - t0, time.perf_counter() - t1)  # fmt: skip
     if trainer.is_global_zero:
@@ -168,6 +172,23 @@ def record_training_skips(run_dir: Path, data_summary: dict[str, Any], kinds: Ma
     run = json.loads(path.read_text())
     run.setdefault("data", {}).setdefault("train", {})["skipped"] = dict(Counter(data_summary["train"]["skipped"])
                                                                          + Counter(kinds))  # fmt: skip
+    write_json_atomic(path, run)
+
+
+def record_source_counts(run_dir: Path, counts: Mapping[str, Any]) -> None:
+    """data=mixture: each source's draws and passes over the whole run (resumes included) into run.json's
+    ``data.train.sources``, beside its rows and weight."""
+    import json
+
+    from r1v.runtime.runs import write_json_atomic
+
+    path = run_dir / "run.json"
+    if not path.is_file():
+        return
+    run = json.loads(path.read_text())
+    sources = run.setdefault("data", {}).setdefault("train", {}).setdefault("sources", {})
+    for name, n in counts["samples"].items():
+        sources.setdefault(name, {}).update(samples=int(n), epochs=int(counts["epochs"][name]))
     write_json_atomic(path, run)
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from r1v import hookimpl
+from r1v.core.registry import get_registry
 from r1v.data.datasets import BadSamplePolicy, JsonlDataset, PairsDataset, SyntheticDataset, SyntheticPairs
 from r1v.data.hf_disk import HfDiskDataset, val_folder
+from r1v.data.mixture import MixtureDataset, build_mixture
 from r1v.data.parquet import ParquetDataset, Preset
 from r1v.data.synthetic import TASKS
 
@@ -72,11 +74,22 @@ def synthetic_pairs_dataset(split: str, n_train: int = 4000, n_val: int = 128, s
     return SyntheticPairs(n, split, seed, image_size, tuple(tasks or TASKS), style=style)
 
 
+def mixture_dataset(split: str, sources: dict[str, dict[str, Any]] | None = None,
+                    mixture: list[dict[str, Any]] | None = None, epoch_samples: int | None = None,
+                    on_bad_sample: BadSamplePolicy = "skip",
+                    require_reasoning: bool = False) -> MixtureDataset | None:  # fmt: skip
+    """Several sources (each a data option: jsonl, parquet, hf_disk, synthetic, …) drawn by weight from a seeded
+    stream; a source that runs out starts a new shuffled pass; exact resume (r1v/data/mixture.py)."""
+    shared = {"on_bad_sample": on_bad_sample, "require_reasoning": require_reasoning}
+    return build_mixture(split, sources, mixture, get_registry(), shared, epoch_samples)
+
+
 @hookimpl
 def register_datasets(register):
     register("synthetic", synthetic_dataset)
     register("jsonl", jsonl_dataset)
     register("parquet", parquet_dataset)
     register("hf_disk", hf_disk_dataset)
+    register("mixture", mixture_dataset)
     register("pairs", pairs_dataset)
     register("synthetic_pairs", synthetic_pairs_dataset)

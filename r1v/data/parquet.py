@@ -209,6 +209,13 @@ class RowGroupDataset(Dataset, ABC):
     def __len__(self) -> int:
         return self.row_groups[-1] if self.row_groups else 0
 
+    def rows_of_file(self, fi: int) -> range:
+        """The data set indices of file ``fi``'s rows (its row groups are consecutive; empty for an empty file)."""
+        groups = [g for g, (f, _) in enumerate(self._files_of_group) if f == fi]
+        if not groups:
+            return range(0)
+        return range(self.row_groups[groups[0] - 1] if groups[0] else 0, self.row_groups[groups[-1]])
+
     def locate(self, i: int) -> tuple[int, int]:
         """(row group index, offset in it) of row ``i``, by bisection over the cumulative counts."""
         if not 0 <= i < len(self):

@@ -177,9 +177,13 @@ class BlockShuffleSampler(ResumableSampler):
         return self._share(self.epoch, skip)
 
 
-def train_sampler(ds: Any, seed: int, rank: int, world_size: int) -> ResumableSampler:
+def train_sampler(ds: Any, seed: int, rank: int, world_size: int) -> Sampler[int]:
     """The training order of ``ds``: a block shuffle when it is read by row groups (``row_groups``, with
-    ``shuffle_window`` groups cached per reader), else a uniform shuffle."""
+    ``shuffle_window`` groups cached per reader), else a uniform shuffle. A data set that brings its own training
+    order (``make_sampler``: a mixture of sources, :mod:`r1v.data.mixture`) gets that."""
+    make = getattr(ds, "make_sampler", None)
+    if callable(make):  # duck-typed: the mixture module builds on this one, so it cannot be imported here
+        return make(seed=seed, rank=rank, world_size=world_size)
     bounds = getattr(ds, "row_groups", None)
     if bounds:
         window = int(getattr(ds, "shuffle_window", 4))

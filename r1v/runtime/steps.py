@@ -78,6 +78,9 @@ class DataPosition:
         self.skipped = 0
         self.skipped_rows: dict[str, str] = {}  # id -> kind of each sample skipped, once (run.json's data.train)
         self.resume_at: tuple[int, int] | None = None  # (epoch, samples consumed) of the checkpoint
+        self.sampler: Any = None  # the last loader's (a mixture's keeps per-source counts: sources())
+        self.mixture_state: dict[str, Any] | None = None  # a mixture's counts at the checkpoint, for the sampler
+        self.last_sources: dict[str, Any] | None = None  # a mixture's counts when last asked (run.json at the end)
 
     def loader(self, ds: Dataset, collate_fn: Callable[[list[Any]], Any], world: int, rank: int,
                num_workers: int = 0, window: int = 1) -> DataLoader:  # fmt: skip
@@ -86,6 +89,13 @@ class DataPosition:
         sampler = train_sampler(ds, seed=self.seed, rank=rank, world_size=world)
         if self.resume_at:
             sampler.resume_at(*self.resume_at)
+            # the resumed epoch from the start: with loader workers Lightning makes the iterator (whose workers
+            # prefetch, so the sampler is iterated) before it calls set_epoch for the epoch it resumes in; the
+            # sampler then iterated epoch 0 from its first sample instead (found by a kill in epoch 1, 2 workers)
+            sampler.set_epoch(self.resume_at[0])
+        if self.mixture_state and hasattr(sampler, "restore"):
+            sampler.restore(self.mixture_state)
+        self.sampler = sampler
         kind, extra = (WindowLoader, {"window": window}) if window > 1 else (DataLoader, {})
         return kind(ds, batch_size=self.batch_size, sampler=sampler, drop_last=False, collate_fn=collate_fn,
                     num_workers=num_workers, **extra)  # fmt: skip
@@ -97,17 +107,32 @@ class DataPosition:
         else:
             self.batches_done = 0
 
+    def sources(self, epoch: int, remember: bool = False) -> dict[str, Any] | None:
+        """A mixture's position: draws so far per source and passes started (None for other data); ``remember``:
+        keep it as the run's last trained position (``last_sources``, run.json's counts at the end)."""
+        state_at = getattr(self.sampler, "state_at", None)
+        if not callable(state_at):
+            return None
+        state = state_at(epoch, self.batches_done * self.batch_size)
+        if remember:
+            self.last_sources = state
+        return state
+
     def state_dict(self, epoch: int) -> dict[str, Any]:
         """Every rank calls this when a checkpoint is saved (only rank 0's copy is written), so the skips are
         gathered here: the rows every rank skipped, and each rank's count (a resume gives each its own back)."""
         consumed = self.batches_done * self.batch_size
         by_rank, rows = skips_over_ranks(self.skipped, self.skipped_rows)
-        return {
+        state = {
             "data_position": {"epoch": epoch, "consumed": consumed},
             "skipped": sum(by_rank),
             "skipped_by_rank": by_rank,
             "skipped_rows": rows,
         }
+        mixture = self.sources(epoch)
+        if mixture is not None:
+            state["mixture"] = mixture
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         pos = state.get("data_position")
@@ -124,6 +149,7 @@ class DataPosition:
         else:  # saved by another number of ranks (or before counts were per rank): rank 0 carries the total
             self.skipped = int(state.get("skipped", 0)) if rank == 0 else 0
         self.skipped_rows = dict(state.get("skipped_rows") or {})
+        self.mixture_state = dict(state["mixture"]) if state.get("mixture") else None
 
 
 def _rank_world() -> tuple[int, int]:

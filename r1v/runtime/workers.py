@@ -31,6 +31,13 @@ def die_with_parent() -> None:
         pass
 
 
+def _start(setup: Callable[..., Any] | None, args: tuple) -> None:
+    """A pool worker's initializer: die with the parent, then the pool's own ``setup(*args)``."""
+    die_with_parent()
+    if setup is not None:
+        setup(*args)
+
+
 @contextmanager
 def time_limit(seconds: float | None) -> Iterator[None]:
     """Raise ``TimeoutError`` in this (main) thread after ``seconds`` (SIGALRM; Python-level code only: a long
@@ -57,8 +64,9 @@ class WorkerPool:
     gets the workers killed, and a worker that died breaks the whole pool: either way the next call starts fresh
     workers."""
 
-    def __init__(self, workers: int = 2) -> None:
+    def __init__(self, workers: int = 2, setup: Callable[..., Any] | None = None, setup_args: tuple = ()) -> None:
         self.workers = workers
+        self.setup, self.setup_args = setup, setup_args  # run once in each worker (state its calls share)
         self._pool: ProcessPoolExecutor | None = None
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
@@ -68,8 +76,8 @@ class WorkerPool:
                 return self._pool.submit(fn, *args)
             except BrokenProcessPool:  # a worker died in an earlier call (a crash, out of memory): the executor
                 self.close(kill=True)  # refuses every later call, so start fresh workers
-        self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
-                                         initializer=die_with_parent)  # fmt: skip
+        self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"), initializer=_start,
+                                         initargs=(self.setup, self.setup_args))  # fmt: skip
         return self._pool.submit(fn, *args)
 
     def call(self, fn: Callable[..., Any], *args: Any, timeout_s: float | None = None) -> Any:

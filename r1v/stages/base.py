@@ -270,6 +270,11 @@ class LightningStage(L.LightningModule):
         stats = self.throughput.stats(self.device)
         if stats:
             self.log_dict(stats, batch_size=1)
+        # data=mixture: draws per source so far, all ranks together
+        mixture = self.position.sources(self.current_epoch, remember=True)
+        if mixture:
+            self.log_dict({f"data/source_{name}_{what}": float(n) for what in ("samples", "epochs")
+                           for name, n in mixture[what].items()}, batch_size=1)  # fmt: skip
         maybe_die("after_step", self.global_step)  # after the checkpoint callbacks of this batch
 
     # -- validation answers: greedy generation, accuracy and rewards ----------------------------------
