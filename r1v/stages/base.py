@@ -280,8 +280,7 @@ class LightningStage(L.LightningModule):
         if self._val_runner is None:
             self._val_runner = RewardRunner(self.rewards(), float(self.stage["reward_timeout_s"]), "inline",
                                             max_failure_share=None)  # fmt: skip
-        inputs = [RewardInput(prompt=s.question, completion=t, answer=s.answer, images=s.images, extra=s.meta)
-                  for s, t in zip(samples, texts, strict=True)]  # fmt: skip
+        inputs = [RewardInput.of(s, t) for s, t in zip(samples, texts, strict=True)]
         parts, totals = self._val_runner.score(inputs)
         sums: dict[str, float] = {"total": 0.0}
         for row, total in zip(parts, totals, strict=True):

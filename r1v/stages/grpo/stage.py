@@ -28,6 +28,7 @@ from r1v.core.config import ConfigError, build_plugin
 from r1v.core.errors import DataError
 from r1v.core.interfaces import Sample, sampling_params
 from r1v.core.registry import did_you_mean, get_registry
+from r1v.data.audio import audio_batch, audio_inputs
 from r1v.data.sampler import mark
 from r1v.generation.choose import choose_engine
 from r1v.rl.grpo import AdapterReference, Rollout, SelectiveSampleBuffer, completion_rows, token_logprobs
@@ -113,6 +114,7 @@ class GRPOStage(LightningStage):
             else None  # fmt: skip
         self.reference: AdapterReference | None = None
         self._tiles: dict[int, torch.Tensor | None] = {}  # one step's preprocessed tiles, by prompt object
+        self._clips: dict[int, dict[str, Any]] = {}  # and its audio windows (samples with audio only)
         self._refill = random.Random(int(cfg["seed"]) + 1)
 
     # -- model and data --------------------------------------------------------------------------
@@ -261,7 +263,7 @@ class GRPOStage(LightningStage):
             if r.meta.get("pad"):  # a lock-step pad: none of its tokens enters the loss
                 cmask[b] = 0
         t = cmask.shape[1]
-        tiles = []
+        tiles, clips = [], []
         for _, s in items:
             key = id(s)
             if key not in self._tiles:
@@ -269,10 +271,16 @@ class GRPOStage(LightningStage):
             px = self._tiles[key]
             if px is not None:
                 tiles.append(px)
+            if s.audios:  # the rollout's prompt ids hold this sample's <audio_ctx> slots: fill them the same way
+                if key not in self._clips:
+                    feats, frames, windows, _ = self.processor.audios(s)
+                    self._clips[key] = {"audio_features": feats, "audio_frames": frames, "audio_windows": windows}
+                clips.append(self._clips[key])
         dev = self.device
+        audio = {k: v.to(dev) for k, v in audio_inputs(audio_batch(clips)).items()}  # {} without audio
         return {"input_ids": ids.to(dev), "attention_mask": attn.to(dev), "completion_mask": cmask.to(dev),
                 "pixel_values": torch.cat(tiles).to(dev) if tiles else None, "T": t,
-                "advantages": torch.tensor([r.advantage for r, _ in items], device=dev)}  # fmt: skip
+                "advantages": torch.tensor([r.advantage for r, _ in items], device=dev), **audio}  # fmt: skip
 
     def _micro(self, items: list[tuple[Rollout, Sample]]) -> list[list[tuple[Rollout, Sample]]]:
         n = int(self.stage["micro_batch_size"])
@@ -280,13 +288,14 @@ class GRPOStage(LightningStage):
 
     def _logp(self, batch: dict[str, Any], entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         return token_logprobs(self.model, batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
-                              batch["T"], int(self.stage["logp_chunk"]), with_entropy=entropy)  # fmt: skip
+                              batch["T"], int(self.stage["logp_chunk"]), with_entropy=entropy,
+                              **audio_inputs(batch))  # fmt: skip
 
     # -- the step --------------------------------------------------------------------------------
     def training_step(self, batch: list[tuple[int, Sample]], batch_idx: int) -> None:
         """One rollout batch: its experience, phase by phase (r1v/stages/grpo/phases.py), then μ updates on it."""
         self.position.batches_done += 1
-        self._tiles = {}
+        self._tiles, self._clips = {}, {}
         # Sampling draws from a stream that is a function of (seed, step, rank) alone: a run resumed from any
         # checkpoint samples exactly the completions an uninterrupted one does, whatever else consumed the
         # global RNG in between (the data loader's iterator draws its base seed from it on creation).
