@@ -36,6 +36,7 @@ from r1v.core.registry import get_registry
 from r1v.data.audio import audio_inputs
 from r1v.data.collate import Collator, Limits
 from r1v.data.processor import Processor
+from r1v.data.video import with_data_knobs
 from r1v.evaluation.answers import equivalent, extract_answer
 from r1v.generation.choose import choose_engine
 from r1v.model import varlen
@@ -104,6 +105,7 @@ class LightningStage(L.LightningModule):
         if self.model is not None:
             return
         self.model, self.processor = build(self.cfg["model"], get_registry())
+        self.processor = with_data_knobs(self.processor, self.cfg.get("data"))  # data.video, data.max_visual_tokens
         self.trainable = apply_freeze(self.model, list(self.stage["trainable"]))
         if self.cfg.get("checkpoint"):
             load_trainable(self.model, self.cfg["checkpoint"])

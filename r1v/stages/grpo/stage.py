@@ -267,7 +267,7 @@ class GRPOStage(LightningStage):
         for _, s in items:
             key = id(s)
             if key not in self._tiles:
-                self._tiles[key] = self.processor.images(s)[0]
+                self._tiles[key] = self.processor.visuals(s)[1]  # images and video frames
             px = self._tiles[key]
             if px is not None:
                 tiles.append(px)
