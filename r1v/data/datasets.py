@@ -237,7 +237,7 @@ class JsonlDataset(Dataset):
             except Exception as e:  # PyAV's error types differ by version and container; the kind is what matters
                 raise DataError(f"{where}: corrupt video: {p} cannot be read as video ({type(e).__name__})") from None
             if frames == 0:
-                raise DataError(f"{where}: empty video: {p} has no frames")
+                raise DataError(f"{where}: empty video: {p} has no video frames")
             paths.append(str(p.resolve()))
         n_ph = str(row["question"]).count(VIDEO_PLACEHOLDER)
         if n_ph > len(paths):

@@ -42,13 +42,13 @@ class VideoKnobs:
 
 
 def count_frames(path: str | Path) -> int:
-    """Decodable video frames of a file (decoded, not read from the header: containers often lie or omit it).
-    Raises on a file PyAV cannot open or that has no video stream."""
+    """Decodable video frames of a file (decoded, not read from the header: containers often lie or omit it); 0
+    when it has no video stream (an empty track is dropped by the muxer). Raises on a file PyAV cannot open."""
     import av
 
     with av.open(str(path)) as container:
         if not container.streams.video:
-            raise ValueError("no video stream")
+            return 0
         return sum(1 for _ in container.decode(video=0))
 
 
@@ -64,7 +64,7 @@ def read_frames(path: str | Path, n: int) -> list[Image.Image]:
     import av
 
     with av.open(str(path)) as container:
-        frames = [f.to_image() for f in container.decode(video=0)]  # small clips: decode once, index after
+        frames = [f.to_image() for f in container.decode(video=0)] if container.streams.video else []
     if not frames:
         raise ValueError(f"zero-frame video: {path} has no decodable frames")
     return [frames[i].convert("RGB") for i in uniform_indices(len(frames), n)]
