@@ -107,3 +107,38 @@ def test_rewards_see_audio_and_video_paths_and_old_plugins_keep_working():
                           isolation="inline")  # fmt: skip
     _, totals = runner.score([inp, legacy])
     assert totals == [1.5, 1.5] and seen == [["/d/a.wav"], []]
+
+
+def test_export_writes_the_audio_parts_beside_the_internvl_folder_and_import_reads_them(compose, registry, tmp_path,
+                                                                                        caplog):  # fmt: skip
+    import logging
+
+    import numpy as np
+    from safetensors.torch import load_file
+
+    from r1v.core.interfaces import Sample
+    from r1v.data.audio import AudioClip, audio_inputs
+    from r1v.model.build import build
+    from r1v.model.internvl import build_from_folder, export_folder, read_config
+
+    torch.manual_seed(0)
+    model, proc = build(compose("vision=internvit_tiny", *AUDIO)["model"], registry)
+    with caplog.at_level(logging.INFO, logger="r1v.model.internvl"):
+        export_folder(model.eval(), proc.tokenizer, tmp_path / "out", None, chat_template=proc.chat_template)
+    assert "written beside it as audio.safetensors" in caplog.text
+    cfg = read_config(tmp_path / "out")
+    assert cfg["r1v_audio"]["audio"]["name"] == "whisper" and cfg["r1v_audio"]["audio_adapter"]["name"] == "mlp"
+    assert {k.split(".")[0] for k in load_file(str(tmp_path / "out" / "audio.safetensors"))} == {
+        "audio",
+        "audio_adapter",
+    }
+    assert not [k for k in load_file(str(tmp_path / "out" / "model.safetensors")) if k.startswith("audio")]
+    again, proc2 = build_from_folder(tmp_path / "out", reasoning=proc.reasoning)  # the folder does not record it
+    clip = AudioClip((0.3 * np.sin(np.arange(12000) / 4)).astype(np.float32), 16000)
+    sample = Sample("a", "<audio>\nHow many beeps?", "2", audios=[clip])
+    out = []
+    for m, p in ((model, proc), (again.eval(), proc2)):
+        batch = p.collate([p.encode(sample)])
+        with torch.no_grad():
+            out.append(m(batch["input_ids"], batch["attention_mask"], None, **audio_inputs(batch)).logits)
+    assert torch.equal(out[0], out[1])

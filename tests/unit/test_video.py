@@ -123,16 +123,18 @@ def test_the_visual_token_budget_is_checked_before_the_forward(tiny, tmp_path, m
 
 
 def test_a_tiny_video_run_learns(moves, tmp_path):
-    """python -m r1v.train on the moving-square videos (data.video.frames=3): the adapter trains, the loss falls."""
+    """python -m r1v.train on the moving-square videos (data.video.frames=3, adapter and LM training: the tiny LM
+    never saw the direction words): the loss falls."""
     import csv
 
     from tests.conftest import run_cli
 
     proc = run_cli(["data=jsonl", f"data.train={moves / 'train.jsonl'}", "data.video.frames=3", "run=v",
-                    "stage.max_steps=10", "stage.batch_size=8", "stage.lr=3e-3", "stage.val_every=1000",
+                    "stage.max_steps=8", "stage.batch_size=8", "stage.lr=1e-2", "stage.trainable=[adapter,backbone]",
+                    "stage.val_every=1000",
                     "stage.val_generate=0", "stage.ckpt_every=0", "logger=csv",
                     "trainer.enable_progress_bar=false"], tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     with open(tmp_path / "runs" / "v" / "metrics.csv") as f:
         losses = [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
-    assert len(losses) == 10 and sum(losses[-3:]) / 3 < 0.6 * sum(losses[:2]) / 2, losses
+    assert len(losses) == 8 and sum(losses[-3:]) / 3 < 0.5 * sum(losses[:2]) / 2, losses
