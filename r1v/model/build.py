@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from r1v.core.errors import ModelConfigError  # noqa: F401  (stages import it from here too)
 from r1v.core.interfaces import LanguageBackbone
 from r1v.core.registry import Registry, RegistryError, did_you_mean
 from r1v.data.processor import Processor
