@@ -142,3 +142,24 @@ def test_export_writes_the_audio_parts_beside_the_internvl_folder_and_import_rea
         with torch.no_grad():
             out.append(m(batch["input_ids"], batch["attention_mask"], None, **audio_inputs(batch)).logits)
     assert torch.equal(out[0], out[1])
+
+
+def test_the_planner_and_inspect_count_the_audio_branch():
+    """``inspect`` lists the audio parts; their activations count only when gradients reach the audio branch (its
+    own adapter trains), never because the image adapter trains."""
+    from r1v.cli.describe import inspect, model_parts
+    from r1v.model.handle import create_model
+    from r1v.runtime import planner
+
+    lines = inspect(["audio=whisper_tiny", "stage.trainable=[audio_adapter]", "planner.audio_windows=3"])
+    assert any(x.startswith("audio_adapter ") and x.rstrip().endswith("24,960") for x in lines), lines
+    assert any("1 tile(s) per sample, 3 audio window(s)" in x for x in lines)
+    s = planner.Settings(seq_len=512, audio_windows=2)
+    for trainable, audio_acts in (("[audio_adapter]", True), ("[adapter]", False)):
+        vlm = create_model(None, "audio=whisper_tiny", f"stage.trainable={trainable}", device="meta").vlm
+        parts = model_parts(vlm, 1, 2)
+        assert [p.name for p in parts] == ["vision", "adapter", "audio", "audio_adapter", "backbone"]
+        assert parts[2].tokens == 2 * 200 and parts[3].tokens == 2 * 50  # encoder frames, kept tokens per window
+        acts = planner.estimate(parts, s).per_part_activations
+        assert ("audio_adapter" in acts) is audio_acts and "audio" not in acts and "backbone" in acts
+        assert ("adapter" in acts) is (not audio_acts)
