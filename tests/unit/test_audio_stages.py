@@ -5,7 +5,6 @@ generate take ``--audio`` on a tiny audio checkpoint."""
 from __future__ import annotations
 
 import csv
-import json
 
 import pytest
 import torch
@@ -40,24 +39,32 @@ def test_a_tiny_grpo_run_with_audio_takes_two_steps(audio_grpo_run):
     assert (run / "final" / "trainable.safetensors").is_file()
 
 
-def test_chat_and_generate_take_audio(audio_grpo_run, tmp_path):
-    """``python -m r1v chat --audio`` and ``generate`` with an ``audios`` JSONL on the audio checkpoint; a model
-    without an audio encoder refuses ``--audio``, and a file that is not audio is one line."""
+def test_chat_generate_and_eval_take_audio(audio_grpo_run, tmp_path):
+    """``python -m r1v chat --audio`` on the audio checkpoint; ``generate`` over an ``audios`` JSONL and the ``jsonl``
+    benchmark of ``python -m r1v.eval`` (both in process: the CLI plumbing is the images'); a model without an audio
+    encoder refuses ``--audio``, and a file that is not audio is one line."""
+    from r1v.cli.infer import check_media, generate_file, load_audios
+    from r1v.core.errors import ConfigError, DataError
+    from r1v.core.registry import get_registry
+    from r1v.evaluation.harness import evaluate
+    from r1v.model.handle import load_model
     from tests.conftest import run_cli
 
     run, data = audio_grpo_run
     clip = sorted((data / "audio").glob("*.wav"))[0]
     proc = run_cli(["chat", "--checkpoint", str(run), "--question", "How many beeps?", "--audio", str(clip),
                     "--max-new-tokens", "4"], tmp_path, module="r1v")  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode == 0 and "[answer:" in proc.stdout, proc.stderr[-2000:]
+    model = load_model(run, device="cpu")
+    engine, name = model.engine()
     out = tmp_path / "gen.jsonl"
-    proc = run_cli(["generate", "--checkpoint", str(run), "--data", str(data / "train.jsonl"), "--out", str(out),
-                    "--max-new-tokens", "4", "--limit", "2"], tmp_path, module="r1v")  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert len([json.loads(x) for x in out.read_text().splitlines()]) == 2
-    from r1v.cli.infer import check_media, load_audios
-    from r1v.core.errors import ConfigError, DataError
-
+    summary = generate_file(model.vlm, model.processor, engine, data / "train.jsonl", out, max_new_tokens=4,
+                            greedy=True, limit=2, engine_name=name)  # fmt: skip
+    assert summary["written"] == 2 and summary["skipped_bad_rows"] == 0
+    items = get_registry().build("benchmark", "jsonl", path=str(data / "train.jsonl"), limit=2)
+    assert items[0].audios == [str((data / "audio" / "train_00000.wav").resolve())]
+    result = evaluate(model.vlm, model.processor, engine, items, tmp_path / "eval", max_new_tokens=4)
+    assert (tmp_path / "eval" / "samples.jsonl").is_file() and result
     with pytest.raises(ConfigError, match="--audio: this checkpoint's model has no audio encoder"):
         check_media(type("P", (), {"audio": None})(), load_audios([str(clip)]))
     (tmp_path / "x.wav").write_text("not audio")
