@@ -207,7 +207,7 @@ class JsonlDataset(Dataset):
             try:
                 frames = audio.probe(p)
             except ImportError:
-                raise DataError(f"{where}: audio needs soundfile: pip install 'r1v[audio]'") from None
+                raise DataError(f"{where}: audio needs soundfile: pip install 'r1v[media]'") from None
             except Exception as e:  # soundfile's own error types differ by version; the kind is what matters
                 raise DataError(f"{where}: corrupt audio: {p} cannot be read as audio ({type(e).__name__})") from None
             if frames == 0:
