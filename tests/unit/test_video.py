@@ -70,6 +70,41 @@ def test_each_frame_lands_at_its_positions_behind_its_marker(tiny):
     torch.testing.assert_close(embeds[slots], expected)
 
 
+def test_audio_video_and_image_placeholders_each_land_at_their_positions(registry, compose):
+    """One sample with two clips, two videos and an image, placeholders interleaved: every <IMG_CONTEXT> run and
+    every <audio_ctx> run holds exactly the tokens of its own item, in the question's order."""
+    import numpy as np
+    from PIL import Image
+
+    from r1v.core.interfaces import AUDIO_CONTEXT, IMG_CONTEXT, AudioClip, Sample
+    from r1v.data.audio import audio_inputs
+    from r1v.data.images import preprocess
+    from r1v.model.build import build
+
+    torch.manual_seed(0)
+    model, processor = build(compose("audio=whisper_tiny")["model"], registry)
+    model.eval()
+    clips = [AudioClip((0.3 * np.sin(np.arange(n) / d)).astype(np.float32), 16000) for n, d in ((8000, 3), (24000, 7))]
+    videos = [[Image.new("RGB", (64, 64), (30 * k + 20 * v, 90, 200 - 50 * k)) for k in range(2)] for v in range(2)]
+    image = Image.new("RGB", (64, 64), (250, 10, 10))
+    s = Sample("m", "<video>\n<audio>\n<image>\n<video>\n<audio>\nSay.", "x", images=[image], videos=videos,
+               audios=clips)  # fmt: skip
+    batch = processor.collate([processor.encode(s)])
+    with torch.no_grad():
+        embeds = model.embed(batch["input_ids"], batch["pixel_values"], **audio_inputs(batch))[0]
+        tiling = (processor.image_size, 1, False, processor.image_mean, processor.image_std)
+        order = [videos[0][0], videos[0][1], image, videos[1][0], videos[1][1]]  # the question's order
+        want_img = torch.cat([model.encode_images(preprocess(im, *tiling))[0] for im in order])
+        want_aud = torch.cat([model.encode_audio(*(torch.as_tensor(x) for x in processor.audio.features(c)))
+                              for c in clips])  # fmt: skip
+    ids = batch["input_ids"][0]
+    tok = processor.tokenizer.convert_tokens_to_ids
+    torch.testing.assert_close(embeds[ids == tok(IMG_CONTEXT)], want_img)
+    torch.testing.assert_close(embeds[ids == tok(AUDIO_CONTEXT)], want_aud)
+    first_audio, image_slot = int((ids == tok(AUDIO_CONTEXT)).nonzero()[0]), 2 * processor.tokens_per_tile
+    assert int((ids == tok(IMG_CONTEXT)).nonzero()[image_slot - 1]) < first_audio  # video 1 comes before audio 1
+
+
 def _video_rows(tmp_path, moves):
     import shutil
 
