@@ -113,8 +113,7 @@ class GRPOStage(LightningStage):
         self.ssb = SelectiveSampleBuffer(int(ssb.get("capacity", 1024)), int(cfg["seed"])) if ssb.get("enabled") \
             else None  # fmt: skip
         self.reference: AdapterReference | None = None
-        self._tiles: dict[int, torch.Tensor | None] = {}  # one step's preprocessed tiles, by prompt object
-        self._clips: dict[int, dict[str, Any]] = {}  # and its audio windows (samples with audio only)
+        self._media: dict[int, tuple[torch.Tensor | None, dict[str, Any]]] = {}  # one step's tiles and audio, by prompt
         self._refill = random.Random(int(cfg["seed"]) + 1)
 
     # -- model and data --------------------------------------------------------------------------
@@ -265,17 +264,13 @@ class GRPOStage(LightningStage):
         t = cmask.shape[1]
         tiles, clips = [], []
         for _, s in items:
-            key = id(s)
-            if key not in self._tiles:
-                self._tiles[key] = self.processor.visuals(s)[1]  # images and video frames
-            px = self._tiles[key]
-            if px is not None:
-                tiles.append(px)
-            if s.audios:  # the rollout's prompt ids hold this sample's <audio_ctx> slots: fill them the same way
-                if key not in self._clips:
-                    feats, frames, windows, _ = self.processor.audios(s)
-                    self._clips[key] = {"audio_features": feats, "audio_frames": frames, "audio_windows": windows}
-                clips.append(self._clips[key])
+            if id(s) not in self._media:  # images and video frames, and the clips that fill the <audio_ctx> slots
+                feats, frames, windows, _ = self.processor.audios(s)
+                self._media[id(s)] = (self.processor.visuals(s)[1], {"audio_features": feats, "audio_frames": frames,
+                                                                      "audio_windows": windows})  # fmt: skip
+            px, clip = self._media[id(s)]
+            tiles += [] if px is None else [px]
+            clips += [clip] if s.audios else []
         dev = self.device
         audio = {k: v.to(dev) for k, v in audio_inputs(audio_batch(clips)).items()}  # {} without audio
         return {"input_ids": ids.to(dev), "attention_mask": attn.to(dev), "completion_mask": cmask.to(dev),
@@ -295,7 +290,7 @@ class GRPOStage(LightningStage):
     def training_step(self, batch: list[tuple[int, Sample]], batch_idx: int) -> None:
         """One rollout batch: its experience, phase by phase (r1v/stages/grpo/phases.py), then μ updates on it."""
         self.position.batches_done += 1
-        self._tiles, self._clips = {}, {}
+        self._media = {}
         # Sampling draws from a stream that is a function of (seed, step, rank) alone: a run resumed from any
         # checkpoint samples exactly the completions an uninterrupted one does, whatever else consumed the
         # global RNG in between (the data loader's iterator draws its base seed from it on creation).
