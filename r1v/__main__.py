@@ -75,11 +75,14 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any, Any, str]:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     """Ask a trained model about images: its <think> reasoning and answer stream to the terminal."""
-    from r1v.cli.infer import chat, load_images
+    from r1v.cli.infer import chat, check_media, load_audios, load_images, load_videos
 
-    images = load_images(args.image or [])
+    images, audios = load_images(args.image or []), load_audios(args.audio or [])
     model, processor, engine, _ = _load(args)
-    chat(model, processor, engine, images, args.question, args.max_new_tokens, args.greedy)
+    check_media(processor, audios)
+    videos = load_videos(args.video or [], processor.video.frames)
+    chat(model, processor, engine, images, args.question, args.max_new_tokens, args.greedy, audios=audios,
+         audio_paths=list(args.audio or []), videos=videos, video_paths=list(args.video or []))  # fmt: skip
     return 0
 
 
@@ -241,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     _model_options(p, 2048)
     p.add_argument("--image", action="append", help="an image file (repeat for several)")
+    p.add_argument("--audio", action="append", help="an audio clip (repeat for several; needs an audio encoder)")
+    p.add_argument("--video", action="append", help="a video: data.video.frames frames through the vision encoder")
     p.add_argument("--question", help="ask once and exit (default: an interactive loop)")
     p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
     p.set_defaults(func=cmd_chat)

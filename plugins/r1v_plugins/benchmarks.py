@@ -168,6 +168,13 @@ def gpqa_diamond(path: str | None = None, seed: int = 0, limit: int | None = Non
     return _limit(items, limit)
 
 
+def jsonl(path: str | None = None, limit: int | None = None) -> list[EvalItem]:
+    """A JSONL file in the training schema (question, answer, images, audios, videos); asked as written."""
+    from r1v.evaluation.local import jsonl_items
+
+    return _limit(jsonl_items(_need(path, "jsonl", "a .jsonl file in the training data schema")), limit)
+
+
 @hookimpl
 def register_benchmarks(register: Any) -> None:
     register("synthetic", synthetic, "bundled synthetic scenes (no files needed)")
@@ -176,3 +183,4 @@ def register_benchmarks(register: Any) -> None:
     register("math500", math500, "MATH-500, from a local HuggingFaceH4/MATH-500 copy")
     register("aime2024", aime2024, "AIME 2024, from a local HuggingFaceH4/aime_2024 copy")
     register("gpqa_diamond", gpqa_diamond, "GPQA-Diamond, from a local Idavidrein/gpqa copy")
+    register("jsonl", jsonl, "a JSONL file in the training schema (images, audios, videos)")

@@ -11,6 +11,7 @@ from r1v.data.hf_disk import HfDiskDataset, val_folder
 from r1v.data.mixture import MixtureDataset, build_mixture
 from r1v.data.parquet import ParquetDataset, Preset
 from r1v.data.synthetic import TASKS
+from r1v.data.video import VideoKnobs
 
 PairStyle = Literal["answer", "reasoning"]
 
@@ -23,13 +24,16 @@ def synthetic_dataset(split: str, n_train: int = 4000, n_val: int = 128, seed: i
 
 def jsonl_dataset(split: str, train: str, val: str | None = None, image_root: str | None = None,
                   on_bad_sample: BadSamplePolicy = "skip", require_reasoning: bool = False,
-                  allow_outside_root: bool = False) -> JsonlDataset | None:  # fmt: skip
-    """Your data: JSONL rows (images, question or messages, answer, optional reasoning); image paths must resolve
-    inside ``image_root`` (default: the file's folder) unless ``allow_outside_root``."""
+                  allow_outside_root: bool = False, video: dict[str, int] | None = None,
+                  max_visual_tokens: int | None = None) -> JsonlDataset | None:  # fmt: skip
+    """Your data: JSONL rows (images, audios, videos, question or messages, answer, optional reasoning); media paths
+    must resolve inside ``image_root`` (default: the file's folder) unless ``allow_outside_root``. ``video`` and
+    ``max_visual_tokens`` are read by the processor too (r1v.data.video.VideoKnobs); here: frames per video."""
     path = train if split == "train" else val
     if path is None:
         return None
-    return JsonlDataset(path, image_root, on_bad_sample, require_reasoning, allow_outside_root)
+    frames = VideoKnobs.of({"video": video, "max_visual_tokens": max_visual_tokens}).frames  # checks the knobs
+    return JsonlDataset(path, image_root, on_bad_sample, require_reasoning, allow_outside_root, frames)
 
 
 def parquet_dataset(split: str, train: str, val: str | None = None, columns: dict[str, str | None] | None = None,

@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import nn
 
-from r1v.model.build import PARTS
+from r1v.model.build import AUDIO_PARTS, PARTS
 from r1v.model.handle import create_model
 from r1v.model.lora import LoraSpec, lora_layers, lora_params
 from r1v.model.meta import count
@@ -92,9 +92,31 @@ def _backbone_part(backbone: nn.Module) -> planner.Part:
                         vocab, kv)  # fmt: skip
 
 
-def model_parts(vlm: nn.Module, tiles_per_sample: int) -> list[planner.Part]:
-    """Planner inputs read off the built model, in forward order."""
-    return [_vision_part(vlm.vision, tiles_per_sample), _adapter_part(vlm, tiles_per_sample),
+def _audio_parts(vlm: nn.Module, windows: int) -> list[planner.Part]:
+    """The audio encoder (Whisper-style: ``window_frames / 2`` frames per window after its strided convolutions, a
+    GELU MLP) and the audio adapter over the kept tokens, as a side branch of the plan."""
+    audio, adapter = vlm.audio, vlm.audio_adapter
+    layers, h = _layer_list(audio), int(audio.hidden_size)
+    ffn = 4 * h
+    if layers is not None and len(layers):
+        widths = [m.in_features for m in layers[0].modules() if isinstance(m, nn.Linear) and m.out_features == h]
+        ffn = max([w for w in widths if w != h], default=ffn)
+    frames = windows * int(audio.window_frames) // 2
+    tokens = windows * int(audio.window_frames) // int(audio.frames_per_token)
+    linears = [m for m in adapter.modules() if isinstance(m, nn.Linear)]
+    wide, hidden = (linears[0].in_features, linears[0].out_features) if linears else (h, h)
+    (total, trainable), (a_total, a_trainable) = count(audio), count(adapter)
+    return [planner.Part("audio", total, trainable, len(layers or []), planner.transformer_layer_bytes(h, h, ffn, 2),
+                         h, frames, largest_block(audio), branch="audio"),
+            planner.Part("audio_adapter", a_total, a_trainable, 1, planner.adapter_bytes(wide, hidden), wide, tokens,
+                         largest_block(adapter), branch="audio")]  # fmt: skip
+
+
+def model_parts(vlm: nn.Module, tiles_per_sample: int, audio_windows: int = 1) -> list[planner.Part]:
+    """Planner inputs read off the built model, in forward order (the audio branch, when composed, before the
+    backbone)."""
+    audio = _audio_parts(vlm, audio_windows) if getattr(vlm, "audio", None) is not None else []
+    return [_vision_part(vlm.vision, tiles_per_sample), _adapter_part(vlm, tiles_per_sample), *audio,
             _backbone_part(vlm.backbone)]  # fmt: skip
 
 
@@ -146,7 +168,7 @@ def default_settings(cfg: dict[str, Any]) -> tuple[planner.Settings, dict[str, s
 
 def dtype_notes(vlm: nn.Module, s: planner.Settings) -> list[str]:
     """A note when parts are built wider than the bf16 the plan assumes (DeepSpeed casts; plain DDP does not)."""
-    first = {p: next(getattr(vlm, p).parameters()) for p in PARTS}
+    first = {p: next(getattr(vlm, p).parameters()) for p in (*PARTS, *AUDIO_PARTS) if getattr(vlm, p, None) is not None}
     wide = {p: t for p, t in first.items() if t.element_size() > s.weight_bytes}
     if not wide:
         return []
@@ -172,22 +194,23 @@ def inspect(args: Sequence[str]) -> list[str]:
     settings = planner.parse_knobs(knobs, base)
     for key in knobs:
         sources[key] = f"planner.{key}"
-    parts = model_parts(vlm, settings.images * settings.tiles)
+    parts = model_parts(vlm, settings.images * settings.tiles, settings.audio_windows)
     model = cfg["model"]
-    names = ", ".join(f"{p} {model[p]['name']}" for p in PARTS)
+    names = ", ".join(f"{p} {model[p]['name']}" for p in (*PARTS, *(a for a in AUDIO_PARTS if model.get(a))))
     if model.get("internvl"):  # the parts come from the folder
         names = f"internvl {model['internvl']}"
     stage = cfg["stage"]
+    w = max(10, *(len(p.name) + 1 for p in parts))  # the name column: 10 wide unless audio_adapter is listed
     lines = [
         f"model {model.get('preset', '?')} ({names}); built on the meta device in {seconds:.1f} s",
         f"stage {stage.get('name')}: trainable {list(stage.get('trainable') or ['all'])}",
-        f"{'part':<10}{'parameters':>18}{'':>10}{'trainable':>18}",
+        f"{'part':<{w}}{'parameters':>18}{'':>10}{'trainable':>18}",
     ]
     for p in parts:
-        lines.append(f"{p.name:<10}{p.params:>18,}{human(p.params):>10}{p.trainable:>18,}")
+        lines.append(f"{p.name:<{w}}{p.params:>18,}{human(p.params):>10}{p.trainable:>18,}")
     total, trainable = count(vlm)
     share = 100 * trainable / total if total else 0.0
-    lines.append(f"{'total':<10}{total:>18,}{human(total):>10}{trainable:>18,}  ({human(trainable)}, {share:.2f}%)")
+    lines.append(f"{'total':<{w}}{total:>18,}{human(total):>10}{trainable:>18,}  ({human(trainable)}, {share:.2f}%)")
     lines += dtype_notes(vlm, settings)
     lines += lora_lines(vlm, LoraSpec.from_node(stage.get("lora")), parts, settings)
     lines.append("")

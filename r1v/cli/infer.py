@@ -51,9 +51,64 @@ def load_images(paths: list[str]) -> list[Any]:
     return out
 
 
+def load_audios(paths: list[str]) -> list[Any]:
+    """``--audio`` files -> decoded clips (soundfile); a missing or unreadable file is one line."""
+    from r1v.data.audio import decode
+
+    out = []
+    for p in paths:
+        if not Path(p).is_file():
+            raise FileNotFoundError(f"--audio {p} does not exist")
+        try:
+            out.append(decode(p))
+        except ImportError:
+            raise DataError("--audio needs soundfile: pip install 'r1v[media]'") from None
+        except Exception as e:  # soundfile raises its own LibsndfileError (a RuntimeError) on non-audio files
+            raise DataError(f"--audio {p} cannot be read as audio ({type(e).__name__})") from None
+    return out
+
+
+def load_videos(paths: list[str], frames: int) -> list[list[Any]]:
+    """``--video`` files -> ``frames`` frames each, sampled uniformly (PyAV); a missing, unreadable or zero-frame
+    file is one line."""
+    from r1v.data.video import read_frames
+
+    out = []
+    for p in paths:
+        if not Path(p).is_file():
+            raise FileNotFoundError(f"--video {p} does not exist")
+        try:
+            out.append(read_frames(p, frames))
+        except ImportError:
+            raise DataError("--video needs PyAV: pip install 'r1v[media]'") from None
+        except Exception as e:  # PyAV's errors (InvalidDataError, …) differ by version; the kind is what matters
+            raise DataError(f"--video {p} cannot be read as video ({type(e).__name__}: {e})") from None
+    return out
+
+
+def media_sample(question: str, images: list[Any], audios: list[Any], audio_paths: list[str],
+                 videos: list[list[Any]] | None = None, video_paths: list[str] | None = None,
+                 sample_id: str = "chat") -> Any:  # fmt: skip
+    """A chat question with its images, clips and videos (placeholders prepended by the processor when absent)."""
+    sample = as_sample(question, images, sample_id)
+    sample.audios, sample.audio_paths = list(audios), list(audio_paths)
+    sample.videos, sample.video_paths = list(videos or []), list(video_paths or [])
+    return sample
+
+
+def check_media(processor: Any, audios: list[Any]) -> None:
+    """Refuse ``--audio`` for a model without an audio encoder, in one line, before anything is generated."""
+    if audios and getattr(processor, "audio", None) is None:
+        from r1v.core.errors import ConfigError
+
+        raise ConfigError("--audio: this checkpoint's model has no audio encoder (train one with audio=whisper_tiny)")
+
+
 # -- chat ------------------------------------------------------------------------------------------------------------
 def chat(model: Any, processor: Any, engine: Any, images: list[Any], question: str | None, max_new_tokens: int,
-         greedy: bool, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> None:  # fmt: skip
+         greedy: bool, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout, audios: list[Any] | None = None,
+         audio_paths: list[str] | None = None, videos: list[list[Any]] | None = None,
+         video_paths: list[str] | None = None) -> None:  # fmt: skip
     """One question, or (without one) a loop reading questions from ``stdin``: ``/image PATH`` adds an image,
     ``/reset`` drops them, ``/quit`` or end of input stops. Each question is answered on its own (single turn)."""
 
@@ -62,7 +117,8 @@ def chat(model: Any, processor: Any, engine: Any, images: list[Any], question: s
         stdout.flush()
 
     def turn(q: str) -> None:
-        text = answer(model, processor, engine, as_sample(q, images, "chat"), max_new_tokens, greedy, write)
+        sample = media_sample(q, images, audios or [], audio_paths or [], videos, video_paths)
+        text = answer(model, processor, engine, sample, max_new_tokens, greedy, write)
         final = extract_answer(text)
         closed = "thought closed" if THINK_CLOSE in text else "no </think>"
         write(f"\n\n[answer: {final if final is not None else '-'}; {closed}]\n")

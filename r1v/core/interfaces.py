@@ -17,6 +17,8 @@ THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 # tokenizer files of the image-only default stay byte-identical.
 AUD_START, AUD_END, AUDIO_CONTEXT = "<aud>", "</aud>", "<audio_ctx>"
 AUDIO_PLACEHOLDER = "<audio>"  # expanded to AUD_START + AUDIO_CONTEXT × (tokens of the clip) + AUD_END
+# Video: frames go through the vision encoder as image tiles, so no new token: "Frame k: <img>…</img>" per frame
+VIDEO_PLACEHOLDER = "<video>"
 
 
 @dataclass
@@ -49,6 +51,8 @@ class Sample:
     image_paths: list[str] = field(default_factory=list)  # where the images came from (absolute), if files
     audios: list[AudioClip] = field(default_factory=list)  # one <audio> each in ``question`` (prepended when absent)
     audio_paths: list[str] = field(default_factory=list)
+    videos: list[list[Image.Image]] = field(default_factory=list)  # sampled frames per video; one <video> each
+    video_paths: list[str] = field(default_factory=list)
 
 
 @runtime_checkable
@@ -103,6 +107,16 @@ class RewardInput:
     answer: str | None
     images: list[Image.Image] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    # the sample's media files (paths, as the data gave them); empty by default so plugins written before them work
+    audios: list[str] = field(default_factory=list)
+    videos: list[str] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, sample: Sample, completion: str, **extra: Any) -> RewardInput:
+        """What a reward sees of ``sample`` and one of its completions (``extra`` is added to its meta)."""
+        return cls(prompt=sample.question, completion=completion, answer=sample.answer, images=sample.images,
+                   extra={**sample.meta, **extra}, audios=list(sample.audio_paths),
+                   videos=list(sample.video_paths))  # fmt: skip
 
 
 @dataclass

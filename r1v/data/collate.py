@@ -16,6 +16,7 @@ import torch
 
 from r1v.core.errors import ConfigError, DataError
 from r1v.core.interfaces import Sample
+from r1v.data.audio import audio_batch
 from r1v.data.datasets import error_kind, too_long
 from r1v.data.processor import Processor
 from r1v.data.sampler import is_pad
@@ -119,7 +120,7 @@ class PairCollator:
     def __call__(self, samples: list[Sample]) -> dict[str, Any]:
         tok = self.processor.tokenizer
         screen = _Screen(self.limits)
-        prompts, chosen, rejected, tiles, kept = [], [], [], [], []
+        prompts, chosen, rejected, tiles, kept, encoded = [], [], [], [], [], []
         for s in samples:
             if is_pad(s):
                 continue
@@ -140,13 +141,15 @@ class PairCollator:
             rejected.append(r)
             if enc["pixel_values"] is not None:
                 tiles.append(enc["pixel_values"])
+            encoded.append(enc)
             kept.append(s)
         if not kept:
             return {"empty": True, **screen.counts()}
         ids, attn, cmask = completion_rows(prompts * 2, chosen + rejected, tok.pad_token_id)  # [2B, L], [2B, T]
         pixels = torch.cat(tiles * 2) if tiles else None  # tiles in row order: chosen rows, then rejected
+        audio = audio_batch(encoded * 2)  # the clips in the same row order ({} without audio)
         return {"input_ids": ids, "attention_mask": attn, "completion_mask": cmask, "pixel_values": pixels,
-                "samples": kept, **screen.counts()}  # fmt: skip
+                "samples": kept, **audio, **screen.counts()}  # fmt: skip
 
 
 def check_pairs(cfg: Mapping[str, Any], datasets: Mapping[str, Any]) -> None:

@@ -4,7 +4,8 @@ JSONL schema (one object per line; the same schema ``python -m r1v data synth`` 
 
     {"id": "optional", "images": ["rel/or/abs.png", ...] or "one.png", "question": "<image>\\n...",
      "answer": "3", "reasoning": "optional worked chain", "meta": {...},
-     "audios": ["clip.wav", ...] or "one.wav"}      # optional; one <audio> each in the question (issue 26)
+     "audios": ["clip.wav", ...] or "one.wav",      # optional; one <audio> each in the question (issue 26)
+     "videos": ["clip.mp4", ...] or "one.mp4"}      # optional; one <video> each: data.video.frames frames
 
 ``messages`` ([{"role": "user", "content": ...}]) may stand in for ``question``. Image paths are
 relative to ``image_root`` (default: the JSONL file's folder). A bad row (missing field, missing or
@@ -28,8 +29,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from r1v.core.errors import DataError
-from r1v.core.interfaces import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER, Sample
-from r1v.data import audio, synthetic
+from r1v.core.interfaces import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, Sample
+from r1v.data import audio, synthetic, video
 
 log = logging.getLogger(__name__)
 BadSamplePolicy = Literal["skip", "error"]  # the annotation composition checks knobs against
@@ -99,7 +100,9 @@ class JsonlDataset(Dataset):
     extra_fields: tuple[str, ...] = ()  # copied into Sample.meta
 
     def __init__(self, path: str | Path, image_root: str | Path | None = None, on_bad_sample: str = "skip",
-                 require_reasoning: bool = False, allow_outside_root: bool = False) -> None:  # fmt: skip
+                 require_reasoning: bool = False, allow_outside_root: bool = False,
+                 video_frames: int = 4) -> None:  # fmt: skip
+        self.video_frames = video_frames  # frames sampled per video (data.video.frames)
         if on_bad_sample not in BAD_SAMPLE_POLICIES:
             raise DataError(f"data.on_bad_sample: '{on_bad_sample}' is not allowed (use skip or error)")
         self.path, self.on_bad_sample = Path(path), on_bad_sample
@@ -177,6 +180,7 @@ class JsonlDataset(Dataset):
             raise DataError(f"{where}: placeholder count: {n_ph} {IMAGE_PLACEHOLDER} in the question "
                             f"but {len(paths)} images")  # fmt: skip
         audio_paths = self._check_audios(row, where)
+        video_paths = self._check_videos(row, where)
         if row.get("meta") is not None and not isinstance(row["meta"], dict):
             raise DataError(f"{where}: wrong type: 'meta' is a {type(row['meta']).__name__}; it must be an object")
         meta = {**(row.get("meta") or {}), **{k: str(row[k]) for k in self.extra_fields}}
@@ -184,7 +188,8 @@ class JsonlDataset(Dataset):
         answer = row.get("answer")
         return {"id": row_id, "question": str(row["question"]), "answer": "" if answer is None else str(answer),
                 "reasoning": row.get("reasoning"), "images": paths, "meta": meta, "line": lineno,
-                **({"audios": audio_paths} if audio_paths else {})}  # fmt: skip
+                **({"audios": audio_paths} if audio_paths else {}),
+                **({"videos": video_paths} if video_paths else {})}  # fmt: skip
 
     def _check_audios(self, row: dict[str, Any], where: str) -> list[str]:
         """The row's ``audios`` (a path or a list; relative to the data folder, contained as images are), each
@@ -202,7 +207,7 @@ class JsonlDataset(Dataset):
             try:
                 frames = audio.probe(p)
             except ImportError:
-                raise DataError(f"{where}: audio needs soundfile: pip install 'r1v[audio]'") from None
+                raise DataError(f"{where}: audio needs soundfile: pip install 'r1v[media]'") from None
             except Exception as e:  # soundfile's own error types differ by version; the kind is what matters
                 raise DataError(f"{where}: corrupt audio: {p} cannot be read as audio ({type(e).__name__})") from None
             if frames == 0:
@@ -212,6 +217,32 @@ class JsonlDataset(Dataset):
         if n_ph > len(paths):
             raise DataError(f"{where}: placeholder count: {n_ph} {AUDIO_PLACEHOLDER} in the question "
                             f"but {len(paths)} audio clips")  # fmt: skip
+        return paths
+
+    def _check_videos(self, row: dict[str, Any], where: str) -> list[str]:
+        """The row's ``videos`` (a path or a list, contained as images are), each decodable by PyAV with at least
+        one frame, and no more ``<video>`` placeholders than videos."""
+        videos = row.get("videos") or []
+        if isinstance(videos, str):
+            videos = [videos]
+        if not isinstance(videos, list) or not all(isinstance(x, str) for x in videos):
+            raise DataError(f"{where}: wrong type: 'videos' must be a file path or a list of them (strings)")
+        paths = []
+        for rel in videos:
+            p = image_path(rel, self.root, self._real_root, self.allow_outside_root, where, what="video")
+            try:
+                frames = video.count_frames(p)
+            except ImportError:
+                raise DataError(f"{where}: video needs PyAV: pip install 'r1v[media]'") from None
+            except Exception as e:  # PyAV's error types differ by version and container; the kind is what matters
+                raise DataError(f"{where}: corrupt video: {p} cannot be read as video ({type(e).__name__})") from None
+            if frames == 0:
+                raise DataError(f"{where}: empty video: {p} has no video frames")
+            paths.append(str(p.resolve()))
+        n_ph = str(row["question"]).count(VIDEO_PLACEHOLDER)
+        if n_ph > len(paths):
+            raise DataError(f"{where}: placeholder count: {n_ph} {VIDEO_PLACEHOLDER} in the question "
+                            f"but {len(paths)} videos")  # fmt: skip
         return paths
 
     def where(self, sample_id: str) -> str:
@@ -251,6 +282,16 @@ class JsonlDataset(Dataset):
                 sample.audios, sample.meta = [], {**r["meta"], "_error": error}
                 return sample
             sample.audio_paths.append(p)
+        for p in r.get("videos", []):
+            try:
+                sample.videos.append(video.read_frames(p, self.video_frames))
+            except Exception as e:  # passed the check when built, fails now: skipped and counted as for images
+                error = f"{self.path}:{r['line']}: corrupt video: {p} cannot be decoded ({type(e).__name__})"
+                if self.on_bad_sample == "error":
+                    raise DataError(f"{error}; data.on_bad_sample=error stops here (skip drops the row)") from None
+                sample.videos, sample.meta = [], {**r["meta"], "_error": error}
+                return sample
+            sample.video_paths.append(p)
         return sample
 
 

@@ -8,7 +8,7 @@ direct ones, then EOS.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -27,6 +27,7 @@ from r1v.core.interfaces import (
 )
 from r1v.data.audio import AudioSpec, audio_batch
 from r1v.data.images import IMAGENET_MEAN, IMAGENET_STD, preprocess
+from r1v.data.video import VideoKnobs, expand_videos, visual_order
 from r1v.model.varlen import NAME as VARLEN
 from r1v.model.varlen import packed_kwargs
 
@@ -49,6 +50,7 @@ class Processor:
     image_mean: tuple[float, ...] = IMAGENET_MEAN
     image_std: tuple[float, ...] = IMAGENET_STD
     audio: AudioSpec | None = None  # set when an audio encoder is composed (r1v.data.audio)
+    video: VideoKnobs = field(default_factory=VideoKnobs)  # data.video / data.max_visual_tokens (r1v.data.video)
 
     def images(self, sample: Sample) -> tuple[torch.Tensor | None, list[int]]:
         """All tiles of the sample's images (n_tiles, 3, S, S) and the tile count per image."""
@@ -57,6 +59,27 @@ class Processor:
         tiling = (self.image_size, self.max_tiles, self.use_thumbnail, self.image_mean, self.image_std)
         per_image = [preprocess(im, *tiling) for im in sample.images]
         return torch.cat(per_image), [t.shape[0] for t in per_image]
+
+    def visuals(self, sample: Sample) -> tuple[str, torch.Tensor | None, list[int]]:
+        """The question with each ``<video>`` expanded into ``Frame k: <image>`` lines, all tiles of images and
+        frames in placeholder order and tiles per ``<image>``; ValueError over ``data.max_visual_tokens``."""
+        if not sample.videos:
+            question, (pixels, tiles) = sample.question, self.images(sample)
+        else:
+            counts = [len(v) for v in sample.videos]
+            question = expand_videos(sample.question, len(sample.images), counts)
+            images = (self.image_size, self.max_tiles, self.use_thumbnail, self.image_mean, self.image_std)
+            # a frame is one tile unless the budget allows more (a thumbnail only makes sense beside several tiles)
+            frame = (self.image_size, self.video.max_tiles_per_frame, self.video.max_tiles_per_frame > 1,
+                     self.image_mean, self.image_std)  # fmt: skip
+            per = [preprocess(sample.images[i], *images) if kind == "image" else preprocess(sample.videos[i][k], *frame)
+                   for kind, i, k in visual_order(sample.question, len(sample.images), counts)]  # fmt: skip
+            pixels, tiles = (torch.cat(per) if per else None), [t.shape[0] for t in per]
+        budget = self.video.max_visual_tokens
+        if budget is not None and sum(tiles) * self.tokens_per_tile > budget:
+            raise ValueError(f"visual-token budget: {sum(tiles) * self.tokens_per_tile} visual tokens "
+                             f"({sum(tiles)} tiles) exceed data.max_visual_tokens={budget}")  # fmt: skip
+        return question, pixels, tiles
 
     def audios(self, sample: Sample) -> tuple[torch.Tensor | None, list[int], list[int], list[int]]:
         """All windows of the sample's clips (n_windows, n_mels, W), real mel frames per window, windows per clip
@@ -111,9 +134,9 @@ class Processor:
 
     def encode(self, sample: Sample, target: str | None = "answer") -> dict[str, Any]:
         """One sample -> ids (prompt + completion + EOS), labels on the completion only, tiles."""
-        pixels, tiles = self.images(sample)
+        question, pixels, tiles = self.visuals(sample)
         feats, frames, windows, audio_tokens = self.audios(sample)
-        prompt = self.prompt(sample.question, tiles, audio_tokens)
+        prompt = self.prompt(question, tiles, audio_tokens)
         prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         out: dict[str, Any] = {"id": sample.id, "pixel_values": pixels, "prompt_len": len(prompt_ids)}
         if feats is not None:  # image-only samples keep exactly their old keys

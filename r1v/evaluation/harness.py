@@ -18,11 +18,26 @@ from r1v.evaluation.scoring import EvalItem, pass_at_k, prompt_text, score
 log = logging.getLogger(__name__)
 
 
+def with_media(sample: Sample, item: EvalItem, processor: Any) -> Sample:
+    """The item's audio clips and video frames decoded into ``sample`` (frames per video: the processor's
+    ``data.video.frames``); items without them pass through untouched."""
+    if item.audios:
+        from r1v.data.audio import decode
+
+        sample.audios, sample.audio_paths = [decode(p) for p in item.audios], list(item.audios)
+    if item.videos:
+        from r1v.data.video import read_frames
+
+        frames = processor.video.frames
+        sample.videos, sample.video_paths = [read_frames(p, frames) for p in item.videos], list(item.videos)
+    return sample
+
+
 def generate(engine: Any, model: Any, processor: Any, items: list[EvalItem], n_samples: int, max_new_tokens: int,
              greedy: bool, prompt: str = "auto") -> list[list[list[int]]]:  # fmt: skip
     """Completion token ids: ``[item][sample] -> ids``."""
-    samples = [Sample(it.id, prompt_text(it, prompt), it.answer, list(it.images)) for it in items
-               for _ in range(n_samples)]  # fmt: skip
+    samples = [with_media(Sample(it.id, prompt_text(it, prompt), it.answer, list(it.images)), it, processor)
+               for it in items for _ in range(n_samples)]  # fmt: skip
     ids = engine.generate_ids(model, processor, samples, max_new_tokens, greedy=greedy)
     return [ids[i * n_samples : (i + 1) * n_samples] for i in range(len(items))]
 

@@ -42,6 +42,8 @@ class EvalItem:
     images: list[Any] = field(default_factory=list)  # PIL images
     category: str = "all"
     meta: dict[str, Any] = field(default_factory=dict)
+    audios: list[str] = field(default_factory=list)  # audio and video files (paths), one <audio>/<video> each
+    videos: list[str] = field(default_factory=list)
 
 
 PROMPT_STYLES = ("auto", "r1v", "plain")

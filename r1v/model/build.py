@@ -9,18 +9,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from r1v.core.errors import ModelConfigError  # stages import it from here too
+from r1v.core.errors import ModelConfigError  # noqa: F401  (stages import it from here too)
 from r1v.core.interfaces import LanguageBackbone
 from r1v.core.registry import Registry, RegistryError, did_you_mean
-from r1v.data.audio import LONG_CLIPS
 from r1v.data.processor import Processor
 from r1v.model.assemble import AUDIO_PARTS, PARTS, assemble, ensure_special_tokens  # noqa: F401  (importable here too)
-from r1v.model.contract import check_adapter, check_audio, check_vision
+from r1v.model.audio_io import AUDIO_ADAPTER_FIXED, build_audio  # noqa: F401  (importable here too)
+from r1v.model.contract import check_adapter, check_vision
 from r1v.model.vlm import VisionLanguageModel
 
 RESERVED = ("name",)  # keys of a plugin config node that are not factory knobs
 ADAPTER_FIXED = ("vision_hidden", "llm_hidden")  # passed by the builder, not the user
-AUDIO_ADAPTER_FIXED = ("audio_hidden", "llm_hidden")
 
 
 def knobs(node: Mapping[str, Any]) -> dict[str, Any]:
@@ -46,30 +45,12 @@ def build(model_cfg: Mapping[str, Any], registry: Registry) -> tuple[VisionLangu
     entry.check_knobs(knobs(acfg), where="adapter", fixed=ADAPTER_FIXED)
     adapter = entry.factory(vision_hidden=vision.hidden_size, llm_hidden=backbone.hidden_size, **knobs(acfg))
     check_adapter(adapter, acfg["name"], vision, vcfg["name"], backbone.hidden_size, bcfg["name"])
-    return assemble(vision, adapter, backbone, int(model_cfg.get("max_tiles", 1)),
-                    bool(model_cfg.get("use_thumbnail", True)), build_audio(model_cfg, registry, backbone))  # fmt: skip
-
-
-def build_audio(model_cfg: Mapping[str, Any], registry: Registry,
-                backbone: LanguageBackbone) -> tuple[nn.Module, nn.Module, str] | None:  # fmt: skip
-    """The audio encoder and adapter of ``model.audio`` / ``model.audio_adapter`` (issue 26), with the
-    ``audio.long_clips`` rule; None when no audio encoder is composed (the default)."""
-    ucfg, aacfg = model_cfg.get("audio"), model_cfg.get("audio_adapter")
-    if not ucfg:
-        if aacfg:
-            raise ModelConfigError(f"audio_adapter={aacfg['name']} needs an audio encoder: compose audio=whisper_tiny")
-        return None
-    if not aacfg:
-        raise ModelConfigError(f"audio={ucfg['name']} needs an audio adapter: compose audio_adapter=mlp")
-    extra = ("long_clips",)  # the processor's rule, not an encoder knob
-    if ucfg.get("long_clips", "split") not in LONG_CLIPS:
-        raise ModelConfigError(f"model.audio.long_clips: '{ucfg['long_clips']}' is not allowed (use split or refuse)")
-    audio = registry.build("audio", ucfg["name"], **{k: v for k, v in knobs(ucfg).items() if k not in extra})
-    entry = registry.get("audio_adapter", aacfg["name"])
-    entry.check_knobs(knobs(aacfg), where="audio_adapter", fixed=AUDIO_ADAPTER_FIXED)
-    adapter = entry.factory(audio_hidden=audio.hidden_size, llm_hidden=backbone.hidden_size, **knobs(aacfg))
-    check_audio(audio, ucfg["name"], adapter, aacfg["name"], backbone.hidden_size, model_cfg["backbone"]["name"])
-    return audio, adapter, str(ucfg.get("long_clips", "split"))
+    audio = build_audio(model_cfg, registry, backbone)
+    model, processor = assemble(vision, adapter, backbone, int(model_cfg.get("max_tiles", 1)),
+                                bool(model_cfg.get("use_thumbnail", True)), audio)  # fmt: skip
+    if model.audio is not None:  # the nodes an InternVL export writes beside the folder (r1v.model.audio_io)
+        model.audio_config = {p: dict(model_cfg[p]) for p in AUDIO_PARTS}
+    return model, processor
 
 
 def apply_freeze(model: nn.Module, trainable: list[str]) -> list[str]:

@@ -37,6 +37,8 @@ from r1v.core.interfaces import LanguageBackbone
 from r1v.core.registry import Registry, get_registry
 from r1v.data.processor import Processor
 from r1v.model.assemble import PARTS, assemble
+from r1v.model.audio_io import AUDIO_FILE, read_audio, split_audio, write_audio
+from r1v.model.audio_io import CONFIG_KEY as AUDIO_KEY
 from r1v.model.vlm import VisionLanguageModel
 from r1v.runtime.weights import WeightsError, zero3_active
 
@@ -275,7 +277,11 @@ def build_from_folder(folder: str | Path, registry: Registry | None = None, *, d
         load_weights(nn.ModuleDict({"vision": vision, "adapter": adapter, "backbone": lm}), folder, specs,
                      allow_missing)  # fmt: skip
     backbone = LanguageBackbone(lm, tok, template, reasoning=bool(reasoning))
-    return assemble(vision, adapter, backbone, *folder_tiling(cfg, max_tiles, use_thumbnail))
+    audio = None if meta else read_audio(folder, cfg, backbone, registry or get_registry())
+    model, processor = assemble(vision, adapter, backbone, *folder_tiling(cfg, max_tiles, use_thumbnail), audio)
+    if audio is not None:  # exported again later: the same block
+        model.audio_config = {p: cfg[AUDIO_KEY][p] for p in ("audio", "audio_adapter")}
+    return model, processor
 
 
 def folder_tiling(cfg: Mapping[str, Any], max_tiles: int | None, use_thumbnail: bool | None) -> tuple[int, bool]:
@@ -377,7 +383,8 @@ def export_folder(model: VisionLanguageModel, tokenizer: Any, out_dir: str | Pat
         raise ModelConfigError("export: the model is on the meta device (no weights to write)")
     config = export_config(model, source_config, max_tiles, use_thumbnail)
     tied = getattr(model.backbone.config, "tie_word_embeddings", False)
-    state = {to_r1v(k, UNRENAME): v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()
+    rest, audio = split_audio(model.state_dict())  # the audio parts go beside the layout (r1v.model.audio_io)
+    state = {to_r1v(k, UNRENAME): v.detach().to("cpu").contiguous() for k, v in rest.items()
              if not (tied and k == "backbone.lm_head.weight")}  # fmt: skip
     groups = _shards(state, int(shard_size_bytes))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -395,6 +402,10 @@ def export_folder(model: VisionLanguageModel, tokenizer: Any, out_dir: str | Pat
             weight_map = dict(sorted((n, f) for f, names in zip(files, groups, strict=True) for n in names))
             index = {"metadata": {"total_size": sum(t.nbytes for t in state.values())}, "weight_map": weight_map}
             (tmp / INDEX).write_text(json.dumps(index, indent=2) + "\n")
+        if write_audio(model, audio, tmp, config):
+            log.info("export: the audio encoder and adapter are not part of the InternVL-chat layout: written beside "
+                     "it as %s (+ config.json's %s block; r1v reads them back, InternVL ignores them)", AUDIO_FILE,
+                     AUDIO_KEY)  # fmt: skip
         (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
         old_template, tokenizer.chat_template = tokenizer.chat_template, chat_template or tokenizer.chat_template
         try:

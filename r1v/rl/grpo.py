@@ -39,7 +39,7 @@ def equal_groups(rewards: torch.Tensor, group_size: int, tol: float = 1e-9) -> t
 
 def token_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                    pixel_values: torch.Tensor | None, n_completion: int, chunk: int = 1024,
-                   with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+                   with_entropy: bool = False, **media: Any) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
     """Log-probs ``[B, T]`` of the last ``n_completion`` tokens of each row (and their entropies).
 
     The LM head runs on ``chunk`` positions at a time (:func:`chunked_logprobs`), so the full
@@ -47,7 +47,8 @@ def token_logprobs(model: Any, input_ids: torch.Tensor, attention_mask: torch.Te
     (152k vocab × 8k tokens × 4 B = 5 GB per row). Rows are right-aligned prompts + completions (left
     padding), as the rollout produces them.
     """
-    hidden = model.hidden_states(input_ids, attention_mask, pixel_values)  # [B, L, D]
+    # ``media``: the batch's other encoder inputs (audio_features/audio_frames, see r1v.data.audio.audio_inputs)
+    hidden = model.hidden_states(input_ids, attention_mask, pixel_values, **media)  # [B, L, D]
     head = model.backbone.get_output_embeddings()
     h = hidden[:, -n_completion - 1 : -1]  # [B, T, D]: position t predicts token t+1
     targets = input_ids[:, -n_completion:]  # [B, T]

@@ -32,6 +32,10 @@ I = MLP width, V = vocabulary. Per GPU:
   holds the ``(1 − 1/N)`` of the weights its shard lacks: ``Σ P · 2 · (1 − 1/N)``. It lives in the rollout
   phase, activations in the update phase, so the larger of the two counts. ``layer`` (fetch per layer,
   ``rollout=hf``) adds nothing beyond the gather buffer already in **weights**.
+- **audio** (issue 26, with an audio encoder composed): the encoder's layers over ``audio_windows`` fixed windows
+  of ``window_frames / 2`` frames each, and the audio adapter over their tokens, counted like the vision path but
+  as a side branch: gradients reach it only from its own trainable parts (a trainable image adapter does not
+  make the audio encoder keep activations, nor the reverse).
 - **other**: a fixed allowance for the CUDA context, NCCL and communication buckets, allocator slack.
 
 Not modelled: fragmentation beyond that allowance, transient forward buffers of frozen parts, CPU offload,
@@ -70,6 +74,7 @@ KNOBS: dict[str, str] = {
     "rollout_gather": "RL under ZeRO-3: whole (the model gathered for the rollout, default) or layer (per layer)",
     "loss_chunk": "tokens per LM-head chunk of the loss (0: the full logits; default: stage.loss_chunk_tokens, "
     "RL: stage.logp_chunk)",
+    "audio_windows": "audio encoder windows per sample (each the encoder's fixed window; default 1)",
     "answer_tokens": "SFT: tokens per sequence that carry a loss; the chunked loss runs the LM head on these only "
     "(default: every token, the worst case)",
 }
@@ -89,6 +94,7 @@ class Part:
     largest_block: int = 0  # parameters of the largest layer or embedding (ZeRO-3 gathers it whole)
     vocab: int = 0  # backbone: logits width
     kv_dim: int = 0  # backbone: K (= V) width per layer, for the KV cache
+    branch: str = ""  # a side input branch ("audio"): gradients reach it only from its own trainable parts
 
 
 @dataclass(frozen=True)
@@ -115,6 +121,7 @@ class Settings:
     rollout_gather: str = "whole"
     loss_chunk: int = 0
     answer_tokens: int | None = None
+    audio_windows: int = 1
 
     @property
     def tokens(self) -> int:
@@ -178,10 +185,14 @@ def estimate(parts: Iterable[Part], s: Settings) -> Estimate:
     if s.rl and s.beta > 0:
         ref_params = total_params if s.reference == "full" else trainable
         est.reference = ref_params * s.weight_bytes / (n if s.zero == 3 else 1)
-    grad_flows = False
+    grad_flows, branches = False, {}  # gradient reaches the main path / each side branch
     for p in parts:
-        grad_flows = grad_flows or p.trainable > 0
-        if not grad_flows:
+        if p.branch:
+            branches[p.branch] = flows = branches.get(p.branch, False) or p.trainable > 0
+            grad_flows = grad_flows or flows
+        else:
+            grad_flows = flows = grad_flows or p.trainable > 0
+        if not flows:
             continue
         tokens = s.micro_batch * (s.tokens if p.tokens is None else p.tokens)
         if p.name in s.ckpt and p.layers > 1:
@@ -339,6 +350,7 @@ def report(parts: list[Part], s: Settings, sources: Mapping[str, str] | None = N
         f"  precision     bf16 weights ({s.weight_bytes} B), gradients {s.grad_bytes} B, AdamW {s.optim_bytes} B "
         f"per trainable parameter (fp32 master + 2 moments)",
         f"  batch         micro-batch {s.micro_batch}; {mode}; {s.images} image(s) × {s.tiles} tile(s) per sample"
+        + (f", {s.audio_windows} audio window(s)" if any(p.branch == "audio" for p in parts) else "")
         + (f"; LM head in chunks of {s.loss_chunk} tokens" if s.loss_chunk else ""),
         f"  checkpointing {ckpt}",
         f"  weights      {gib(est.weights)}",

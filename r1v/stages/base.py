@@ -36,6 +36,7 @@ from r1v.core.registry import get_registry
 from r1v.data.audio import audio_inputs
 from r1v.data.collate import Collator, Limits
 from r1v.data.processor import Processor
+from r1v.data.video import with_data_knobs
 from r1v.evaluation.answers import equivalent, extract_answer
 from r1v.generation.choose import choose_engine
 from r1v.model import varlen
@@ -109,6 +110,7 @@ class LightningStage(L.LightningModule):
         if self.model is not None:
             return
         self.model, self.processor = build(self.cfg["model"], get_registry())
+        self.processor = with_data_knobs(self.processor, self.cfg.get("data"))  # data.video, data.max_visual_tokens
         ckpt = self.cfg.get("checkpoint")
         if ckpt:  # a LoRA checkpoint's LoRA is merged, or kept when this stage continues it
             kept = load_trainable(self.model, ckpt, keep_lora=self.lora)
@@ -305,8 +307,7 @@ class LightningStage(L.LightningModule):
         if self._val_runner is None:
             self._val_runner = RewardRunner(self.rewards(), float(self.stage["reward_timeout_s"]), "inline",
                                             max_failure_share=None)  # fmt: skip
-        inputs = [RewardInput(prompt=s.question, completion=t, answer=s.answer, images=s.images, extra=s.meta)
-                  for s, t in zip(samples, texts, strict=True)]  # fmt: skip
+        inputs = [RewardInput.of(s, t) for s, t in zip(samples, texts, strict=True)]
         parts, totals = self._val_runner.score(inputs)
         sums: dict[str, float] = {"total": 0.0}
         for row, total in zip(parts, totals, strict=True):

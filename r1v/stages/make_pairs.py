@@ -79,8 +79,7 @@ class MakePairs:
                     expanded = [s for s in samples for _ in range(self.k)]
                     with autocast(self.cfg, device):
                         texts = engine.generate(model, processor, expanded, int(st["max_new_tokens"]))
-                    parts, totals = runner.score([RewardInput(prompt=s.question, completion=t, answer=s.answer,
-                                                              images=s.images, extra={**s.meta, "id": s.id})
+                    parts, totals = runner.score([RewardInput.of(s, t, id=s.id)
                                                   for s, t in zip(expanded, texts, strict=True)])  # fmt: skip
                     for j, s in enumerate(samples):
                         row, why, gap = self._pair(s, texts, parts, totals, j * self.k, run_dir)

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from r1v.core.config import ConfigError
 from r1v.core.interfaces import Sample
+from r1v.data.audio import audio_inputs
 from r1v.data.collate import PairCollator, check_pairs
 from r1v.rl.grpo import Reference, reference_for, token_logprobs
 from r1v.rl.preference import RunningMean, mpo_loss
@@ -58,12 +59,13 @@ class MPOStage(LightningStage):
         px = batch["pixel_values"].to(dev) if batch["pixel_values"] is not None else None
         t = mask.shape[1]
         chunk = int(self.stage["logp_chunk"])
-        logp, _ = token_logprobs(self.model, ids, attn, px, t, chunk)  # [2B, T]
+        audio = {k: v.to(dev) for k, v in audio_inputs(batch).items()}  # {} without audio
+        logp, _ = token_logprobs(self.model, ids, attn, px, t, chunk, **audio)  # [2B, T]
         seq = (logp * mask).sum(1)  # [2B]
         ref = torch.zeros_like(seq)
         if self.reference is not None:
             with torch.no_grad(), self.reference.active():
-                ref = (token_logprobs(self.model, ids, attn, px, t, chunk)[0] * mask).sum(1)
+                ref = (token_logprobs(self.model, ids, attn, px, t, chunk, **audio)[0] * mask).sum(1)
         b = len(batch["samples"])
         return seq[:b], seq[b:], ref[:b], ref[b:], mask[:b].sum(1).float()
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from r1v.core.interfaces import Sample
+from r1v.data.audio import audio_batch, audio_inputs
 from r1v.data.collate import PairCollator, check_pairs
 from r1v.rl.grpo import completion_rows
 from r1v.rl.preference import bradley_terry_loss
@@ -41,10 +42,10 @@ def add_head(model: nn.Module) -> list[str]:
 
 
 def scores(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-           pixel_values: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
+           pixel_values: torch.Tensor | None, **media: Any) -> torch.Tensor:  # fmt: skip
     """``[B]`` scalar scores: the head on the final hidden state of each row's last real token (rows laid
     out as :func:`r1v.rl.grpo.completion_rows`: left-padded prompts, right-padded completions)."""
-    embeds = model.embed(input_ids, pixel_values)  # [B, L, D]
+    embeds = model.embed(input_ids, pixel_values, **media)  # [B, L, D] (media: audio_features/audio_frames)
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     hidden = model.backbone.base_model(inputs_embeds=embeds, attention_mask=attention_mask,
                                        position_ids=position_ids).last_hidden_state  # fmt: skip
@@ -74,7 +75,8 @@ class RewardModelStage(LightningStage):
     def _pair_scores(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         dev = self.device
         px = batch["pixel_values"].to(dev) if batch["pixel_values"] is not None else None
-        s = scores(self.model, batch["input_ids"].to(dev), batch["attention_mask"].to(dev), px)  # [2B]
+        audio = {k: v.to(dev) for k, v in audio_inputs(batch).items()}  # {} without audio
+        s = scores(self.model, batch["input_ids"].to(dev), batch["attention_mask"].to(dev), px, **audio)  # [2B]
         b = len(batch["samples"])
         return s[:b], s[b:]
 
@@ -124,4 +126,5 @@ class LoadedRewardModel:
         ids, attn, _ = completion_rows([e["input_ids"] for e in encs], comp, tok.pad_token_id)
         tiles = [e["pixel_values"] for e in encs if e["pixel_values"] is not None]
         px = torch.cat(tiles).to(self.device) if tiles else None
-        return scores(self.model, ids.to(self.device), attn.to(self.device), px).tolist()
+        audio = {k: v.to(self.device) for k, v in audio_inputs(audio_batch(encs)).items()}
+        return scores(self.model, ids.to(self.device), attn.to(self.device), px, **audio).tolist()

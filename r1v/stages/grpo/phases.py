@@ -53,8 +53,7 @@ def score(runner: Any, length: Any, samples: Sequence[Sample], texts: Sequence[s
           completion_ids: Sequence[Sequence[int]]) -> tuple[list[dict[str, float]], list[float]]:  # fmt: skip
     """Phase 2, rewards: each completion's named reward parts and total — the reward plugins through ``runner``
     (time limits, failure counts), plus the length controller's shaping term when it has one (``length``)."""
-    inputs = [RewardInput(prompt=s.question, completion=t, answer=s.answer, images=s.images,
-                          extra={**s.meta, "id": s.id}) for s, t in zip(samples, texts, strict=True)]  # fmt: skip
+    inputs = [RewardInput.of(s, t, id=s.id) for s, t in zip(samples, texts, strict=True)]
     parts, totals = runner.score(inputs)
     shaping = length if callable(length) else None
     for k, ids in enumerate(completion_ids):

@@ -29,6 +29,7 @@ from r1v.core.config import ConfigError, build_plugin
 from r1v.core.errors import DataError
 from r1v.core.interfaces import Sample, sampling_params
 from r1v.core.registry import did_you_mean, get_registry
+from r1v.data.audio import audio_batch, audio_inputs
 from r1v.data.sampler import mark
 from r1v.generation.choose import choose_engine
 from r1v.rl.grpo import Reference, Rollout, SelectiveSampleBuffer, completion_rows, reference_for, token_logprobs
@@ -113,7 +114,7 @@ class GRPOStage(LightningStage):
         self.ssb = SelectiveSampleBuffer(int(ssb.get("capacity", 1024)), int(cfg["seed"])) if ssb.get("enabled") \
             else None  # fmt: skip
         self.reference: Reference | None = None
-        self._tiles: dict[int, torch.Tensor | None] = {}  # one step's preprocessed tiles, by prompt object
+        self._media: dict[int, tuple[torch.Tensor | None, dict[str, Any]]] = {}  # one step's tiles and audio, by prompt
         self._refill = random.Random(int(cfg["seed"]) + 1)
 
     # -- model and data --------------------------------------------------------------------------
@@ -262,18 +263,20 @@ class GRPOStage(LightningStage):
             if r.meta.get("pad"):  # a lock-step pad: none of its tokens enters the loss
                 cmask[b] = 0
         t = cmask.shape[1]
-        tiles = []
+        tiles, clips = [], []
         for _, s in items:
-            key = id(s)
-            if key not in self._tiles:
-                self._tiles[key] = self.processor.images(s)[0]
-            px = self._tiles[key]
-            if px is not None:
-                tiles.append(px)
+            if id(s) not in self._media:  # images and video frames, and the clips that fill the <audio_ctx> slots
+                feats, frames, windows, _ = self.processor.audios(s)
+                self._media[id(s)] = (self.processor.visuals(s)[1], {"audio_features": feats, "audio_frames": frames,
+                                                                      "audio_windows": windows})  # fmt: skip
+            px, clip = self._media[id(s)]
+            tiles += [] if px is None else [px]
+            clips += [clip] if s.audios else []
         dev = self.device
+        audio = {k: v.to(dev) for k, v in audio_inputs(audio_batch(clips)).items()}  # {} without audio
         return {"input_ids": ids.to(dev), "attention_mask": attn.to(dev), "completion_mask": cmask.to(dev),
                 "pixel_values": torch.cat(tiles).to(dev) if tiles else None, "T": t,
-                "advantages": torch.tensor([r.advantage for r, _ in items], device=dev)}  # fmt: skip
+                "advantages": torch.tensor([r.advantage for r, _ in items], device=dev), **audio}  # fmt: skip
 
     def _micro(self, items: list[tuple[Rollout, Sample]]) -> list[list[tuple[Rollout, Sample]]]:
         n = int(self.stage["micro_batch_size"])
@@ -281,13 +284,14 @@ class GRPOStage(LightningStage):
 
     def _logp(self, batch: dict[str, Any], entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         return token_logprobs(self.model, batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
-                              batch["T"], int(self.stage["logp_chunk"]), with_entropy=entropy)  # fmt: skip
+                              batch["T"], int(self.stage["logp_chunk"]), with_entropy=entropy,
+                              **audio_inputs(batch))  # fmt: skip
 
     # -- the step --------------------------------------------------------------------------------
     def training_step(self, batch: list[tuple[int, Sample]], batch_idx: int) -> None:
         """One rollout batch: its experience, phase by phase (r1v/stages/grpo/phases.py), then μ updates on it."""
         self.position.batches_done += 1
-        self._tiles = {}
+        self._media = {}
         # Sampling draws from a stream that is a function of (seed, step, rank) alone: a run resumed from any
         # checkpoint samples exactly the completions an uninterrupted one does, whatever else consumed the
         # global RNG in between (the data loader's iterator draws its base seed from it on creation).
