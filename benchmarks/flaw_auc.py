@@ -5,8 +5,8 @@ The tiny reward model is trained as the recipe trains one — align → re-assem
 preference pairs, here ``data=synthetic_hard_pairs`` (chosen: a question's sound chain; rejected: the same
 question's chain with one flaw; both end in the right answer) — and then scores held-out chains (the ``test``
 split: questions and images it never saw) through the ``trained_reward_model`` scorer, the plugin
-``stage=iterative_sft`` would use (``stage.rm.scorer={name: trained_reward_model, path: <rm run>}``). For each
-held-out question the sound chain and one chain of every flaw kind are scored (a paired design), the raw scores
+``stage=iterative_sft`` would use (``stage.rm.scorer.name=trained_reward_model stage.rm.scorer.path=<rm>``).
+For each held-out question the sound chain and one chain of every flaw kind are scored (a paired design), the raw scores
 are mapped onto R1V's 0–5 scale by ``rm.calibration=quantile`` over a pool with the configured flaw shares (what
 iterative SFT would do), and the script reports, per flaw kind, the AUC of sound against flawed (the probability
 that a sound chain outscores a flawed one; ties count half) on the raw and the 0–5 scores, and what each τ of
