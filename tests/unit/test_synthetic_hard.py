@@ -148,3 +148,27 @@ def test_bad_knobs_are_one_clear_line(registry, knobs, says):
     assert says in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(DataError, match="every share is 0"):
         registry.get("dataset", "synthetic_hard_pairs").factory(split="train", flaws={"loop": 0.0})
+
+
+def test_iterative_selection_counts_the_flaws_each_tau_lets_in(tmp_path):
+    import json
+
+    from r1v.data.datasets import OverlayDataset
+    from r1v.stages.iterative import IterativeSFT
+
+    base = SyntheticHard(40, "train")
+    pool = list(range(40))
+    kinds = {i: generate_item(i, "train").flaw for i in pool}
+    scores = {"score": {i: 5.0 if kinds[i] == "none" else 1.0 for i in pool}, "raw": {}}  # a perfect reward model
+    stage = IterativeSFT({"stage": {"errors": {"enabled": False}}})
+    sel = stage._select(1, 3.0, OverlayDataset(base, pool), pool, {}, scores, None, tmp_path)
+    assert sel["flaws"] == {"none": sum(k == "none" for k in kinds.values())}
+    rows = [json.loads(x) for x in (tmp_path / "lineage.jsonl").read_text().splitlines()]
+    assert {r["flaw"] for r in rows} == {"none"} and len(rows) == sel["n_used"]
+    sel = stage._select(1, 1.0, OverlayDataset(base, pool), pool, {}, scores, None, tmp_path)
+    assert sum(sel["flaws"].values()) == 40 and set(sel["flaws"]) == {"none", *FLAWS}
+
+
+def test_the_trained_reward_model_scorer_builds_without_loading(registry):
+    scorer = registry.build("scorer", "trained_reward_model", path="runs/does-not-exist-yet")
+    assert scorer.scale == "unbounded" and scorer._model is None  # loaded on first use: validation stays cheap
