@@ -39,18 +39,39 @@ def auc(pos: list[float], neg: list[float]) -> float:
     return wins / (len(pos) * len(neg))
 
 
-def score_held_out(rm_run: Path, n: int, seed: int) -> dict[str, list[float]]:
-    """Raw reward-model scores of ``n`` held-out questions' chains, per kind (``none`` = sound), same order."""
-    from r1v.core.config import build_plugin
-    from r1v.core.registry import get_registry
+def held_out_chains(n: int, seed: int) -> dict[str, list]:
+    """``n`` held-out questions (the ``test`` split), each as its sound chain (``none``) and once per flaw kind."""
     from r1v.data.synthetic_hard import FLAWS, SyntheticHard
 
-    scorer = build_plugin(get_registry(), "scorer", {"name": "trained_reward_model", "path": str(rm_run)}, "flaw_auc")
     data = SyntheticHard(n, "test", seed)
-    out = {}
-    for kind in ("none", *FLAWS):
-        samples = [data._sample(i, data.item(i, force_flaw=kind)) for i in range(n)]
-        out[kind] = scorer.score(samples, None)
+    return {kind: [data._sample(i, data.item(i, force_flaw=kind)) for i in range(n)] for kind in ("none", *FLAWS)}
+
+
+def score_held_out(rm_run: Path, chains: dict[str, list]) -> dict[str, list[float]]:
+    """Raw reward-model scores of the held-out chains, per kind, in order."""
+    from r1v.core.config import build_plugin
+    from r1v.core.registry import get_registry
+
+    scorer = build_plugin(get_registry(), "scorer", {"name": "trained_reward_model", "path": str(rm_run)}, "flaw_auc")
+    return {kind: scorer.score(samples, None) for kind, samples in chains.items()}
+
+
+def baseline_scores(start: Path, chains: dict[str, list]) -> dict[str, dict[str, list[float]]]:
+    """The untrained stand-ins iterative SFT offers, on the same chains: ``chain_rules`` (0–5 rule checks) and
+    ``model_likelihood`` (the re-assembled model's own mean log-likelihood of the chain, with the image)."""
+    from r1v.core.config import compose
+    from r1v.core.interfaces import ScoreContext
+    from r1v.core.registry import get_registry
+    from r1v.model.load import inference_model
+
+    reg = get_registry()
+    model, processor = inference_model(compose(["model=tiny_reasoner", f"checkpoint={start}"]))
+    ctx = ScoreContext(model, processor)
+    out: dict[str, dict[str, list[float]]] = {"chain_rules": {}, "model_likelihood": {}}
+    for name in out:
+        scorer = reg.build("scorer", name)
+        for kind, samples in chains.items():
+            out[name][kind] = [v for i in range(0, len(samples), 32) for v in scorer.score(samples[i : i + 32], ctx)]
     return out
 
 
@@ -60,6 +81,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300, help="reward-model optimizer steps (8 pairs each)")
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--n", type=int, default=300, help="held-out questions (each scored sound + once per flaw)")
+    ap.add_argument("--baselines", action="store_true", help="also chain_rules and model_likelihood's AUC")
     ap.add_argument("--work", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/flaw_auc.json"))
     args = ap.parse_args()
@@ -83,7 +105,9 @@ def main() -> None:
         rows = list(csv.DictReader((work / "runs/rm/metrics.csv").open()))
         val_pair_accuracy = [float(r["val/pair_accuracy"]) for r in rows if r.get("val/pair_accuracy")][-1]
         trained_s = time.time() - t0
-        raw = score_held_out(work / "runs/rm", args.n, args.seed)
+        chains = held_out_chains(args.n, args.seed)
+        raw = score_held_out(work / "runs/rm", chains)
+        baselines = baseline_scores(work / "runs/re", chains) if args.baselines else {}
     # The pool iterative SFT would score: each question's chain flawed at the default shares; its quantiles set
     # the 0–5 cut points, applied to every scored chain.
     kinds = [pick_flaw(random.Random(f"flaw_auc/{args.seed}/{i}").random(), DEFAULT_FLAWS) for i in range(args.n)]
@@ -105,6 +129,8 @@ def main() -> None:
     result["auc_raw"]["all"] = round(auc(raw["none"], flawed), 4)  # type: ignore[index]
     flawed_scaled = [v for k in FLAWS for v in scaled[k]]
     result["auc_0_5"]["all"] = round(auc(scaled["none"], flawed_scaled), 4)  # type: ignore[index]
+    result["baselines_auc"] = {name: {k: round(auc(b["none"], b[k]), 4) for k in FLAWS}
+                               for name, b in baselines.items()}  # fmt: skip
     result["wall_s"] = round(time.time() - t0, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
