@@ -82,6 +82,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--n", type=int, default=300, help="held-out questions (each scored sound + once per flaw)")
     ap.add_argument("--baselines", action="store_true", help="also chain_rules and model_likelihood's AUC")
+    ap.add_argument("--rm-args", nargs="*", default=[], help="more reward-model overrides (data.flaws.loop=0 …)")
     ap.add_argument("--work", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/flaw_auc.json"))
     args = ap.parse_args()
@@ -101,7 +102,7 @@ def main() -> None:
         shutil.rmtree(work / "runs/rm", ignore_errors=True)  # a kept work folder: the reward model is retrained
         train(work, "stage=reward_model", "model=tiny_reasoner", "checkpoint=runs/re", "data=synthetic_hard_pairs",
               "data.n_val=128", "run=rm", s, f"stage.lr={args.lr}", f"stage.max_steps={args.steps}",
-              f"stage.val_every={args.steps}", "stage.ckpt_every=0")  # fmt: skip
+              f"stage.val_every={args.steps}", "stage.ckpt_every=0", *args.rm_args)  # fmt: skip
         rows = list(csv.DictReader((work / "runs/rm/metrics.csv").open()))
         val_pair_accuracy = [float(r["val/pair_accuracy"]) for r in rows if r.get("val/pair_accuracy")][-1]
         trained_s = time.time() - t0
