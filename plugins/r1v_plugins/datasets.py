@@ -11,6 +11,8 @@ from r1v.data.hf_disk import HfDiskDataset, val_folder
 from r1v.data.mixture import MixtureDataset, build_mixture
 from r1v.data.parquet import ParquetDataset, Preset
 from r1v.data.synthetic import TASKS
+from r1v.data.synthetic_hard import TASKS as HARD_TASKS
+from r1v.data.synthetic_hard import SyntheticHard, SyntheticHardPairs
 from r1v.data.video import VideoKnobs
 
 PairStyle = Literal["answer", "reasoning"]
@@ -88,6 +90,27 @@ def mixture_dataset(split: str, sources: dict[str, dict[str, Any]] | None = None
     return build_mixture(split, sources, mixture, get_registry(), shared, epoch_samples)
 
 
+def synthetic_hard_dataset(split: str, n_train: int = 4000, n_val: int = 1000, seed: int = 0, image_size: int = 64,
+                           tasks: list[str] | None = None, flaws: dict[str, float] | None = None,
+                           loop_repeats: int = 3, min_objects: int = 3,
+                           max_objects: int = 6) -> SyntheticHard:  # fmt: skip
+    """Issue 27's harder regime: compositional questions (relations, counts with arithmetic) and a training pool
+    whose chains are flawed at the ``flaws`` shares (wrong steps, contradicting the image, looping)."""
+    n = n_train if split == "train" else n_val
+    return SyntheticHard(n, split, seed, image_size, tuple(tasks or HARD_TASKS), flaws, loop_repeats, min_objects,
+                         max_objects)  # fmt: skip
+
+
+def synthetic_hard_pairs_dataset(split: str, n_train: int = 4000, n_val: int = 128, seed: int = 0,
+                                 image_size: int = 64, tasks: list[str] | None = None,
+                                 flaws: dict[str, float] | None = None, loop_repeats: int = 3, min_objects: int = 3,
+                                 max_objects: int = 6) -> SyntheticHardPairs:  # fmt: skip
+    """The harder regime as reward-model pairs: chosen the sound chain, rejected a flawed one (same right answer)."""
+    n = n_train if split == "train" else n_val
+    return SyntheticHardPairs(n, split, seed, image_size, tuple(tasks or HARD_TASKS), flaws, loop_repeats,
+                              min_objects, max_objects)  # fmt: skip
+
+
 @hookimpl
 def register_datasets(register):
     register("synthetic", synthetic_dataset)
@@ -97,3 +120,5 @@ def register_datasets(register):
     register("mixture", mixture_dataset)
     register("pairs", pairs_dataset)
     register("synthetic_pairs", synthetic_pairs_dataset)
+    register("synthetic_hard", synthetic_hard_dataset)
+    register("synthetic_hard_pairs", synthetic_hard_pairs_dataset)

@@ -217,6 +217,32 @@ class ModelLikelihood:
         return [-v for v in completion_nll(ctx, samples, "reasoning")]
 
 
+class TrainedRewardModel:
+    """A ``stage=reward_model`` run folder as iterative SFT's reward model (R1V scores with a trained RM): the
+    Bradley-Terry score of each sample's chain and answer (completion ``chain</think>\\boxed{answer}``, as the
+    pairs of ``data=synthetic_pairs style=reasoning`` / ``data=synthetic_hard_pairs`` are written), with the
+    sample's images. Unbounded (a logit): use ``rm.calibration=quantile``. Loaded on first use."""
+
+    scale = "unbounded"
+
+    def __init__(self, path: str, device: str, batch_size: int) -> None:
+        self.path, self.device, self.batch_size = path, device, batch_size
+        self._model = None
+
+    def score(self, samples: list[Sample], ctx: ScoreContext) -> list[float]:
+        from r1v.data.processor import boxed
+        from r1v.stages.reward_model import LoadedRewardModel
+
+        if self._model is None:
+            self._model = LoadedRewardModel(self.path, self.device)
+        out: list[float] = []
+        for i in range(0, len(samples), self.batch_size):
+            chunk = samples[i : i + self.batch_size]
+            texts = [f"{s.reasoning or ''}\n{THINK_CLOSE}\n\n{boxed(s.answer)}" for s in chunk]
+            out += self._model.score(chunk, texts)
+        return out
+
+
 # -- factories -------------------------------------------------------------------------------------------
 
 
@@ -271,6 +297,11 @@ def model_likelihood() -> ModelLikelihood:
     return ModelLikelihood()
 
 
+def trained_reward_model(path: str, device: str = "cpu", batch_size: int = 32) -> TrainedRewardModel:
+    """A stage=reward_model run scoring each chain + answer with the image (unbounded: calibrate with quantiles)."""
+    return TrainedRewardModel(path, device, batch_size)
+
+
 @hookimpl
 def register_scorers(register):
     register("clarity", clarity)
@@ -282,3 +313,4 @@ def register_scorers(register):
     register("vtia", vtia)
     register("chain_rules", chain_rules)
     register("model_likelihood", model_likelihood)
+    register("trained_reward_model", trained_reward_model)

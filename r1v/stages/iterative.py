@@ -248,6 +248,7 @@ class IterativeSFT:
                     predictions[pool[k]] = {"id": s.id, "predicted": pred, "correct": equivalent(pred, s.answer)}
             _write_jsonl(rdir / "predictions.jsonl", [{"index": i, **p} for i, p in predictions.items()])
         lineage, used, no_chain = [], [], 0
+        flaw_counts: Counter[str] = Counter()
         n_rm = n_wrong = 0
         for k, i in enumerate(pool):
             score = scores["score"].get(i)
@@ -268,12 +269,17 @@ class IterativeSFT:
             lineage.append({"index": i, "id": sample.id, "reasons": reasons, "rm_score": score,
                             "rm_raw": scores["raw"].get(i), "previous_answer": predictions.get(i, {}).get("predicted"),
                             "chain": "redistilled" if i in chains else "original"})  # fmt: skip
+            if "flaw" in sample.meta and i not in chains:  # a labelled pool (data=synthetic_hard): what τ let in
+                lineage[-1]["flaw"] = sample.meta["flaw"]
+                flaw_counts[sample.meta["flaw"]] += 1
         _write_jsonl(rdir / "lineage.jsonl", lineage)
         correct = [p["correct"] for p in predictions.values()]
         selection = {"round": t, "tau": tau, "indices": used, "n_used": len(used), "n_rm": n_rm, "n_wrong": n_wrong,
                      "n_no_chain": no_chain, "pool": len(pool),
                      "pool_accuracy": sum(correct) / len(correct) if correct else None,
                      "chains": {str(i): c for i, c in chains.items() if i in set(used)}}  # fmt: skip
+        if flaw_counts:  # chains per flaw kind in D_t (none = sound): the evidence that τ filters them
+            selection["flaws"] = dict(flaw_counts)
         write_json_atomic(rdir / "selection.json", selection)
         return selection
 
