@@ -74,7 +74,7 @@ def checkpoint_lora(checkpoint: str) -> LoraSpec | None:
             meta = (f.metadata() or {}).get(METADATA_KEY)
             if meta:
                 return LoraSpec.from_node(json.loads(meta))
-            if not any(".lora_A." in k for k in f):
+            if not any(".lora_A." in k for k in f.keys()):  # noqa: SIM118  (safe_open is not iterable)
                 return None
     folder = run_folder_of(checkpoint)
     if folder is not None:
