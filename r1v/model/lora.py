@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import json
-import math
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -157,16 +156,6 @@ def lora_disabled(model: nn.Module) -> Iterator[None]:
             m._disable_adapters = b
 
 
-def delta_into(layer: nn.Module, out: torch.Tensor) -> torch.Tensor:
-    """``out`` (the base weight's shape and dtype) := W + (α/r)·B·A of one LoRA layer, computed in ``out``'s dtype
-    (fp32 on the CPU, the rollout's bf16 on the GPU). The static rollout engine reads these merged copies."""
-    base = layer.base_layer.weight
-    if layer.merged or layer.disable_adapters or ADAPTER not in layer.active_adapters:
-        return out.copy_(base)
-    a, b = layer.lora_A[ADAPTER].weight, layer.lora_B[ADAPTER].weight  # (r, in), (out, r)
-    return torch.addmm(base.to(out.dtype), b.to(out.dtype), a.to(out.dtype), alpha=layer.scaling[ADAPTER], out=out)
-
-
 def merge_lora(model: nn.Module) -> int:
     """Fold every LoRA layer into its base weight and put the plain ``nn.Linear`` back (the model then has the
     names and structure of one without LoRA: export, inference). Returns the number of layers merged."""
@@ -183,7 +172,8 @@ def merge_lora(model: nn.Module) -> int:
 
 def unload_lora(model: nn.Module) -> dict[str, torch.Tensor]:
     """Take the LoRA layers out without merging (the base as it was) and return their weights by parameter name."""
-    state = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if n in set(lora_names(model))}
+    names = set(lora_names(model))
+    state = {n: p.detach().cpu().clone() for n, p in model.named_parameters() if n in names}
     for name, layer in lora_layers(model).items():
         parent, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, attr, layer.get_base_layer())
@@ -212,9 +202,3 @@ def lora_params(model: nn.Module) -> int:
     """The number of LoRA parameters in ``model`` (0 without LoRA)."""
     return sum(int(getattr(p, "ds_numel", 0) or p.numel()) for n, p in model.named_parameters()
                if {"lora_A", "lora_B"} & set(n.split(".")))  # fmt: skip
-
-
-def full_rank_params(model: nn.Module) -> int:
-    """Parameters of the base layers LoRA wraps (what training those layers whole would train)."""
-    return sum(math.prod(getattr(w, "ds_shape", None) or w.shape)
-               for w in (m.base_layer.weight for m in lora_layers(model).values()))  # fmt: skip

@@ -14,15 +14,17 @@ from tests.unit.test_zero3_train_cpu import needs_deepspeed, train
 
 
 @needs_deepspeed
-def test_grpo_with_lora_under_zero3(tmp_path):
-    args = ["trainer=deepspeed_z3", "model=tiny_reasoner", "stage=grpo", "stage.max_steps=1", "stage.batch_size=4",
-            "stage.group_size=4", "stage.micro_batch_size=8", "stage.max_new_tokens=24", "stage.policy_loss.beta=0.04",
-            "stage.lr=1e-2", "stage.rollout.compile=false",
+def test_grpo_with_lora_under_zero3(reassembled_run, tmp_path):
+    """From the re-assembled run (its groups disagree: a learning signal at step 0)."""
+    args = ["trainer=deepspeed_z3", "model=tiny_reasoner", f"checkpoint={reassembled_run}", "stage=grpo",
+            "stage.max_steps=1", "stage.batch_size=4", "stage.group_size=4", "stage.micro_batch_size=8",
+            "stage.max_new_tokens=64", "stage.policy_loss.beta=0.04", "stage.lr=1e-2", "stage.rollout.compile=false",
             "stage.lora={r: 8, alpha: 16, dropout: 0.0, targets: [backbone, vision]}"]  # fmt: skip
     weights = train(tmp_path, "z3lora", *args)
     rows = list(csv.DictReader((tmp_path / "runs" / "z3lora" / "metrics.csv").open()))
     kl = [float(r["train/kl"]) for r in rows if r.get("train/kl")]
     assert kl == [pytest.approx(0.0, abs=1e-6)]
+    assert float(next(r["effective_share"] for r in rows if r.get("effective_share"))) > 0  # a learning signal
     assert {k.split(".")[0] for k in weights} == {"vision", "adapter", "backbone"}
     lora_b = [v for k, v in weights.items() if ".lora_B." in k]
     assert lora_b and all(".lora_" in k or k.startswith("adapter.") for k in weights)
