@@ -416,9 +416,21 @@ def _explain(err: Exception, overrides: list[str], groups: list[str]) -> str:
             return f"override {o}: no config group or key '{top}' (known: {', '.join(roots)}){did_you_mean(top, roots)}"
         keys = sorted(node.keys())
         where = parent or "the top level"
+        if leaf in keys:  # the key exists: the value brought keys its node does not have (Hydra's struct mode)
+            value = o.split("=", 1)[1]
+            return (f"override {o}: the value adds keys that {key} does not have ({key} is "
+                    f"{_flow(node[leaf])}); set each one on its own ({key}.KNOB=VALUE, as a plugin's knobs are set) "
+                    f"or replace the whole node with ++{key}={value}")  # fmt: skip
         return (f"override {o}: '{leaf}' is not a key of {where} (keys: {', '.join(keys)}){did_you_mean(leaf, keys)}; "
                 f"to add a new key write +{o}")  # fmt: skip
     return "config: " + " ".join(msg.split())
+
+
+def _flow(value: Any) -> str:
+    """A config value as one line, the way an override writes it."""
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k}: {_flow(v)}" for k, v in value.items()) + "}"
+    return str(value)
 
 
 def plugin_knob_overrides(overrides: list[str], config: str = "config") -> list[str]:

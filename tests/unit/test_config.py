@@ -89,6 +89,16 @@ def test_several_keys_the_stage_lacks_are_still_one_line():
     assert "'batch_size' is not a key of stage (keys: name, trainable)" in msg
 
 
+def test_a_node_value_with_keys_the_node_lacks_says_how_to_set_them():
+    """``stage.rm.scorer={name: x, path: y}``: the key exists, its value adds ``path``; the line said "'scorer' is
+    not a key of stage.rm — did you mean 'scorer'?" before."""
+    with pytest.raises(ConfigError) as e:
+        precheck_overrides(["stage=iterative_sft", "stage.rm.scorer={name: x, path: y}"])
+    msg = one_line(e)
+    assert "did you mean" not in msg and "stage.rm.scorer is {name: model_likelihood}" in msg
+    assert "stage.rm.scorer.KNOB=VALUE" in msg and "++stage.rm.scorer={name: x, path: y}" in msg
+
+
 def test_unknown_group_option():
     with pytest.raises(ConfigError) as e:
         precheck_overrides(["vision=tinyy"])
