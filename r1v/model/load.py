@@ -25,6 +25,7 @@ from safetensors import safe_open
 from r1v.core.config import compose
 from r1v.core.errors import ConfigError, WeightsError
 from r1v.core.registry import get_registry
+from r1v.data.video import with_data_knobs
 from r1v.model.build import build
 from r1v.model.lora import METADATA_KEY, LoraSpec, apply_lora, lora_layers, merge_lora
 from r1v.model.sources import RANDOM_INIT
@@ -164,6 +165,7 @@ def inference_model(cfg: Mapping[str, Any], keep_lora: bool = False) -> tuple[to
     with torch.random.fork_rng(devices=[]):  # parts without a pretrained source: the run's own draw of them
         torch.manual_seed(int(cfg.get("seed", 0)))
         model, processor = build(cfg["model"], get_registry())
+    processor = with_data_knobs(processor, cfg.get("data"))  # the run's data.video / data.max_visual_tokens
     if cfg.get("checkpoint"):
         keep = checkpoint_lora(cfg["checkpoint"]) if keep_lora else None
         load_trainable(model, cfg["checkpoint"], refuse_unknown=True, keep_lora=keep)

@@ -173,3 +173,13 @@ def test_a_tiny_video_run_learns(moves, tmp_path):
     with open(tmp_path / "runs" / "v" / "metrics.csv") as f:
         losses = [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
     assert len(losses) == 8 and sum(losses[-3:]) / 3 < 0.5 * sum(losses[:2]) / 2, losses
+
+
+def test_inference_takes_the_runs_video_knobs(compose):
+    """chat / eval / generate build the model with :func:`r1v.model.load.inference_model` from the run's config:
+    its ``data.video`` knobs reach the processor (they used to be the defaults)."""
+    from r1v.model.load import inference_model
+
+    cfg = compose("data=jsonl", "data.train=x.jsonl", "data.video.frames=2", "data.max_visual_tokens=999")
+    _, processor = inference_model(cfg)
+    assert processor.video.frames == 2 and processor.video.max_visual_tokens == 999
