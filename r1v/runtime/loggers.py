@@ -13,6 +13,7 @@ from typing import Any
 
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 
 class _AppendingWriter(ExperimentWriter):
@@ -49,6 +50,7 @@ class RunCSVLogger(CSVLogger):
         self.resume_step = resume_step
 
     @property
+    @rank_zero_experiment  # as Lightning's own: other ranks get a no-op (two nodes share the run folder)
     def experiment(self) -> ExperimentWriter:
         if self._experiment is None:
             self._fs.makedirs(self.root_dir, exist_ok=True)

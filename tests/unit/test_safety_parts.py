@@ -393,3 +393,20 @@ def test_grads_finite_finds_one_bad_element_among_many_tensors():
             g.view(-1)[-1] = bad
             assert grads_finite(model) is False, (bad, index)
             g.view(-1)[-1] = 1.0
+
+
+def test_only_rank_zero_rewrites_a_resumed_runs_metrics(tmp_path, monkeypatch):
+    """Two nodes share the run folder: a resumed rank other than 0 must not trim ``metrics.csv`` (CI saw rank 1's
+    rename of ``metrics.csv.tmp`` race rank 0's and stop the run)."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from r1v.runtime.loggers import RunCSVLogger
+
+    (tmp_path / "metrics.csv").write_text("step,loss\n0,1.0\n5,0.5\n")
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    RunCSVLogger(str(tmp_path), resume_step=3).experiment.log_metrics({"loss": 0.1}, 3)
+    assert (tmp_path / "metrics.csv").read_text() == "step,loss\n0,1.0\n5,0.5\n"
+    assert not (tmp_path / "metrics.csv.tmp").exists()
+    monkeypatch.setattr(rank_zero_only, "rank", 0)
+    assert RunCSVLogger(str(tmp_path), resume_step=3).experiment.metrics_keys == ["step", "loss"]
+    assert (tmp_path / "metrics.csv").read_text().splitlines() == ["step,loss", "0,1.0"]  # step 5 is re-done
