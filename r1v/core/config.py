@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from r1v.core.errors import ConfigError
+from r1v.core.override_errors import explain_override, node_at
 from r1v.core.registry import Registry, RegistryError, did_you_mean, get_registry
 from r1v.core.values import check_knob_values, check_range, check_untyped_ranges
 
@@ -134,19 +135,10 @@ def register_plugin_configs(registry: Registry) -> None:
     registry._configs_registered = True  # type: ignore[attr-defined]
 
 
-def _node(cfg: Mapping[str, Any], dotted: str) -> Mapping[str, Any] | None:
-    node: Any = cfg
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def _plugin_nodes(cfg: Mapping[str, Any]) -> list[tuple[str, str, tuple[str, ...], Any]]:
-    nodes = [(d, k, r, _node(cfg, d)) for d, (k, r) in PLUGIN_NODES.items()]
-    nodes += [(d, k, r, n) for d, (k, r) in OPTIONAL_PLUGIN_NODES.items() if (n := _node(cfg, d)) is not None]
-    for part, node in ((_node(cfg, "distill") or {}).get("scorers") or {}).items():
+    nodes = [(d, k, r, node_at(cfg, d)) for d, (k, r) in PLUGIN_NODES.items()]
+    nodes += [(d, k, r, n) for d, (k, r) in OPTIONAL_PLUGIN_NODES.items() if (n := node_at(cfg, d)) is not None]
+    for part, node in ((node_at(cfg, "distill") or {}).get("scorers") or {}).items():
         where = f"distill.scorers.{part}"
         if not isinstance(node, Mapping) or node.get("group") not in SCORER_GROUPS:
             raise ConfigError(f"{where}.group: must be one of {', '.join(SCORER_GROUPS)} "
@@ -242,7 +234,7 @@ def _option_yaml(cfg: Mapping[str, Any], dotted: str, root: str | Path | None = 
         return None
     from omegaconf import OmegaConf
 
-    found = _node(OmegaConf.to_container(OmegaConf.load(path)), rest)  # type: ignore[arg-type]
+    found = node_at(OmegaConf.to_container(OmegaConf.load(path)), rest)  # type: ignore[arg-type]
     return found if isinstance(found, Mapping) else None
 
 
@@ -251,7 +243,7 @@ def other_plugins_defaults(cfg: Mapping[str, Any], dotted: str, entry: Any) -> s
     the chosen one (``entry``) does not take: left out, not refused, while they keep the YAML's value. So
     ``stage.rollout.name=hf`` works although conf/stage/grpo.yaml sets the static engine's ``compile``, ``window``
     …; a value the user changed is theirs, and still refused by the chosen plugin."""
-    node, default = _node(cfg, dotted), _option_yaml(cfg, dotted)
+    node, default = node_at(cfg, dotted), _option_yaml(cfg, dotted)
     if not isinstance(node, Mapping) or default is None or default.get("name") == entry.name:
         return set()
     if entry.accepts_any_knob():
@@ -373,7 +365,7 @@ def precheck_overrides(overrides: list[str], config: str = "config") -> None:
         try:
             cfg = compose(config, overrides=mine)
         except HydraException as e:
-            raise ConfigError(_explain(e, mine, groups)) from None
+            raise ConfigError(explain_override(e, mine, groups)) from None
         from omegaconf import OmegaConf
 
         missing = sorted(OmegaConf.missing_keys(cfg))
@@ -384,53 +376,6 @@ def precheck_overrides(overrides: list[str], config: str = "config") -> None:
         if runs:  # Hydra makes the run folder before r1v runs: an unwritable one would be a traceback
             check_writable(runs, "paths.runs")
     GlobalHydra.instance().clear()
-
-
-def _explain(err: Exception, overrides: list[str], groups: list[str]) -> str:
-    from hydra import compose
-
-    msg = str(err)
-    for o in overrides:
-        key = o.split("=", 1)[0]
-        if f"'{key}'" not in msg and f"'{o}'" not in msg:
-            continue
-        if key.startswith("+"):
-            break
-        kept = [x for x in overrides if x.split("=", 1)[0] != key]
-        try:
-            base = compose("config", overrides=kept)
-        except Exception:  # another override is bad too: explain this one against the groups chosen
-            base = compose("config", overrides=[x for x in kept if "." not in x.split("=", 1)[0]])
-        parent, _, leaf = key.rpartition(".")
-        node = _node(base, parent) if parent else base
-        if node is None:
-            top = key.split(".")[0]
-            if top in groups:  # a group whose options live elsewhere (vision -> model.vision)
-                homes = [f"{k}.{top}" for k, v in base.items() if isinstance(v, Mapping) and top in v]
-                if homes:
-                    return (
-                        f"override {o}: '{top}' is a config group (choose with {top}=OPTION); its settings "
-                        f"live under {homes[0]}: write {homes[0]}{key[len(top) :]}={o.split('=', 1)[1]}"
-                    )
-            roots = sorted({*base.keys(), *groups})
-            return f"override {o}: no config group or key '{top}' (known: {', '.join(roots)}){did_you_mean(top, roots)}"
-        keys = sorted(node.keys())
-        where = parent or "the top level"
-        if leaf in keys:  # the key exists: the value brought keys its node does not have (Hydra's struct mode)
-            value = o.split("=", 1)[1]
-            return (f"override {o}: the value adds keys that {key} does not have ({key} is "
-                    f"{_flow(node[leaf])}); set each one on its own ({key}.KNOB=VALUE, as a plugin's knobs are set) "
-                    f"or replace the whole node with ++{key}={value}")  # fmt: skip
-        return (f"override {o}: '{leaf}' is not a key of {where} (keys: {', '.join(keys)}){did_you_mean(leaf, keys)}; "
-                f"to add a new key write +{o}")  # fmt: skip
-    return "config: " + " ".join(msg.split())
-
-
-def _flow(value: Any) -> str:
-    """A config value as one line, the way an override writes it."""
-    if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{k}: {_flow(v)}" for k, v in value.items()) + "}"
-    return str(value)
 
 
 def plugin_knob_overrides(overrides: list[str], config: str = "config") -> list[str]:
@@ -452,7 +397,7 @@ def plugin_knob_overrides(overrides: list[str], config: str = "config") -> list[
     for o in overrides:
         if o in candidates:
             parent, _, leaf = o.split("=", 1)[0].rpartition(".")
-            node = _node(base, parent)
+            node = node_at(base, parent)
             kind = nodes[parent][0]
             if isinstance(node, Mapping) and leaf not in node and node.get("name") in registry.names(kind) \
                     and leaf in registry.get(kind, node["name"]).knobs():  # fmt: skip

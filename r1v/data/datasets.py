@@ -192,57 +192,42 @@ class JsonlDataset(Dataset):
                 **({"videos": video_paths} if video_paths else {})}  # fmt: skip
 
     def _check_audios(self, row: dict[str, Any], where: str) -> list[str]:
-        """The row's ``audios`` (a path or a list; relative to the data folder, contained as images are), each
-        readable by soundfile with at least one frame, and no more ``<audio>`` placeholders than clips."""
-        audios = row.get("audios") or []
-        if isinstance(audios, str):
-            audios = [audios]
-        if not isinstance(audios, list) or not all(isinstance(x, str) for x in audios):
-            raise DataError(f"{where}: wrong type: 'audios' must be a file path or a list of them (strings)")
-        paths = []
-        for rel in audios:
-            p = image_path(rel, self.root, self._real_root, self.allow_outside_root, where, what="audio")
-            if p.stat().st_size == 0:
-                raise DataError(f"{where}: empty audio: {p} is an empty file")
-            try:
-                frames = audio.probe(p)
-            except ImportError:
-                raise DataError(f"{where}: audio needs soundfile: pip install 'r1v[media]'") from None
-            except Exception as e:  # soundfile's own error types differ by version; the kind is what matters
-                raise DataError(f"{where}: corrupt audio: {p} cannot be read as audio ({type(e).__name__})") from None
-            if frames == 0:
-                raise DataError(f"{where}: empty audio: {p} has no frames")
-            paths.append(str(p.resolve()))
-        n_ph = str(row["question"]).count(AUDIO_PLACEHOLDER)
-        if n_ph > len(paths):
-            raise DataError(f"{where}: placeholder count: {n_ph} {AUDIO_PLACEHOLDER} in the question "
-                            f"but {len(paths)} audio clips")  # fmt: skip
-        return paths
+        """The row's ``audios``: readable by soundfile with at least one frame (see :meth:`_check_media`)."""
+        return self._check_media(row, where, "audios", "audio", "audio clips", AUDIO_PLACEHOLDER, audio.probe,
+                                 "soundfile", empty_file_check=True)  # fmt: skip
 
     def _check_videos(self, row: dict[str, Any], where: str) -> list[str]:
-        """The row's ``videos`` (a path or a list, contained as images are), each decodable by PyAV with at least
-        one frame, and no more ``<video>`` placeholders than videos."""
-        videos = row.get("videos") or []
-        if isinstance(videos, str):
-            videos = [videos]
-        if not isinstance(videos, list) or not all(isinstance(x, str) for x in videos):
-            raise DataError(f"{where}: wrong type: 'videos' must be a file path or a list of them (strings)")
+        """The row's ``videos``: decodable by PyAV with at least one video frame (see :meth:`_check_media`)."""
+        return self._check_media(row, where, "videos", "video", "videos", VIDEO_PLACEHOLDER, video.count_frames,
+                                 "PyAV")  # fmt: skip
+
+    def _check_media(self, row: dict[str, Any], where: str, field: str, what: str, plural: str, placeholder: str,
+                     frames_of: Any, library: str, empty_file_check: bool = False) -> list[str]:  # fmt: skip
+        """``row[field]`` (a path or a list; relative to the data folder, contained as images are): each file read
+        by ``frames_of`` with at least one frame, and no more ``placeholder`` in the question than files."""
+        items = row.get(field) or []
+        if isinstance(items, str):
+            items = [items]
+        if not isinstance(items, list) or not all(isinstance(x, str) for x in items):
+            raise DataError(f"{where}: wrong type: '{field}' must be a file path or a list of them (strings)")
         paths = []
-        for rel in videos:
-            p = image_path(rel, self.root, self._real_root, self.allow_outside_root, where, what="video")
+        for rel in items:
+            p = image_path(rel, self.root, self._real_root, self.allow_outside_root, where, what=what)
+            if empty_file_check and p.stat().st_size == 0:
+                raise DataError(f"{where}: empty {what}: {p} is an empty file")
             try:
-                frames = video.count_frames(p)
+                frames = frames_of(p)
             except ImportError:
-                raise DataError(f"{where}: video needs PyAV: pip install 'r1v[media]'") from None
-            except Exception as e:  # PyAV's error types differ by version and container; the kind is what matters
-                raise DataError(f"{where}: corrupt video: {p} cannot be read as video ({type(e).__name__})") from None
+                raise DataError(f"{where}: {what} needs {library}: pip install 'r1v[media]'") from None
+            except Exception as e:  # the libraries' error types differ by version and container; the kind matters
+                raise DataError(f"{where}: corrupt {what}: {p} cannot be read as {what} ({type(e).__name__})") from None
             if frames == 0:
-                raise DataError(f"{where}: empty video: {p} has no video frames")
+                raise DataError(f"{where}: empty {what}: {p} has no {'video ' if what == 'video' else ''}frames")
             paths.append(str(p.resolve()))
-        n_ph = str(row["question"]).count(VIDEO_PLACEHOLDER)
+        n_ph = str(row["question"]).count(placeholder)
         if n_ph > len(paths):
-            raise DataError(f"{where}: placeholder count: {n_ph} {VIDEO_PLACEHOLDER} in the question "
-                            f"but {len(paths)} videos")  # fmt: skip
+            raise DataError(f"{where}: placeholder count: {n_ph} {placeholder} in the question "
+                            f"but {len(paths)} {plural}")  # fmt: skip
         return paths
 
     def where(self, sample_id: str) -> str:
