@@ -53,8 +53,12 @@ def plan(overrides: list[str], knobs: dict[str, object]) -> dict[str, object]:
     merged = next((line for line in lines if "merged copy" in line), "")
     gib = float(re.search(r"([\d.]+) GiB of", total).group(1))
     extra = float(re.search(r"([\d.]+) GiB more", merged).group(1)) if merged else 0.0
-    return {"planned_gib": gib, "planned_rollout_merged_gib": extra, "fits": "does NOT fit" not in total,
-            "plan": total.strip()}
+    return {
+        "planned_gib": gib,
+        "planned_rollout_merged_gib": extra,
+        "fits": "does NOT fit" not in total,
+        "plan": total.strip(),
+    }
 
 
 def run(name: str, args: list[str], work: Path) -> dict[str, float]:
@@ -67,7 +71,8 @@ def run(name: str, args: list[str], work: Path) -> dict[str, float]:
     if proc.returncode:
         tail = proc.stderr[-2500:]
         return {"failed": 1.0, "oom": float("OutOfMemoryError" in tail or "out of memory" in tail), "error": tail}
-    rows = list(csv.DictReader(open(work / "runs" / name / "metrics.csv")))
+    with open(work / "runs" / name / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
     steps = [r for r in rows if r.get("time/rollout_s")]
     later = steps[1:] or steps
     f = lambda r, k: float(r[k]) if r.get(k) else 0.0  # noqa: E731
@@ -130,17 +135,23 @@ def main() -> None:
             print(name, json.dumps({k: v for k, v in r.items() if k not in ("error", "plan")}), flush=True)
     runs = results["runs"]
     base = runs.get("projector", {}).get("step_s")
-    print(f"\n{card}, r1v_small + {a.backbone}, {a.batch}×G{a.group}, {a.max_new} new tokens, prompt "
-          f"{prompt_len:.0f} tokens ({tiles} tiles)")
-    print(f"{'run':10s} {'planned GiB':>11s} {'peak GiB':>8s} {'step s':>7s} {'rollout':>7s} {'ref':>5s} "
-          f"{'update':>6s} {'× projector':>11s}")
+    print(
+        f"\n{card}, r1v_small + {a.backbone}, {a.batch}×G{a.group}, {a.max_new} new tokens, prompt "
+        f"{prompt_len:.0f} tokens ({tiles} tiles)"
+    )
+    print(
+        f"{'run':10s} {'planned GiB':>11s} {'peak GiB':>8s} {'step s':>7s} {'rollout':>7s} {'ref':>5s} "
+        f"{'update':>6s} {'× projector':>11s}"
+    )
     for name, r in runs.items():
         if "step_s" not in r:
             print(f"{name:10s} {r['planned_gib']:>11.1f} {'-':>8s}  {r.get('skipped') or 'failed'}")
             continue
         ratio = r["step_s"] / base if base else float("nan")
-        print(f"{name:10s} {r['planned_gib']:>11.1f} {r['peak_alloc_gib']:>8.1f} {r['step_s']:>7.2f} "
-              f"{r['rollout_s']:>7.2f} {r['reference_s']:>5.2f} {r['update_s']:>6.2f} {ratio:>11.2f}")
+        print(
+            f"{name:10s} {r['planned_gib']:>11.1f} {r['peak_alloc_gib']:>8.1f} {r['step_s']:>7.2f} "
+            f"{r['rollout_s']:>7.2f} {r['reference_s']:>5.2f} {r['update_s']:>6.2f} {ratio:>11.2f}"
+        )
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(results, indent=1))
 
