@@ -160,7 +160,8 @@ def _evaluate(run_dir: Path, ev: dict[str, Any], log_path: Path) -> dict[str, An
         raise RunError(f"recipe: evaluating {run_dir} failed; see {log_path}")
     summary = json.loads((out / "summary.json").read_text())
     return {"benchmark": bench, "questions": summary["questions"], "pass@1": summary["pass@1"],
-            "length_mean": (summary.get("length") or {}).get("mean")}  # fmt: skip
+            "length_mean": (summary.get("length") or {}).get("mean"),
+            "categories": {c: v["pass@1"] for c, v in (summary.get("categories") or {}).items()}}  # fmt: skip
 
 
 @hydra.main(config_path=conf_dir(), config_name="recipe", version_base=None)

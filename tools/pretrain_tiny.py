@@ -2,6 +2,7 @@
 
     python tools/pretrain_tiny.py    # writes tokenizer.json, *.safetensors, MANIFEST.json in r1v/model/parts/tiny/
     python tools/pretrain_tiny.py --only internvit   # just internvit.safetensors + internvit.json
+    python tools/pretrain_tiny.py --only audio omni  # the omni parts (tools/pretrain_omni.py) + omni.json
 
 Mirrors R1V's ingredients at toy scale:
   * a vision encoder whose features carry colour, shape and position (trained to classify the
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "plugins")]
+sys.path[:0] = [str(ROOT), str(ROOT / "plugins"), str(ROOT / "tools")]
 
 from r1v.core.interfaces import IMG_CONTEXT, IMG_END, IMG_START, THINK_CLOSE, THINK_OPEN  # noqa: E402
 from r1v.data import synthetic  # noqa: E402
@@ -36,6 +37,7 @@ from r1v.runtime.weights import to_cpu_contiguous  # noqa: E402
 
 OUT = tiny.HERE
 DEFAULT_PARTS = ["tokenizer", "vision", "instruct", "reasoner"]  # the default model's, pinned by MANIFEST.json
+OPTIONAL_PARTS = ["internvit", "audio", "omni"]  # each with its own provenance file
 CLASSES = [None] + [(c, s) for c in synthetic.COLORS for s in synthetic.SHAPES]  # 13 cell classes
 
 
@@ -174,6 +176,28 @@ def pretrain_lm(variant: str, rows, steps: int, batch: int, seed: int) -> None:
     save_file(to_cpu_contiguous(state), str(OUT / tiny.WEIGHTS[variant]))
 
 
+def pretrain_omni_parts(args: argparse.Namespace, only: set[str]) -> None:
+    """The tiny Whisper encoder and/or the omni LMs (tools/pretrain_omni.py), recorded in omni.json."""
+    import pretrain_omni
+
+    hashes = {}
+    if "audio" in only:
+        hashes.update(pretrain_omni.pretrain_audio(args.audio_steps, 64, args.seed))
+    if "omni" in only:
+        rows = lm_texts(20000, args.seed)  # the image rows the shipped LMs saw, kept in the mix
+        for variant in ("instruct", "reasoner"):
+            pretrain_omni.pretrain_omni_lm(variant, rows, args.omni_steps, 64, args.seed)
+            name = tiny.WEIGHTS[f"{variant}_omni"]
+            hashes[name] = tiny.sha256(OUT / name)
+    pretrain_omni.write_manifest(
+        f"python tools/pretrain_tiny.py --only {' '.join(sorted(only & {'audio', 'omni'}))} --seed {args.seed} "
+        f"--audio-steps {args.audio_steps} "
+        f"--omni-steps {args.omni_steps} --threads {args.threads}",
+        hashes,
+        args.threads,
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seed", type=int, default=0)
@@ -181,13 +205,17 @@ def main() -> None:
     ap.add_argument("--lm-steps", type=int, default=3000, help="instruct LM steps")
     ap.add_argument("--reasoner-steps", type=int, default=2500, help="reasoner LM steps (longer sequences)")
     ap.add_argument("--internvit-steps", type=int, default=400, help="tiny InternViT steps")
+    ap.add_argument("--audio-steps", type=int, default=800, help="tiny Whisper encoder steps")
+    ap.add_argument("--omni-steps", type=int, default=1200, help="steps of each omni LM on top of the shipped one")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--only", choices=[*DEFAULT_PARTS, "internvit"], nargs="*")
+    ap.add_argument("--only", choices=[*DEFAULT_PARTS, *OPTIONAL_PARTS], nargs="*")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    only = set(args.only or [*DEFAULT_PARTS, "internvit"])
+    only = set(args.only or [*DEFAULT_PARTS, *OPTIONAL_PARTS])
     if "internvit" in only:  # its own file and manifest: the default parts' MANIFEST.json is not touched
         pretrain_internvit(args.internvit_steps, 64, args.seed, args.threads)
+    if only & {"audio", "omni"}:  # the omni parts: their own files and omni.json (after the default LMs they extend)
+        pretrain_omni_parts(args, only)
     if not only & set(DEFAULT_PARTS):
         return
     rows = lm_texts(40000, args.seed)

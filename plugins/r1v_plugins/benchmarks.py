@@ -55,6 +55,21 @@ def synthetic(n: int = 128, split: str = "val", seed: int = 0, limit: int | None
     return out
 
 
+def synthetic_omni(n: int = 200, split: str = "val", seed: int = 0, limit: int | None = None,
+                   tasks: list[str] | None = None) -> list[EvalItem]:  # fmt: skip
+    """The bundled omni tasks (clips and frames in memory): by task — beeps, higher (audio), moves (video),
+    beeps_vs_shapes (image + audio)."""
+    from r1v.data.synthetic_omni import TASKS, generate
+
+    out = []
+    for i in range(n if limit is None else min(n, int(limit))):
+        s = generate(i, split, seed, tasks=tuple(tasks or TASKS))
+        out.append(EvalItem(s.id, s.question, s.answer, "open", images=s.images, category=s.meta["task"],
+                            meta={"prompt": "plain", "kind": s.meta["kind"]}, audios=list(s.audios),
+                            videos=list(s.videos)))  # fmt: skip
+    return out
+
+
 MMMU_LAYOUT = "MMMU/MMMU as cloned: <Subject>/validation-*.parquet"
 
 
@@ -178,6 +193,7 @@ def jsonl(path: str | None = None, limit: int | None = None) -> list[EvalItem]:
 @hookimpl
 def register_benchmarks(register: Any) -> None:
     register("synthetic", synthetic, "bundled synthetic scenes (no files needed)")
+    register("synthetic_omni", synthetic_omni, "bundled omni tasks: audio, video and image + audio (no files needed)")
     register("mmmu", mmmu, "MMMU val, from a local MMMU/MMMU copy")
     register("mathvista", mathvista, "MathVista testmini, from a local AI4Math/MathVista copy")
     register("math500", math500, "MATH-500, from a local HuggingFaceH4/MATH-500 copy")

@@ -13,6 +13,8 @@ from r1v.data.parquet import ParquetDataset, Preset
 from r1v.data.synthetic import TASKS
 from r1v.data.synthetic_hard import TASKS as HARD_TASKS
 from r1v.data.synthetic_hard import SyntheticHard, SyntheticHardPairs
+from r1v.data.synthetic_omni import TASKS as OMNI_TASKS
+from r1v.data.synthetic_omni import SyntheticOmni
 from r1v.data.video import VideoKnobs
 
 PairStyle = Literal["answer", "reasoning"]
@@ -111,6 +113,13 @@ def synthetic_hard_pairs_dataset(split: str, n_train: int = 4000, n_val: int = 1
                               min_objects, max_objects)  # fmt: skip
 
 
+def synthetic_omni_dataset(split: str, n_train: int = 4000, n_val: int = 200, seed: int = 0, image_size: int = 64,
+                           tasks: list[str] | None = None) -> SyntheticOmni:  # fmt: skip
+    """Issue 26's omni tasks in memory: beeps and tone pitches (audio), a moving square (video, three frames), beeps
+    against triangles (image + audio)."""
+    return SyntheticOmni(n_train if split == "train" else n_val, split, seed, image_size, tuple(tasks or OMNI_TASKS))
+
+
 @hookimpl
 def register_datasets(register):
     register("synthetic", synthetic_dataset)
@@ -122,3 +131,4 @@ def register_datasets(register):
     register("synthetic_pairs", synthetic_pairs_dataset)
     register("synthetic_hard", synthetic_hard_dataset)
     register("synthetic_hard_pairs", synthetic_hard_pairs_dataset)
+    register("synthetic_omni", synthetic_omni_dataset)

@@ -20,16 +20,19 @@ log = logging.getLogger(__name__)
 
 def with_media(sample: Sample, item: EvalItem, processor: Any) -> Sample:
     """The item's audio clips and video frames decoded into ``sample`` (frames per video: the processor's
-    ``data.video.frames``); items without them pass through untouched."""
+    ``data.video.frames``); items without them pass through untouched. Already decoded media (an AudioClip, a
+    list of frames: benchmarks generated in memory) are taken as they are."""
     if item.audios:
         from r1v.data.audio import decode
 
-        sample.audios, sample.audio_paths = [decode(p) for p in item.audios], list(item.audios)
+        sample.audios = [decode(p) if isinstance(p, str | Path) else p for p in item.audios]
+        sample.audio_paths = [str(p) for p in item.audios if isinstance(p, str | Path)]
     if item.videos:
         from r1v.data.video import read_frames
 
         frames = processor.video.frames
-        sample.videos, sample.video_paths = [read_frames(p, frames) for p in item.videos], list(item.videos)
+        sample.videos = [read_frames(p, frames) if isinstance(p, str | Path) else list(p) for p in item.videos]
+        sample.video_paths = [str(p) for p in item.videos if isinstance(p, str | Path)]
     return sample
 
 

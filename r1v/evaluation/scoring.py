@@ -42,8 +42,9 @@ class EvalItem:
     images: list[Any] = field(default_factory=list)  # PIL images
     category: str = "all"
     meta: dict[str, Any] = field(default_factory=dict)
-    audios: list[str] = field(default_factory=list)  # audio and video files (paths), one <audio>/<video> each
-    videos: list[str] = field(default_factory=list)
+    # audio and video files (paths), one <audio>/<video> each; or decoded: AudioClips, lists of PIL frames
+    audios: list[Any] = field(default_factory=list)
+    videos: list[Any] = field(default_factory=list)
 
 
 PROMPT_STYLES = ("auto", "r1v", "plain")

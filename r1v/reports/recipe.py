@@ -45,6 +45,19 @@ def stage_facts(run_dir: Path) -> dict[str, Any]:
     return facts
 
 
+def category_table(state: dict[str, Any], stages: list[dict[str, Any]]) -> list[str]:
+    """Held-out pass@1 per benchmark category (task) after each evaluated stage, when the benchmark has several."""
+    evals = [(st["name"], state["stages"].get(st["name"], {}).get("eval") or {}) for st in stages]
+    evals = [(name, ev["categories"]) for name, ev in evals if len(ev.get("categories") or {}) > 1]
+    if not evals:
+        return []
+    cats = sorted({c for _, cs in evals for c in cs})
+    return ["", "Held-out pass@1 per category:", "", f"| stage | {' | '.join(cats)} |",
+            f"|---|{'---|' * len(cats)}",
+            *(f"| {name} | " + " | ".join(f"{cs[c]:.1f}" if c in cs else "–" for c in cats) + " |"
+              for name, cs in evals)]  # fmt: skip
+
+
 def write_report(folder: Path, state: dict[str, Any], stages: list[dict[str, Any]]) -> Path:
     """``<folder>/report.md`` and ``<folder>/plots/<stage>/*.png``."""
     import matplotlib
@@ -78,6 +91,7 @@ def write_report(folder: Path, state: dict[str, Any], stages: list[dict[str, Any
             names = [st["name"]] if runs == [run_dir] else [r.name for r in runs]
             for png in plot_runs(runs, folder / "plots" / st["name"], names):
                 plots.append(f"![{st['name']} {png.stem}](plots/{st['name']}/{png.name})")
+    lines += category_table(state, stages)
     if scores:
         fig, ax = plt.subplots(figsize=(7, 3.5))
         ax.plot([s for s, _ in scores], [v for _, v in scores], "o-")

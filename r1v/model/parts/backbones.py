@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from r1v.core.interfaces import LanguageBackbone
+from r1v.core.interfaces import AUD_END, AUD_START, AUDIO_CONTEXT, LanguageBackbone
 from r1v.model.parts import tiny as tiny_parts
 from r1v.runtime.weights import hf_from_folder, load_into, skip_hf_init
 
@@ -17,6 +17,8 @@ def tiny_lm(variant: str, pretrained: str | None = "builtin", attn_implementatio
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     tok = tiny_parts.tokenizer()
+    if variant.endswith("_omni"):  # the audio tokens belong to these LMs' vocabulary (r1v.model.assemble's order)
+        tok.add_tokens([AUD_START, AUD_END, AUDIO_CONTEXT], special_tokens=True)
     config = Qwen2Config(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                          pad_token_id=tok.pad_token_id, **tiny_parts.LM)  # fmt: skip
     config._attn_implementation = attn_implementation
@@ -25,8 +27,8 @@ def tiny_lm(variant: str, pretrained: str | None = "builtin", attn_implementatio
     if pretrained:
         path = tiny_parts.HERE / tiny_parts.WEIGHTS[variant] if pretrained == "builtin" else Path(pretrained)
         load_into(model, path, f"backbone 'tiny_{variant}'")
-    style = "r1" if variant == "reasoner" else "direct"
-    return LanguageBackbone(model, tok, tiny_parts.template(style), reasoning=variant == "reasoner")
+    reasoning = variant.startswith("reasoner")
+    return LanguageBackbone(model, tok, tiny_parts.template("r1" if reasoning else "direct"), reasoning=reasoning)
 
 
 def tiny_instruct(pretrained: str | None = "builtin", attn_implementation: str = "sdpa") -> LanguageBackbone:
@@ -37,6 +39,16 @@ def tiny_instruct(pretrained: str | None = "builtin", attn_implementation: str =
 def tiny_reasoner(pretrained: str | None = "builtin", attn_implementation: str = "sdpa") -> LanguageBackbone:
     """Tiny Qwen2 'reasoner' LM (the R1-distill stand-in): scene text + question → <think> → answer."""
     return tiny_lm("reasoner", pretrained, attn_implementation)
+
+
+def tiny_instruct_omni(pretrained: str | None = "builtin", attn_implementation: str = "sdpa") -> LanguageBackbone:
+    """The tiny instruct LM that also reads ``<aud>`` clip text and video frame lines (model=tiny_omni)."""
+    return tiny_lm("instruct_omni", pretrained, attn_implementation)
+
+
+def tiny_reasoner_omni(pretrained: str | None = "builtin", attn_implementation: str = "sdpa") -> LanguageBackbone:
+    """The tiny reasoner that also reads ``<aud>`` clip text and video frame lines (model=tiny_omni_reasoner)."""
+    return tiny_lm("reasoner_omni", pretrained, attn_implementation)
 
 
 def hf(path: str, dtype: str = "bfloat16", reasoning: bool = True, chat_template: str | None = None,

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from r1v.model.parts import tiny
+
 # name -> WhisperConfig encoder numbers (d_model, layers, heads, ffn, n_mels); chunk_length in seconds
 PRESETS: dict[str, dict[str, Any]] = {
     name: dict(
@@ -94,7 +96,8 @@ def _load_folder(folder: Path) -> Any:
 
 def whisper(preset: str = "base", pretrained: str | None = None, pool: int = 1, chunk_length: int | None = None,
             sampling_rate: int = 16000, hop_length: int = 160, seed: int = 0) -> WhisperAudioEncoder:  # fmt: skip
-    """Whisper's encoder + avg-pool over time: a preset's numbers with random weights, or a local checkpoint folder.
+    """Whisper's encoder + avg-pool over time: a preset's numbers with random weights, or a local checkpoint folder
+    (``builtin``: the shipped tiny one).
 
     ``chunk_length`` (seconds) overrides the preset's window (random weights only); ``pool`` is the avg-pool stride
     over encoder frames (tokens per second = sampling_rate / hop_length / 2 / pool).
@@ -102,7 +105,8 @@ def whisper(preset: str = "base", pretrained: str | None = None, pool: int = 1, 
     if pool < 1:
         raise ValueError(f"audio 'whisper': pool must be ≥ 1, got {pool}")
     if pretrained:
-        folder = Path(pretrained)
+        # builtin: the tiny encoder pre-trained on synthetic beeps (tools/pretrain_tiny.py --only audio)
+        folder = tiny.HERE / tiny.AUDIO_FOLDER if pretrained == "builtin" else Path(pretrained)
         if not folder.is_dir():
             raise ValueError(f"audio 'whisper': pretrained={pretrained} is not a folder")
         encoder = _load_folder(folder)

@@ -1,0 +1,179 @@
+"""Synthetic omni tasks (issue 26): audio-only, video-only and mixed image+audio questions, generated in memory.
+
+- ``beeps`` (audio): "How many beeps are there?" over 1–4 beeps, each low, mid or high (440, 660, 880 Hz);
+- ``higher`` (audio): "Is the second tone higher than the first?" (yes / no, balanced);
+- ``moves`` (video): three frames of a scene of :mod:`r1v.data.synthetic` in which a red square crosses a row or a
+  column one cell per frame past still shapes: "Which way does the red square move?" (left, right, up, down);
+- ``beeps_vs_shapes`` (image + audio): "Does the number of beeps equal the number of triangles?" (yes / no).
+
+Everything is drawn with the image task's grid and colours, so the tiny vision encoder reads the frames, and every
+sample carries its media as text (:func:`described`): a clip as ``low beep, high beep.``, a frame as the scene
+description the tiny LMs were trained on. That text is what the omni LMs learned to read inside ``<aud>…</aud>`` and
+``<img>…</img>`` (tools/pretrain_tiny.py --only omni), and the yardstick of the audio alignment: the substitute LM
+given the text instead of the media. Sample ``i`` of a split depends only on (seed, split, i).
+"""
+
+from __future__ import annotations
+
+import difflib
+import random
+from collections import Counter
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from r1v.core.interfaces import (
+    AUD_END,
+    AUD_START,
+    AUDIO_PLACEHOLDER,
+    IMAGE_PLACEHOLDER,
+    IMG_END,
+    IMG_START,
+    VIDEO_PLACEHOLDER,
+    AudioClip,
+    Sample,
+)
+from r1v.core.errors import DataError
+from r1v.data import synthetic
+
+TONES = {"low": 440.0, "mid": 660.0, "high": 880.0}
+TASKS = ("beeps", "higher", "moves", "beeps_vs_shapes")
+KIND = {"beeps": "audio", "higher": "audio", "moves": "video", "beeps_vs_shapes": "mixed"}
+DIRECTIONS = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}  # (row, column) steps
+SAMPLING_RATE = 16000
+SECONDS = 2.0
+MAX_BEEPS = 4
+
+
+def render_tones(pitches: list[str], rng: random.Random, sampling_rate: int = SAMPLING_RATE,
+                 seconds: float = SECONDS) -> tuple[np.ndarray, list[tuple[int, int, str]]]:  # fmt: skip
+    """120 ms beeps at the named pitches, in order, one per quarter of the clip at a random offset, over faint noise:
+    (float32 samples in [-1, 1], each beep's (first sample, end sample, pitch))."""
+    total = int(seconds * sampling_rate)
+    wave = np.random.default_rng(rng.getrandbits(32)).normal(0.0, 0.01, total).astype(np.float32)
+    beep = int(0.12 * sampling_rate)
+    slot = total // MAX_BEEPS
+    t = np.arange(beep) / sampling_rate
+    ramp = np.minimum(1.0, np.minimum(t, t[::-1]) / 0.01)  # 10 ms fades: no clicks
+    slots = sorted(rng.sample(range(MAX_BEEPS), len(pitches)))
+    marks = []
+    for k, pitch in zip(slots, pitches, strict=True):
+        start = k * slot + rng.randint(0, slot - beep)
+        wave[start : start + beep] += (0.5 * np.sin(2 * np.pi * TONES[pitch] * t) * ramp).astype(np.float32)
+        marks.append((start, start + beep, pitch))
+    return np.clip(wave, -1.0, 1.0), marks
+
+
+def describe_tones(pitches: list[str]) -> str:
+    """What a perfect ear would tell the LM: ``low beep, high beep.``"""
+    return ", ".join(f"{p} beep" for p in pitches) + "."
+
+
+def _beeps(rng: random.Random) -> tuple[list[str], str, str, str]:
+    pitches = [rng.choice(list(TONES)) for _ in range(rng.randint(1, MAX_BEEPS))]
+    n = len(pitches)
+    why = f"I hear {describe_tones(pitches)} That is {n} {'beep' if n == 1 else 'beeps'}."
+    return pitches, f"{AUDIO_PLACEHOLDER}\nHow many beeps are there?", why, str(n)
+
+
+def _higher(rng: random.Random) -> tuple[list[str], str, str, str]:
+    order = list(TONES)
+    first, second = rng.sample(order, 2)  # two different pitches; "yes" when the second is higher
+    pitches = [first, second, *(rng.choice(order) for _ in range(rng.randint(0, MAX_BEEPS - 2)))]
+    answer = "yes" if order.index(second) > order.index(first) else "no"
+    why = (f"I hear {describe_tones(pitches)} The first tone is {first}, the second is {second}, so the second is "
+           f"{'higher' if answer == 'yes' else 'lower'}.")  # fmt: skip
+    return pitches, f"{AUDIO_PLACEHOLDER}\nIs the second tone higher than the first?", why, answer
+
+
+def moving_scenes(rng: random.Random) -> tuple[list[list[synthetic.Obj]], str]:
+    """Three scenes: a red square crossing a row or column one cell per frame, 1–2 still shapes elsewhere."""
+    direction = rng.choice(sorted(DIRECTIONS))
+    dr, dc = DIRECTIONS[direction]
+    line = rng.randrange(3)
+    path = [(line, c) if dc else (c, line) for c in range(3)]
+    if dr < 0 or dc < 0:
+        path.reverse()
+    free = [c for c in range(9) if c not in {r * 3 + k for r, k in path}]
+    others = [(c, k) for c in synthetic.COLORS for k in synthetic.SHAPES if (c, k) != ("red", "square")]
+    still = [synthetic.Obj(*rng.choice(others), cell) for cell in rng.sample(free, rng.randint(1, 2))]
+    scenes = [sorted([*still, synthetic.Obj("red", "square", r * 3 + c)], key=lambda o: o.cell) for r, c in path]
+    return scenes, direction
+
+
+def described(sample: Sample) -> str:
+    """The question with each medium replaced by its text (``meta["media_text"]``, in placeholder order): what the
+    substitute LM reads in place of the clip, frames and image."""
+    text = sample.question
+    for kind, desc in sample.meta["media_text"]:
+        if kind == "audio":
+            text = text.replace(AUDIO_PLACEHOLDER, f"{AUD_START}{desc}{AUD_END}", 1)
+        elif kind == "image":
+            text = text.replace(IMAGE_PLACEHOLDER, f"{IMG_START}{desc}{IMG_END}", 1)
+        else:  # a video: its frames, as the processor lays them out (r1v.data.video.expand_videos)
+            frames = "\n".join(f"Frame {k}: {IMG_START}{d}{IMG_END}" for k, d in enumerate(desc, 1))
+            text = text.replace(VIDEO_PLACEHOLDER, frames, 1)
+    return text
+
+
+def generate(index: int, split: str = "train", seed: int = 0, image_size: int = 64,
+             tasks: tuple[str, ...] = TASKS) -> Sample:  # fmt: skip
+    """Sample ``index`` of ``split``; task ``tasks[index % len(tasks)]``."""
+    if split not in synthetic.SPLIT_OFFSET:
+        raise ValueError(f"unknown split '{split}' (known: {', '.join(synthetic.SPLIT_OFFSET)})")
+    rng = random.Random(f"r1v-omni/{seed}/{synthetic.SPLIT_OFFSET[split] + index}")
+    task = tasks[index % len(tasks)]
+    images, videos, audios, media = [], [], [], []
+    if task in ("beeps", "higher"):
+        pitches, question, why, answer = (_beeps if task == "beeps" else _higher)(rng)
+        audios.append(AudioClip(render_tones(pitches, rng)[0], SAMPLING_RATE))
+        media.append(("audio", describe_tones(pitches)))
+    elif task == "moves":
+        scenes, answer = moving_scenes(rng)
+        videos.append([synthetic.draw(s, image_size, rng) for s in scenes])
+        media.append(("video", [synthetic.describe(s) for s in scenes]))
+        where = [next(o.position for o in s if (o.color, o.shape) == ("red", "square")) for s in scenes]
+        question = f"{VIDEO_PLACEHOLDER}\nWhich way does the red square move?"
+        why = f"The red square is at {where[0]} in frame 1 and at {where[-1]} in frame 3, so it moves {answer}."
+    elif task == "beeps_vs_shapes":
+        scene = synthetic.random_scene(rng)
+        while not 1 <= sum(o.shape == "triangle" for o in scene) <= MAX_BEEPS:
+            scene = synthetic.random_scene(rng)
+        t = sum(o.shape == "triangle" for o in scene)
+        n = t if rng.random() < 0.5 else rng.choice([k for k in range(1, MAX_BEEPS + 1) if k != t])
+        pitches = [rng.choice(list(TONES)) for _ in range(n)]
+        images.append(synthetic.draw(scene, image_size, rng))
+        audios.append(AudioClip(render_tones(pitches, rng)[0], SAMPLING_RATE))
+        media += [("image", synthetic.describe(scene)), ("audio", describe_tones(pitches))]
+        answer = "yes" if n == t else "no"
+        question = f"{IMAGE_PLACEHOLDER}\n{AUDIO_PLACEHOLDER}\nDoes the number of beeps equal the number of triangles?"
+        heard = f"{n} {'beep' if n == 1 else 'beeps'}"
+        why = (f"I see {synthetic.describe(scene)} I hear {describe_tones(pitches)} That is {heard} and {t} "
+               f"{'triangle' if t == 1 else 'triangles'}, so {answer}.")  # fmt: skip
+    else:
+        raise ValueError(f"data.tasks: unknown omni task '{task}' (known: {', '.join(TASKS)})")
+    return Sample(id=f"omni-{split}-{seed}-{index}", question=question, answer=answer, images=images, reasoning=why,
+                  meta={"task": task, "kind": KIND[task], "media_text": media}, audios=audios,
+                  videos=videos)  # fmt: skip
+
+
+class SyntheticOmni(Dataset):
+    """``data=synthetic_omni``: the omni tasks generated on the fly (clips and frames in memory, no files)."""
+
+    def __init__(self, n: int, split: str, seed: int = 0, image_size: int = 64,
+                 tasks: tuple[str, ...] | list[str] = TASKS) -> None:  # fmt: skip
+        unknown = [t for t in tasks if t not in TASKS]
+        if unknown:
+            hint = difflib.get_close_matches(unknown[0], TASKS, n=1)
+            raise DataError(f"data.tasks: unknown omni task '{unknown[0]}'"
+                            f"{f' (did you mean {hint[0]!r}?)' if hint else ''} (known: {', '.join(TASKS)})")  # fmt: skip
+        if n <= 0:
+            raise DataError(f"data: the synthetic_omni {split} split is empty (n={n}); set a positive size")
+        self.n, self.split, self.seed, self.image_size, self.tasks = n, split, seed, image_size, tuple(tasks)
+        self.skipped: Counter[str] = Counter()
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> Sample:
+        return generate(i, self.split, self.seed, self.image_size, self.tasks)

@@ -1,0 +1,175 @@
+"""The omni tiny parts (issue 26), called by ``python tools/pretrain_tiny.py --only audio omni``:
+
+* ``audio/``: a tiny Whisper encoder (preset ``tiny_r1v``: 64 wide, 2 layers, a 4 s window, pool 4 → one token per
+  80 ms) trained to tell, for each of its output tokens, whether a low, mid or high beep sounds there (or none), so
+  its tokens carry what the omni tasks ask (how many beeps, which is higher). Written as a Whisper checkpoint
+  folder (config.json, model.safetensors, preprocessor_config.json) that ``audio=whisper pretrained=<folder>``
+  loads like any local Whisper; ``audio=whisper_tiny_pretrained`` points at it.
+* ``lm_instruct_omni.safetensors`` / ``lm_reasoner_omni.safetensors``: the shipped tiny LMs with the audio tokens
+  added, trained on for a while on the omni tasks' text (``<aud>low beep, high beep.</aud>``, video frames as
+  ``Frame k: <img>scene</img>`` lines; r1v.data.synthetic_omni.described) mixed with the image rows they were
+  trained on, so they keep their image skill. The default tiny LMs' files are not touched.
+
+Both get their own provenance file (``omni.json``): MANIFEST.json, which pins the default model, stays as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import torch
+import torch.nn.functional as F
+
+from r1v.core.interfaces import THINK_CLOSE
+from r1v.data import synthetic_omni
+from r1v.data.audio import AudioSpec
+from r1v.model.parts import tiny
+from r1v.runtime.weights import to_cpu_contiguous
+
+PITCH_CLASSES = ["none", *synthetic_omni.TONES]  # per-token labels
+
+
+def tone_track(index: int, seed: int) -> tuple[torch.Tensor, list[str], list[tuple[int, int, str]]]:
+    """A clip of 1–4 beeps of random pitches, and where each beep lies (start, end sample, pitch)."""
+    rng = random.Random(f"omni-audio-pretrain/{seed}/{index}")
+    pitches = [rng.choice(list(synthetic_omni.TONES)) for _ in range(rng.randint(1, synthetic_omni.MAX_BEEPS))]
+    wave, marks = synthetic_omni.render_tones(pitches, rng)
+    return torch.from_numpy(wave), pitches, marks
+
+
+def token_labels(marks: list[tuple[int, int, str]], n_samples: int, samples_per_token: int,
+                 n_tokens: int) -> torch.Tensor:  # fmt: skip
+    """(n_tokens,) the pitch class sounding over most of each token's span; -100 past the clip (padding)."""
+    y = torch.full((n_tokens,), -100, dtype=torch.long)
+    for j in range(n_tokens):
+        a, b = j * samples_per_token, (j + 1) * samples_per_token
+        if a >= n_samples:
+            break
+        overlap = {p: max(0, min(b, e) - max(a, s)) for s, e, p in marks}
+        best = max(overlap, key=overlap.get, default=None)
+        y[j] = PITCH_CLASSES.index(best) if best and overlap[best] * 2 >= (b - a) // 2 else 0
+    return y
+
+
+def pretrain_audio(steps: int, batch: int, seed: int, pool: int = 4) -> dict[str, str]:
+    """Train the tiny Whisper encoder as a per-token beep-pitch tagger; write ``tiny/audio/``; return its hashes."""
+    from safetensors.torch import save_file
+
+    from r1v.core.interfaces import AudioClip
+    from r1v.model.parts.whisper import whisper
+
+    torch.manual_seed(seed)
+    enc = whisper(preset="tiny_r1v", pool=pool, seed=seed)
+    spec = AudioSpec.of(enc)
+    samples_per_token = enc.frames_per_token * enc.hop_length
+    n_tokens = spec.window_frames // enc.frames_per_token
+    pool_size = 4096
+    feats, labels = [], []
+    for i in range(pool_size):  # a fixed pool of clips: features once, then many passes
+        wave, _, marks = tone_track(i, seed)
+        f, _ = spec.features(AudioClip(wave.numpy(), synthetic_omni.SAMPLING_RATE))
+        feats.append(f[0])
+        labels.append(token_labels(marks, len(wave), samples_per_token, n_tokens))
+    x_all, y_all = torch.stack(feats), torch.stack(labels)  # (P, n_mels, W), (P, n_tokens)
+    head = torch.nn.Linear(enc.hidden_size, len(PITCH_CLASSES))
+    params = [*enc.parameters(), *head.parameters()]
+    opt = torch.optim.AdamW(params, lr=2e-3, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
+    order = torch.Generator().manual_seed(seed)
+    for step in range(steps):
+        idx = torch.randint(0, pool_size, (batch,), generator=order)
+        logits = head(enc(x_all[idx]))  # (B, n_tokens, classes)
+        y = y_all[idx]
+        loss = F.cross_entropy(logits.reshape(-1, len(PITCH_CLASSES)), y.reshape(-1), ignore_index=-100)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == steps - 1:
+            keep = y >= 0
+            acc = (logits.argmax(-1)[keep] == y[keep]).float().mean().item()
+            print(f"audio step {step} loss {loss.item():.3f} token-acc {acc:.3f}", flush=True)
+    out = tiny.HERE / tiny.AUDIO_FOLDER
+    out.mkdir(exist_ok=True)
+    enc.encoder.config.save_pretrained(str(out))
+    save_file(to_cpu_contiguous(enc.encoder.state_dict()), str(out / "model.safetensors"))
+    pre = {"feature_extractor_type": "WhisperFeatureExtractor", "feature_size": spec.n_mels,
+           "sampling_rate": spec.sampling_rate, "hop_length": spec.hop_length,
+           "chunk_length": spec.window_samples // spec.sampling_rate, "n_samples": spec.window_samples,
+           "nb_max_frames": spec.window_frames, "padding_value": 0.0, "return_attention_mask": False}  # fmt: skip
+    (out / "preprocessor_config.json").write_text(json.dumps(pre, indent=2) + "\n")
+    return {f"{tiny.AUDIO_FOLDER}/{f.name}": tiny.sha256(f) for f in sorted(out.iterdir())}
+
+
+def omni_rows(n: int, seed: int) -> list[tuple[str, str, str]]:
+    """(user text, reasoning, answer) of the omni tasks with their media as text."""
+    rows = []
+    for i in range(n):
+        s = synthetic_omni.generate(i, "train", seed=5000 + seed)
+        rows.append((synthetic_omni.described(s), s.reasoning or "", s.answer))
+    return rows
+
+
+def pretrain_omni_lm(variant: str, image_rows: list, steps: int, batch: int, seed: int) -> None:
+    """Continue the shipped tiny ``variant`` LM on omni text mixed 1:1 with its image rows; write
+    ``lm_<variant>_omni.safetensors``."""
+    from safetensors.torch import save_file
+
+    from r1v.core.interfaces import IMG_END, IMG_START
+    from r1v.model.parts.backbones import tiny_lm
+
+    torch.manual_seed(seed)
+    bb = tiny_lm(f"{variant}_omni", pretrained=None)  # the audio tokens' rows added
+    base = tiny_lm(variant)  # the shipped weights: copied in, the new rows start at the mean row
+    state = base.model.state_dict()
+    with torch.no_grad():
+        for k, v in bb.model.state_dict().items():
+            if v.shape == state[k].shape:
+                v.copy_(state[k])
+            else:  # the embedding (tied head): old rows kept, the audio tokens' rows the mean row
+                v[: state[k].shape[0]] = state[k]
+                v[state[k].shape[0] :] = state[k].mean(0)
+    model, tok = bb.model, bb.tokenizer
+    texts = [(f"{IMG_START}{d}{IMG_END}\n{q}", w, a) for d, q, w, a in image_rows]
+    mixed = [x for pair in zip(texts, omni_rows(len(texts), seed), strict=True) for x in pair]
+    examples = []
+    for user, why, ans in mixed:
+        prompt = tok.apply_chat_template([{"role": "user", "content": user}], chat_template=bb.chat_template,
+                                         tokenize=False, add_generation_prompt=True)  # fmt: skip
+        completion = (f"{why}\n{THINK_CLOSE}\n\n" if bb.reasoning else "") + f"\\boxed{{{ans}}}" + tok.eos_token
+        p = tok(prompt, add_special_tokens=False)["input_ids"]
+        c = tok(completion, add_special_tokens=False)["input_ids"]
+        examples.append((p + c, [-100] * len(p) + c))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=steps, pct_start=0.05)
+    order = random.Random(seed)
+    model.train()
+    for step in range(steps):
+        chunk = [examples[order.randrange(len(examples))] for _ in range(batch)]
+        width = max(len(ids) for ids, _ in chunk)
+        ids = torch.full((batch, width), tok.pad_token_id)
+        labels = torch.full((batch, width), -100)
+        mask = torch.zeros(batch, width, dtype=torch.long)
+        for b, (x, y) in enumerate(chunk):
+            ids[b, : len(x)], labels[b, : len(y)], mask[b, : len(x)] = torch.tensor(x), torch.tensor(y), 1
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == steps - 1:
+            print(f"{variant}_omni step {step} loss {loss.item():.4f}", flush=True)
+    state = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}  # tied to embeddings
+    save_file(to_cpu_contiguous(state), str(tiny.HERE / tiny.WEIGHTS[f"{variant}_omni"]))
+
+
+def write_manifest(command: str, hashes: dict[str, str], threads: int) -> None:
+    """``omni.json``: the command, torch version, threads and SHA-256 of every omni file (kept from an earlier
+    write for files this run did not make)."""
+    path = tiny.HERE / tiny.OMNI_MANIFEST
+    old = json.loads(path.read_text())["sha256"] if path.is_file() else {}
+    manifest = {"command": command, "torch": torch.__version__, "threads": threads, "sha256": {**old, **hashes}}
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    print(json.dumps(manifest, indent=2))
