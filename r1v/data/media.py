@@ -91,23 +91,23 @@ def load(kind: MediaKind, source: Source, where: str, k: int = 0,
          video_frames: int = 4) -> AudioClip | list[Image.Image]:  # fmt: skip
     """``source`` decoded (a clip, or ``video_frames`` frames sampled uniformly), a bad item in :func:`check`'s words:
     what every reader does when a row is read (one decode, no separate probe)."""
-    name = _name(source, k, kind)
+    name, out, empty = _name(source, k, kind), None, f"has no {kind.frames_word}"
     try:
         if _size(source) == 0:
-            out: Any = None
+            empty = "is an empty file"
         elif kind is AUDIOS:
-            out = audio.decode(_open(source))
-            out = out if len(out.samples) else None
+            clip = audio.decode(_open(source))
+            out = clip if len(clip.samples) else None
         else:
             out = video.read_frames(_open(source), video_frames)
     except ImportError:
         raise DataError(f"{where}: {kind.what} needs {kind.library}: pip install 'r1v[media]'") from None
     except video.ZeroFrames:
-        out = None
+        pass
     except Exception as e:  # gone since it was checked, or fails only when decoded
         raise DataError(f"{where}: corrupt {kind.what}: {name} cannot be decoded ({type(e).__name__})") from None
     if out is None:
-        raise DataError(f"{where}: empty {kind.what}: {name} has no {kind.frames_word}")
+        raise DataError(f"{where}: empty {kind.what}: {name} {empty}")
     return out
 
 
