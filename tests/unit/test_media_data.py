@@ -190,3 +190,19 @@ def test_data_check_names_and_counts_every_bad_audio_and_video_row(media, tmp_pa
                                 "empty video": 1, "placeholder count": 2}  # fmt: skip
         text = "\n".join(report.lines())
         assert f"{len(rows)} rows, {len(BAD_ROWS)} bad" in text and "by kind: placeholder count 2" in text
+
+
+def test_the_data_check_verb_prints_bad_audio_and_video_rows_like_image_ones(media, tmp_path, capsys):
+    from r1v.__main__ import main
+
+    folder = _folder(media, tmp_path)
+    rows = ROWS[:1] + [r for r, _ in BAD_ROWS[2:5]]
+    path = folder / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["data", "check", str(path), "audio=whisper_tiny", "--workers", "1"]) == 1  # bad rows: exit 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"data check: {path} (train): 4 rows, 3 bad (on_bad_sample=skip trains on 1")
+    assert [line.split(": ")[:2] for line in out[1:4]] == [[f"  {path}:2", "corrupt audio"],
+                                                           [f"  {path}:3", "corrupt video"],
+                                                           [f"  {path}:4", "empty video"]]  # fmt: skip
+    assert out[4] == "by kind: corrupt audio 1, corrupt video 1, empty video 1"
