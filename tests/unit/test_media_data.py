@@ -206,3 +206,21 @@ def test_the_data_check_verb_prints_bad_audio_and_video_rows_like_image_ones(med
                                                            [f"  {path}:3", "corrupt video"],
                                                            [f"  {path}:4", "empty video"]]  # fmt: skip
     assert out[4] == "by kind: corrupt audio 1, corrupt video 1, empty video 1"
+
+
+def test_the_report_shows_a_samples_audio_and_video_as_it_shows_its_image(media, tmp_path):
+    """completions.jsonl keeps each clip's file name and duration and each video's sampled frames and first frame;
+    the report's rollout section shows them; a row from before (an image thumbnail only) renders as it did."""
+    from r1v.reports.html import rollout_sections, sample_media
+
+    ds = _jsonl(_folder(media, tmp_path), ROWS)
+    done = {"text": "x</think>\n\\boxed{yes}", "reward": 1.0, "advantage": 0.0, "tokens": 4}
+    row = {"step": 3, "id": "av", "question": "Both?", "answer": "yes", **sample_media(ds[2]), "completions": [done]}
+    row = json.loads(json.dumps(row))  # as the stage writes it and the report reads it
+    assert row["thumb"] is None and row["audios"] == [{"name": "train_00001.wav", "seconds": 0.25}]
+    assert [(v["name"], v["frames"], bool(v["thumb"])) for v in row["videos"]] == [("train_00001.mp4", 2, True)]
+    page = rollout_sections([row])
+    assert "audio train_00001.wav (0.25 s) · video train_00001.mp4 (2 frames)" in page
+    assert page.count('<img alt="video train_00001.mp4" src="data:image/png;base64,') == 1
+    old = rollout_sections([{k: v for k, v in row.items() if k not in ("audios", "videos")}])
+    assert 'class="media"' not in old and "<img" not in old
