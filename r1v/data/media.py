@@ -46,6 +46,8 @@ def as_list(value: Any, kind: MediaKind, where: str, allow_bytes: bool = False) 
     """``row[kind.field]`` as a list (one item may come bare; None is none). JSONL rows hold paths only; columnar rows
     (``allow_bytes``) may hold bytes or ``{bytes, path}`` structs too. A wrong type is a one-line DataError."""
     items = [] if value is None else value if isinstance(value, list) else [value]
+    if allow_bytes:  # a null entry of a list column is no item
+        items = [x for x in items if x is not None]
     ok = (str, bytes, dict) if allow_bytes else (str,)
     if not all(isinstance(x, ok) for x in items):
         want = "a file path, encoded bytes, a {bytes, path} struct" if allow_bytes else "a file path"

@@ -109,6 +109,15 @@ def test_audio_and_video_bytes_decode_from_memory_as_the_files_do(media, tmp_pat
             got.audio_paths, got.video_paths = want.audio_paths, want.video_paths
             _same(got, want)
     assert sorted(p.name for p in folder.iterdir()) == ["audio", "bytes.parquet", "hf", "rows.jsonl", "video"]
+    bad = {"question": ["Q", "Q", "Q"], "answer": ["1", "1", "1"], "audios": [[b"junk"], [b""], [None]],
+           "videos": [[], [], [b"not a video"]]}  # fmt: skip
+    pq.write_table(pa.table(bad), folder / "bad.parquet")
+    ds = ParquetDataset(folder / "bad.parquet")
+    errors = [ds[i].meta["_error"].split(" (", 2)[:2] for i in range(3)]  # the libraries' error names vary
+    at = folder / "bad.parquet"
+    assert errors == [[f"{at}:0: corrupt audio: audio 0", "4 bytes) cannot be decoded"],
+                      [f"{at}:1: empty audio: audio 0", "0 bytes) is an empty file"],
+                      [f"{at}:2: corrupt video: video 0", "11 bytes) cannot be decoded"]]  # fmt: skip
 
 
 def test_llava_preset_maps_audio_and_video_columns(media, tmp_path):
