@@ -42,28 +42,34 @@ def jsonl_dataset(split: str, train: str, val: str | None = None, image_root: st
 
 def parquet_dataset(split: str, train: str, val: str | None = None, columns: dict[str, str | None] | None = None,
                     preset: Preset = "r1v", image_root: str | None = None, on_bad_sample: BadSamplePolicy = "skip",
-                    require_reasoning: bool = False, allow_outside_root: bool = False,
-                    cache_row_groups: int = 4) -> ParquetDataset | None:  # fmt: skip
+                    require_reasoning: bool = False, allow_outside_root: bool = False, cache_row_groups: int = 4,
+                    video: dict[str, int] | None = None,
+                    max_visual_tokens: int | None = None) -> ParquetDataset | None:  # fmt: skip
     """Parquet shards (a glob, a file or a folder) read lazily by row group; ``columns`` maps r1v's fields to
-    column names over a ``preset`` (r1v, llava, sharegpt, openai); images as paths or encoded bytes."""
+    column names over a ``preset`` (r1v, llava, sharegpt, openai); images, audios and videos as paths or encoded
+    bytes; ``video`` / ``max_visual_tokens`` as for jsonl."""
     path = train if split == "train" else val
     if path is None:
         return None
+    frames = VideoKnobs.of({"video": video, "max_visual_tokens": max_visual_tokens}).frames  # checks the knobs
     return ParquetDataset(path, columns, preset, image_root, on_bad_sample, require_reasoning, allow_outside_root,
-                          cache_row_groups)  # fmt: skip
+                          cache_row_groups, frames)  # fmt: skip
 
 
 def hf_disk_dataset(split: str, train: str, val: str | None = None, train_split: str = "train",
                     columns: dict[str, str | None] | None = None, preset: Preset = "r1v", image_root: str | None = None,
                     on_bad_sample: BadSamplePolicy = "skip", require_reasoning: bool = False,
-                    allow_outside_root: bool = False, cache_row_groups: int = 4) -> HfDiskDataset | None:  # fmt: skip
+                    allow_outside_root: bool = False, cache_row_groups: int = 4, video: dict[str, int] | None = None,
+                    max_visual_tokens: int | None = None) -> HfDiskDataset | None:  # fmt: skip
     """A Hugging Face ``datasets`` save_to_disk folder (a Dataset, or a DatasetDict's ``train_split``) read lazily
-    by record batch; ``val``: a folder, a split name, or null for the DatasetDict's validation / test split."""
+    by record batch; ``val``: a folder, a split name, or null for the DatasetDict's validation / test split;
+    ``video`` / ``max_visual_tokens`` as for jsonl."""
     path = train if split == "train" else val_folder(train, val, train_split)
     if path is None:
         return None
+    frames = VideoKnobs.of({"video": video, "max_visual_tokens": max_visual_tokens}).frames  # checks the knobs
     return HfDiskDataset(path, columns, preset, image_root, on_bad_sample, require_reasoning, allow_outside_root,
-                         cache_row_groups, split=train_split)  # fmt: skip
+                         cache_row_groups, split=train_split, video_frames=frames)  # fmt: skip
 
 
 def pairs_dataset(split: str, train: str, val: str | None = None, image_root: str | None = None,

@@ -15,7 +15,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 import torch
@@ -27,19 +27,25 @@ LONG_CLIPS: tuple[str, ...] = ("split", "refuse")
 BATCH_KEYS = ("audio_features", "audio_frames")  # what the model's forward takes (VisionLanguageModel.embed)
 
 
-def decode(path: str | Path) -> AudioClip:
-    """A file -> a mono float32 clip at its own rate (channels averaged). soundfile's errors pass through."""
+def decode(path: str | Path | BinaryIO) -> AudioClip:
+    """A file (or a file object: bytes from a column) -> a mono float32 clip at its own rate (channels averaged).
+    soundfile's errors pass through."""
     import soundfile
 
-    data, rate = soundfile.read(str(path), dtype="float32", always_2d=True)  # (n, channels)
+    data, rate = soundfile.read(_source(path), dtype="float32", always_2d=True)  # (n, channels)
     return AudioClip(data.mean(axis=1), int(rate))
 
 
-def probe(path: str | Path) -> int:
-    """The number of frames of an audio file, from its header (raises on a file soundfile cannot read)."""
+def probe(path: str | Path | BinaryIO) -> int:
+    """The number of frames of an audio file (or file object), from its header (raises on one soundfile cannot
+    read)."""
     import soundfile
 
-    return int(soundfile.info(str(path)).frames)
+    return int(soundfile.info(_source(path)).frames)
+
+
+def _source(path: str | Path | BinaryIO) -> str | BinaryIO:
+    return str(path) if isinstance(path, str | Path) else path
 
 
 def tokens_for(valid_frames: int, frames_per_token: int) -> int:

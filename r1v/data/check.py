@@ -1,8 +1,9 @@
 """``python -m r1v data check``: every bad row of a dataset, before any training.
 
 The checks are the training loader's own (:class:`r1v.data.datasets.JsonlDataset`: JSON, fields and
-types, duplicate ids, image files and headers, placeholder counts) plus what needs the model's processor
-and a full decode: every image decoded as training would (EXIF rotation, transparency, 16-bit), and the
+types, duplicate ids, image files and headers, audio and video files (:mod:`r1v.data.media`: missing, empty,
+corrupt, no frames), placeholder counts) plus what needs the model's processor and a full decode: every image, clip
+and video decoded as training would (EXIF rotation, transparency, 16-bit; sampled frames), and the
 token length of each sample after image-token expansion against the limit (``--max-tokens``, else
 ``data.max_tokens``, else the backbone's ``max_position_embeddings``; the rule training's collator applies). The
 processor comes from the composed model on the meta device, so checking data for a 38B composition needs no

@@ -13,8 +13,8 @@ writable: a data set checked once is checked for everyone who reads the same sha
 cache goes when the data goes, and copying the folder keeps it (the key is re-checked, so a stale copy costs a
 re-check, never a wrong verdict). A read-only data folder (a mounted bucket, a shared read-only disk) falls back to
 the user cache, ``$XDG_CACHE_HOME/r1v/check/`` (default ``~/.cache``), one file per shard named by a hash of its
-path. Image files a row names by path are not part of the key (a row's image bytes inside the shard are): replace
-an image file in place and the shard's verdict is stale; ``--no-cache`` re-checks everything.
+path. Image, audio and video files a row names by path are not part of the key (a row's media bytes inside the shard
+are): replace such a file in place and the shard's verdict is stale; ``--no-cache`` re-checks everything.
 """
 
 from __future__ import annotations

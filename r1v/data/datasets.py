@@ -29,8 +29,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from r1v.core.errors import DataError
-from r1v.core.interfaces import AUDIO_PLACEHOLDER, IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, Sample
-from r1v.data import audio, synthetic, video
+from r1v.core.interfaces import IMAGE_PLACEHOLDER, Sample
+from r1v.data import media, synthetic
 
 log = logging.getLogger(__name__)
 BadSamplePolicy = Literal["skip", "error"]  # the annotation composition checks knobs against
@@ -179,8 +179,7 @@ class JsonlDataset(Dataset):
         if n_ph > len(paths):
             raise DataError(f"{where}: placeholder count: {n_ph} {IMAGE_PLACEHOLDER} in the question "
                             f"but {len(paths)} images")  # fmt: skip
-        audio_paths = self._check_audios(row, where)
-        video_paths = self._check_videos(row, where)
+        audio_paths, video_paths = (self._check_media(row, where, kind) for kind in media.KINDS)
         if row.get("meta") is not None and not isinstance(row["meta"], dict):
             raise DataError(f"{where}: wrong type: 'meta' is a {type(row['meta']).__name__}; it must be an object")
         meta = {**(row.get("meta") or {}), **{k: str(row[k]) for k in self.extra_fields}}
@@ -191,43 +190,16 @@ class JsonlDataset(Dataset):
                 **({"audios": audio_paths} if audio_paths else {}),
                 **({"videos": video_paths} if video_paths else {})}  # fmt: skip
 
-    def _check_audios(self, row: dict[str, Any], where: str) -> list[str]:
-        """The row's ``audios``: readable by soundfile with at least one frame (see :meth:`_check_media`)."""
-        return self._check_media(row, where, "audios", "audio", "audio clips", AUDIO_PLACEHOLDER, audio.probe,
-                                 "soundfile", empty_file_check=True)  # fmt: skip
-
-    def _check_videos(self, row: dict[str, Any], where: str) -> list[str]:
-        """The row's ``videos``: decodable by PyAV with at least one video frame (see :meth:`_check_media`)."""
-        return self._check_media(row, where, "videos", "video", "videos", VIDEO_PLACEHOLDER, video.count_frames,
-                                 "PyAV")  # fmt: skip
-
-    def _check_media(self, row: dict[str, Any], where: str, field: str, what: str, plural: str, placeholder: str,
-                     frames_of: Any, library: str, empty_file_check: bool = False) -> list[str]:  # fmt: skip
-        """``row[field]`` (a path or a list; relative to the data folder, contained as images are): each file read
-        by ``frames_of`` with at least one frame, and no more ``placeholder`` in the question than files."""
-        items = row.get(field) or []
-        if isinstance(items, str):
-            items = [items]
-        if not isinstance(items, list) or not all(isinstance(x, str) for x in items):
-            raise DataError(f"{where}: wrong type: '{field}' must be a file path or a list of them (strings)")
+    def _check_media(self, row: dict[str, Any], where: str, kind: media.MediaKind) -> list[str]:
+        """``row[kind.field]`` (``audios`` or ``videos``: a path or a list; relative to the data folder, contained as
+        images are): each file read with at least one frame, no more placeholders than files (:mod:`r1v.data.media`,
+        the rules every reader shares)."""
         paths = []
-        for rel in items:
-            p = image_path(rel, self.root, self._real_root, self.allow_outside_root, where, what=what)
-            if empty_file_check and p.stat().st_size == 0:
-                raise DataError(f"{where}: empty {what}: {p} is an empty file")
-            try:
-                frames = frames_of(p)
-            except ImportError:
-                raise DataError(f"{where}: {what} needs {library}: pip install 'r1v[media]'") from None
-            except Exception as e:  # the libraries' error types differ by version and container; the kind matters
-                raise DataError(f"{where}: corrupt {what}: {p} cannot be read as {what} ({type(e).__name__})") from None
-            if frames == 0:
-                raise DataError(f"{where}: empty {what}: {p} has no {'video ' if what == 'video' else ''}frames")
+        for rel in media.as_list(row.get(kind.field), kind, where):
+            p = image_path(rel, self.root, self._real_root, self.allow_outside_root, where, what=kind.what)
+            media.check(kind, p, where)
             paths.append(str(p.resolve()))
-        n_ph = str(row["question"]).count(placeholder)
-        if n_ph > len(paths):
-            raise DataError(f"{where}: placeholder count: {n_ph} {placeholder} in the question "
-                            f"but {len(paths)} {plural}")  # fmt: skip
+        media.check_placeholders(kind, row["question"], len(paths), where)
         return paths
 
     def where(self, sample_id: str) -> str:
@@ -257,26 +229,18 @@ class JsonlDataset(Dataset):
                 meta = {**r["meta"], "_error": error}
                 return Sample(r["id"], r["question"], r["answer"], [], r["reasoning"], meta, list(r["images"]))
         sample = Sample(r["id"], r["question"], r["answer"], images, r["reasoning"], r["meta"], list(r["images"]))
-        for p in r.get("audios", []):
-            try:
-                sample.audios.append(audio.decode(p))
-            except Exception as e:  # passed the header check, fails to decode: skipped and counted as for images
-                error = f"{self.path}:{r['line']}: corrupt audio: {p} cannot be decoded ({type(e).__name__})"
-                if self.on_bad_sample == "error":
-                    raise DataError(f"{error}; data.on_bad_sample=error stops here (skip drops the row)") from None
-                sample.audios, sample.meta = [], {**r["meta"], "_error": error}
-                return sample
-            sample.audio_paths.append(p)
-        for p in r.get("videos", []):
-            try:
-                sample.videos.append(video.read_frames(p, self.video_frames))
-            except Exception as e:  # passed the check when built, fails now: skipped and counted as for images
-                error = f"{self.path}:{r['line']}: corrupt video: {p} cannot be decoded ({type(e).__name__})"
-                if self.on_bad_sample == "error":
-                    raise DataError(f"{error}; data.on_bad_sample=error stops here (skip drops the row)") from None
-                sample.videos, sample.meta = [], {**r["meta"], "_error": error}
-                return sample
-            sample.video_paths.append(p)
+        where = f"{self.path}:{r['line']}"
+        for kind, items, paths in ((media.AUDIOS, sample.audios, sample.audio_paths),
+                                   (media.VIDEOS, sample.videos, sample.video_paths)):  # fmt: skip
+            for p in r.get(kind.field, []):
+                try:  # passed the check when built, fails now: skipped and counted as for images
+                    items.append(media.load(kind, Path(p), where, video_frames=self.video_frames))
+                except DataError as e:
+                    if self.on_bad_sample == "error":
+                        raise DataError(f"{e}; data.on_bad_sample=error stops here (skip drops the row)") from None
+                    sample.audios, sample.videos, sample.meta = [], [], {**r["meta"], "_error": str(e)}
+                    return sample
+                paths.append(p)
         return sample
 
 

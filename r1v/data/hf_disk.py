@@ -11,7 +11,8 @@ a ``DatasetDict`` gives its ``data.train_split`` (default ``train``). ``data.val
 A stream file's record batches are its row groups: start-up walks the memory-mapped file's messages and reads each
 record batch's row count from its flatbuffer header (the body is not touched, so nothing is decoded), remembering
 where each message starts; ``ds[i]`` then decodes one batch from there. Everything else (presets, ``data.columns``,
-images as paths under ``data.image_root`` — default the folder given — or the ``{bytes, path}`` struct, the LRU of
+images, audio clips and videos as paths under ``data.image_root`` — default the folder given — or the
+``{bytes, path}`` struct of ``datasets``' Image / Audio / Video features, the LRU of
 batches, ``row_groups`` for the block shuffle, ``where`` = ``file:row``) is :class:`r1v.data.parquet.RowGroupDataset`.
 """
 
@@ -99,13 +100,13 @@ class HfDiskDataset(RowGroupDataset):
 
     def __init__(self, path: str | Path, columns: dict[str, str | None] | None = None, preset: str = "r1v",
                  image_root: str | Path | None = None, on_bad_sample: str = "skip", require_reasoning: bool = False,
-                 allow_outside_root: bool = False, cache_row_groups: int = 4,
-                 split: str = "train") -> None:  # fmt: skip
+                 allow_outside_root: bool = False, cache_row_groups: int = 4, split: str = "train",
+                 video_frames: int = 4) -> None:  # fmt: skip
         self.split = split
         self._schemas: list[pa.Schema] = []
         self._offsets: list[list[int]] = []  # per file: where each record batch message starts
         super().__init__(path, columns, preset, image_root or path, on_bad_sample, require_reasoning,
-                         allow_outside_root, cache_row_groups)  # fmt: skip
+                         allow_outside_root, cache_row_groups, video_frames)  # fmt: skip
         self.path = self.folder
 
     def _expand(self, train: str) -> list[Path]:

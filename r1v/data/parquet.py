@@ -11,17 +11,24 @@ boundaries a block-shuffle sampler needs to avoid that.
 
 Columns: ``columns`` maps r1v's fields to column names over a preset's defaults:
 
-- ``r1v``: the JSONL names (``id``, ``question``, ``answer``, ``images`` (or ``image``), ``reasoning``, ``meta``);
-- ``llava``: ``conversations`` = [{from: human|gpt, value}], ``image``; question = the human turns, answer = the
-  last gpt turn;
-- ``sharegpt`` / ``openai``: ``messages`` = [{role: user|assistant|system, content}], ``images``; question = the
-  user turns, answer = the last assistant turn.
+- ``r1v``: the JSONL names (``id``, ``question``, ``answer``, ``images`` (or ``image``), ``reasoning``, ``meta``,
+  ``audios``, ``videos``);
+- ``llava``: ``conversations`` = [{from: human|gpt, value}], ``image``, ``audio``, ``video``; question = the human
+  turns, answer = the last gpt turn;
+- ``sharegpt`` / ``openai``: ``messages`` = [{role: user|assistant|system, content}], ``images``, ``audios``,
+  ``videos``; question = the user turns, answer = the last assistant turn.
+
+A preset's ``audios`` / ``videos`` columns are optional (a data set without them reads as before).
 
 Images are file paths (relative to ``image_root``, default the first file's folder; they must resolve inside it
 unless ``allow_outside_root``) or encoded bytes: a binary column, or a struct with ``bytes`` (and ``path``) as
-Hugging Face ``datasets`` writes its Image feature; one per row or a list. Ids are the ``id`` column's or
-``<file stem>-<row>``; duplicate ids are not detected (that needs every row; ``python -m r1v data check`` reads
-them all). Rows are numbered from 0 within their file (``where`` gives ``file:row``).
+Hugging Face ``datasets`` writes its Image feature; one per row or a list. Audio clips and videos (issue 26) come
+the same ways (paths under the same root and containment rule, bytes, or the ``{bytes, path}`` struct of ``datasets``'
+Audio and Video features), are decoded from memory when bytes (:mod:`r1v.data.media`: no cache files) and checked
+by the JSONL reader's rules (empty, corrupt, no frames, more ``<audio>``/``<video>`` than items).
+
+Ids are the ``id`` column's or ``<file stem>-<row>``; duplicate ids are not detected (that needs every row;
+``python -m r1v data check`` reads them all). Rows are numbered from 0 within their file (``where`` gives ``file:row``).
 """
 
 from __future__ import annotations
@@ -44,17 +51,19 @@ from torch.utils.data import Dataset
 from r1v.core.errors import DataError
 from r1v.core.interfaces import IMAGE_PLACEHOLDER, Sample
 from r1v.core.registry import did_you_mean
+from r1v.data import media
 from r1v.data.datasets import BAD_SAMPLE_POLICIES, error_kind, image_path
 
 log = logging.getLogger(__name__)
 Preset = Literal["r1v", "llava", "sharegpt", "openai"]
-FIELDS = ("id", "question", "answer", "images", "reasoning", "meta", "messages", "conversations")
-R1V_NAMES = ("id", "question", "answer", "images", "reasoning", "meta")
+FIELDS = ("id", "question", "answer", "images", "reasoning", "meta", "messages", "conversations", "audios", "videos")
+R1V_NAMES = ("id", "question", "answer", "images", "reasoning", "meta", "audios", "videos")
+MEDIA_FIELDS = ("images", "audios", "videos")  # a path, bytes or a {bytes, path} struct, or a list of them
 PRESETS: dict[str, dict[str, str]] = {
     "r1v": {name: name for name in R1V_NAMES},
-    "llava": {"id": "id", "conversations": "conversations", "images": "image"},
-    "sharegpt": {"id": "id", "messages": "messages", "images": "images"},
-    "openai": {"id": "id", "messages": "messages", "images": "images"},
+    "llava": {"id": "id", "conversations": "conversations", "images": "image", "audios": "audio", "videos": "video"},
+    "sharegpt": {"id": "id", "messages": "messages", "images": "images", "audios": "audios", "videos": "videos"},
+    "openai": {"id": "id", "messages": "messages", "images": "images", "audios": "audios", "videos": "videos"},
 }
 REQUIRED: dict[str, tuple[str, ...]] = {  # fields whose column must exist, per preset
     "r1v": ("question", "answer"), "llava": ("conversations",), "sharegpt": ("messages",), "openai": ("messages",),
@@ -78,7 +87,7 @@ def _type_ok(field: str, t: pa.DataType) -> tuple[bool, str]:
     is_list = pa.types.is_list(t) or pa.types.is_large_list(t)
     if pa.types.is_null(t) or (is_list and pa.types.is_null(t.value_type)):  # all nulls / empty lists: no type
         return True, ""
-    if field == "images":
+    if field in MEDIA_FIELDS:
         return _image_type(t) or (is_list and _image_type(t.value_type)), \
             "a path (string), encoded bytes (binary or a struct with 'bytes'), or a list of them"  # fmt: skip
     if field in TURN_KEYS:
@@ -118,7 +127,9 @@ class RowGroupDataset(Dataset, ABC):
 
     def __init__(self, train: str | Path, columns: dict[str, str | None] | None = None, preset: str = "r1v",
                  image_root: str | Path | None = None, on_bad_sample: str = "skip", require_reasoning: bool = False,
-                 allow_outside_root: bool = False, cache_row_groups: int = 4) -> None:  # fmt: skip
+                 allow_outside_root: bool = False, cache_row_groups: int = 4,
+                 video_frames: int = 4) -> None:  # fmt: skip
+        self.video_frames = video_frames  # frames sampled per video (data.video.frames)
         if on_bad_sample not in BAD_SAMPLE_POLICIES:
             raise DataError(f"data.on_bad_sample: '{on_bad_sample}' is not allowed (use skip or error)")
         if preset not in PRESETS:
@@ -179,7 +190,7 @@ class RowGroupDataset(Dataset, ABC):
                     if not ok:
                         kind = schema.field(col).type
                         raise DataError(f"{f}: column '{col}' (data.columns.{field}) has type {kind}; {field} must be "
-                                        f"{want}")  # fmt: skip
+                                        f"{want}; columns: {', '.join(names)}")  # fmt: skip
                     resolved[field] = col
                 elif field in explicit or field in REQUIRED[self.preset]:
                     raise DataError(f"{f}: no column '{col}' (data.columns.{field}; preset {self.preset}); columns: "
@@ -291,7 +302,22 @@ class RowGroupDataset(Dataset, ABC):
         if n_ph > len(images):
             raise DataError(f"{where}: placeholder count: {n_ph} {IMAGE_PLACEHOLDER} in the question "
                             f"but {len(images)} images")  # fmt: skip
-        return Sample(sample_id, str(question), str(answer), images, reasoning, dict(meta or {}), paths)
+        sample = Sample(sample_id, str(question), str(answer), images, reasoning, dict(meta or {}), paths)
+        for kind, items, item_paths in ((media.AUDIOS, sample.audios, sample.audio_paths),
+                                        (media.VIDEOS, sample.videos, sample.video_paths)):  # fmt: skip
+            value = row.get(c[kind.field]) if kind.field in c else None
+            for k, item in enumerate(media.as_list(value, kind, where, allow_bytes=True)):
+                data, path = (item.get("bytes"), item.get("path")) if isinstance(item, dict) else (item, None)
+                if isinstance(data, str):
+                    data, path = None, data
+                if data is None and path is None:
+                    continue
+                source = bytes(data) if data is not None else self._path(path, where, kind.what)
+                items.append(media.load(kind, source, where, k, self.video_frames))
+                if data is None:
+                    item_paths.append(str(source))
+            media.check_placeholders(kind, question, len(items), where)
+        return sample
 
     def _source(self, field: str) -> str:
         if "conversations" in self.columns:
@@ -343,9 +369,9 @@ class RowGroupDataset(Dataset, ABC):
                 raise DataError(f"{where}: corrupt image: {name} cannot be decoded ({type(e).__name__})") from None
         return images, paths
 
-    def _path(self, rel: str, where: str) -> Path:
-        """An image path checked as JSONL's are (:func:`r1v.data.datasets.image_path`)."""
-        return image_path(rel, self.root, self._real_root, self.allow_outside_root, where).resolve()
+    def _path(self, rel: str, where: str, what: str = "image") -> Path:
+        """An image (audio, video) path checked as JSONL's are (:func:`r1v.data.datasets.image_path`)."""
+        return image_path(rel, self.root, self._real_root, self.allow_outside_root, where, what).resolve()
 
 
 class ParquetDataset(RowGroupDataset):

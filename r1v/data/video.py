@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from PIL import Image
 
@@ -41,12 +41,20 @@ class VideoKnobs:
         return knobs
 
 
-def count_frames(path: str | Path) -> int:
+class ZeroFrames(ValueError):
+    """A video with no decodable frames (PyAV's own errors are ValueErrors too: this one is told apart)."""
+
+
+def _source(path: str | Path | BinaryIO) -> str | BinaryIO:
+    return str(path) if isinstance(path, str | Path) else path
+
+
+def count_frames(path: str | Path | BinaryIO) -> int:
     """Decodable video frames of a file (decoded, not read from the header: containers often lie or omit it); 0
     when it has no video stream (an empty track is dropped by the muxer). Raises on a file PyAV cannot open."""
     import av
 
-    with av.open(str(path)) as container:
+    with av.open(_source(path)) as container:
         if not container.streams.video:
             return 0
         return sum(1 for _ in container.decode(video=0))
@@ -58,15 +66,15 @@ def uniform_indices(total: int, n: int) -> list[int]:
     return [int((i + 0.5) * total / k) for i in range(k)]
 
 
-def read_frames(path: str | Path, n: int) -> list[Image.Image]:
-    """``n`` frames sampled uniformly (all of them when the video is shorter), as RGB images; ValueError when the
-    video has no frames."""
+def read_frames(path: str | Path | BinaryIO, n: int) -> list[Image.Image]:
+    """``n`` frames sampled uniformly (all of them when the video is shorter), as RGB images, from a file or a file
+    object; :class:`ZeroFrames` (a ValueError) when the video has no frames."""
     import av
 
-    with av.open(str(path)) as container:
+    with av.open(_source(path)) as container:
         frames = [f.to_image() for f in container.decode(video=0)] if container.streams.video else []
     if not frames:
-        raise ValueError(f"zero-frame video: {path} has no decodable frames")
+        raise ZeroFrames(f"zero-frame video: {path} has no decodable frames")
     return [frames[i].convert("RGB") for i in uniform_indices(len(frames), n)]
 
 

@@ -1,8 +1,9 @@
 """``python -m r1v report <run>…``: one self-contained HTML page per set of runs (no server, no network).
 
 For every run: its stage and provenance, the metric panels of :mod:`r1v.reports.plots` (PNG, inlined), and for RL
-runs the logged rollouts (``completions.jsonl``): per logged step and prompt, the image thumbnail, the
-question and reference answer, and each of the G completions with its reward, reward parts, advantage and
+runs the logged rollouts (``completions.jsonl``): per logged step and prompt, the image thumbnail, each audio clip's
+file name and duration and each video's file name, sampled frames and first frame (issue 26), the question and
+reference answer, and each of the G completions with its reward, reward parts, advantage and
 length — the ``<think>`` chain folded — so reward hacking, collapse (all G the same), exploding length or
 format failures show at a glance. A small inline script filters the steps; the page loads nothing else.
 """
@@ -34,6 +35,7 @@ details.think summary{color:#666;cursor:pointer}
 details.think pre{white-space:pre-wrap;font-size:12px;color:#555;margin:4px 0}
 .q{display:flex;gap:12px;align-items:flex-start}.q img{width:96px;image-rendering:pixelated;border:1px solid #ccc}
 .warn{color:#b3261e;font-weight:600}
+.media{color:#444;font-size:12px}
 """
 
 SCRIPT = """
@@ -55,6 +57,35 @@ def thumbnail_b64(image: Any, size: int = 96) -> str | None:
     buf = io.BytesIO()
     im.save(buf, "PNG")
     return base64.b64encode(buf.getvalue()).decode()
+
+
+def sample_media(sample: Any) -> dict[str, Any]:
+    """What a ``completions.jsonl`` row keeps of a sample's media for the report: ``thumb`` (the first image), and
+    when present ``audios`` ([{name, seconds}]) and ``videos`` ([{name, frames, thumb}]: the frames sampled, the
+    first one's thumbnail). A clip read from bytes (no file) is named by its position."""
+
+    def names(paths: list[str], n: int, what: str) -> list[str]:
+        return [Path(p).name for p in paths] if len(paths) == n else [f"{what} {k}" for k in range(n)]
+
+    out: dict[str, Any] = {"thumb": thumbnail_b64(sample.images[0]) if sample.images else None}
+    audios, videos = getattr(sample, "audios", None) or [], getattr(sample, "videos", None) or []
+    if audios:
+        out["audios"] = [{"name": name, "seconds": round(float(clip.seconds), 3)}
+                         for name, clip in zip(names(sample.audio_paths, len(audios), "clip"), audios,
+                                               strict=True)]  # fmt: skip
+    if videos:
+        out["videos"] = [{"name": name, "frames": len(frames), "thumb": thumbnail_b64(frames[0]) if frames else None}
+                         for name, frames in zip(names(sample.video_paths, len(videos), "video"), videos,
+                                                 strict=True)]  # fmt: skip
+    return out
+
+
+def _media_line(row: dict[str, Any]) -> str:
+    """The row's audio clips and videos, one line (empty for an image-only row, as rows written before issue 26)."""
+    items = [f"audio {html.escape(str(a.get('name')))} ({float(a.get('seconds', 0.0)):.2f} s)"
+             for a in row.get("audios") or []]  # fmt: skip
+    items += [f"video {html.escape(str(v.get('name')))} ({v.get('frames', 0)} frames)" for v in row.get("videos") or []]
+    return f'<div class="media">{" · ".join(items)}</div>' if items else ""
 
 
 def _img(path: Path) -> str:
@@ -91,6 +122,8 @@ def rollout_sections(rows: list[dict[str, Any]]) -> str:
             body.append(f'<tr class="{cls}"><td>{k}</td><td>{c.get("reward", 0.0):.3g}</td>{parts}'
                         f'<td>{adv:+.3f}</td><td>{c.get("tokens", 0)}</td><td>{cell}</td></tr>')  # fmt: skip
         thumb = f'<img alt="image" src="data:image/png;base64,{row["thumb"]}">' if row.get("thumb") else ""
+        thumb += "".join(f'<img alt="video {html.escape(str(v.get("name")))}" src="data:image/png;base64,{v["thumb"]}">'
+                         for v in row.get("videos") or [] if v.get("thumb"))  # fmt: skip
         stats = (f"reward mean {sum(rewards) / max(len(rewards), 1):.3f}, length {min(lengths, default=0)}–"
                  f"{max(lengths, default=0)} tokens") + (' · <span class="warn">all G completions identical</span>'
                                                          if same else "")  # fmt: skip
@@ -98,7 +131,7 @@ def rollout_sections(rows: list[dict[str, Any]]) -> str:
         question, reference = html.escape(str(row.get("question", ""))), html.escape(str(row.get("answer", "")))
         out.append(
             f'<section class="step" data-step="{step}"><h3>step {step} · {rid}</h3><div class="q">{thumb}<div>'
-            f"<div>{question}</div><div>reference: <b>{reference}</b> · {stats}</div></div></div>"
+            f"<div>{question}</div>{_media_line(row)}<div>reference: <b>{reference}</b> · {stats}</div></div></div>"
             f'<table class="g"><tr><th>#</th><th>reward</th>{head}<th>advantage</th><th>tokens</th><th>completion</th>'
             f"</tr>{''.join(body)}</table></section>"
         )

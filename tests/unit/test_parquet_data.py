@@ -128,7 +128,7 @@ def test_missing_column_names_the_columns_that_exist(folder):
 def test_column_of_the_wrong_type(folder):
     write(folder / "t.parquet", {"question": [1.5], "answer": ["a"]})
     with pytest.raises(DataError, match=r"column 'question' \(data.columns.question\) has type double; question "
-                                        r"must be a string$"):  # fmt: skip
+                                        r"must be a string; columns: question, answer$"):  # fmt: skip
         ParquetDataset(folder / "t.parquet")
     write(folder / "u.parquet", {"question": ["q"], "answer": ["a"], "images": [[1, 2]]})
     with pytest.raises(DataError, match=r"column 'images' .* images must be a path \(string\), encoded bytes"):

@@ -436,22 +436,22 @@ class GRPOStage(LightningStage):
     def _write_completions(self, samples: list[Sample], rollouts: list[Rollout], parts: list[dict[str, float]],
                            texts: list[str]) -> None:  # fmt: skip
         """Every ``stage.completions_every`` rollout batches (and the first), the first
-        ``stage.completions_prompts`` prompts' G completions with their rewards, parts, advantages and an image
-        thumbnail go to ``<run>/completions.jsonl`` (rank 0): what the policy writes, over time
-        (``python -m r1v report`` shows them)."""
+        ``stage.completions_prompts`` prompts' G completions with their rewards, parts, advantages and media (image
+        thumbnail, audio names and durations, video frames) go to ``<run>/completions.jsonl`` (rank 0): what the
+        policy writes, over time (``python -m r1v report`` shows them)."""
         every = int(self.stage["completions_every"])
         if not every or not self.trainer.is_global_zero or (self.position.batches_done - 1) % every:
             return
         import json
         from pathlib import Path
 
-        from r1v.reports.html import thumbnail_b64
+        from r1v.reports.html import sample_media
 
         lines = []
         for i, s in enumerate(samples[: max(1, int(self.stage["completions_prompts"]))]):
             group = range(i * self.G, (i + 1) * self.G)
             lines.append({"step": self.global_step, "id": s.id, "question": s.question, "answer": s.answer,
-                          "thumb": thumbnail_b64(s.images[0]) if s.images else None,
+                          **sample_media(s),  # the image thumbnail; audio names and durations, video frames
                           "completions": [{"text": texts[k], "reward": rollouts[k].reward, "parts": parts[k],
                                            "advantage": rollouts[k].advantage,
                                            "tokens": len(rollouts[k].completion_ids)} for k in group]})  # fmt: skip
