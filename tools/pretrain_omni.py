@@ -24,10 +24,9 @@ import torch.nn.functional as F
 from r1v.core.interfaces import THINK_CLOSE
 from r1v.data import synthetic_omni
 from r1v.data.audio import AudioSpec
+from r1v.data.synthetic_omni import PITCH_CLASSES, token_labels
 from r1v.model.parts import tiny
 from r1v.runtime.weights import to_cpu_contiguous
-
-PITCH_CLASSES = ["none", *synthetic_omni.TONES]  # per-token labels
 
 
 def tone_track(index: int, seed: int) -> tuple[torch.Tensor, list[str], list[tuple[int, int, str]]]:
@@ -36,20 +35,6 @@ def tone_track(index: int, seed: int) -> tuple[torch.Tensor, list[str], list[tup
     pitches = [rng.choice(list(synthetic_omni.TONES)) for _ in range(rng.randint(1, synthetic_omni.MAX_BEEPS))]
     wave, marks = synthetic_omni.render_tones(pitches, rng)
     return torch.from_numpy(wave), pitches, marks
-
-
-def token_labels(marks: list[tuple[int, int, str]], n_samples: int, samples_per_token: int,
-                 n_tokens: int) -> torch.Tensor:  # fmt: skip
-    """(n_tokens,) the pitch class sounding over most of each token's span; -100 past the clip (padding)."""
-    y = torch.full((n_tokens,), -100, dtype=torch.long)
-    for j in range(n_tokens):
-        a, b = j * samples_per_token, (j + 1) * samples_per_token
-        if a >= n_samples:
-            break
-        overlap = {p: max(0, min(b, e) - max(a, s)) for s, e, p in marks}
-        best = max(overlap, key=overlap.get, default=None)
-        y[j] = PITCH_CLASSES.index(best) if best and overlap[best] * 2 >= (b - a) // 2 else 0
-    return y
 
 
 def pretrain_audio(steps: int, batch: int, seed: int, pool: int = 4) -> dict[str, str]:
@@ -70,7 +55,7 @@ def pretrain_audio(steps: int, batch: int, seed: int, pool: int = 4) -> dict[str
         wave, _, marks = tone_track(i, seed)
         f, _ = spec.features(AudioClip(wave.numpy(), synthetic_omni.SAMPLING_RATE))
         feats.append(f[0])
-        labels.append(token_labels(marks, len(wave), samples_per_token, n_tokens))
+        labels.append(torch.from_numpy(token_labels(marks, len(wave), samples_per_token, n_tokens)))
     x_all, y_all = torch.stack(feats), torch.stack(labels)  # (P, n_mels, W), (P, n_tokens)
     head = torch.nn.Linear(enc.hidden_size, len(PITCH_CLASSES))
     params = [*enc.parameters(), *head.parameters()]

@@ -22,6 +22,7 @@ from collections import Counter
 import numpy as np
 from torch.utils.data import Dataset
 
+from r1v.core.errors import DataError
 from r1v.core.interfaces import (
     AUD_END,
     AUD_START,
@@ -33,13 +34,13 @@ from r1v.core.interfaces import (
     AudioClip,
     Sample,
 )
-from r1v.core.errors import DataError
 from r1v.data import synthetic
 
 TONES = {"low": 440.0, "mid": 660.0, "high": 880.0}
 TASKS = ("beeps", "higher", "moves", "beeps_vs_shapes")
 KIND = {"beeps": "audio", "higher": "audio", "moves": "video", "beeps_vs_shapes": "mixed"}
 DIRECTIONS = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}  # (row, column) steps
+PITCH_CLASSES = ["none", *TONES]  # what sounds over an audio token: nothing, or a beep of a pitch
 SAMPLING_RATE = 16000
 SECONDS = 2.0
 MAX_BEEPS = 4
@@ -64,6 +65,21 @@ def render_tones(pitches: list[str], rng: random.Random, sampling_rate: int = SA
     return np.clip(wave, -1.0, 1.0), marks
 
 
+def token_labels(marks: list[tuple[int, int, str]], n_samples: int, samples_per_token: int,
+                 n_tokens: int) -> np.ndarray:  # fmt: skip
+    """(n_tokens,) per audio token of a clip: the class (PITCH_CLASSES) of the beep covering at least a quarter of the
+    token's span, else 0 (nothing); -100 for tokens past the clip (the window's padding)."""
+    y = np.full(n_tokens, -100, dtype=np.int64)
+    for j in range(n_tokens):
+        a, b = j * samples_per_token, (j + 1) * samples_per_token
+        if a >= n_samples:
+            break
+        overlap = {p: max(0, min(b, e) - max(a, s)) for s, e, p in marks}
+        best = max(overlap, key=overlap.get, default=None)
+        y[j] = PITCH_CLASSES.index(best) if best and 4 * overlap[best] >= b - a else 0
+    return y
+
+
 def describe_tones(pitches: list[str]) -> str:
     """What a perfect ear would tell the LM: ``low beep, high beep.``"""
     return ", ".join(f"{p} beep" for p in pitches) + "."
@@ -82,7 +98,7 @@ def _higher(rng: random.Random) -> tuple[list[str], str, str, str]:
     pitches = [first, second, *(rng.choice(order) for _ in range(rng.randint(0, MAX_BEEPS - 2)))]
     answer = "yes" if order.index(second) > order.index(first) else "no"
     why = (f"I hear {describe_tones(pitches)} The first tone is {first}, the second is {second}, so the second is "
-           f"{'higher' if answer == 'yes' else 'lower'}.")  # fmt: skip
+           f"{'higher' if answer == 'yes' else 'lower'}: {answer}.")  # fmt: skip
     return pitches, f"{AUDIO_PLACEHOLDER}\nIs the second tone higher than the first?", why, answer
 
 
@@ -165,8 +181,8 @@ class SyntheticOmni(Dataset):
         unknown = [t for t in tasks if t not in TASKS]
         if unknown:
             hint = difflib.get_close_matches(unknown[0], TASKS, n=1)
-            raise DataError(f"data.tasks: unknown omni task '{unknown[0]}'"
-                            f"{f' (did you mean {hint[0]!r}?)' if hint else ''} (known: {', '.join(TASKS)})")  # fmt: skip
+            mean = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise DataError(f"data.tasks: unknown omni task '{unknown[0]}'{mean} (known: {', '.join(TASKS)})")
         if n <= 0:
             raise DataError(f"data: the synthetic_omni {split} split is empty (n={n}); set a positive size")
         self.n, self.split, self.seed, self.image_size, self.tasks = n, split, seed, image_size, tuple(tasks)
