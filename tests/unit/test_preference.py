@@ -147,3 +147,39 @@ def test_reward_scores_read_the_last_real_token(tiny_vlm):
                 assert float(got[b]) == pytest.approx(float(model.reward_head(h)), abs=1e-5)
     finally:
         del model.reward_head  # the session's shared tiny model
+
+
+def test_softmin_head_pools_the_completions_tokens(tiny_vlm):
+    """pool=softmin: −τ·logsumexp(−s_t/τ) over the completion's own tokens, whatever the padding; small τ gives
+    the hard minimum of the per-token head, large τ approaches mean − τ·log T. Bad knobs are one line each."""
+    from r1v.core.errors import ConfigError
+    from r1v.rl.grpo import completion_rows
+    from r1v.stages.reward_model import add_head, head_knobs, scores
+
+    model, processor = tiny_vlm
+    add_head(model)
+    try:
+        tok = processor.tokenizer
+        a, b_, c, d = (tok(t, add_special_tokens=False)["input_ids"]
+                       for t in ("How many shapes", "red", "three", "I see two circles"))  # fmt: skip
+        ids, attn, cmask = completion_rows([a, b_], [c, d], pad_id=tok.pad_token_id)
+        with torch.no_grad():
+            per_token = []
+            for p, comp in ((a, c), (b_, d)):  # the head on each completion token, run alone
+                h = model.backbone.base_model(input_ids=torch.tensor([p + comp])).last_hidden_state[0, len(p) :]
+                per_token.append(model.reward_head(h).squeeze(-1))
+            for tau in (1e-3, 0.5, 50.0):
+                got = scores(model.eval(), ids, attn, None, cmask, "softmin", tau)
+                for b, s in enumerate(per_token):
+                    want = -tau * torch.logsumexp(-s / tau, 0)
+                    assert float(got[b]) == pytest.approx(float(want), abs=1e-4), (tau, b)
+            hard = scores(model, ids, attn, None, cmask, "softmin", 1e-4)
+            assert torch.allclose(hard, torch.stack([s.min() for s in per_token]), atol=1e-3)
+    finally:
+        del model.reward_head  # the session's shared tiny model
+    assert head_knobs({"head": {"pool": "softmin", "temperature": 0.5}}) == ("softmin", 0.5)
+    assert head_knobs({}) == ("last", 1.0)  # a run from before the knob
+    with pytest.raises(ConfigError, match=r"stage\.head\.pool: 'min' is not one of last, softmin"):
+        head_knobs({"head": {"pool": "min"}})
+    with pytest.raises(ConfigError, match=r"stage\.head\.temperature: 0 must be > 0"):
+        head_knobs({"head": {"pool": "softmin", "temperature": 0}})
