@@ -40,6 +40,8 @@ from typing import Any
 from fidelity_report import render, write_outputs  # benchmarks/ (scripts run as python benchmarks/<name>.py)
 from fidelity_stats import paired, t_interval
 
+from r1v.runtime.workers import die_with_parent
+
 STAGES = ("align", "reassemble", "sft", "iterative_sft", "grpo")
 ARMS = ("recipe", "sft_extra", "sft_continued", "fixed_penalty")
 # the regime's stages: every stage that reads training questions takes the data option (align and re-assembly
@@ -55,6 +57,14 @@ QUICK = {  # a few steps per stage: the plumbing end to end in minutes
     "grpo": ["stage.max_steps=2", "stage.val_every=2", "stage.val_generate=4", "stage.batch_size=4"],
 }
 # fmt: on
+# generation budgets for data=synthetic_hard: its sound chains run 80–130 tokens (the recipe's 96/128 suit the default
+# one-step scenes and would clip them); looping chains (210–280) are still cut, as R1V's 8k budget cuts real loops
+HARD_BUDGET = {
+    "distill": ["distill.max_new_tokens=160"],
+    "sft": ["stage.max_new_tokens=160"],
+    "iterative_sft": ["distill.max_new_tokens=160", "stage.errors.max_new_tokens=160", "stage.max_new_tokens=160"],
+    "grpo": ["stage.max_new_tokens=160"],
+}
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -78,8 +88,9 @@ def python_m(module: str, args: list[str], cwd: Path, log: Path) -> None:
     with log.open("a") as f:
         f.write(f"\n$ python -m {module} {' '.join(args)}\n")
         f.flush()
+        # the run dies with this script (kill -9 included): no orphan keeps training into a folder of --out
         code = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, stdout=f,
-                              stderr=subprocess.STDOUT).returncode  # fmt: skip
+                              stderr=subprocess.STDOUT, preexec_fn=die_with_parent).returncode  # fmt: skip
     if code:
         tail = "\n".join(log.read_text().splitlines()[-15:])
         raise SystemExit(f"failed (exit {code}): python -m {module} {' '.join(args)}\n{tail}\nfull log: {log}")
@@ -110,6 +121,8 @@ class Seed:
         if p["data"] != "synthetic":
             for s in DATA_STAGES:
                 overrides[s].append(f"data={p['data']}")
+            for s, budget in HARD_BUDGET.items():
+                overrides[s] += budget
         for stage, arg in p["overrides"]:
             overrides.setdefault(stage, []).append(arg)
         quote = "'{}'".format
@@ -262,7 +275,7 @@ def main() -> None:
     ap.add_argument("--results", type=Path, default=None, help="also copy fidelity.{json,md,png} here")
     ap.add_argument("--quick", action="store_true", help="a few steps per stage: checks the plumbing")
     ap.add_argument("--eval-limit", type=int, default=None, help="held-out questions (default 1000; quick 32)")
-    ap.add_argument("--eval-max-new-tokens", type=int, default=384)
+    ap.add_argument("--eval-max-new-tokens", type=int, default=256)
     ap.add_argument("--override", action="append", default=[], metavar="STAGE=ARG",
                     help="append ARG to one recipe stage's args, e.g. grpo=stage.max_steps=200")  # fmt: skip
     a = ap.parse_args()

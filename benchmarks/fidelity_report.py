@@ -32,8 +32,8 @@ def control_labels(data: dict[str, Any]) -> dict[str, str]:
         return str(vals[0]) if len(vals) == 1 else "/".join(map(str, vals))
 
     pens = sorted({round(p, 2) for p in data["drlc_penalty_mean"].values()})
-    return {"sft_extra": f"control: SFT + {steps('iterative_steps')} plain SFT steps (= the iterative rounds)",
-            "sft_continued": f"control: iterative SFT + {steps('grpo_steps')} SFT steps (= GRPO's)",
+    return {"sft_extra": f"control: SFT + {steps('iterative_steps')} plain SFT step(s) (= the iterative rounds')",
+            "sft_continued": f"control: iterative SFT + {steps('grpo_steps')} SFT step(s) (= GRPO's)",
             "fixed_penalty": f"control: SFT on chains distilled at a fixed P = {'/'.join(map(str, pens))} "
                              "(DRLC's mean)"}  # fmt: skip
 
@@ -123,6 +123,7 @@ def plot(data: dict[str, Any], path: Path) -> bool:
                     fontsize=8)  # fmt: skip
     bx.set_xticks(range(len(PLOTTED)), [LABELS[s] for s in PLOTTED], fontsize=8)
     bx.set_ylabel("MMMU val (%)")
+    bx.margins(y=0.15)
     bx.set_title("Skywork R1V 38B, Table 2", fontsize=9)
     bx.grid(alpha=0.3)
     fig.tight_layout()

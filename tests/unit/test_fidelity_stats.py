@@ -116,7 +116,7 @@ def test_fidelity_statistics_and_table(fs):
     plan = {"recipe": "r1v", "data": "synthetic_hard", "quick": True, "benchmark": "synthetic_hard", "eval_limit": 32}
     md = fidelity_report.render({"plan": plan, "seeds": [0, 1, 2], **stats})
     assert "| GRPO |" in md and "69.0" in md and "**better**" in md and "not distinguishable" in md
-    assert "6 plain SFT steps" in md and "fixed P = 1.5" in md
+    assert "6 plain SFT step(s)" in md and "fixed P = 1.5" in md
 
 
 def test_synthetic_hard_benchmark(registry):
