@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from fidelity_report import render, write_outputs  # benchmarks/ (scripts run as python benchmarks/<name>.py)
-from fidelity_stats import paired, t_interval
+from fidelity_stats import BETTER, WORSE, paired, t_interval
 
 from r1v.runtime.workers import die_with_parent
 
@@ -259,8 +259,10 @@ def statistics(results: dict[int, dict[str, dict[str, Any]]]) -> dict[str, Any]:
     comps = []
     for question, arm, control, higher in COMPARISONS:
         if arm in rows and control in rows:
-            comps.append({"question": question, **paired(arm, control, rows[arm], rows[control],
-                                                          higher_is_better=higher).as_dict()})  # fmt: skip
+            comp = paired(arm, control, rows[arm], rows[control], higher_is_better=higher).as_dict()
+            if not higher:  # a length: DRLC is meant to be shorter on easy questions, not "better" per se
+                comp["verdict"] = {BETTER: "shorter", WORSE: "longer"}.get(comp["verdict"], comp["verdict"])
+            comps.append({"question": question, **comp})
     steps = {k: {s: results[s]["recipe"][k] for s in results} for k in ("iterative_steps", "grpo_steps")}
     penalty = {s: results[s]["recipe"]["drlc_penalty_mean"] for s in results}
     return {"rows": summary, "comparisons": comps, "steps": steps, "drlc_penalty_mean": penalty}

@@ -79,8 +79,8 @@ def render(data: dict[str, Any], image: str | None = "fidelity.png") -> str:
     for c in data["comparisons"]:
         lines.append(f"| {c['question']} | {fmt_interval(_iv(c['difference']))} | {len(c['seeds'])} | "
                      f"**{c['verdict']}** |")  # fmt: skip
-    lines += ["", "A verdict is *better*/*worse* when the paired difference's 95% interval excludes 0 (for lengths, "
-              "shorter is better); fewer than two seeds give no interval (*not distinguishable*)."]  # fmt: skip
+    lines += ["", "A verdict is *better*/*worse* when the paired difference's 95% interval excludes 0 (for lengths: "
+              "*shorter* / *longer*); fewer than two seeds give no interval (*not distinguishable*)."]  # fmt: skip
     if image:
         lines += ["", f"![held-out accuracy per stage, R1V's Table 2 beside it]({image})"]
     return "\n".join(lines) + "\n"

@@ -111,7 +111,7 @@ def test_fidelity_statistics_and_table(fs):
     assert stats["rows"]["grpo"]["per_seed"] == {0: 50.0, 1: 52.0, 2: 52.0}
     verdicts = {c["arm"]: c["verdict"] for c in stats["comparisons"]}
     assert verdicts["grpo"] == fs.BETTER  # +10 every seed
-    assert verdicts["drlc_chain_tokens"] == fs.BETTER  # 10 tokens shorter every seed
+    assert verdicts["drlc_chain_tokens"] == "shorter"  # 10 tokens fewer every seed
     assert verdicts["sft"] == fs.TIE  # DRLC − fixed: +3, +1, −3 spans 0
     plan = {"recipe": "r1v", "data": "synthetic_hard", "quick": True, "benchmark": "synthetic_hard", "eval_limit": 32}
     md = fidelity_report.render({"plan": plan, "seeds": [0, 1, 2], **stats})
