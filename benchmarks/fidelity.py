@@ -303,9 +303,11 @@ def main() -> None:
     if a.results:
         a.results.mkdir(parents=True, exist_ok=True)
         name = f"fidelity_{a.data}{'_quick' if a.quick else ''}"
-        for ext in ("json", "md", "png"):
+        for ext in ("json", "png"):
             if (out / f"fidelity.{ext}").is_file():
                 shutil.copyfile(out / f"fidelity.{ext}", a.results / f"{name}.{ext}")
+        has_png = (a.results / f"{name}.png").is_file()
+        (a.results / f"{name}.md").write_text(render(data, image=f"{name}.png" if has_png else None))
     print("\n" + md)
 
 
