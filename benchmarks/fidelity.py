@@ -107,15 +107,18 @@ class Seed:
         self.log = out / "logs" / f"s{seed}.log"
 
     def result(self, arm: str) -> dict[str, Any] | None:
+        """The arm's finished result, or None when it has not finished."""
         path = self.results / f"{arm}.json"
         return json.loads(path.read_text()) if path.is_file() else None
 
     def state(self) -> dict[str, Any]:
+        """The recipe's lineage (recipe.json): every stage's resolved arguments, status and evaluation."""
         return json.loads((self.recipe_dir / "recipe.json").read_text())
 
     # -- the recipe ------------------------------------------------------------------------------------------
 
     def recipe_args(self) -> list[str]:
+        """``python -m r1v.recipe`` arguments: seed, folder, evaluation, per-stage overrides (quick, data, --override)."""
         p = self.plan
         overrides: dict[str, list[str]] = {s: list(QUICK.get(s, [])) if p["quick"] else [] for s in QUICK}
         if p["data"] != "synthetic":
@@ -136,6 +139,7 @@ class Seed:
         return args
 
     def run_recipe(self) -> dict[str, Any]:
+        """Run (or resume) the recipe; its held-out scores per stage and the budgets the controls match."""
         python_m("r1v.recipe", self.recipe_args(), self.out, self.log)
         state = self.state()
         stages = state["stages"]
@@ -160,6 +164,7 @@ class Seed:
         return [*args, "resume=auto"]  # a killed control continues from its own checkpoint (or starts over)
 
     def train_and_eval(self, run: str, args: list[str]) -> dict[str, Any]:
+        """Train a control (unless its final weights exist) and evaluate it as the recipe evaluates its stages."""
         run_dir = self.controls / run
         if not (run_dir / "final" / "trainable.safetensors").is_file():
             python_m("r1v.train", args, self.out, self.log)
@@ -171,18 +176,21 @@ class Seed:
         return ev
 
     def sft_extra(self, rec: dict[str, Any]) -> dict[str, Any]:
+        """Control (a): plain SFT from the SFT stage for as many steps as the iterative rounds took."""
         n = max(int(rec["iterative_steps"]), 1)
         args = self.stage_args("sft", "sft_extra", checkpoint=self.recipe_dir / "sft", stage__max_steps=n,
                                stage__val_every=n)  # fmt: skip
         return {"eval": self.train_and_eval("sft_extra", args), "steps": n, "from": "sft"}
 
     def sft_continued(self, rec: dict[str, Any]) -> dict[str, Any]:
+        """Control (b): SFT from the iterative-SFT weights for as many steps as GRPO took."""
         n = max(int(rec["grpo_steps"]), 1)
         args = self.stage_args("sft", "sft_continued", checkpoint=self.recipe_dir / "iterative_sft",
                                stage__max_steps=n, stage__val_every=n)  # fmt: skip
         return {"eval": self.train_and_eval("sft_continued", args), "steps": n, "from": "iterative_sft"}
 
     def fixed_penalty(self, rec: dict[str, Any]) -> dict[str, Any]:
+        """Control (c): distil at a fixed penalty equal to DRLC's mean, then the SFT stage on those chains."""
         p = round(float(rec["drlc_penalty_mean"]), 4)
         chains = self.controls / "fixed_distill" / "distill.json"
         if not chains.is_file():
