@@ -118,7 +118,7 @@ class Seed:
     # -- the recipe ------------------------------------------------------------------------------------------
 
     def recipe_args(self) -> list[str]:
-        """``python -m r1v.recipe`` arguments: seed, folder, evaluation, per-stage overrides (quick, data, --override)."""
+        """``python -m r1v.recipe`` arguments: seed, folder, evaluation, per-stage overrides (quick, data, ...)."""
         p = self.plan
         overrides: dict[str, list[str]] = {s: list(QUICK.get(s, [])) if p["quick"] else [] for s in QUICK}
         if p["data"] != "synthetic":
