@@ -137,7 +137,7 @@ def _run_stages(cfg: dict[str, Any], recipe: dict[str, Any], stages: list[dict[s
             tail = (folder / "logs" / f"{name}.log").read_text().strip().splitlines()[-1:]
             raise RunError(f"recipe stage {name} failed (exit {code}): {tail[0] if tail else ''} — full log "
                            f"{folder / 'logs' / (name + '.log')}; fix it and run again with resume=auto")  # fmt: skip
-        rec["eval"] = _evaluate(folder / name, recipe.get("eval") or {}, folder / "logs" / f"{name}.log")
+        rec["eval"] = evaluate_stage(folder / name, recipe.get("eval") or {}, folder / "logs" / f"{name}.log")
         rec.update(status="done", finished=time.time())
         write_json_atomic(state_path, state)
     from r1v.reports.recipe import write_report
@@ -147,7 +147,7 @@ def _run_stages(cfg: dict[str, Any], recipe: dict[str, Any], stages: list[dict[s
     return folder
 
 
-def _evaluate(run_dir: Path, ev: dict[str, Any], log_path: Path) -> dict[str, Any] | None:
+def evaluate_stage(run_dir: Path, ev: dict[str, Any], log_path: Path) -> dict[str, Any] | None:
     """Held-out score of a stage that produced weights (None for data-only stages such as distill)."""
     if not ev or not (run_dir / "final" / "trainable.safetensors").is_file():
         return None

@@ -70,6 +70,16 @@ def synthetic_omni(n: int = 200, split: str = "val", seed: int = 0, limit: int |
     return out
 
 
+def synthetic_hard(n: int = 1000, split: str = "test", seed: int = 0, limit: int | None = None) -> list[EvalItem]:
+    """``data=synthetic_hard``'s held-out questions (relations, counts with arithmetic; never a training scene and
+    question): open questions, by task. The default 1,000 keep one standard error ≤ 1.6 points at 50%."""
+    from r1v.data.synthetic_hard import TASKS, SyntheticHard
+
+    ds = SyntheticHard(n if limit is None else min(n, int(limit)), split, seed, tasks=TASKS)
+    return [EvalItem(s.id, s.question, s.answer, "open", images=s.images, category=s.meta["task"],
+                     meta={"prompt": "plain"}) for s in (ds[i] for i in range(len(ds)))]  # fmt: skip
+
+
 MMMU_LAYOUT = "MMMU/MMMU as cloned: <Subject>/validation-*.parquet"
 
 
@@ -194,6 +204,7 @@ def jsonl(path: str | None = None, limit: int | None = None) -> list[EvalItem]:
 def register_benchmarks(register: Any) -> None:
     register("synthetic", synthetic, "bundled synthetic scenes (no files needed)")
     register("synthetic_omni", synthetic_omni, "bundled omni tasks: audio, video and image + audio (no files needed)")
+    register("synthetic_hard", synthetic_hard, "data=synthetic_hard's held-out questions (no files needed)")
     register("mmmu", mmmu, "MMMU val, from a local MMMU/MMMU copy")
     register("mathvista", mathvista, "MathVista testmini, from a local AI4Math/MathVista copy")
     register("math500", math500, "MATH-500, from a local HuggingFaceH4/MATH-500 copy")

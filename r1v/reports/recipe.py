@@ -103,6 +103,9 @@ def write_report(folder: Path, state: dict[str, Any], stages: list[dict[str, Any
         fig.savefig(folder / "plots" / "stages.png", dpi=110)
         plt.close(fig)
         lines += ["", "![held-out score after each stage](plots/stages.png)"]
+    extra = folder / "fidelity.md"  # benchmarks/fidelity.py: the recipe across seeds, against its controls
+    if extra.is_file():
+        lines += ["", extra.read_text().rstrip()]
     lines += ["", "## Curves per stage", "", *plots, ""]
     path = folder / "report.md"
     tmp = path.with_name(".report.md.tmp")

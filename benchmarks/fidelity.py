@@ -1,0 +1,323 @@
+"""Recipe fidelity (issue 27): does each R1V stage earn its place against a control with the same training budget?
+
+Per seed: the whole ``python -m r1v.recipe recipe=r1v`` (align → re-assemble → AL-CoTD distillation with DRLC →
+SFT → iterative SFT → GRPO, each evaluated on the held-out set), then three controls built from the recipe's own
+stage arguments (recipe.json) so that only the thing under test differs:
+
+* ``sft_extra`` — plain SFT from the SFT stage's weights on the SFT stage's chains for as many steps as the
+  iterative rounds took (iterative.json): does iterative SFT's selection matter, or only the extra training?
+* ``sft_continued`` — plain SFT from the iterative-SFT weights for as many steps as GRPO took: GRPO or just more
+  supervised steps?
+* ``fixed_penalty`` — the distillation again with a fixed repetition penalty equal to DRLC's measured mean
+  (distill.json), then the SFT stage on those chains: DRLC against the same average pressure spread evenly
+  (held-out accuracy and mean response tokens, plus the distilled chains' mean length).
+
+Each (seed, arm) writes ``<out>/results/s<seed>/<arm>.json`` atomically; a rerun skips what exists and a killed
+run goes on from the missing parts (the recipe with ``resume=auto``, the controls with ``resume=auto`` from their
+own checkpoints). Statistics (benchmarks/fidelity_stats.py): mean, std and a 95% t-interval per stage and arm
+across seeds; each comparison decided by the 95% t-interval of the paired difference. Writes
+``<out>/fidelity.{json,md,png}`` and adds the table and plot to every seed's recipe report.
+
+    python benchmarks/fidelity.py --seeds 0 1 2 3 4 --data synthetic_hard --results benchmarks/results
+    python benchmarks/fidelity.py --seeds 0 --quick --out runs/fidelity-quick     # plumbing check, a few minutes
+
+Hours on 2 CPU cores (a script, not a test). ``--override STAGE=ARG`` appends ARG to one recipe stage's args.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from fidelity_report import render, write_outputs  # benchmarks/ (scripts run as python benchmarks/<name>.py)
+from fidelity_stats import BETTER, WORSE, paired, t_interval
+
+from r1v.runtime.workers import die_with_parent
+
+STAGES = ("align", "reassemble", "sft", "iterative_sft", "grpo")
+ARMS = ("recipe", "sft_extra", "sft_continued", "fixed_penalty")
+# the regime's stages: every stage that reads training questions takes the data option (align and re-assembly
+# keep the default scenes: they stand for R1V's general alignment data)
+DATA_STAGES = ("distill", "iterative_sft", "grpo")
+# fmt: off
+QUICK = {  # a few steps per stage: the plumbing end to end in minutes
+    "align": ["stage.max_steps=30", "stage.val_every=30", "stage.val_generate=8"],
+    "distill": ["distill.limit=48"],
+    "sft": ["stage.max_steps=10", "stage.val_every=10", "stage.val_generate=8"],
+    "iterative_sft": ["stage.taus=[3]", "stage.lrs=[5e-4]", "distill.limit=32", "stage.errors.pool=16",
+                      "stage.max_steps_per_round=3", "stage.val_generate=8"],
+    "grpo": ["stage.max_steps=2", "stage.val_every=2", "stage.val_generate=4", "stage.batch_size=4"],
+}
+# fmt: on
+# generation budgets for data=synthetic_hard: its sound chains run 80–130 tokens (the recipe's 96/128 suit the default
+# one-step scenes and would clip them); looping chains (210–280) are still cut, as R1V's 8k budget cuts real loops
+HARD_BUDGET = {
+    "distill": ["distill.max_new_tokens=160"],
+    "sft": ["stage.max_new_tokens=160"],
+    "iterative_sft": ["distill.max_new_tokens=160", "stage.errors.max_new_tokens=160", "stage.max_new_tokens=160"],
+    "grpo": ["stage.max_new_tokens=160"],
+}
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """``data`` to ``path`` atomically (a temporary file, then os.replace): a kill leaves the old file or none."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def set_arg(args: list[str], key: str, value: Any) -> list[str]:
+    """``args`` without any ``key=…`` / ``+key=…`` and with ``key=value`` appended."""
+    kept = [a for a in args if not a.lstrip("+").startswith(f"{key}=")]
+    return [*kept, f"{key}={value}"]
+
+
+def python_m(module: str, args: list[str], cwd: Path, log: Path) -> None:
+    """``python -m module args`` in ``cwd``, offline, output appended to ``log``; exits with its tail on failure."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    with log.open("a") as f:
+        f.write(f"\n$ python -m {module} {' '.join(args)}\n")
+        f.flush()
+        # the run dies with this script (kill -9 included): no orphan keeps training into a folder of --out
+        code = subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, stdout=f,
+                              stderr=subprocess.STDOUT, preexec_fn=die_with_parent).returncode  # fmt: skip
+    if code:
+        tail = "\n".join(log.read_text().splitlines()[-15:])
+        raise SystemExit(f"failed (exit {code}): python -m {module} {' '.join(args)}\n{tail}\nfull log: {log}")
+
+
+class Seed:
+    """One seed's work: its recipe folder, its controls' folder and its result files."""
+
+    def __init__(self, seed: int, out: Path, plan: dict[str, Any]) -> None:
+        self.seed, self.out, self.plan = seed, out, plan
+        self.recipe_dir = out / "runs" / f"s{seed}"
+        self.controls = out / "runs" / f"s{seed}-controls"
+        self.results = out / "results" / f"s{seed}"
+        self.log = out / "logs" / f"s{seed}.log"
+
+    def result(self, arm: str) -> dict[str, Any] | None:
+        """The arm's finished result, or None when it has not finished."""
+        path = self.results / f"{arm}.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def state(self) -> dict[str, Any]:
+        """The recipe's lineage (recipe.json): every stage's resolved arguments, status and evaluation."""
+        return json.loads((self.recipe_dir / "recipe.json").read_text())
+
+    # -- the recipe ------------------------------------------------------------------------------------------
+
+    def recipe_args(self) -> list[str]:
+        """``python -m r1v.recipe`` arguments: seed, folder, evaluation, per-stage overrides (quick, data, ...)."""
+        p = self.plan
+        overrides: dict[str, list[str]] = {s: list(QUICK.get(s, [])) if p["quick"] else [] for s in QUICK}
+        if p["data"] != "synthetic":
+            for s in DATA_STAGES:
+                overrides[s].append(f"data={p['data']}")
+            for s, budget in HARD_BUDGET.items():
+                overrides[s] += budget
+        for stage, arg in p["overrides"]:
+            overrides.setdefault(stage, []).append(arg)
+        quote = "'{}'".format
+        args = [f"recipe={p['recipe']}", f"seed={self.seed}", f"paths.runs={self.recipe_dir.parent}",
+                f"run={self.recipe_dir.name}", f"recipe.eval.benchmark={p['benchmark']}",
+                f"recipe.eval.limit={p['eval_limit']}",
+                "recipe.eval.args=[" + ",".join(quote(a) for a in p["eval_args"]) + "]"]  # fmt: skip
+        args += [f"+recipe.overrides.{s}=[{','.join(quote(a) for a in v)}]" for s, v in overrides.items() if v]
+        if (self.recipe_dir / "recipe.json").is_file():
+            args.append("resume=auto")  # finished stages are skipped, an interrupted one resumes
+        return args
+
+    def run_recipe(self) -> dict[str, Any]:
+        """Run (or resume) the recipe; its held-out scores per stage and the budgets the controls match."""
+        python_m("r1v.recipe", self.recipe_args(), self.out, self.log)
+        state = self.state()
+        stages = state["stages"]
+        evals = {n: stages[n]["eval"] for n in STAGES if n in stages and stages[n].get("eval")}
+        rounds = json.loads((self.recipe_dir / "iterative_sft" / "iterative.json").read_text())["rounds"]
+        distill = json.loads((self.recipe_dir / "distill" / "distill.json").read_text())
+        return {"evals": evals, "iterative_steps": sum(int(r["steps"]) for r in rounds),
+                "iterative_rounds": [{k: r.get(k) for k in ("round", "tau", "steps", "n_used", "n_rm", "n_wrong")}
+                                     for r in rounds],
+                "grpo_steps": grpo_steps(self.recipe_dir / "grpo", stages["grpo"]["args"]),
+                "drlc_penalty_mean": distill["repetition_penalty"]["mean"],
+                "drlc_chain_tokens": distill["completion_tokens"]["mean"]}  # fmt: skip
+
+    # -- the controls ----------------------------------------------------------------------------------------
+
+    def stage_args(self, name: str, run: str, **changes: Any) -> list[str]:
+        """The recipe stage's own arguments, re-aimed at a control run folder with ``changes``."""
+        args = [a for a in self.state()["stages"][name]["args"] if not a.startswith(("resume=", "allow_changes="))]
+        args = set_arg(set_arg(args, "paths.runs", self.controls), "run", run)
+        for key, value in changes.items():
+            args = set_arg(args, key.replace("__", "."), value)
+        return [*args, "resume=auto"]  # a killed control continues from its own checkpoint (or starts over)
+
+    def train_and_eval(self, run: str, args: list[str]) -> dict[str, Any]:
+        """Train a control (unless its final weights exist) and evaluate it as the recipe evaluates its stages."""
+        run_dir = self.controls / run
+        if not (run_dir / "final" / "trainable.safetensors").is_file():
+            python_m("r1v.train", args, self.out, self.log)
+        from r1v.recipe import evaluate_stage
+
+        ev = evaluate_stage(run_dir, self.state()["plan"]["recipe"]["eval"], self.log)
+        if ev is None:
+            raise SystemExit(f"{run_dir}: no trained weights to evaluate")
+        return ev
+
+    def sft_extra(self, rec: dict[str, Any]) -> dict[str, Any]:
+        """Control (a): plain SFT from the SFT stage for as many steps as the iterative rounds took."""
+        n = max(int(rec["iterative_steps"]), 1)
+        args = self.stage_args("sft", "sft_extra", checkpoint=self.recipe_dir / "sft", stage__max_steps=n,
+                               stage__val_every=n)  # fmt: skip
+        return {"eval": self.train_and_eval("sft_extra", args), "steps": n, "from": "sft"}
+
+    def sft_continued(self, rec: dict[str, Any]) -> dict[str, Any]:
+        """Control (b): SFT from the iterative-SFT weights for as many steps as GRPO took."""
+        n = max(int(rec["grpo_steps"]), 1)
+        args = self.stage_args("sft", "sft_continued", checkpoint=self.recipe_dir / "iterative_sft",
+                               stage__max_steps=n, stage__val_every=n)  # fmt: skip
+        return {"eval": self.train_and_eval("sft_continued", args), "steps": n, "from": "iterative_sft"}
+
+    def fixed_penalty(self, rec: dict[str, Any]) -> dict[str, Any]:
+        """Control (c): distil at a fixed penalty equal to DRLC's mean, then the SFT stage on those chains."""
+        p = round(float(rec["drlc_penalty_mean"]), 4)
+        chains = self.controls / "fixed_distill" / "distill.json"
+        if not chains.is_file():
+            args = self.stage_args("distill", "fixed_distill", distill__length__name="fixed")
+            python_m("r1v.train", [*args, f"+distill.length.repetition_penalty={p}"], self.out, self.log)
+        distill = json.loads(chains.read_text())
+        train = self.controls / "fixed_distill" / "distilled.jsonl"
+        args = self.stage_args("sft", "fixed_sft", data__train=train)
+        return {"eval": self.train_and_eval("fixed_sft", args), "penalty": p,
+                "chain_tokens": distill["completion_tokens"]["mean"],
+                "penalty_measured": distill["repetition_penalty"]["mean"]}  # fmt: skip
+
+    def run(self) -> dict[str, dict[str, Any]]:
+        """Every arm of this seed, each skipped when its result file exists."""
+        out: dict[str, dict[str, Any]] = {}
+        for arm in ARMS:
+            res = self.result(arm)
+            if res is None:
+                start = time.perf_counter()
+                res = self.run_recipe() if arm == "recipe" else getattr(self, arm)(out["recipe"])
+                res["minutes"] = round((time.perf_counter() - start) / 60, 2)
+                write_json(self.results / f"{arm}.json", res)
+                print(f"seed {self.seed}: {arm} done in {res['minutes']} min", flush=True)
+            else:
+                print(f"seed {self.seed}: {arm} found ({self.results / (arm + '.json')}); skipped", flush=True)
+            out[arm] = res
+        return out
+
+
+def grpo_steps(run_dir: Path, args: list[str]) -> int:
+    """Optimizer steps GRPO took: distinct steps logged with a training loss in metrics.csv (else its max_steps)."""
+    path = run_dir / "metrics.csv"
+    if path.is_file():
+        with path.open() as f:
+            steps = {r["step"] for r in csv.DictReader(f) if r.get("train/loss") and r.get("step")}
+        if steps:
+            return len(steps)
+    return int(next(a.split("=", 1)[1] for a in reversed(args) if a.startswith("stage.max_steps=")))
+
+
+def per_seed_values(results: dict[int, dict[str, dict[str, Any]]]) -> dict[str, dict[int, float]]:
+    """Held-out pass@1 per row (stage of the recipe, or control) and seed, plus the token measures of DRLC arms."""
+    rows: dict[str, dict[int, float]] = {}
+    for seed, arms in results.items():
+        rec = arms["recipe"]
+        for stage in STAGES:
+            if stage in rec["evals"]:
+                rows.setdefault(stage, {})[seed] = rec["evals"][stage]["pass@1"]
+        for arm in ("sft_extra", "sft_continued", "fixed_penalty"):
+            if arm in arms:
+                rows.setdefault(arm, {})[seed] = arms[arm]["eval"]["pass@1"]
+        if "fixed_penalty" in arms and "sft" in rec["evals"]:
+            fp = arms["fixed_penalty"]
+            rows.setdefault("drlc_response_tokens", {})[seed] = rec["evals"]["sft"]["length_mean"]
+            rows.setdefault("fixed_response_tokens", {})[seed] = fp["eval"]["length_mean"]
+            rows.setdefault("drlc_chain_tokens", {})[seed] = rec["drlc_chain_tokens"]
+            rows.setdefault("fixed_chain_tokens", {})[seed] = fp["chain_tokens"]
+    return rows
+
+
+COMPARISONS = (  # (question, arm row, control row, higher is better)
+    ("iterative SFT vs the same steps of plain SFT", "iterative_sft", "sft_extra", True),
+    ("GRPO vs the same steps of continued SFT", "grpo", "sft_continued", True),
+    ("DRLC vs a fixed penalty at its mean: accuracy after SFT", "sft", "fixed_penalty", True),
+    ("DRLC vs fixed: held-out response tokens", "drlc_response_tokens", "fixed_response_tokens", False),
+    ("DRLC vs fixed: distilled chain tokens", "drlc_chain_tokens", "fixed_chain_tokens", False),
+)
+
+
+def statistics(results: dict[int, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Per row: the t-interval across seeds; per comparison: the paired difference's interval and its verdict."""
+    rows = per_seed_values(results)
+    summary = {name: {"per_seed": vals, **t_interval(list(vals.values())).as_dict()} for name, vals in rows.items()}
+    comps = []
+    for question, arm, control, higher in COMPARISONS:
+        if arm in rows and control in rows:
+            comp = paired(arm, control, rows[arm], rows[control], higher_is_better=higher).as_dict()
+            if not higher:  # a length: DRLC is meant to be shorter on easy questions, not "better" per se
+                comp["verdict"] = {BETTER: "shorter", WORSE: "longer"}.get(comp["verdict"], comp["verdict"])
+            comps.append({"question": question, **comp})
+    steps = {k: {s: results[s]["recipe"][k] for s in results} for k in ("iterative_steps", "grpo_steps")}
+    penalty = {s: results[s]["recipe"]["drlc_penalty_mean"] for s in results}
+    return {"rows": summary, "comparisons": comps, "steps": steps, "drlc_penalty_mean": penalty}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--data", choices=["synthetic_hard", "synthetic"], default="synthetic_hard")
+    ap.add_argument("--recipe", default="r1v")
+    ap.add_argument("--out", type=Path, default=None, help="default runs/fidelity-<data>[-quick]")
+    ap.add_argument("--results", type=Path, default=None, help="also copy fidelity.{json,md,png} here")
+    ap.add_argument("--quick", action="store_true", help="a few steps per stage: checks the plumbing")
+    ap.add_argument("--eval-limit", type=int, default=None, help="held-out questions (default 1000; quick 32)")
+    ap.add_argument("--eval-max-new-tokens", type=int, default=256)
+    ap.add_argument("--override", action="append", default=[], metavar="STAGE=ARG",
+                    help="append ARG to one recipe stage's args, e.g. grpo=stage.max_steps=200")  # fmt: skip
+    a = ap.parse_args()
+    out = (a.out or Path(f"runs/fidelity-{a.data}{'-quick' if a.quick else ''}")).resolve()
+    limit = a.eval_limit or (32 if a.quick else 1000)
+    eval_args = [f"max_new_tokens={a.eval_max_new_tokens}", "batch_size=32"]
+    if a.data == "synthetic":  # the bundled benchmark holds 128 questions unless told more
+        eval_args.append(f"+benchmark_knobs.n={limit}")
+    plan = {"recipe": a.recipe, "data": a.data, "quick": a.quick, "benchmark": a.data, "eval_limit": limit,
+            "eval_args": eval_args, "overrides": [tuple(o.split("=", 1)) for o in a.override]}  # fmt: skip
+    bad = [o for o in plan["overrides"] if len(o) != 2]
+    if bad:
+        raise SystemExit(f"--override {bad[0][0]}: use STAGE=ARG, e.g. grpo=stage.max_steps=200")
+    plan_file = out / "plan.json"
+    if plan_file.is_file() and json.loads(plan_file.read_text()) != json.loads(json.dumps(plan)):
+        raise SystemExit(f"{out} was started with another plan ({plan_file}); use another --out")
+    write_json(plan_file, plan)
+    results = {seed: Seed(seed, out, plan).run() for seed in a.seeds}
+    stats = statistics(results)
+    data = {"plan": plan, "seeds": a.seeds, **stats, "per_seed": results}
+    md = render(data)
+    write_outputs(out, data, md, [Seed(s, out, plan).recipe_dir for s in a.seeds])
+    if a.results:
+        a.results.mkdir(parents=True, exist_ok=True)
+        name = f"fidelity_{a.data}{'_quick' if a.quick else ''}"
+        for ext in ("json", "png"):
+            if (out / f"fidelity.{ext}").is_file():
+                shutil.copyfile(out / f"fidelity.{ext}", a.results / f"{name}.{ext}")
+        has_png = (a.results / f"{name}.png").is_file()
+        (a.results / f"{name}.md").write_text(render(data, image=f"{name}.png" if has_png else None))
+    print("\n" + md)
+
+
+if __name__ == "__main__":
+    main()

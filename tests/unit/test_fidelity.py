@@ -1,0 +1,78 @@
+"""benchmarks/fidelity.py's plumbing without training: the recipe's arguments per data regime and mode, the
+controls' arguments re-aimed from recipe.json, and the per-(seed, arm) resume (existing results are skipped)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture()
+def fid(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))  # the benchmarks import each other by bare name
+    import fidelity
+
+    return fidelity
+
+
+def _plan(**kw):
+    plan = {"recipe": "r1v", "data": "synthetic_hard", "quick": True, "benchmark": "synthetic_hard", "eval_limit": 32,
+            "eval_args": ["max_new_tokens=256"], "overrides": [("grpo", "stage.lr=1e-3")]}  # fmt: skip
+    return {**plan, **kw}
+
+
+def test_set_arg_replaces_plain_and_plus_forms(fid):
+    args = ["a=1", "+b.c=2", "b.cd=3", "checkpoint=x"]
+    assert fid.set_arg(args, "b.c", 9) == ["a=1", "b.cd=3", "checkpoint=x", "b.c=9"]
+    assert fid.set_arg(args, "checkpoint", "/r/sft")[-1] == "checkpoint=/r/sft"
+
+
+def test_recipe_args(fid, tmp_path):
+    seed = fid.Seed(3, tmp_path, _plan())
+    args = seed.recipe_args()
+    assert "seed=3" in args and f"paths.runs={tmp_path / 'runs'}" in args and "run=s3" in args
+    assert "recipe.eval.benchmark=synthetic_hard" in args and "recipe.eval.limit=32" in args
+    grpo = next(a for a in args if a.startswith("+recipe.overrides.grpo="))
+    assert "'data=synthetic_hard'" in grpo and "'stage.max_new_tokens=160'" in grpo and "'stage.max_steps=2'" in grpo
+    assert grpo.endswith("'stage.lr=1e-3']")  # --override last: it wins
+    assert not any(a.startswith("+recipe.overrides.align=") and "data=" in a for a in args)  # align: default scenes
+    assert "resume=auto" not in args
+    (tmp_path / "runs" / "s3").mkdir(parents=True)
+    (tmp_path / "runs" / "s3" / "recipe.json").write_text("{}")
+    assert seed.recipe_args()[-1] == "resume=auto"  # an interrupted recipe goes on
+    full = fid.Seed(0, tmp_path, _plan(data="synthetic", quick=False, overrides=[])).recipe_args()
+    assert not any(a.startswith("+recipe.overrides.") for a in full)  # the recipe as shipped
+
+
+def test_control_args_from_recipe_json(fid, tmp_path):
+    seed = fid.Seed(0, tmp_path, _plan())
+    seed.recipe_dir.mkdir(parents=True)
+    sft = ["stage=sft", "data=jsonl", f"data.train={seed.recipe_dir}/distill/distilled.jsonl", "stage.max_steps=150",
+           f"checkpoint={seed.recipe_dir}/reassemble", "seed=0", f"paths.runs={seed.recipe_dir}", "run=sft",
+           "resume=auto"]  # fmt: skip
+    (seed.recipe_dir / "recipe.json").write_text(json.dumps({"stages": {"sft": {"args": sft}}}))
+    args = seed.stage_args("sft", "sft_extra", checkpoint=seed.recipe_dir / "sft", stage__max_steps=40)
+    assert f"paths.runs={seed.controls}" in args and "run=sft_extra" in args and "seed=0" in args
+    assert f"checkpoint={seed.recipe_dir / 'sft'}" in args and "stage.max_steps=40" in args
+    assert "stage.max_steps=150" not in args and args.count("resume=auto") == 1 and args[-1] == "resume=auto"
+    assert f"data.train={seed.recipe_dir}/distill/distilled.jsonl" in args
+
+
+def test_existing_results_are_skipped(fid, tmp_path, monkeypatch, capsys):
+    seed = fid.Seed(0, tmp_path, _plan())
+    for arm in fid.ARMS:
+        fid.write_json(seed.results / f"{arm}.json", {"arm": arm})
+    monkeypatch.setattr(fid, "python_m", lambda *a, **k: pytest.fail("nothing should run"))
+    assert seed.run() == {arm: {"arm": arm} for arm in fid.ARMS}
+    assert capsys.readouterr().out.count("skipped") == len(fid.ARMS)
+    assert not list(seed.results.glob(".*tmp*"))  # atomic writes leave no temporary file
+
+
+def test_grpo_steps(fid, tmp_path):
+    (tmp_path / "metrics.csv").write_text("step,train/loss,val/accuracy\n0,,0.1\n1,0.5,\n2,0.4,\n2,,0.3\n")
+    assert fid.grpo_steps(tmp_path, ["stage.max_steps=60"]) == 2
+    assert fid.grpo_steps(tmp_path / "none", ["stage.max_steps=60", "stage.max_steps=5"]) == 5
