@@ -126,8 +126,8 @@ def pretrain_omni_lm(variant: str, image_rows: list, steps: int, batch: int, see
         p = tok(prompt, add_special_tokens=False)["input_ids"]
         c = tok(completion, add_special_tokens=False)["input_ids"]
         examples.append((p + c, [-100] * len(p) + c))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=steps, pct_start=0.05)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01, betas=(0.9, 0.98))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.05)
     order = random.Random(seed)
     model.train()
     for step in range(steps):
@@ -150,11 +150,13 @@ def pretrain_omni_lm(variant: str, image_rows: list, steps: int, batch: int, see
     save_file(to_cpu_contiguous(state), str(tiny.HERE / tiny.WEIGHTS[f"{variant}_omni"]))
 
 
-def write_manifest(command: str, hashes: dict[str, str], threads: int) -> None:
-    """``omni.json``: the command, torch version, threads and SHA-256 of every omni file (kept from an earlier
-    write for files this run did not make)."""
+def write_manifest(parts: list[str], command: str, hashes: dict[str, str], threads: int) -> None:
+    """``omni.json``: per part (audio, omni) the command that made it, and the torch version, threads and SHA-256
+    of every omni file (an earlier write's entries kept for the parts this run did not make)."""
     path = tiny.HERE / tiny.OMNI_MANIFEST
-    old = json.loads(path.read_text())["sha256"] if path.is_file() else {}
-    manifest = {"command": command, "torch": torch.__version__, "threads": threads, "sha256": {**old, **hashes}}
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    commands = {**old.get("commands", {}), **dict.fromkeys(parts, command)}
+    manifest = {"commands": commands, "torch": torch.__version__, "threads": threads,
+                "sha256": {**old.get("sha256", {}), **hashes}}  # fmt: skip
     path.write_text(json.dumps(manifest, indent=2) + "\n")
     print(json.dumps(manifest, indent=2))

@@ -189,13 +189,11 @@ def pretrain_omni_parts(args: argparse.Namespace, only: set[str]) -> None:
             pretrain_omni.pretrain_omni_lm(variant, rows, args.omni_steps, 64, args.seed)
             name = tiny.WEIGHTS[f"{variant}_omni"]
             hashes[name] = tiny.sha256(OUT / name)
-    pretrain_omni.write_manifest(
-        f"python tools/pretrain_tiny.py --only {' '.join(sorted(only & {'audio', 'omni'}))} --seed {args.seed} "
-        f"--audio-steps {args.audio_steps} "
-        f"--omni-steps {args.omni_steps} --threads {args.threads}",
-        hashes,
-        args.threads,
-    )
+    parts = sorted(only & {"audio", "omni"})
+    steps = {"audio": f"--audio-steps {args.audio_steps}", "omni": f"--omni-steps {args.omni_steps}"}
+    command = (f"python tools/pretrain_tiny.py --only {' '.join(parts)} --seed {args.seed} "
+               f"{' '.join(steps[p] for p in parts)} --threads {args.threads}")  # fmt: skip
+    pretrain_omni.write_manifest(parts, command, hashes, args.threads)
 
 
 def main() -> None:
@@ -206,7 +204,7 @@ def main() -> None:
     ap.add_argument("--reasoner-steps", type=int, default=2500, help="reasoner LM steps (longer sequences)")
     ap.add_argument("--internvit-steps", type=int, default=400, help="tiny InternViT steps")
     ap.add_argument("--audio-steps", type=int, default=800, help="tiny Whisper encoder steps")
-    ap.add_argument("--omni-steps", type=int, default=1200, help="steps of each omni LM on top of the shipped one")
+    ap.add_argument("--omni-steps", type=int, default=600, help="steps of each omni LM on top of the shipped one")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", choices=[*DEFAULT_PARTS, *OPTIONAL_PARTS], nargs="*")
     args = ap.parse_args()
