@@ -180,10 +180,11 @@ def without_images(sample: Sample) -> Sample:
 
 @torch.no_grad()
 def completion_nll(ctx: ScoreContext, samples: list[Sample], target: str = "answer",
-                   transform: Callable[[Sample], Sample] | None = None) -> list[float]:  # fmt: skip
-    """Mean negative log-likelihood per completion token of each sample's reference completion
-    (``target``: the direct answer or the reasoning chain) under ``ctx.model``: the model's own
-    judgement of how surprising the reference is."""
+                   transform: Callable[[Sample], Sample] | None = None, reduce: str = "mean") -> list[float]:  # fmt: skip
+    """Negative log-likelihood of each sample's reference completion (``target``: the direct answer or the
+    reasoning chain) under ``ctx.model``: the model's own judgement of how surprising the reference is, per token
+    on average (``reduce="mean"``) or at its most surprising token (``reduce="max"``: one wrong step in a long
+    chain is not diluted by the rest)."""
     if ctx.model is None or ctx.processor is None:
         raise ScoringError("this scorer needs the model (run it inside a stage that has one)")
     processor, model = ctx.processor, ctx.model
@@ -196,7 +197,10 @@ def completion_nll(ctx: ScoreContext, samples: list[Sample], target: str = "answ
     logp = torch.log_softmax(logits[:, :-1], dim=-1)  # (B, L-1, V)
     mask = labels != -100
     tok = torch.gather(logp, 2, labels.clamp(min=0)[..., None])[..., 0]  # (B, L-1)
-    nll = -(tok * mask).sum(1) / mask.sum(1).clamp(min=1)
+    if reduce == "max":
+        nll = (-tok).masked_fill(~mask, float("-inf")).max(1).values
+    else:
+        nll = -(tok * mask).sum(1) / mask.sum(1).clamp(min=1)
     return [float(v) for v in nll]
 
 
