@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import math
 import re
+from typing import Literal
 
 import numpy as np
 from PIL import Image
 
 from r1v import hookimpl
+from r1v.core.errors import ConfigError
 from r1v.core.interfaces import THINK_CLOSE, Sample, ScoreContext
 from r1v.evaluation.sample_scores import completion_nll, without_images
 
@@ -206,15 +208,21 @@ class ChainRules:
 
 
 class ModelLikelihood:
-    """The model itself as reward model: minus the mean NLL per token of the sample's chain and answer.
-    Unbounded (a log-likelihood), so use it with ``rm.calibration=quantile``."""
+    """The model itself as reward model: minus the NLL of the sample's chain and answer, per token on average
+    (``reduce=mean``) or at the most surprising token (``reduce=max``). Unbounded (a log-likelihood), so use it
+    with ``rm.calibration=quantile``."""
 
     needs_model = True  # runs the live model: scored in the training process (no process isolation)
 
     scale = "unbounded"
 
+    def __init__(self, reduce: str = "mean") -> None:
+        if reduce not in ("mean", "max"):
+            raise ConfigError(f"scorer model_likelihood: reduce '{reduce}' is not one of mean, max")
+        self.reduce = reduce
+
     def score(self, samples: list[Sample], ctx: ScoreContext) -> list[float]:
-        return [-v for v in completion_nll(ctx, samples, "reasoning")]
+        return [-v for v in completion_nll(ctx, samples, "reasoning", reduce=self.reduce)]
 
 
 class TrainedRewardModel:
@@ -292,9 +300,10 @@ def chain_rules(min_words: int = 5, max_words: int = 400) -> ChainRules:
     return ChainRules(min_words, max_words)
 
 
-def model_likelihood() -> ModelLikelihood:
-    """The model as reward model: log-likelihood of the chain (unbounded: calibrate with quantiles)."""
-    return ModelLikelihood()
+def model_likelihood(reduce: Literal["mean", "max"] = "mean") -> ModelLikelihood:
+    """The model as reward model: log-likelihood of the chain, per token (mean) or at its worst token (max);
+    unbounded: calibrate with quantiles."""
+    return ModelLikelihood(reduce)
 
 
 def trained_reward_model(path: str, device: str = "cpu", batch_size: int = 32) -> TrainedRewardModel:

@@ -180,7 +180,8 @@ def without_images(sample: Sample) -> Sample:
 
 @torch.no_grad()
 def completion_nll(ctx: ScoreContext, samples: list[Sample], target: str = "answer",
-                   transform: Callable[[Sample], Sample] | None = None, reduce: str = "mean") -> list[float]:  # fmt: skip
+                   transform: Callable[[Sample], Sample] | None = None,
+                   reduce: str = "mean") -> list[float]:  # fmt: skip
     """Negative log-likelihood of each sample's reference completion (``target``: the direct answer or the
     reasoning chain) under ``ctx.model``: the model's own judgement of how surprising the reference is, per token
     on average (``reduce="mean"``) or at its most surprising token (``reduce="max"``: one wrong step in a long

@@ -387,6 +387,17 @@ def test_model_likelihood_is_minus_reasoning_nll(registry, tiny_vlm, one_thread)
     assert all(v < 0 for v in values)
     with pytest.raises(ScoringError, match="needs the model"):
         registry.build("scorer", "model_likelihood").score(samples, ScoreContext())
+    # reduce=max: minus the NLL of each chain's most surprising token, computed by hand; never above the mean's
+    worst = registry.build("scorer", "model_likelihood", reduce="max").score(samples, ctx)
+    batch = processor.collate([processor.encode(s, "reasoning") for s in samples], padding_side="right")
+    with torch.no_grad():
+        logits = model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"]).logits.float()
+    logp = torch.log_softmax(logits[:, :-1], -1)
+    for b, labels in enumerate(batch["labels"][:, 1:]):
+        keep = labels != -100
+        nll = -logp[b][keep].gather(1, labels[keep][:, None])[:, 0]
+        assert worst[b] == pytest.approx(-float(nll.max()), abs=1e-5)
+    assert all(w <= v + 1e-6 for w, v in zip(worst, values, strict=True))
 
 
 def test_a_scorer_stuck_in_c_code_is_killed_at_its_limit_in_a_worker_process():
