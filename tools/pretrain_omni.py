@@ -6,8 +6,8 @@
   folder (config.json, model.safetensors, preprocessor_config.json) that ``audio=whisper pretrained=<folder>``
   loads like any local Whisper; ``audio=whisper_tiny_pretrained`` points at it.
 * ``lm_instruct_omni.safetensors`` / ``lm_reasoner_omni.safetensors``: the shipped tiny LMs with the audio tokens
-  added, trained on for a while on the omni tasks' text (``<aud>low beep, high beep.</aud>``, video frames as
-  ``Frame k: <img>scene</img>`` lines; r1v.data.synthetic_omni.described) mixed with the image rows they were
+  added, trained on for a while on the omni tasks' text (``<aud>0011000300</aud>``: a digit per audio token, video
+  frames as ``Frame k: <img>scene</img>`` lines; r1v.data.synthetic_omni.described) mixed with the image rows they were
   trained on, so they keep their image skill. The default tiny LMs' files are not touched.
 
 Both get their own provenance file (``omni.json``): MANIFEST.json, which pins the default model, stays as it is.

@@ -7,10 +7,10 @@
 - ``beeps_vs_shapes`` (image + audio): "Does the number of beeps equal the number of triangles?" (yes / no).
 
 Everything is drawn with the image task's grid and colours, so the tiny vision encoder reads the frames, and every
-sample carries its media as text (:func:`described`): a clip as ``low beep, high beep.``, a frame as the scene
-description the tiny LMs were trained on. That text is what the omni LMs learned to read inside ``<aud>…</aud>`` and
-``<img>…</img>`` (tools/pretrain_tiny.py --only omni), and the yardstick of the audio alignment: the substitute LM
-given the text instead of the media. Sample ``i`` of a split depends only on (seed, split, i).
+sample carries its media as text (:func:`described`): a clip as one digit per audio token (:func:`hear`,
+``0011000300``: nothing, low, mid, high), a frame as the scene description the tiny LMs were trained on. That
+text is what the omni LMs learned to read inside ``<aud>…</aud>`` and ``<img>…</img>`` (tools/pretrain_tiny.py
+--only omni), and the yardstick of the audio alignment: the substitute LM given the text instead of the media. Sample ``i`` of a split depends only on (seed, split, i).
 """
 
 from __future__ import annotations
@@ -42,13 +42,15 @@ KIND = {"beeps": "audio", "higher": "audio", "moves": "video", "beeps_vs_shapes"
 DIRECTIONS = {"left": (0, -1), "right": (0, 1), "up": (-1, 0), "down": (1, 0)}  # (row, column) steps
 PITCH_CLASSES = ["none", *TONES]  # what sounds over an audio token: nothing, or a beep of a pitch
 SAMPLING_RATE = 16000
+TOKEN_SAMPLES = 1280  # 80 ms: one token of audio=whisper_tiny_pretrained (pool 4 × 2 convolution strides × hop 160)
 SECONDS = 2.0
 MAX_BEEPS = 4
 
 
 def render_tones(pitches: list[str], rng: random.Random, sampling_rate: int = SAMPLING_RATE,
                  seconds: float = SECONDS) -> tuple[np.ndarray, list[tuple[int, int, str]]]:  # fmt: skip
-    """120 ms beeps at the named pitches, in order, one per quarter of the clip at a random offset, over faint noise:
+    """120 ms beeps at the named pitches, in order, one per quarter of the clip at a random offset (never within two
+    audio tokens of the next quarter, so two beeps never run together), over faint noise:
     (float32 samples in [-1, 1], each beep's (first sample, end sample, pitch))."""
     total = int(seconds * sampling_rate)
     wave = np.random.default_rng(rng.getrandbits(32)).normal(0.0, 0.01, total).astype(np.float32)
@@ -59,7 +61,7 @@ def render_tones(pitches: list[str], rng: random.Random, sampling_rate: int = SA
     slots = sorted(rng.sample(range(MAX_BEEPS), len(pitches)))
     marks = []
     for k, pitch in zip(slots, pitches, strict=True):
-        start = k * slot + rng.randint(0, slot - beep)
+        start = k * slot + rng.randint(0, slot - beep - 2 * TOKEN_SAMPLES)  # ≥ 2 silent tokens before the next
         wave[start : start + beep] += (0.5 * np.sin(2 * np.pi * TONES[pitch] * t) * ramp).astype(np.float32)
         marks.append((start, start + beep, pitch))
     return np.clip(wave, -1.0, 1.0), marks
@@ -74,10 +76,18 @@ def token_labels(marks: list[tuple[int, int, str]], n_samples: int, samples_per_
         a, b = j * samples_per_token, (j + 1) * samples_per_token
         if a >= n_samples:
             break
-        overlap = {p: max(0, min(b, e) - max(a, s)) for s, e, p in marks}
-        best = max(overlap, key=overlap.get, default=None)
-        y[j] = PITCH_CLASSES.index(best) if best and 4 * overlap[best] >= b - a else 0
+        overlap, pitch = max(((min(b, e) - max(a, s), p) for s, e, p in marks), default=(0, "none"))
+        y[j] = PITCH_CLASSES.index(pitch) if 4 * overlap >= b - a else 0
     return y
+
+
+def hear(marks: list[tuple[int, int, str]], n_samples: int, samples_per_token: int = TOKEN_SAMPLES) -> str:
+    """What a perfect ear at the audio encoder's token rate would tell the LM: one digit per token, 0 for nothing
+    and 1, 2, 3 for a low, mid, high beep (``0011000300``). Digits are single tokens of the tiny tokenizer, so the
+    text lines up one to one with the clip's ``<audio_ctx>`` tokens and the adapter's job is local: each audio token
+    should read as its digit."""
+    n_tokens = -(-n_samples // samples_per_token)
+    return "".join(str(max(0, int(c))) for c in token_labels(marks, n_samples, samples_per_token, n_tokens))
 
 
 def describe_tones(pitches: list[str]) -> str:
@@ -142,8 +152,9 @@ def generate(index: int, split: str = "train", seed: int = 0, image_size: int = 
     images, videos, audios, media = [], [], [], []
     if task in ("beeps", "higher"):
         pitches, question, why, answer = (_beeps if task == "beeps" else _higher)(rng)
-        audios.append(AudioClip(render_tones(pitches, rng)[0], SAMPLING_RATE))
-        media.append(("audio", describe_tones(pitches)))
+        wave, marks = render_tones(pitches, rng)
+        audios.append(AudioClip(wave, SAMPLING_RATE))
+        media.append(("audio", hear(marks, len(wave))))
     elif task == "moves":
         scenes, answer = moving_scenes(rng)
         videos.append([synthetic.draw(s, image_size, rng) for s in scenes])
@@ -159,8 +170,9 @@ def generate(index: int, split: str = "train", seed: int = 0, image_size: int = 
         n = t if rng.random() < 0.5 else rng.choice([k for k in range(1, MAX_BEEPS + 1) if k != t])
         pitches = [rng.choice(list(TONES)) for _ in range(n)]
         images.append(synthetic.draw(scene, image_size, rng))
-        audios.append(AudioClip(render_tones(pitches, rng)[0], SAMPLING_RATE))
-        media += [("image", synthetic.describe(scene)), ("audio", describe_tones(pitches))]
+        wave, marks = render_tones(pitches, rng)
+        audios.append(AudioClip(wave, SAMPLING_RATE))
+        media += [("image", synthetic.describe(scene)), ("audio", hear(marks, len(wave)))]
         answer = "yes" if n == t else "no"
         question = f"{IMAGE_PLACEHOLDER}\n{AUDIO_PLACEHOLDER}\nDoes the number of beeps equal the number of triangles?"
         heard = f"{n} {'beep' if n == 1 else 'beeps'}"

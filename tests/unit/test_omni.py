@@ -4,6 +4,7 @@ model's files are untouched."""
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 import numpy as np
@@ -29,6 +30,13 @@ def test_tasks_are_deterministic_balanced_and_described():
         assert "<audio>" not in text and "<video>" not in text and "<image>" not in text
         assert text.count("<aud>") == len(s.audios) and text.count("<img>") == len(s.images) + sum(map(len, s.videos))
         assert s.answer in (s.reasoning or "")
+    # the audio text is one digit per audio token (80 ms), its runs of non-zero digits the beeps, in order
+    for i in range(0, 80, 4):
+        s = omni.generate(i, "val")
+        digits = omni.described(s).split("<aud>")[1].split("</aud>")[0]
+        runs = re.findall(r"[123]+", digits)
+        assert len(digits) == 25 and len(runs) == int(s.answer), (s.id, digits)
+        assert [omni.PITCH_CLASSES[int(r[0])] for r in runs] == re.findall(r"(low|mid|high) beep", s.reasoning or "")
 
 
 def test_media_carry_the_answer():
