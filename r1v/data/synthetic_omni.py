@@ -10,7 +10,8 @@ Everything is drawn with the image task's grid and colours, so the tiny vision e
 sample carries its media as text (:func:`described`): a clip as one digit per audio token (:func:`hear`,
 ``0011000300``: nothing, low, mid, high), a frame as the scene description the tiny LMs were trained on. That
 text is what the omni LMs learned to read inside ``<aud>…</aud>`` and ``<img>…</img>`` (tools/pretrain_tiny.py
---only omni), and the yardstick of the audio alignment: the substitute LM given the text instead of the media. Sample ``i`` of a split depends only on (seed, split, i).
+--only omni), and the yardstick of the audio alignment: the substitute LM given the text instead of the media.
+Sample ``i`` of a split depends only on (seed, split, i).
 """
 
 from __future__ import annotations
