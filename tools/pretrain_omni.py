@@ -147,7 +147,7 @@ def pretrain_omni_lm(variant: str, image_rows: list, steps: int, batch: int, see
         if step % 100 == 0 or step == steps - 1:
             print(f"{variant}_omni step {step} loss {loss.item():.4f}", flush=True)
     state = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}  # tied to embeddings
-    save_file(to_cpu_contiguous(state), str(tiny.HERE / tiny.WEIGHTS[f"{variant}_omni"]))
+    save_file(to_cpu_contiguous(state), str(tiny.HERE / tiny.OMNI_WEIGHTS[f"{variant}_omni"]))
 
 
 def write_manifest(parts: list[str], command: str, hashes: dict[str, str], threads: int) -> None:

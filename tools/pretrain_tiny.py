@@ -187,7 +187,7 @@ def pretrain_omni_parts(args: argparse.Namespace, only: set[str]) -> None:
         rows = lm_texts(20000, args.seed)  # the image rows the shipped LMs saw, kept in the mix
         for variant in ("instruct", "reasoner"):
             pretrain_omni.pretrain_omni_lm(variant, rows, args.omni_steps, 64, args.seed)
-            name = tiny.WEIGHTS[f"{variant}_omni"]
+            name = tiny.OMNI_WEIGHTS[f"{variant}_omni"]
             hashes[name] = tiny.sha256(OUT / name)
     parts = sorted(only & {"audio", "omni"})
     steps = {"audio": f"--audio-steps {args.audio_steps}", "omni": f"--omni-steps {args.omni_steps}"}

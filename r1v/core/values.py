@@ -58,6 +58,7 @@ RANGES: dict[str, str] = {
     "stage.policy_loss.beta": ">= 0",
     "stage.policy_loss.max_len": ">= 1 or null; loss_agg=constant needs it",
     "stage.rollout.temperature": "> 0",
+    "stage.head.temperature": "> 0; the reward model's softmin over completion tokens",
     "stage.rollout.top_p": "(0, 1]; 1: no nucleus cut",
     "stage.rollout.max_batch_size": ">= 1 or null; null: the whole rollout batch in one pass",
     "stage.rollout.window": ">= 1",

@@ -25,7 +25,8 @@ def tiny_lm(variant: str, pretrained: str | None = "builtin", attn_implementatio
     with skip_hf_init() if pretrained else nullcontext():  # weights are loaded right below
         model = Qwen2ForCausalLM(config)
     if pretrained:
-        path = tiny_parts.HERE / tiny_parts.WEIGHTS[variant] if pretrained == "builtin" else Path(pretrained)
+        files = {**tiny_parts.WEIGHTS, **tiny_parts.OMNI_WEIGHTS}
+        path = tiny_parts.HERE / files[variant] if pretrained == "builtin" else Path(pretrained)
         load_into(model, path, f"backbone 'tiny_{variant}'")
     reasoning = variant.startswith("reasoner")
     return LanguageBackbone(model, tok, tiny_parts.template("r1" if reasoning else "direct"), reasoning=reasoning)

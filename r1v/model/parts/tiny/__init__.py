@@ -28,10 +28,10 @@ WEIGHTS = {
     "vision": "vision.safetensors",
     "instruct": "lm_instruct.safetensors",
     "reasoner": "lm_reasoner.safetensors",
-    # the omni preset's LMs (model=tiny_omni): the two above with the audio tokens, trained on for the omni tasks
-    "instruct_omni": "lm_instruct_omni.safetensors",
-    "reasoner_omni": "lm_reasoner_omni.safetensors",
 }
+# the omni presets' LMs (model=tiny_omni): the two above with the audio tokens, trained on for the omni tasks; pinned
+# by OMNI_MANIFEST, not MANIFEST.json (which pins the default model's parts)
+OMNI_WEIGHTS = {"instruct_omni": "lm_instruct_omni.safetensors", "reasoner_omni": "lm_reasoner_omni.safetensors"}
 AUDIO_FOLDER = "audio"  # the tiny pre-trained Whisper encoder (audio=whisper_tiny_pretrained): a Whisper folder
 OMNI_MANIFEST = "omni.json"  # provenance of the omni parts (tools/pretrain_tiny.py --only audio omni)
 # The pre-trained tiny InternViT (vision=internvit_tiny_pretrained; the "internvit_tiny" preset with these
