@@ -66,7 +66,7 @@ def _vision_part(vision: nn.Module, tiles: int) -> planner.Part:
     total, trainable = count(vision)
     tokens = tiles * (int(vision.grid_size) ** 2 + 1)  # patches + CLS per tile
     return planner.Part("vision", total, trainable, len(layers or []), planner.transformer_layer_bytes(h, h, ffn, 2),
-                        h, tokens, largest_block(vision))  # fmt: skip
+                        h, tokens, largest_block(vision), low=low_trainable(vision))  # fmt: skip
 
 
 def _adapter_part(vlm: nn.Module, tiles: int) -> planner.Part:
@@ -76,7 +76,7 @@ def _adapter_part(vlm: nn.Module, tiles: int) -> planner.Part:
     hidden = linears[0].out_features if linears else int(adapter.out_features)
     total, trainable = count(adapter)
     return planner.Part("adapter", total, trainable, 1, planner.adapter_bytes(wide, hidden), wide,
-                        tiles * vlm.tokens_per_tile, largest_block(adapter))  # fmt: skip
+                        tiles * vlm.tokens_per_tile, largest_block(adapter), low=low_trainable(adapter))  # fmt: skip
 
 
 def _backbone_part(backbone: nn.Module) -> planner.Part:
@@ -87,9 +87,17 @@ def _backbone_part(backbone: nn.Module) -> planner.Part:
     out = backbone.get_output_embeddings()
     vocab = int(out.weight.shape[0]) if out is not None else int(c.vocab_size)
     total, trainable = count(backbone)
-    act = planner.transformer_layer_bytes(h, kv, int(c.intermediate_size), 4)  # SwiGLU: 4 MLP-wide tensors
-    return planner.Part("backbone", total, trainable, int(c.num_hidden_layers), act, h, None, largest_block(backbone),
-                        vocab, kv)  # fmt: skip
+    layers, ffn = int(c.num_hidden_layers), int(c.intermediate_size)
+    act = planner.transformer_layer_bytes(h, kv, ffn, 4)  # SwiGLU: 4 MLP-wide tensors
+    fused = layers * h * (heads * head_dim + 2 * kv + 2 * ffn)  # q|k|v and gate|up (rollout=static, fuse=true)
+    merged = sum(m.base_layer.weight.numel() for m in lora_layers(backbone).values())
+    return planner.Part("backbone", total, trainable, layers, act, h, None, largest_block(backbone), vocab, kv,
+                        low=low_trainable(backbone), fused=fused, merged=merged)  # fmt: skip
+
+
+def low_trainable(module: nn.Module) -> int:
+    """Trainable parameters built in a 2-byte dtype (bf16): without DeepSpeed they keep it (r1v/runtime/optim.py)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad and p.element_size() == 2)
 
 
 def _audio_parts(vlm: nn.Module, windows: int) -> list[planner.Part]:
@@ -166,18 +174,6 @@ def default_settings(cfg: dict[str, Any]) -> tuple[planner.Settings, dict[str, s
         sources  # fmt: skip
 
 
-def dtype_notes(vlm: nn.Module, s: planner.Settings) -> list[str]:
-    """A note when parts are built wider than the bf16 the plan assumes (DeepSpeed casts; plain DDP does not)."""
-    first = {p: next(getattr(vlm, p).parameters()) for p in (*PARTS, *AUDIO_PARTS) if getattr(vlm, p, None) is not None}
-    wide = {p: t for p, t in first.items() if t.element_size() > s.weight_bytes}
-    if not wide:
-        return []
-    extra = sum(count(getattr(vlm, p))[0] * (t.element_size() - s.weight_bytes) for p, t in wide.items())
-    built = ", ".join(f"{p} {str(t.dtype).removeprefix('torch.')}" for p, t in wide.items())
-    return [f"note: built as {built}; the plan counts bf16 weights (DeepSpeed bf16 casts the model; plain DDP "
-            f"keeps them as built: +{extra / planner.GIB:.1f} GiB per GPU)"]  # fmt: skip
-
-
 def human(n: float) -> str:
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e9:.3f}B" if n >= 1e7 else f"{n / 1e6:.2f}M"
 
@@ -211,7 +207,6 @@ def inspect(args: Sequence[str]) -> list[str]:
     total, trainable = count(vlm)
     share = 100 * trainable / total if total else 0.0
     lines.append(f"{'total':<{w}}{total:>18,}{human(total):>10}{trainable:>18,}  ({human(trainable)}, {share:.2f}%)")
-    lines += dtype_notes(vlm, settings)
     lines += lora_lines(vlm, LoraSpec.from_node(stage.get("lora")), parts, settings)
     lines.append("")
     lines += planner.report(parts, settings, sources)
@@ -226,22 +221,25 @@ def lora_lines(vlm: nn.Module, spec: LoraSpec | None, parts: list[planner.Part],
     layers = lora_layers(vlm)
     lora_in: dict[str, int] = {}
     base_in: dict[str, int] = {}
+    base_low: dict[str, int] = {}  # of those, built in bf16
     for name, layer in layers.items():
-        part = name.split(".")[0]
+        part, weight = name.split(".")[0], layer.base_layer.weight
         lora_in[part] = lora_in.get(part, 0) + lora_params(layer)
-        base_in[part] = base_in.get(part, 0) + layer.base_layer.weight.numel()
-    whole = [replace(p, trainable=p.trainable - lora_in.get(p.name, 0) + base_in.get(p.name, 0)) for p in parts]
+        base_in[part] = base_in.get(part, 0) + weight.numel()
+        base_low[part] = base_low.get(part, 0) + (weight.numel() if weight.element_size() == 2 else 0)
+    whole = [replace(p, trainable=p.trainable - lora_in.get(p.name, 0) + base_in.get(p.name, 0), merged=0,
+                     low=p.low + base_low.get(p.name, 0)) for p in parts]  # fmt: skip
     with_lora, without = planner.estimate(parts, s), planner.estimate(whole, s)
     cap, gib = s.capacity, planner.GIB
     verdict = ("LoRA makes it fit" if without.total > cap >= with_lora.total else
                "both fit" if without.total <= cap else "does not fit either way")  # fmt: skip
     n_lora, n_base = sum(lora_in.values()), sum(base_in.values())
-    merged = sum(v for k, v in base_in.items() if k == "backbone") * s.weight_bytes
+    merged = with_lora.merged
     return [
         f"LoRA r={spec.r} alpha={spec.alpha:g} on {len(layers)} linear layers (targets {list(spec.targets)}): "
         f"{n_lora:,} ({human(n_lora)}) LoRA parameters train in place of those layers' {n_base:,} ({human(n_base)})",
         f"  per GPU {with_lora.total / gib:.1f} GiB with LoRA vs {without.total / gib:.1f} GiB without LoRA (the "
         f"wrapped layers trained whole) of {cap / gib:.1f} GiB: {verdict}",
-        *([f"  rollout=static reads a merged copy of the wrapped backbone layers during rollouts: "
-           f"{merged / gib:.1f} GiB more then"] if s.rl and merged else []),
+        *([f"  rollout=static decodes from a merged copy of the wrapped backbone layers: {merged / gib:.1f} GiB "
+           "during rollouts (in the plan below)"] if s.rl and merged else []),
     ]  # fmt: skip

@@ -13,6 +13,11 @@ I = MLP width, V = vocabulary. Per GPU:
 - **gradients**: Σ T · g, g = 4 (fp32 gradient partitions, as DeepSpeed's bf16 optimizer keeps them; set
   ``grad_bytes=2`` for bf16 gradients), ÷ N under ZeRO-2/3.
 - **optimizer**: Σ T · 12 (AdamW: fp32 master weights + two fp32 moments), ÷ N under ZeRO-2/3.
+- **without DeepSpeed** (ZeRO 0: ``trainer=gpu`` or DDP) trainable weights stay in the dtype they were built in
+  and frozen parts are held in bf16. A trainable weight built in bf16 (the backbone) costs 2 (weight) + 2
+  (gradient) + 6 (torch-optimi's AdamW: two bf16 moments and a Kahan compensation, r1v/runtime/optim.py); one built
+  in fp32 (the adapter, LoRA weights) 4 + 4 + 8 (the weight is its own master). A reference copy keeps each
+  trainable tensor's own dtype.
 - **activations**: kept only by parts that gradients pass through, i.e. a trainable part and every part
   after it (a frozen encoder before the first trainable part runs without autograd). Per transformer layer
   and token, without checkpointing, ``a = 2·(6h + 2kv + n·I) + 2·4h`` bytes: bf16 norm input and output twice,
@@ -27,6 +32,12 @@ I = MLP width, V = vocabulary. Per GPU:
   ``A`` (``answer_tokens``) is the number of SFT tokens that carry a loss (default ``L``).
 - **rollout** (RL): KV cache of the sequences decoded at once:
   ``2 · layers · kv · 2 bytes · R · (prompt_len + completion_len)``, R = ``rollout_batch`` (default G).
+- **rollout merged LoRA** (RL with ``stage.lora``): ``rollout=static`` decodes from a merged copy of the wrapped
+  backbone layers, W + (α/r)·B·A, ``Σ W · 2``, made for each rollout and freed after it: a rollout-phase item like
+  the gather below.
+- **rollout fused copies** (RL, ``rollout=static`` with ``fuse=true``): a second copy of every layer's q|k|v and
+  gate|up weights, kept between rollouts, ``layers · h · (q + 2kv + 2I) · 2``. The engine makes only as many
+  layers' copies as the memory left free allows, so they are listed apart and not in the total that must fit.
 - **rollout gather** (RL under ZeRO-3 on N > 1 GPUs, ``rollout_gather=whole``): an engine that reads whole
   weight tensors (``rollout=static``) decodes from the gathered model, so during the rollout each GPU also
   holds the ``(1 − 1/N)`` of the weights its shard lacks: ``Σ P · 2 · (1 − 1/N)``. It lives in the rollout
@@ -95,6 +106,9 @@ class Part:
     vocab: int = 0  # backbone: logits width
     kv_dim: int = 0  # backbone: K (= V) width per layer, for the KV cache
     branch: str = ""  # a side input branch ("audio"): gradients reach it only from its own trainable parts
+    low: int = 0  # trainable parameters built in a 2-byte dtype (bf16): their optimiser state without DeepSpeed
+    fused: int = 0  # backbone: parameters of rollout=static's fused q|k|v and gate|up copies
+    merged: int = 0  # backbone: parameters of the LoRA-wrapped layers (the rollout's merged copy)
 
 
 @dataclass(frozen=True)
@@ -145,13 +159,15 @@ class Estimate:
     logits: float = 0.0  # part of activations, shown separately
     rollout: float = 0.0
     gather: float = 0.0  # rollout phase only: the whole-model gather of a ZeRO-3 rollout
+    merged: float = 0.0  # rollout phase only: the merged LoRA layers rollout=static decodes from
+    fused: float = 0.0  # rollout=static's fused copies: only from free memory, not in the total
     other: float = 0.0
     per_part_activations: dict[str, float] = field(default_factory=dict)
 
     @property
     def total(self) -> float:
-        return self.weights + self.reference + self.gradients + self.optimizer + max(self.activations, self.gather) \
-            + self.rollout + self.other  # fmt: skip
+        return self.weights + self.reference + self.gradients + self.optimizer \
+            + max(self.activations, self.gather + self.merged) + self.rollout + self.other  # fmt: skip
 
 
 def transformer_layer_bytes(hidden: int, kv_dim: int, ffn: int, ffn_tensors: int) -> int:
@@ -185,6 +201,13 @@ def estimate(parts: Iterable[Part], s: Settings) -> Estimate:
     if s.rl and s.beta > 0:
         ref_params = total_params if s.reference == "full" else trainable
         est.reference = ref_params * s.weight_bytes / (n if s.zero == 3 else 1)
+    if s.zero == 0:  # no DeepSpeed: trainable weights as built (see the module docstring)
+        low = sum(min(p.low, p.trainable) for p in parts)
+        wide = trainable - low
+        est.weights += wide * (4 - s.weight_bytes)
+        est.gradients, est.optimizer = low * 2 + wide * 4, low * 6 + wide * 8
+        if s.rl and s.beta > 0:
+            est.reference += wide * (4 - s.weight_bytes)
     grad_flows, branches = False, {}  # gradient reaches the main path / each side branch
     for p in parts:
         if p.branch:
@@ -212,6 +235,8 @@ def estimate(parts: Iterable[Part], s: Settings) -> Estimate:
         if s.rl:
             rollout = s.rollout_batch or s.group_size
             est.rollout = kv_cache_bytes(backbone.layers, backbone.kv_dim, rollout, s.tokens, s.weight_bytes)
+            est.merged = backbone.merged * s.weight_bytes
+            est.fused = backbone.fused * s.weight_bytes
     if s.rl and s.zero == 3 and n > 1 and s.rollout_gather == "whole":
         est.gather = total_params * s.weight_bytes * (1 - 1 / n)
     return est
@@ -343,12 +368,15 @@ def report(parts: list[Part], s: Settings, sources: Mapping[str, str] | None = N
             if s.rl else f"SFT: {s.seq_len} tokens per sequence")  # fmt: skip
     split = ", ".join([*(f"{k} {v / GIB:.1f}" for k, v in est.per_part_activations.items()),
                        f"logits {est.logits / GIB:.1f}"])  # fmt: skip
+    precision = (f"bf16 weights ({s.weight_bytes} B), gradients {s.grad_bytes} B, AdamW {s.optim_bytes} B per "
+                 "trainable parameter (fp32 master + 2 moments)" if s.zero else
+                 "no DeepSpeed: frozen weights bf16; a trainable bf16 weight 2 B + gradient 2 + Kahan AdamW 6, "
+                 "a trainable fp32 weight 4 + gradient 4 + AdamW 8")  # fmt: skip
     lines = [
         "memory plan per GPU (r1v/planner.py; planner.<knob>=... overrides, see `python -m r1v inspect --help`)",
         f"  strategy      {strategy} (from {src.get('zero', 'planner.zero')}) on {s.gpus} GPU(s) "
         f"(from {src.get('gpus', 'planner.gpus')})",
-        f"  precision     bf16 weights ({s.weight_bytes} B), gradients {s.grad_bytes} B, AdamW {s.optim_bytes} B "
-        f"per trainable parameter (fp32 master + 2 moments)",
+        f"  precision     {precision}",
         f"  batch         micro-batch {s.micro_batch}; {mode}; {s.images} image(s) × {s.tiles} tile(s) per sample"
         + (f", {s.audio_windows} audio window(s)" if any(p.branch == "audio" for p in parts) else "")
         + (f"; LM head in chunks of {s.loss_chunk} tokens" if s.loss_chunk else ""),
@@ -361,9 +389,13 @@ def report(parts: list[Part], s: Settings, sources: Mapping[str, str] | None = N
         f"  rollout KV   {gib(est.rollout)}",
         *([f"  gathered     {gib(est.gather)}  (the ZeRO-3 rollout's whole-model gather; the rollout phase "
            "holds it instead of activations, the larger counts)"] if est.gather else []),
+        *([f"  merged LoRA  {gib(est.merged)}  (rollout=static decodes from merged LoRA layers; the rollout "
+           "phase holds them instead of activations, the larger counts)"] if est.merged else []),
         f"  other        {gib(est.other)}",
         f"  total        {gib(est.total)} of {s.capacity / GIB:.1f} GiB ({s.gpu_gb:g} GB): "
         f"{'fits' if est.total <= s.capacity else 'does NOT fit'}",
+        *([f"  + fused      {gib(est.fused)}  (rollout=static's fused q|k|v and gate|up copies, made only from "
+           f"memory left free; with all of them {(est.total + est.fused) / GIB:.1f} GiB)"] if est.fused else []),
         "  strategies    "
         + " | ".join(f"{name} {table[(z, False)].total / GIB:.1f} (ckpt all {table[(z, True)].total / GIB:.1f})"
                      for z, name in STRATEGIES.items())

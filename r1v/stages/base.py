@@ -46,6 +46,7 @@ from r1v.model.lora import METADATA_KEY, LoraSpec, apply_lora, base_name, lora_l
 from r1v.model.sources import RANDOM_INIT, random_frozen
 from r1v.rl.rewards import RewardRunner
 from r1v.runtime.faults import abort_run, maybe_die, poisoned
+from r1v.runtime.optim import adamw, uses_deepspeed
 from r1v.runtime.perf import Throughput
 from r1v.runtime.steps import DataPosition, StepGuard, grads_finite
 from r1v.runtime.weights import decode_ready, full_state, gather_mode
@@ -130,8 +131,7 @@ class LightningStage(L.LightningModule):
             self.trainable = sorted({*self.trainable, *lora_names(self.model)})
         enable_checkpointing(self.model, self.stage["activation_checkpointing"] or [])
         trainer = getattr(self, "_trainer", None)
-        if trainer is not None and str(trainer.precision) == "bf16-mixed" and "deepspeed" not in \
-                type(trainer.strategy).__name__.lower():  # fmt: skip
+        if trainer is not None and str(trainer.precision) == "bf16-mixed" and not uses_deepspeed(trainer):
             cast = cast_frozen_parts(self.model, torch.bfloat16)  # DeepSpeed's bf16 casts the whole model itself
             if cast:
                 log.info("bf16-mixed: frozen part(s) %s held in bf16", ", ".join(cast))
@@ -367,8 +367,8 @@ class LightningStage(L.LightningModule):
         from transformers import get_cosine_schedule_with_warmup
 
         params = [p for p in self.model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=float(self.stage["lr"]), weight_decay=float(self.stage["weight_decay"]),
-                                betas=tuple(self.stage["betas"]))  # fmt: skip
+        opt = adamw(params, float(self.stage["lr"]), self.stage["betas"], float(self.stage["weight_decay"]),
+                    deepspeed=uses_deepspeed(self._trainer))  # fmt: skip
         total = int(self.trainer.estimated_stepping_batches)
         warmup = int(float(self.stage["warmup_ratio"]) * total)
         sched = get_cosine_schedule_with_warmup(opt, warmup, total)

@@ -194,13 +194,16 @@ def test_a_bad_lora_target_stops_training_in_one_line(tmp_path):
 def test_inspect_counts_lora_and_says_when_it_makes_a_composition_fit():
     from r1v.cli.describe import inspect
 
-    lines = inspect(["model=r1v_small", "backbone=qwen2_5_7b", "stage=sft", "stage.lora={r: 64, targets: [backbone]}",
-                     "planner.gpus=1", "planner.gpu_gb=80", "planner.seq_len=4096", "planner.ckpt=all"])  # fmt: skip
+    args = ["model=r1v_small", "backbone=qwen2_5_7b", "stage=sft", "stage.lora={r: 64, targets: [backbone]}",
+            "planner.gpus=1", "planner.gpu_gb=80", "planner.seq_len=4096", "planner.ckpt=all"]  # fmt: skip
+    lines = inspect([*args, "planner.zero=2"])  # DeepSpeed: fp32 masters and moments, 16 B per trained weight
     lora = next(line for line in lines if line.startswith("LoRA r=64 alpha=128 on 196 linear layers"))
     assert "161,480,704 (0.161B) LoRA parameters train in place of those layers' 6,525,288,448" in lora
     assert "27.2 GiB with LoRA vs 122.1 GiB without LoRA" in "\n".join(lines) and "LoRA makes it fit" in "\n".join(
         lines
     )
+    # no DeepSpeed (trainer=gpu): the bf16 backbone trains with Kahan AdamW, 10 B per weight, and fits whole too
+    assert "26.9 GiB with LoRA vs 73.4 GiB without LoRA" in "\n".join(inspect(args))
     assert "total          8,108,649,984     8.11B       189,021,184" in "\n".join(lines)  # LoRA + adapter train
 
 

@@ -17,10 +17,43 @@ def test_one_billion_trainable_zero3_on_8_gpus():
     assert est.total == 2.25e9
 
 
-@pytest.mark.parametrize(("zero", "weights", "states"), [(0, 2e9, 16e9), (2, 2e9, 2e9), (3, 2.5e8, 2e9)])
+@pytest.mark.parametrize(("zero", "weights", "states"), [(0, 4e9, 12e9), (2, 2e9, 2e9), (3, 2.5e8, 2e9)])
 def test_what_each_strategy_shards(zero, weights, states):
+    """ZeRO 0 is no DeepSpeed: an fp32-built trainable weight is its own master (4 + 4 + 8 bytes, not sharded)."""
     est = estimate([Part("lm", params=10**9, trainable=10**9)], Settings(zero=zero, gpus=8, overhead_gib=0))
     assert (est.weights, est.gradients + est.optimizer) == (weights, states)
+
+
+def test_without_deepspeed_bf16_trainable_weights_cost_ten_bytes():
+    """trainer=gpu: a bf16-built trainable weight 2 + gradient 2 + Kahan AdamW 6 (r1v/runtime/optim.py); an
+    fp32-built one 4 + 4 + 8; frozen weights 2; a reference copy keeps each trainable tensor's dtype. Under
+    DeepSpeed the dtype as built does not matter (it casts to bf16 and keeps fp32 masters)."""
+    parts = [Part("adapter", params=10**6, trainable=10**6), Part("lm", params=10**9, trainable=10**9, low=10**9),
+             Part("vision", params=10**8)]  # fmt: skip
+    s = Settings(zero=0, gpus=1, overhead_gib=0, rl=True, beta=0.1, reference="trainable")
+    est = estimate(parts, s)
+    assert est.weights == 10**6 * 4 + 10**9 * 2 + 10**8 * 2
+    assert est.gradients == 10**6 * 4 + 10**9 * 2 and est.optimizer == 10**6 * 8 + 10**9 * 6
+    assert est.reference == 10**6 * 4 + 10**9 * 2
+    z2 = estimate(parts, Settings(**{**s.__dict__, "zero": 2}))
+    assert z2.weights == (10**6 + 10**9 + 10**8) * 2 and z2.optimizer == (10**6 + 10**9) * 12
+
+
+def test_rollout_merged_lora_is_a_phase_and_fused_copies_stand_apart():
+    """The merged LoRA layers live in the rollout phase (against the update's activations, the larger counts); the
+    engine's fused copies come only from free memory, so they are reported beside the total, not in it."""
+    model = small_model()
+    model[2] = Part(**{**model[2].__dict__, "merged": 5 * 10**8, "fused": 3 * 10**8})
+    s = Settings(zero=0, gpus=1, micro_batch=2, overhead_gib=0, rl=True, group_size=4, prompt_len=100,
+                 completion_len=400)  # fmt: skip
+    est = estimate(model, s)
+    assert est.merged == 5 * 10**8 * 2 and est.fused == 3 * 10**8 * 2
+    assert est.merged > est.activations
+    assert est.total == est.weights + est.gradients + est.optimizer + est.merged + est.rollout
+    lines = planner.report(model, s)
+    assert any(line.strip().startswith("+ fused") and "0.6 GiB" in line for line in lines)
+    plain = estimate(small_model(), s)
+    assert plain.merged == plain.fused == 0 and plain.total == est.total - est.merged + plain.activations
 
 
 def small_model() -> list[Part]:
@@ -64,7 +97,7 @@ def test_checkpointing_keeps_layer_inputs_plus_one_layer():
     s = Settings(zero=0, gpus=1, micro_batch=2, seq_len=1000, overhead_gib=0, ckpt=("backbone",))
     est = estimate(small_model(), s)
     assert est.per_part_activations["backbone"] == 10 * 2000 * 2 * 100 + 2000 * 1000
-    assert est.weights == (10**8 + 10**6 + 10**9) * 2  # one GPU: no gather buffer
+    assert est.weights == (10**8 + 10**6 + 10**9) * 2 + 10**6 * 2  # no gather buffer; the fp32 adapter kept as built
 
 
 def test_rl_rollout_cache_and_reference_by_hand():
