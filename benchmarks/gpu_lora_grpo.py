@@ -86,7 +86,8 @@ def run(name: str, args: list[str], work: Path) -> dict[str, float]:
     res["step_s"] = res["rollout_s"] + res["reference_s"] + res["update_s"]
     res.update(peak_alloc_gib=peak, peak_reserved_gib=max(f(r, "perf/peak_reserved_gib") for r in rows),
                tokens_per_step=mean("completion/length_mean") * len_batch(args), wall_s=time.perf_counter() - start,
-               steps_counted=float(len(later)))  # fmt: skip
+               steps_counted=float(len(later)),
+               kl_last=max((f(r, "train/kl") for r in rows if r.get("train/kl")), default=0.0))  # fmt: skip
     return res
 
 
