@@ -11,6 +11,7 @@ be regenerated alone.
 
 from __future__ import annotations
 
+import difflib
 import json
 import random
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from r1v.core.errors import DataError
 from r1v.core.interfaces import IMAGE_PLACEHOLDER, Sample
 
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 200, 30)}
@@ -30,6 +32,19 @@ POSITIONS = (
 TASKS = ("count_all", "count_color", "count_shape", "color_at", "add")
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 SPLIT_OFFSET = {"train": 0, "val": 10_000_000, "test": 20_000_000}
+
+
+def check_synthetic(name: str, n: int, split: str, tasks: tuple[str, ...] | list[str], known: tuple[str, ...],
+                    what: str = "task", suggest: bool = False) -> None:  # fmt: skip
+    """The checks every ``data=synthetic*`` dataset makes when built, as one-line DataErrors: each of ``tasks`` is
+    one of ``known`` (the first unknown one named, with a close match when ``suggest``), and ``n`` > 0."""
+    unknown = [t for t in tasks if t not in known]
+    if unknown:
+        hint = difflib.get_close_matches(unknown[0], known, n=1) if suggest else []
+        mean = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise DataError(f"data.tasks: unknown {what} '{unknown[0]}'{mean} (known: {', '.join(known)})")
+    if n <= 0:
+        raise DataError(f"data: the {name} {split} split is empty (n={n}); set a positive size")
 
 
 @dataclass(frozen=True)

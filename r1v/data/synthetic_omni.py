@@ -16,14 +16,12 @@ Sample ``i`` of a split depends only on (seed, split, i).
 
 from __future__ import annotations
 
-import difflib
 import random
 from collections import Counter
 
 import numpy as np
 from torch.utils.data import Dataset
 
-from r1v.core.errors import DataError
 from r1v.core.interfaces import (
     AUD_END,
     AUD_START,
@@ -191,13 +189,7 @@ class SyntheticOmni(Dataset):
 
     def __init__(self, n: int, split: str, seed: int = 0, image_size: int = 64,
                  tasks: tuple[str, ...] | list[str] = TASKS) -> None:  # fmt: skip
-        unknown = [t for t in tasks if t not in TASKS]
-        if unknown:
-            hint = difflib.get_close_matches(unknown[0], TASKS, n=1)
-            mean = f" (did you mean {hint[0]!r}?)" if hint else ""
-            raise DataError(f"data.tasks: unknown omni task '{unknown[0]}'{mean} (known: {', '.join(TASKS)})")
-        if n <= 0:
-            raise DataError(f"data: the synthetic_omni {split} split is empty (n={n}); set a positive size")
+        synthetic.check_synthetic("synthetic_omni", n, split, tasks, TASKS, what="omni task", suggest=True)
         self.n, self.split, self.seed, self.image_size, self.tasks = n, split, seed, image_size, tuple(tasks)
         self.skipped: Counter[str] = Counter()
 
