@@ -88,10 +88,10 @@ def pretrain_audio(steps: int, batch: int, seed: int, pool: int = 4) -> dict[str
 
 
 def omni_rows(n: int, seed: int) -> list[tuple[str, str, str]]:
-    """(user text, reasoning, answer) of the omni tasks with their media as text."""
+    """(user text, reasoning, answer) of the omni tasks with their media as text (none rendered)."""
     rows = []
     for i in range(n):
-        s = synthetic_omni.generate(i, "train", seed=5000 + seed)
+        s = synthetic_omni.generate(i, "train", seed=5000 + seed, render=False)
         rows.append((synthetic_omni.described(s), s.reasoning or "", s.answer))
     return rows
 

@@ -76,17 +76,26 @@ def describe(scene: list[Obj]) -> str:
     return "; ".join(o.text() for o in scene) + "."
 
 
-def draw(scene: list[Obj], size: int = 64, rng: random.Random | None = None) -> Image.Image:
-    """Render the scene; small jitter in place and size keeps the encoder honest."""
-    rng = rng or random.Random(0)
-    img = Image.new("RGB", (size, size), (245, 245, 245))
-    d = ImageDraw.Draw(img)
-    cell = size / 3
+def place(scene: list[Obj], size: int, rng: random.Random) -> list[tuple[Obj, float, float, float]]:
+    """Where :func:`draw` puts each object: (object, centre x, centre y, half side), jittered in place and size.
+    Draws from ``rng`` exactly as drawing does, so a caller that needs only the text can skip the pixels and
+    still leave ``rng`` where drawing would have."""
+    cell, out = size / 3, []
     for o in scene:
         r, c = divmod(o.cell, 3)
         half = cell * rng.uniform(0.28, 0.38)
         cx = (c + 0.5) * cell + rng.uniform(-0.08, 0.08) * cell
         cy = (r + 0.5) * cell + rng.uniform(-0.08, 0.08) * cell
+        out.append((o, cx, cy, half))
+    return out
+
+
+def draw(scene: list[Obj], size: int = 64, rng: random.Random | None = None) -> Image.Image:
+    """Render the scene; small jitter in place and size keeps the encoder honest."""
+    rng = rng or random.Random(0)
+    img = Image.new("RGB", (size, size), (245, 245, 245))
+    d = ImageDraw.Draw(img)
+    for o, cx, cy, half in place(scene, size, rng):
         box = (cx - half, cy - half, cx + half, cy + half)
         fill = COLORS[o.color]
         if o.shape == "circle":
