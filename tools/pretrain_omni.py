@@ -20,8 +20,8 @@ import random
 
 import torch
 import torch.nn.functional as F
+from lm_loop import lm_examples, save_lm, train_lm  # tools/ (on sys.path: tools/pretrain_tiny.py imports this file)
 
-from r1v.core.interfaces import THINK_CLOSE
 from r1v.data import synthetic_omni
 from r1v.data.audio import AudioSpec
 from r1v.data.synthetic_omni import PITCH_CLASSES, token_labels
@@ -88,10 +88,10 @@ def pretrain_audio(steps: int, batch: int, seed: int, pool: int = 4) -> dict[str
 
 
 def omni_rows(n: int, seed: int) -> list[tuple[str, str, str]]:
-    """(user text, reasoning, answer) of the omni tasks with their media as text."""
+    """(user text, reasoning, answer) of the omni tasks with their media as text (none rendered)."""
     rows = []
     for i in range(n):
-        s = synthetic_omni.generate(i, "train", seed=5000 + seed)
+        s = synthetic_omni.generate(i, "train", seed=5000 + seed, render=False)
         rows.append((synthetic_omni.described(s), s.reasoning or "", s.answer))
     return rows
 
@@ -99,8 +99,6 @@ def omni_rows(n: int, seed: int) -> list[tuple[str, str, str]]:
 def pretrain_omni_lm(variant: str, image_rows: list, steps: int, batch: int, seed: int) -> None:
     """Continue the shipped tiny ``variant`` LM on omni text mixed 1:1 with its image rows; write
     ``lm_<variant>_omni.safetensors``."""
-    from safetensors.torch import save_file
-
     from r1v.core.interfaces import IMG_END, IMG_START
     from r1v.model.parts.backbones import tiny_lm
 
@@ -115,39 +113,10 @@ def pretrain_omni_lm(variant: str, image_rows: list, steps: int, batch: int, see
             else:  # the embedding (tied head): old rows kept, the audio tokens' rows the mean row
                 v[: state[k].shape[0]] = state[k]
                 v[state[k].shape[0] :] = state[k].mean(0)
-    model, tok = bb.model, bb.tokenizer
     texts = [(f"{IMG_START}{d}{IMG_END}\n{q}", w, a) for d, q, w, a in image_rows]
     mixed = [x for pair in zip(texts, omni_rows(len(texts), seed), strict=True) for x in pair]
-    examples = []
-    for user, why, ans in mixed:
-        prompt = tok.apply_chat_template([{"role": "user", "content": user}], chat_template=bb.chat_template,
-                                         tokenize=False, add_generation_prompt=True)  # fmt: skip
-        completion = (f"{why}\n{THINK_CLOSE}\n\n" if bb.reasoning else "") + f"\\boxed{{{ans}}}" + tok.eos_token
-        p = tok(prompt, add_special_tokens=False)["input_ids"]
-        c = tok(completion, add_special_tokens=False)["input_ids"]
-        examples.append((p + c, [-100] * len(p) + c))
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.01, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.05)
-    order = random.Random(seed)
-    model.train()
-    for step in range(steps):
-        chunk = [examples[order.randrange(len(examples))] for _ in range(batch)]
-        width = max(len(ids) for ids, _ in chunk)
-        ids = torch.full((batch, width), tok.pad_token_id)
-        labels = torch.full((batch, width), -100)
-        mask = torch.zeros(batch, width, dtype=torch.long)
-        for b, (x, y) in enumerate(chunk):
-            ids[b, : len(x)], labels[b, : len(y)], mask[b, : len(x)] = torch.tensor(x), torch.tensor(y), 1
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        if step % 100 == 0 or step == steps - 1:
-            print(f"{variant}_omni step {step} loss {loss.item():.4f}", flush=True)
-    state = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}  # tied to embeddings
-    save_file(to_cpu_contiguous(state), str(tiny.HERE / tiny.OMNI_WEIGHTS[f"{variant}_omni"]))
+    train_lm(bb.model, bb.tokenizer, lm_examples(bb, mixed), steps, batch, 2e-3, seed, f"{variant}_omni")
+    save_lm(bb.model, tiny.HERE / tiny.OMNI_WEIGHTS[f"{variant}_omni"])
 
 
 def write_manifest(parts: list[str], command: str, hashes: dict[str, str], threads: int) -> None:

@@ -29,6 +29,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "plugins"), str(ROOT / "tools")]
 
+from lm_loop import answer_text, lm_examples, save_lm, train_lm  # noqa: E402  (tools/)
+
 from r1v.core.interfaces import IMG_CONTEXT, IMG_END, IMG_START, THINK_CLOSE, THINK_OPEN  # noqa: E402
 from r1v.data import synthetic  # noqa: E402
 from r1v.data.images import preprocess  # noqa: E402
@@ -39,10 +41,6 @@ OUT = tiny.HERE
 DEFAULT_PARTS = ["tokenizer", "vision", "instruct", "reasoner"]  # the default model's, pinned by MANIFEST.json
 OPTIONAL_PARTS = ["internvit", "audio", "omni"]  # each with its own provenance file
 CLASSES = [None] + [(c, s) for c in synthetic.COLORS for s in synthetic.SHAPES]  # 13 cell classes
-
-
-def answer_text(answer: str) -> str:
-    return f"\\boxed{{{answer}}}"
 
 
 def lm_texts(n: int, seed: int) -> list[tuple[str, str, str]]:
@@ -140,40 +138,9 @@ def pretrain_lm(variant: str, rows, steps: int, batch: int, seed: int) -> None:
 
     torch.manual_seed(seed)
     bb = tiny_lm(variant, pretrained=None)
-    model, tok = bb.model, bb.tokenizer
-    examples = []
-    for d, q, why, ans in rows:
-        msgs = [{"role": "user", "content": f"{IMG_START}{d}{IMG_END}\n{q}"}]
-        prompt = tok.apply_chat_template(msgs, chat_template=bb.chat_template, tokenize=False,
-                                         add_generation_prompt=True)  # fmt: skip
-        completion = (f"{why}\n{THINK_CLOSE}\n\n" if bb.reasoning else "") + answer_text(ans) + tok.eos_token
-        p = tok(prompt, add_special_tokens=False)["input_ids"]
-        c = tok(completion, add_special_tokens=False)["input_ids"]
-        examples.append((p + c, [-100] * len(p) + c))
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01, betas=(0.9, 0.98))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.05)
-    order = random.Random(seed)
-    model.train()
-    for step in range(steps):
-        chunk = [examples[order.randrange(len(examples))] for _ in range(batch)]
-        width = max(len(ids) for ids, _ in chunk)
-        ids = torch.full((batch, width), tok.pad_token_id)
-        labels = torch.full((batch, width), -100)
-        mask = torch.zeros(batch, width, dtype=torch.long)
-        for b, (x, y) in enumerate(chunk):
-            ids[b, : len(x)], labels[b, : len(y)], mask[b, : len(x)] = torch.tensor(x), torch.tensor(y), 1
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        if step % 100 == 0 or step == steps - 1:
-            print(f"{variant} step {step} loss {loss.item():.4f}", flush=True)
-    from safetensors.torch import save_file
-
-    state = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}  # tied to embeddings
-    save_file(to_cpu_contiguous(state), str(OUT / tiny.WEIGHTS[variant]))
+    examples = lm_examples(bb, [(f"{IMG_START}{d}{IMG_END}\n{q}", why, ans) for d, q, why, ans in rows])
+    train_lm(bb.model, bb.tokenizer, examples, steps, batch, 3e-3, seed, variant)
+    save_lm(bb.model, OUT / tiny.WEIGHTS[variant])
 
 
 def pretrain_omni_parts(args: argparse.Namespace, only: set[str]) -> None:

@@ -78,11 +78,7 @@ class SyntheticDataset(Dataset):
 
     def __init__(self, n: int, split: str, seed: int = 0, image_size: int = 64,
                  tasks: tuple[str, ...] | list[str] = synthetic.TASKS) -> None:  # fmt: skip
-        unknown = [t for t in tasks if t not in synthetic.TASKS]
-        if unknown:
-            raise DataError(f"data.tasks: unknown task '{unknown[0]}' (known: {', '.join(synthetic.TASKS)})")
-        if n <= 0:
-            raise DataError(f"data: the synthetic {split} split is empty (n={n}); set a positive size")
+        synthetic.check_synthetic("synthetic", n, split, tasks, synthetic.TASKS)
         self.n, self.split, self.seed, self.image_size, self.tasks = n, split, seed, image_size, tuple(tasks)
         self.skipped: Counter[str] = Counter()
 

@@ -11,6 +11,7 @@ be regenerated alone.
 
 from __future__ import annotations
 
+import difflib
 import json
 import random
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from r1v.core.errors import DataError
 from r1v.core.interfaces import IMAGE_PLACEHOLDER, Sample
 
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 200, 30)}
@@ -30,6 +32,19 @@ POSITIONS = (
 TASKS = ("count_all", "count_color", "count_shape", "color_at", "add")
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 SPLIT_OFFSET = {"train": 0, "val": 10_000_000, "test": 20_000_000}
+
+
+def check_synthetic(name: str, n: int, split: str, tasks: tuple[str, ...] | list[str], known: tuple[str, ...],
+                    what: str = "task", suggest: bool = False) -> None:  # fmt: skip
+    """The checks every ``data=synthetic*`` dataset makes when built, as one-line DataErrors: each of ``tasks`` is
+    one of ``known`` (the first unknown one named, with a close match when ``suggest``), and ``n`` > 0."""
+    unknown = [t for t in tasks if t not in known]
+    if unknown:
+        hint = difflib.get_close_matches(unknown[0], known, n=1) if suggest else []
+        mean = f" (did you mean {hint[0]!r}?)" if hint else ""
+        raise DataError(f"data.tasks: unknown {what} '{unknown[0]}'{mean} (known: {', '.join(known)})")
+    if n <= 0:
+        raise DataError(f"data: the {name} {split} split is empty (n={n}); set a positive size")
 
 
 @dataclass(frozen=True)
@@ -61,17 +76,26 @@ def describe(scene: list[Obj]) -> str:
     return "; ".join(o.text() for o in scene) + "."
 
 
-def draw(scene: list[Obj], size: int = 64, rng: random.Random | None = None) -> Image.Image:
-    """Render the scene; small jitter in place and size keeps the encoder honest."""
-    rng = rng or random.Random(0)
-    img = Image.new("RGB", (size, size), (245, 245, 245))
-    d = ImageDraw.Draw(img)
-    cell = size / 3
+def place(scene: list[Obj], size: int, rng: random.Random) -> list[tuple[Obj, float, float, float]]:
+    """Where :func:`draw` puts each object: (object, centre x, centre y, half side), jittered in place and size.
+    Draws from ``rng`` exactly as drawing does, so a caller that needs only the text can skip the pixels and
+    still leave ``rng`` where drawing would have."""
+    cell, out = size / 3, []
     for o in scene:
         r, c = divmod(o.cell, 3)
         half = cell * rng.uniform(0.28, 0.38)
         cx = (c + 0.5) * cell + rng.uniform(-0.08, 0.08) * cell
         cy = (r + 0.5) * cell + rng.uniform(-0.08, 0.08) * cell
+        out.append((o, cx, cy, half))
+    return out
+
+
+def draw(scene: list[Obj], size: int = 64, rng: random.Random | None = None) -> Image.Image:
+    """Render the scene; small jitter in place and size keeps the encoder honest."""
+    rng = rng or random.Random(0)
+    img = Image.new("RGB", (size, size), (245, 245, 245))
+    d = ImageDraw.Draw(img)
+    for o, cx, cy, half in place(scene, size, rng):
         box = (cx - half, cy - half, cx + half, cy + half)
         fill = COLORS[o.color]
         if o.shape == "circle":

@@ -40,7 +40,7 @@ from torch.utils.data import Dataset
 
 from r1v.core.errors import DataError
 from r1v.core.interfaces import IMAGE_PLACEHOLDER, THINK_CLOSE, Sample
-from r1v.data.synthetic import COLORS, SHAPES, SPLIT_OFFSET, Obj, describe, draw
+from r1v.data.synthetic import COLORS, SHAPES, SPLIT_OFFSET, Obj, check_synthetic, describe, draw
 
 TASKS = ("relation_count", "more_plus", "rows_diff")
 FLAWS = ("wrong_steps", "contradicts_image", "loop")
@@ -292,11 +292,7 @@ class SyntheticHard(Dataset):
     def __init__(self, n: int, split: str, seed: int = 0, image_size: int = 64, tasks: tuple[str, ...] = TASKS,
                  flaws: dict[str, float] | None = None, loop_repeats: int = 3, min_objects: int = 3,
                  max_objects: int = 6) -> None:  # fmt: skip
-        unknown = [t for t in tasks if t not in TASKS]
-        if unknown:
-            raise DataError(f"data.tasks: unknown task '{unknown[0]}' (known: {', '.join(TASKS)})")
-        if n <= 0:
-            raise DataError(f"data: the synthetic_hard {split} split is empty (n={n}); set a positive size")
+        check_synthetic("synthetic_hard", n, split, tasks, TASKS)
         if loop_repeats < 1:
             raise DataError(f"data.loop_repeats: {loop_repeats} is below 1 (a looping chain repeats a step)")
         if not 1 <= min_objects <= max_objects <= 8:  # 8: one cell stays free for a hallucinated shape

@@ -16,14 +16,12 @@ Sample ``i`` of a split depends only on (seed, split, i).
 
 from __future__ import annotations
 
-import difflib
 import random
 from collections import Counter
 
 import numpy as np
 from torch.utils.data import Dataset
 
-from r1v.core.errors import DataError
 from r1v.core.interfaces import (
     AUD_END,
     AUD_START,
@@ -48,23 +46,33 @@ SECONDS = 2.0
 MAX_BEEPS = 4
 
 
+def place_tones(pitches: list[str], rng: random.Random, sampling_rate: int = SAMPLING_RATE,
+                seconds: float = SECONDS) -> tuple[int, list[tuple[int, int, str]]]:  # fmt: skip
+    """Where :func:`render_tones` puts the beeps, without making the clip: (the noise's seed, each beep's (first
+    sample, end sample, pitch)). Draws from ``rng`` exactly as rendering does."""
+    total = int(seconds * sampling_rate)
+    noise_seed = rng.getrandbits(32)
+    beep = int(0.12 * sampling_rate)
+    slot = total // MAX_BEEPS
+    slots = sorted(rng.sample(range(MAX_BEEPS), len(pitches)))
+    marks = []
+    for k, pitch in zip(slots, pitches, strict=True):
+        start = k * slot + rng.randint(0, slot - beep - 2 * TOKEN_SAMPLES)  # ≥ 2 silent tokens before the next
+        marks.append((start, start + beep, pitch))
+    return noise_seed, marks
+
+
 def render_tones(pitches: list[str], rng: random.Random, sampling_rate: int = SAMPLING_RATE,
                  seconds: float = SECONDS) -> tuple[np.ndarray, list[tuple[int, int, str]]]:  # fmt: skip
     """120 ms beeps at the named pitches, in order, one per quarter of the clip at a random offset (never within two
     audio tokens of the next quarter, so two beeps never run together), over faint noise:
     (float32 samples in [-1, 1], each beep's (first sample, end sample, pitch))."""
-    total = int(seconds * sampling_rate)
-    wave = np.random.default_rng(rng.getrandbits(32)).normal(0.0, 0.01, total).astype(np.float32)
-    beep = int(0.12 * sampling_rate)
-    slot = total // MAX_BEEPS
-    t = np.arange(beep) / sampling_rate
+    noise_seed, marks = place_tones(pitches, rng, sampling_rate, seconds)
+    wave = np.random.default_rng(noise_seed).normal(0.0, 0.01, int(seconds * sampling_rate)).astype(np.float32)
+    t = np.arange(int(0.12 * sampling_rate)) / sampling_rate
     ramp = np.minimum(1.0, np.minimum(t, t[::-1]) / 0.01)  # 10 ms fades: no clicks
-    slots = sorted(rng.sample(range(MAX_BEEPS), len(pitches)))
-    marks = []
-    for k, pitch in zip(slots, pitches, strict=True):
-        start = k * slot + rng.randint(0, slot - beep - 2 * TOKEN_SAMPLES)  # ≥ 2 silent tokens before the next
-        wave[start : start + beep] += (0.5 * np.sin(2 * np.pi * TONES[pitch] * t) * ramp).astype(np.float32)
-        marks.append((start, start + beep, pitch))
+    for start, end, pitch in marks:
+        wave[start:end] += (0.5 * np.sin(2 * np.pi * TONES[pitch] * t) * ramp).astype(np.float32)
     return np.clip(wave, -1.0, 1.0), marks
 
 
@@ -144,21 +152,35 @@ def described(sample: Sample) -> str:
 
 
 def generate(index: int, split: str = "train", seed: int = 0, image_size: int = 64,
-             tasks: tuple[str, ...] = TASKS) -> Sample:  # fmt: skip
-    """Sample ``index`` of ``split``; task ``tasks[index % len(tasks)]``."""
+             tasks: tuple[str, ...] = TASKS, render: bool = True) -> Sample:  # fmt: skip
+    """Sample ``index`` of ``split``; task ``tasks[index % len(tasks)]``. ``render=False``: the same sample's text
+    only (question, reasoning, answer, ``meta["media_text"]``: all :func:`described` needs) with no clip, frame or
+    image made (``audios``, ``videos``, ``images`` left empty), at a fraction of the cost."""
     if split not in synthetic.SPLIT_OFFSET:
         raise ValueError(f"unknown split '{split}' (known: {', '.join(synthetic.SPLIT_OFFSET)})")
     rng = random.Random(f"r1v-omni/{seed}/{synthetic.SPLIT_OFFSET[split] + index}")
     task = tasks[index % len(tasks)]
     images, videos, audios, media = [], [], [], []
+
+    def frame(scene: list[synthetic.Obj]):  # the picture, or just the draws from rng that drawing it makes
+        return synthetic.draw(scene, image_size, rng) if render else synthetic.place(scene, image_size, rng)
+
+    def clip(pitches: list[str]) -> tuple[str, str]:  # the clip (appended to audios) when rendering; its text
+        if render:
+            wave, marks = render_tones(pitches, rng)
+            audios.append(AudioClip(wave, SAMPLING_RATE))
+        else:
+            marks = place_tones(pitches, rng)[1]
+        return ("audio", hear(marks, int(SECONDS * SAMPLING_RATE)))
+
     if task in ("beeps", "higher"):
         pitches, question, why, answer = (_beeps if task == "beeps" else _higher)(rng)
-        wave, marks = render_tones(pitches, rng)
-        audios.append(AudioClip(wave, SAMPLING_RATE))
-        media.append(("audio", hear(marks, len(wave))))
+        media.append(clip(pitches))
     elif task == "moves":
         scenes, answer = moving_scenes(rng)
-        videos.append([synthetic.draw(s, image_size, rng) for s in scenes])
+        frames = [frame(s) for s in scenes]
+        if render:
+            videos.append(frames)
         media.append(("video", [synthetic.describe(s) for s in scenes]))
         where = [next(o.position for o in s if (o.color, o.shape) == ("red", "square")) for s in scenes]
         question = f"{VIDEO_PLACEHOLDER}\nWhich way does the red square move?"
@@ -170,10 +192,10 @@ def generate(index: int, split: str = "train", seed: int = 0, image_size: int = 
         t = sum(o.shape == "triangle" for o in scene)
         n = t if rng.random() < 0.5 else rng.choice([k for k in range(1, MAX_BEEPS + 1) if k != t])
         pitches = [rng.choice(list(TONES)) for _ in range(n)]
-        images.append(synthetic.draw(scene, image_size, rng))
-        wave, marks = render_tones(pitches, rng)
-        audios.append(AudioClip(wave, SAMPLING_RATE))
-        media += [("image", synthetic.describe(scene)), ("audio", hear(marks, len(wave)))]
+        image = frame(scene)
+        if render:
+            images.append(image)
+        media += [("image", synthetic.describe(scene)), clip(pitches)]
         answer = "yes" if n == t else "no"
         question = f"{IMAGE_PLACEHOLDER}\n{AUDIO_PLACEHOLDER}\nDoes the number of beeps equal the number of triangles?"
         heard = f"{n} {'beep' if n == 1 else 'beeps'}"
@@ -191,13 +213,7 @@ class SyntheticOmni(Dataset):
 
     def __init__(self, n: int, split: str, seed: int = 0, image_size: int = 64,
                  tasks: tuple[str, ...] | list[str] = TASKS) -> None:  # fmt: skip
-        unknown = [t for t in tasks if t not in TASKS]
-        if unknown:
-            hint = difflib.get_close_matches(unknown[0], TASKS, n=1)
-            mean = f" (did you mean {hint[0]!r}?)" if hint else ""
-            raise DataError(f"data.tasks: unknown omni task '{unknown[0]}'{mean} (known: {', '.join(TASKS)})")
-        if n <= 0:
-            raise DataError(f"data: the synthetic_omni {split} split is empty (n={n}); set a positive size")
+        synthetic.check_synthetic("synthetic_omni", n, split, tasks, TASKS, what="omni task", suggest=True)
         self.n, self.split, self.seed, self.image_size, self.tasks = n, split, seed, image_size, tuple(tasks)
         self.skipped: Counter[str] = Counter()
 

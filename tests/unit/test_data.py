@@ -23,6 +23,30 @@ def test_generator_is_deterministic_and_splits_differ():
     assert len(questions) > 40 and len(questions & held_out) < 5
 
 
+@pytest.mark.parametrize(("cls", "kw", "line"), [
+    ("SyntheticDataset", {"n": 0, "split": "val"}, "data: the synthetic val split is empty (n=0); set a positive size"),
+    ("SyntheticDataset", {"n": 3, "split": "train", "tasks": ["count_al"]},
+     "data.tasks: unknown task 'count_al' (known: count_all, count_color, count_shape, color_at, add)"),
+    ("SyntheticHard", {"n": -1, "split": "test"},
+     "data: the synthetic_hard test split is empty (n=-1); set a positive size"),
+    ("SyntheticHard", {"n": 0, "split": "train", "tasks": ["rows_dif"]},  # the tasks are checked first
+     "data.tasks: unknown task 'rows_dif' (known: relation_count, more_plus, rows_diff)"),
+    ("SyntheticOmni", {"n": 0, "split": "val"},
+     "data: the synthetic_omni val split is empty (n=0); set a positive size"),
+    ("SyntheticOmni", {"n": 3, "split": "train", "tasks": ["hihger"]},
+     "data.tasks: unknown omni task 'hihger' (did you mean 'higher'?) (known: beeps, higher, moves, beeps_vs_shapes)"),
+])  # fmt: skip
+def test_synthetic_datasets_check_tasks_and_size_in_one_line(cls, kw, line):
+    """The three synthetic datasets share one check (r1v.data.synthetic.check_synthetic); each keeps its wording."""
+    from r1v.data.synthetic_hard import SyntheticHard
+    from r1v.data.synthetic_omni import SyntheticOmni
+
+    dataset = {"SyntheticDataset": SyntheticDataset, "SyntheticHard": SyntheticHard, "SyntheticOmni": SyntheticOmni}
+    with pytest.raises(DataError) as e:
+        dataset[cls](**kw)
+    assert str(e.value) == line
+
+
 def test_answers_follow_from_the_scene():
     for i in range(100):
         s, scene = generate(i, "train")

@@ -400,6 +400,23 @@ def test_model_likelihood_is_minus_reasoning_nll(registry, tiny_vlm, one_thread)
     assert all(w <= v + 1e-6 for w, v in zip(worst, values, strict=True))
 
 
+@pytest.mark.parametrize(("reduce", "hint"), [("min", ""), ("Mean", " — did you mean 'mean'?"),
+                                            ("maxx", " — did you mean 'max'?")])  # fmt: skip
+def test_model_likelihood_reduce_not_allowed_is_one_line_naming_the_choices(registry, reduce, hint):
+    """``reduce`` other than mean or max: built directly (the API), the scorer's own line; from a config, the
+    validation's line (``stage.rm.scorer.reduce=...``, checked against the factory's Literal) before any run."""
+    from r1v.core.errors import ConfigError
+    from r1v.core.values import check_knob_values
+
+    with pytest.raises(ConfigError) as e:
+        registry.build("scorer", "model_likelihood", reduce=reduce)
+    assert str(e.value) == f"scorer model_likelihood: reduce '{reduce}' is not one of mean, max"
+    with pytest.raises(ConfigError) as e:
+        check_knob_values(registry.get("scorer", "model_likelihood"), {"reduce": reduce}, "stage.rm.scorer")
+    assert str(e.value) == (f"stage.rm.scorer.reduce='{reduce}': expected one of 'mean', 'max' "
+                            f"(scorer 'model_likelihood'){hint}")  # fmt: skip
+
+
 def test_a_scorer_stuck_in_c_code_is_killed_at_its_limit_in_a_worker_process():
     """SIGALRM only interrupts Python code; a scorer that does not need the model scores in a worker process
     (distill.scorer_isolation=process), which is killed at the time limit: the sample counts as failed, the

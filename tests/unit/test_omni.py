@@ -62,6 +62,19 @@ def test_media_carry_the_answer():
         assert seen == s.answer, (s.id, centres)
 
 
+@pytest.mark.parametrize("task", omni.TASKS)
+def test_text_only_samples_say_what_the_rendered_ones_say(task):
+    """generate(render=False) (tools/pretrain_omni.py's omni_rows) makes no media yet gives the rendered sample's
+    question, reasoning, answer and media text: it draws from the sample's rng exactly as rendering does."""
+    for i in range(50):
+        full = omni.generate(i, "train", seed=5000, tasks=(task,))
+        text = omni.generate(i, "train", seed=5000, tasks=(task,), render=False)
+        assert (text.id, text.question, text.reasoning, text.answer, text.meta) == \
+            (full.id, full.question, full.reasoning, full.answer, full.meta)  # fmt: skip
+        assert omni.described(text) == omni.described(full)
+        assert not (text.audios or text.videos or text.images) and (full.audios or full.videos)
+
+
 def test_unknown_task_is_one_line_with_a_hint():
     with pytest.raises(DataError, match=r"unknown omni task 'beep' \(did you mean 'beeps'\?\)"):
         omni.SyntheticOmni(4, "train", tasks=["beep"])
