@@ -172,13 +172,16 @@ def measure(name: str, lm: Any, ids: torch.Tensor, mask: torch.Tensor, args: arg
     decode(engine, lm, ids, mask, warm, args.greedy)
     first = time.perf_counter() - t0
     prefill = timed(lambda: decode(engine, lm, ids, mask, 1, args.greedy))
+    compiled_before = dynamo_graphs()
     total = timed(lambda: decode(engine, lm, ids, mask, args.new, args.greedy))
     ms = (total - prefill) / (args.new - 1) * 1e3
+    diagnosis = {"dynamo_graphs_compiled_while_timed": dynamo_graphs() - compiled_before,
+                 **replay_only(engine, lm, ids, mask, args)}  # fmt: skip
     row: dict[str, Any] = {
         "engine": name, "knobs": VARIANTS[name], "ms_per_step": ms, "tokens_per_s": batch / ms * 1e3,
         "share_of_floor": floor["ms_per_step"] / ms, "prefill_s": prefill, "warm_up_s": first,
         "fused_layers": len(engine._decoder.fused),
-        "peak_GB": torch.cuda.max_memory_allocated() / 1e9 if dev.type == "cuda" else 0.0,
+        "peak_GB": torch.cuda.max_memory_allocated() / 1e9 if dev.type == "cuda" else 0.0, **diagnosis,
     }  # fmt: skip
     if generate_ms:
         row["generate_ms_per_step"], row["vs_generate"] = generate_ms, generate_ms / ms
@@ -203,11 +206,38 @@ def measure(name: str, lm: Any, ids: torch.Tensor, mask: torch.Tensor, args: arg
     return row
 
 
+def dynamo_graphs() -> int:
+    """Graphs torch.compile has compiled so far in this process (a rise while timing = a recompile per call)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def replay_only(engine: Any, lm: Any, ids: torch.Tensor, mask: torch.Tensor, args: argparse.Namespace) -> dict:
+    """The captured decode step replayed alone, ``n`` times right after a prefill (no Python decode loop): against
+    the loop's ms per step it splits a slow step into graph time and host time. One graph (the split-K kernel's)
+    only; the SDPA path has a graph per window."""
+    st = getattr(engine, "_state", None)
+    if ids.device.type != "cuda" or st is None or len(st.graphs) != 1:
+        return {}
+    decode(engine, lm, ids, mask, 1, args.greedy)  # state at the first decode step, room for args.new more
+    graph, n = next(iter(st.graphs.values())), max(1, min(32, args.new - 2))
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(n):
+        graph.replay()
+    torch.cuda.synchronize()
+    return {"replay_only_ms_per_step": (time.perf_counter() - start) / n * 1e3, "graphs": len(st.graphs)}
+
+
 def show(row: dict[str, Any], batch: int, floor: dict[str, float], layers: int) -> None:
     gen = f"  {row['vs_generate']:5.1f}x generate()" if "vs_generate" in row else ""
     print(f"  B={batch:3d} {row['engine']:46s} {row['ms_per_step']:7.2f} ms/step {row['tokens_per_s']:9.0f} tok/s "
           f"{100 * row['share_of_floor']:5.1f}% of floor ({floor['ms_per_step']:.2f} ms){gen}  fused "
           f"{row['fused_layers']}/{layers}, peak {row['peak_GB']:.1f} GB", flush=True)  # fmt: skip
+    if "replay_only_ms_per_step" in row:
+        print(f"      graph replayed alone {row['replay_only_ms_per_step']:.2f} ms/step; dynamo graphs compiled while "
+              f"timed: {row['dynamo_graphs_compiled_while_timed']}")  # fmt: skip
     for seg, v in row.get("segments", {}).items():
         print(f"      {seg}: {v['ms_per_step']:.2f} ms/step (floor {v['floor_ms']:.2f})")
     if "kernel_us_per_step" in row:
