@@ -23,9 +23,10 @@ were checked — every flawed chain still ends in the right answer, so only a re
   over-long chain with repeated sentences.
 
 ``meta["flaw"]`` labels each chain (``none`` for sound ones) and ``meta["steps"]`` holds the claimed and true
-values of every counting step. Each step also knows whether it is flawed (:attr:`Step.flaw`), so
-:func:`step_labels` gives a process reward model one label per sentence of the chain (the step unit of
-:mod:`r1v.data.steps`); the pairs carry them as ``meta["chosen_steps"]`` / ``meta["rejected_steps"]``.
+values of every counting step. Each step also knows what of it is flawed (:attr:`Step.flaw`), so
+:func:`step_labels` gives a process reward model one label per clause of the chain (the finest step unit of
+:mod:`r1v.data.steps`; a coarser unit is flawed when any clause in it is); the pairs carry them as
+``meta["chosen_steps"]`` / ``meta["rejected_steps"]``.
 Held-out questions (``val``/``test``) are always sound and never share a (scene, question) with training: the two
 sides are split by a hash of that key, so no size setting can make them overlap. Sample ``i`` of a split depends
 only on (seed, split, i).
@@ -43,7 +44,7 @@ from torch.utils.data import Dataset
 
 from r1v.core.errors import DataError
 from r1v.core.interfaces import IMAGE_PLACEHOLDER, THINK_CLOSE, Sample
-from r1v.data.steps import sentence_spans
+from r1v.data.steps import step_spans
 from r1v.data.synthetic import COLORS, SHAPES, SPLIT_OFFSET, Obj, describe, draw
 
 TASKS = ("relation_count", "more_plus", "rows_diff")
@@ -58,7 +59,8 @@ HELD_OUT_BUCKETS = 10  # 1 in 10 (scene, question) keys is held out; the other 9
 class Step:
     """One sentence of a chain. ``value``/``true`` are set on counting and arithmetic steps (what the chain
     claims, what the scene gives); ``kind`` is see | locate | count | arith | loop. ``flaw`` says what of it is
-    wrong: ``""`` nothing, ``"end"`` its last sentence (a miscount's "That makes N."), ``"all"`` every sentence."""
+    wrong: ``""`` nothing, ``"end"`` its last clause (a miscount's "That makes N."), ``"all"`` every clause, or
+    the text of the one wrong clause (a description's object that is not in the scene: "red square at top")."""
 
     kind: str
     text: str
@@ -216,7 +218,7 @@ def flaw_contradicts_image(scene: list[Obj], steps: list[Step], rng: random.Rand
         ghost = Obj(rng.choice([c for c in COLORS if c != real.color]), real.shape, real.cell)
         described[k] = ghost
     out = [s.copy() for s in steps]
-    out[0] = Step("see", "I see " + describe(described), flaw="all")
+    out[0] = Step("see", "I see " + describe(described), flaw=ghost.text())
     return out, ghost
 
 
@@ -230,14 +232,16 @@ def flaw_loop(steps: list[Step], repeats: int) -> list[Step]:
 
 
 def step_labels(steps: list[Step]) -> list[tuple[int, int, bool]]:
-    """``(start, end, sound)`` for each sentence of the chain ``" ".join(step texts)`` (character spans, as
-    :func:`r1v.data.steps.sentence_spans` finds them): a sentence is flawed when its step is wholly flawed, or
-    when it is the last sentence of a step whose last sentence is wrong; every other sentence is sound."""
+    """``(start, end, sound)`` for each clause of the chain ``" ".join(step texts)`` (character spans, as
+    :func:`r1v.data.steps.step_spans` finds them with ``unit="clause"``): a clause is flawed when its step is
+    wholly flawed, when it is the last clause of a step whose last clause is wrong, or when it is the step's
+    one wrong clause (an object that is not in the scene); every other clause is sound."""
     out, offset = [], 0
     for step in steps:
-        spans = sentence_spans(step.text)
+        spans = step_spans(step.text, "clause")
         for k, (a, b) in enumerate(spans):
-            flawed = step.flaw == "all" or (step.flaw == "end" and k == len(spans) - 1)
+            clause = step.text[a:b].removeprefix("I see ").rstrip(";.")
+            flawed = step.flaw in ("all", clause) or (step.flaw == "end" and k == len(spans) - 1)
             out.append((offset + a, offset + b, not flawed))
         offset += len(step.text) + 1  # the joining space
     return out

@@ -4,7 +4,7 @@ end token (sound 1, flawed 0), as in process-supervised reward models (Lightman 
 Step*), here with a label per step from the data generator instead of human raters.
 
 Rows are laid out as :func:`r1v.rl.grpo.completion_rows` lays them out: the completion's token ``j`` sits in
-column ``j`` of the ``[B, T]`` completion block. Steps are the chain's sentences (:mod:`r1v.data.steps`).
+column ``j`` of the ``[B, T]`` completion block. Steps are the chain's sentences or clauses (:mod:`r1v.data.steps`).
 """
 
 from __future__ import annotations
@@ -15,16 +15,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from r1v.data.steps import chain_part, sentence_spans
+from r1v.data.steps import chain_part, step_spans
 
 
-def step_ends(tokenizer: Any, completion: str) -> list[tuple[int, int]]:
-    """``(character end, token index)`` of each step, in chain order: the token (into ``tokenizer(completion +
-    eos, add_special_tokens=False)``, the ids the pair collator and the scorer build) holding the step's last
-    character."""
+def step_ends(tokenizer: Any, completion: str, unit: str = "sentence") -> list[tuple[int, int]]:
+    """``(character end, token index)`` of each step (``unit``: sentence | clause), in chain order: the token
+    (into ``tokenizer(completion + eos, add_special_tokens=False)``, the ids the pair collator and the scorer
+    build) holding the step's last character."""
     enc = tokenizer(completion + tokenizer.eos_token, add_special_tokens=False, return_offsets_mapping=True)
     offsets, out, j = enc["offset_mapping"], [], 0
-    for _, end in sentence_spans(chain_part(completion)):
+    for _, end in step_spans(chain_part(completion), unit):
         while j < len(offsets) and not offsets[j][0] <= end - 1 < offsets[j][1]:
             j += 1
         if j == len(offsets):
@@ -35,25 +35,27 @@ def step_ends(tokenizer: Any, completion: str) -> list[tuple[int, int]]:
 
 
 def step_batch(tokenizer: Any, completions: Sequence[str], width: int,
-               labels: Sequence[Sequence[Sequence[int]] | None] | None = None,
+               labels: Sequence[Sequence[Sequence[int]] | None] | None = None, unit: str = "sentence",
                ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """``(step_mask, targets)``, both ``[B, width]``: the mask is 1 at each step's end token (a completion with no
-    step: at its last token, so every row has a score); targets are 1 (sound) / 0 (flawed) at step ends that a
-    label span ``[start, end, sound]`` of ``labels[b]`` holds, −1 elsewhere (no loss)."""
+    step: at its last token, so every row has a score); targets at step ends are 1 (sound) / 0 (flawed) from the
+    label spans ``[start, end, sound]`` of ``labels[b]`` that the step overlaps (flawed if any of them is: the
+    labels may be finer than the unit), −1 elsewhere (no loss)."""
     mask = torch.zeros((len(completions), width), dtype=torch.long)
     targets = torch.full((len(completions), width), -1.0)
     for b, text in enumerate(completions):
-        ends = [(e, j) for e, j in step_ends(tokenizer, text) if j < width]
+        ends = [(e, j) for e, j in step_ends(tokenizer, text, unit) if j < width]
         if not ends:
             n = len(tokenizer(text + tokenizer.eos_token, add_special_tokens=False)["input_ids"])
             mask[b, min(n, width) - 1] = 1
             continue
-        spans = labels[b] if labels is not None else None
+        spans, previous = (labels[b] if labels is not None else None) or (), 0
         for e, j in ends:
             mask[b, j] = 1
-            hit = next((int(ok) for s, t, ok in spans or () if s < e <= t), None)
-            if hit is not None:
-                targets[b, j] = float(hit)
+            hits = [int(ok) for s, t, ok in spans if s < e and t > previous]  # the label spans this step covers
+            if hits:
+                targets[b, j] = float(min(hits))
+            previous = e
     return mask, targets
 
 

@@ -4,8 +4,8 @@ plus a linear head on the last token's final hidden state (``stage.head.pool=las
 completion token, pooled by a soft minimum (``stage.head.pool=softmin``: −τ·log Σ exp(−s_t/τ) over the
 completion's tokens, τ = ``stage.head.temperature``). The soft minimum lets one bad step sink a chain without the
 last token's state having to carry it: a chain that reaches the right answer by a wrong step is judged where the
-step is. ``stage.head.pool=steps`` pools the same way over the chain's step ends only (one per sentence,
-:mod:`r1v.data.steps`).
+step is. ``stage.head.pool=steps`` pools the same way over the chain's step ends only (one per sentence, or per
+clause with ``stage.head.step_unit=clause``: :mod:`r1v.data.steps`).
 
 ``stage.objective`` picks the training signal: ``pairwise`` (the default) is Bradley-Terry on the pooled chain
 scores; ``process`` trains the head per step — binary cross-entropy at each step's end token against the step
@@ -30,6 +30,7 @@ from torch import nn
 from r1v.core.interfaces import Sample
 from r1v.data.audio import audio_batch, audio_inputs
 from r1v.data.collate import PairCollator, check_pairs
+from r1v.data.steps import UNITS
 from r1v.rl.grpo import completion_rows
 from r1v.rl.preference import bradley_terry_loss
 from r1v.rl.process import process_loss, step_batch, step_softmin
@@ -51,6 +52,16 @@ def head_knobs(stage: Mapping[str, Any] | None) -> tuple[str, float]:
     if temperature <= 0:
         raise ConfigError(f"stage.head.temperature: {temperature:g} must be > 0")
     return pool, temperature
+
+
+def step_unit(stage: Mapping[str, Any] | None) -> str:
+    """``stage.head.step_unit`` (where ``pool=steps`` and the process objective read step scores), checked."""
+    from r1v.core.errors import ConfigError
+
+    unit = str(dict((stage or {}).get("head") or {}).get("step_unit", "sentence"))
+    if unit not in UNITS:
+        raise ConfigError(f"stage.head.step_unit: '{unit}' is not one of {', '.join(UNITS)}")
+    return unit
 
 
 def objective_knob(stage: Mapping[str, Any] | None) -> str:
@@ -133,7 +144,7 @@ class RewardModelStage(LightningStage):
             return
         super().configure_model()
         self.pool, self.temperature = head_knobs(self.stage)
-        self.objective = objective_knob(self.stage)
+        self.objective, self.unit = objective_knob(self.stage), step_unit(self.stage)
         self.trainable += add_head(self.model)
         if self.cfg.get("checkpoint"):  # a previous reward-model run: its head too
             from r1v.model.load import load_trainable
@@ -177,7 +188,7 @@ class RewardModelStage(LightningStage):
         texts = [s.meta["chosen"] for s in samples] + [s.meta["rejected"] for s in samples]
         labels = [s.meta.get("chosen_steps") for s in samples] + [s.meta.get("rejected_steps") for s in samples]
         width = batch["completion_mask"].shape[1]
-        mask, targets = step_batch(self.processor.tokenizer, texts, width, labels)
+        mask, targets = step_batch(self.processor.tokenizer, texts, width, labels, self.unit)
         hidden = _hidden(self.model, batch["input_ids"].to(dev), batch["attention_mask"].to(dev), px, **audio)
         tok = token_scores(self.model, hidden, width)  # [2B, T]
         loss, metrics = process_loss(tok, targets)
@@ -225,6 +236,7 @@ class LoadedRewardModel:
         self.model, self.processor = build(cfg["model"], get_registry())
         self.pool, self.temperature = head_knobs(cfg.get("stage"))
         objective_knob(cfg.get("stage"))  # a process run scores with pool=steps
+        self.unit = step_unit(cfg.get("stage"))
         add_head(self.model)
         load_trainable(self.model, str(trained_weights(Path(run))))
         self.model.to(device).eval()
@@ -239,6 +251,6 @@ class LoadedRewardModel:
         tiles = [e["pixel_values"] for e in encs if e["pixel_values"] is not None]
         px = torch.cat(tiles).to(self.device) if tiles else None
         audio = {k: v.to(self.device) for k, v in audio_inputs(audio_batch(encs)).items()}
-        steps = step_batch(tok, completions, cmask.shape[1])[0] if self.pool == "steps" else None
+        steps = step_batch(tok, completions, cmask.shape[1], unit=self.unit)[0] if self.pool == "steps" else None
         return scores(self.model, ids.to(self.device), attn.to(self.device), px, cmask, self.pool, self.temperature,
                       steps, **audio).tolist()  # fmt: skip

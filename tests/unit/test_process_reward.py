@@ -11,7 +11,7 @@ import re
 import pytest
 import torch
 
-from r1v.data.steps import sentence_spans
+from r1v.data.steps import step_spans
 from r1v.data.synthetic_hard import FLAWS, SyntheticHardPairs, generate_item, step_labels
 from r1v.rl.process import process_loss, step_batch, step_softmin
 
@@ -31,7 +31,7 @@ def test_step_labels_mark_the_flawed_step_and_only_it(kind):
     for i in range(24):  # every task, several scenes
         item = generate_item(i, "train", 0, force_flaw=kind)
         labels = step_labels(item.steps)
-        assert [(a, b) for a, b, _ in labels] == sentence_spans(item.chain)  # one label per step the RM reads
+        assert [(a, b) for a, b, _ in labels] == step_spans(item.chain, "clause")  # one label per clause
         for a, b, ok in labels:  # every sound count and sum is right; every flawed one (of these two kinds) wrong
             text = item.chain[a:b]
             if m := re.fullmatch(r"That makes (\d+)\.", text):
@@ -45,9 +45,9 @@ def test_step_labels_mark_the_flawed_step_and_only_it(kind):
         elif kind == "wrong_steps":  # the miscount, and the sum that uses it if there is one
             assert 1 <= len(flawed) <= 2 and flawed[0].startswith("That makes "), flawed
             assert all(re.fullmatch(r"\d+ [-+] \d+ = \d+\.", f) for f in flawed[1:]), flawed
-        elif kind == "contradicts_image":  # the description, nothing else
-            assert flawed == [item.chain[: item.chain.index(". ") + 1]] and flawed[0].startswith("I see ")
-            assert item.extra["ghost"] in flawed[0]
+        elif kind == "contradicts_image":  # the description's one object that is not in the scene, nothing else
+            assert len(flawed) == 1 and flawed[0].removeprefix("I see ").rstrip(";.") == item.extra["ghost"]
+            assert item.chain.index(flawed[0]) < item.chain.index(". ")  # in the description
         else:  # loop: everything after the sound chain, and nothing before it
             assert item.chain.startswith(item.sound_chain)
             assert " ".join(flawed) == item.chain[len(item.sound_chain) + 1 :]
@@ -61,7 +61,7 @@ def test_the_pairs_carry_step_labels_of_their_completions():
         assert 0 in [ok for *_, ok in meta["rejected_steps"]]
         for side in ("chosen", "rejected"):
             chain = meta[side].split("\n</think>")[0]
-            assert [(a, b) for a, b, _ in meta[f"{side}_steps"]] == sentence_spans(chain)
+            assert [(a, b) for a, b, _ in meta[f"{side}_steps"]] == step_spans(chain, "clause")
 
 
 def test_step_batch_reads_each_steps_full_stop(tiny_vlm):
@@ -79,6 +79,22 @@ def test_step_batch_reads_each_steps_full_stop(tiny_vlm):
         assert (targets[b][mask[b] == 0] == -1).all()
     n = len(tok("no step here" + tok.eos_token, add_special_tokens=False)["input_ids"])
     assert mask[2].nonzero().flatten().tolist() == [n - 1] and (targets[2] == -1).all()  # no step: its last token
+
+
+def test_a_sentence_step_is_flawed_when_any_clause_in_it_is(tiny_vlm):
+    """Clause labels (the data's) read at sentence ends: the description is flawed if one object is; read at
+    clause ends, only that object's clause is."""
+    tok = tiny_vlm[1].tokenizer
+    text = "I see red circle at top; blue square at left. That makes 2.\n</think>\n\n\\boxed{2}"
+    clauses = step_spans(text.split("\n")[0], "clause")
+    assert [text[a:b] for a, b in clauses] == ["I see red circle at top;", "blue square at left.", "That makes 2."]
+    labels = [[*clauses[0], 0], [*clauses[1], 1], [*clauses[2], 1]]
+    for unit, want in (("sentence", [0.0, 1.0]), ("clause", [0.0, 1.0, 1.0])):
+        mask, targets = step_batch(tok, [text], 60, [labels], unit)
+        assert targets[0, mask[0] == 1].tolist() == want, unit
+    labels[0][2], labels[1][2] = 1, 0  # the second object is the wrong one
+    mask, targets = step_batch(tok, [text], 60, [labels], "sentence")
+    assert targets[0, mask[0] == 1].tolist() == [0.0, 1.0]
 
 
 def test_process_loss_and_chain_score_against_hand_computed_values():
@@ -102,7 +118,7 @@ def test_process_loss_and_chain_score_against_hand_computed_values():
 
 def test_bad_objective_values_are_one_line():
     from r1v.core.errors import ConfigError
-    from r1v.stages.reward_model import objective_knob
+    from r1v.stages.reward_model import objective_knob, step_unit
 
     assert objective_knob({}) == "pairwise"  # a run from before the knob
     assert objective_knob({"objective": "process", "head": {"pool": "steps"}}) == "process"
@@ -110,6 +126,9 @@ def test_bad_objective_values_are_one_line():
         objective_knob({"objective": "outcome"})
     with pytest.raises(ConfigError, match=r"^stage\.head\.pool: 'last' with stage\.objective=process; .*pool=steps$"):
         objective_knob({"objective": "process"})
+    assert step_unit({}) == "sentence" and step_unit({"head": {"step_unit": "clause"}}) == "clause"
+    with pytest.raises(ConfigError, match=r"^stage\.head\.step_unit: 'word' is not one of sentence, clause$"):
+        step_unit({"head": {"step_unit": "word"}})
 
 
 def test_process_objective_loss_falls_on_a_tiny_fit(tiny_vlm):
@@ -121,13 +140,13 @@ def test_process_objective_loss_falls_on_a_tiny_fit(tiny_vlm):
     torch.manual_seed(0)
     model, processor = copy.deepcopy(tiny_vlm[0]), tiny_vlm[1]
     add_head(model)
-    pairs = SyntheticHardPairs(4, "train", flaws={"wrong_steps": 0.5, "contradicts_image": 0.0, "loop": 0.5})
+    pairs = SyntheticHardPairs(4, "train", flaws={"wrong_steps": 0.5, "contradicts_image": 0.5, "loop": 0.0})
     batch = PairCollator(processor)([pairs[i] for i in range(4)])
     samples = batch["samples"]
     texts = [s.meta["chosen"] for s in samples] + [s.meta["rejected"] for s in samples]
     labels = [s.meta["chosen_steps"] for s in samples] + [s.meta["rejected_steps"] for s in samples]
     width = batch["completion_mask"].shape[1]
-    _, targets = step_batch(processor.tokenizer, texts, width, labels)
+    _, targets = step_batch(processor.tokenizer, texts, width, labels, "clause")
     params = [p for n, p in model.named_parameters() if n.startswith(("reward_head", "backbone"))]
     opt = torch.optim.Adam(params, lr=3e-3)
     model.train()
