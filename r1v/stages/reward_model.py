@@ -145,6 +145,11 @@ class RewardModelStage(LightningStage):
         super().configure_model()
         self.pool, self.temperature = head_knobs(self.stage)
         self.objective, self.unit = objective_knob(self.stage), step_unit(self.stage)
+        self.flawed_weight = float(self.stage.get("flawed_weight", 1.0))
+        if self.flawed_weight <= 0:
+            from r1v.core.errors import ConfigError
+
+            raise ConfigError(f"stage.flawed_weight: {self.flawed_weight:g} must be > 0")
         self.trainable += add_head(self.model)
         if self.cfg.get("checkpoint"):  # a previous reward-model run: its head too
             from r1v.model.load import load_trainable
@@ -191,7 +196,7 @@ class RewardModelStage(LightningStage):
         mask, targets = step_batch(self.processor.tokenizer, texts, width, labels, self.unit)
         hidden = _hidden(self.model, batch["input_ids"].to(dev), batch["attention_mask"].to(dev), px, **audio)
         tok = token_scores(self.model, hidden, width)  # [2B, T]
-        loss, metrics = process_loss(tok, targets)
+        loss, metrics = process_loss(tok, targets, self.flawed_weight)
         chain = step_softmin(tok, mask, self.temperature)
         return loss, metrics, chain[: len(samples)], chain[len(samples) :]
 

@@ -109,6 +109,9 @@ def test_process_loss_and_chain_score_against_hand_computed_values():
     assert float(loss) == pytest.approx(want, abs=1e-6)
     assert float(metrics["step_accuracy"]) == pytest.approx(2 / 3)  # 0.5 > 0 calls a flawed step sound
     assert float(metrics["flawed_step_recall"]) == pytest.approx(1 / 2)
+    weighted, _ = process_loss(s, y, flawed_weight=4.0)  # each flawed step's term counts four times
+    want = -(math.log(sig(2.0)) + 4 * math.log(1 - sig(-1.0)) + 4 * math.log(1 - sig(0.5))) / 9
+    assert float(weighted) == pytest.approx(want, abs=1e-6)
     mask = torch.tensor([[1, 0, 1], [1, 1, 0]])
     assert step_softmin(s, mask, 1e-4).tolist() == pytest.approx([-1.0, 0.5], abs=1e-3)  # the worst step
     tau = 0.5
