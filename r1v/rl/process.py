@@ -68,8 +68,9 @@ def step_softmin(token_scores: torch.Tensor, step_mask: torch.Tensor, temperatur
 def process_loss(token_scores: torch.Tensor, targets: torch.Tensor, flawed_weight: float = 1.0,
                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
     """Binary cross-entropy with logits of the head at the labelled step ends (``targets`` ≥ 0), their mean
-    weighted ``flawed_weight`` on flawed steps and 1 on sound ones (flawed steps are rare: one description
-    object in forty steps); with the step accuracy (logit > 0 ⇔ sound) and the share of flawed steps caught."""
+    weighted ``flawed_weight`` on flawed steps and 1 on sound ones (flawed steps can be rare: one wrong object
+    among some 22 clauses of a pair); with the step accuracy (logit > 0 ⇔ sound) and the share of flawed steps
+    caught."""
     targets = targets.to(token_scores.device)
     keep = targets >= 0
     s, y = token_scores[keep], targets[keep]
