@@ -13,6 +13,10 @@ that a sound chain outscores a flawed one; ties count half) on the raw and the 0
 R1V's schedule keeps.
 
     python benchmarks/flaw_auc.py --seed 0 --steps 300        (about 10 minutes on 2 CPU cores)
+
+``--objective process`` trains the process (step-level) reward model instead: ``stage.objective=process
+stage.head.pool=steps`` (binary cross-entropy per step end against the pairs' step labels; a chain scores as its
+soft-worst step).
 """
 
 from __future__ import annotations
@@ -82,6 +86,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--n", type=int, default=300, help="held-out questions (each scored sound + once per flaw)")
     ap.add_argument("--baselines", action="store_true", help="also chain_rules and model_likelihood's AUC")
+    ap.add_argument("--objective", choices=("pairwise", "process"), default="pairwise",
+                    help="the reward model's training signal (process: per-step labels, pool=steps)")  # fmt: skip
     ap.add_argument("--rm-args", nargs="*", default=[], help="more reward-model overrides (data.flaws.loop=0 …)")
     ap.add_argument("--work", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/flaw_auc.json"))
@@ -99,10 +105,11 @@ def main() -> None:
         if not (work / "runs/re/final").exists():
             train(work, "run=align", s)
             train(work, "stage=reassemble", "model=tiny_reasoner", "checkpoint=runs/align", "run=re", s)
+        objective = ["stage.objective=process", "stage.head.pool=steps"] if args.objective == "process" else []
         shutil.rmtree(work / "runs/rm", ignore_errors=True)  # a kept work folder: the reward model is retrained
         train(work, "stage=reward_model", "model=tiny_reasoner", "checkpoint=runs/re", "data=synthetic_hard_pairs",
               "data.n_val=128", "run=rm", s, f"stage.lr={args.lr}", f"stage.max_steps={args.steps}",
-              f"stage.val_every={args.steps}", "stage.ckpt_every=0", *args.rm_args)  # fmt: skip
+              f"stage.val_every={args.steps}", "stage.ckpt_every=0", *objective, *args.rm_args)  # fmt: skip
         rows = list(csv.DictReader((work / "runs/rm/metrics.csv").open()))
         val_pair_accuracy = [float(r["val/pair_accuracy"]) for r in rows if r.get("val/pair_accuracy")][-1]
         trained_s = time.time() - t0
@@ -117,7 +124,8 @@ def main() -> None:
     cuts = [float(np.quantile(pool, q)) for q in (1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6)]  # calibrate's cut points
     scaled = {k: [float(sum(v >= c for c in cuts)) for v in vs] for k, vs in raw.items()}
     result: dict[str, object] = {
-        "seed": args.seed, "steps": args.steps, "lr": args.lr, "held_out_questions": args.n,
+        "seed": args.seed, "objective": args.objective, "rm_args": args.rm_args, "steps": args.steps, "lr": args.lr,
+        "held_out_questions": args.n,
         "rm_val_pair_accuracy": val_pair_accuracy, "train_s": round(trained_s, 1),
         "auc_raw": {k: round(auc(raw["none"], raw[k]), 4) for k in FLAWS},
         "auc_0_5": {k: round(auc(scaled["none"], scaled[k]), 4) for k in FLAWS},

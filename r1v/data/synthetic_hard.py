@@ -23,9 +23,13 @@ were checked — every flawed chain still ends in the right answer, so only a re
   over-long chain with repeated sentences.
 
 ``meta["flaw"]`` labels each chain (``none`` for sound ones) and ``meta["steps"]`` holds the claimed and true
-values of every counting step. Held-out questions (``val``/``test``) are always sound and never share a
-(scene, question) with training: the two sides are split by a hash of that key, so no size setting can make them
-overlap. Sample ``i`` of a split depends only on (seed, split, i).
+values of every counting step. Each step also knows what of it is flawed (:attr:`Step.flaw`), so
+:func:`step_labels` gives a process reward model one label per clause of the chain (the finest step unit of
+:mod:`r1v.data.steps`; a coarser unit is flawed when any clause in it is); the pairs carry them as
+``meta["chosen_steps"]`` / ``meta["rejected_steps"]``.
+Held-out questions (``val``/``test``) are always sound and never share a (scene, question) with training: the two
+sides are split by a hash of that key, so no size setting can make them overlap. Sample ``i`` of a split depends
+only on (seed, split, i).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from torch.utils.data import Dataset
 
 from r1v.core.errors import DataError
 from r1v.core.interfaces import IMAGE_PLACEHOLDER, THINK_CLOSE, Sample
+from r1v.data.steps import step_spans
 from r1v.data.synthetic import COLORS, SHAPES, SPLIT_OFFSET, Obj, check_synthetic, describe, draw
 
 TASKS = ("relation_count", "more_plus", "rows_diff")
@@ -53,16 +58,19 @@ HELD_OUT_BUCKETS = 10  # 1 in 10 (scene, question) keys is held out; the other 9
 @dataclass
 class Step:
     """One sentence of a chain. ``value``/``true`` are set on counting and arithmetic steps (what the chain
-    claims, what the scene gives); ``kind`` is see | locate | count | arith."""
+    claims, what the scene gives); ``kind`` is see | locate | count | arith | loop. ``flaw`` says what of it is
+    wrong: ``""`` nothing, ``"end"`` its last clause (a miscount's "That makes N."), ``"all"`` every clause, or
+    the text of the one wrong clause (a description's object that is not in the scene: "red square at top")."""
 
     kind: str
     text: str
     value: int | None = None
     true: int | None = None
     sources: tuple[int, ...] = ()  # arith: the steps its two operands come from (indices into the chain)
+    flaw: str = ""
 
     def copy(self) -> Step:
-        return Step(self.kind, self.text, self.value, self.true, self.sources)
+        return Step(self.kind, self.text, self.value, self.true, self.sources, self.flaw)
 
 
 @dataclass
@@ -185,12 +193,14 @@ def flaw_wrong_steps(steps: list[Step], rng: random.Random) -> list[Step]:
     assert s.value is not None
     wrong = _off_by_one(s.value, rng)
     s.text, s.value = s.text.replace(f"That makes {s.true}.", f"That makes {wrong}."), wrong
+    s.flaw = "end"  # the listing is right, the number is not
     user = next((a for a in out[i + 1 :] if a.kind == "arith" and i in a.sources), None)
     if user is not None:  # the operation takes the wrong operand but still writes the true result
         head, result = user.text.rsplit(" = ", 1)
         x, op, y = head.split(" ")
         x, y = (str(wrong), y) if user.sources[0] == i else (x, str(wrong))
         user.text = f"{x} {op} {y} = {result}"
+        user.flaw = "all"  # wrong arithmetic: x op y is not the result written
     return out
 
 
@@ -208,7 +218,7 @@ def flaw_contradicts_image(scene: list[Obj], steps: list[Step], rng: random.Rand
         ghost = Obj(rng.choice([c for c in COLORS if c != real.color]), real.shape, real.cell)
         described[k] = ghost
     out = [s.copy() for s in steps]
-    out[0] = Step("see", "I see " + describe(described))
+    out[0] = Step("see", "I see " + describe(described), flaw=ghost.text())
     return out, ghost
 
 
@@ -216,8 +226,25 @@ def flaw_loop(steps: list[Step], repeats: int) -> list[Step]:
     """After the answer, "check again" and repeat the first counting step ``repeats`` times, each time reaching
     the same number: the over-long, looping chain of a reasoner that does not stop."""
     count = next(s for s in steps if s.kind == "count")
-    again = [Step("loop", "Wait, let me count again."), count.copy()]
-    return [*steps, *(again * repeats), Step("loop", f"So the answer is {steps[-1].value}.")]
+    repeated = Step(count.kind, count.text, count.value, count.true, count.sources, flaw="all")
+    again = [Step("loop", "Wait, let me count again.", flaw="all"), repeated]
+    return [*steps, *(again * repeats), Step("loop", f"So the answer is {steps[-1].value}.", flaw="all")]
+
+
+def step_labels(steps: list[Step]) -> list[tuple[int, int, bool]]:
+    """``(start, end, sound)`` for each clause of the chain ``" ".join(step texts)`` (character spans, as
+    :func:`r1v.data.steps.step_spans` finds them with ``unit="clause"``): a clause is flawed when its step is
+    wholly flawed, when it is the last clause of a step whose last clause is wrong, or when it is the step's
+    one wrong clause (an object that is not in the scene); every other clause is sound."""
+    out, offset = [], 0
+    for step in steps:
+        spans = step_spans(step.text, "clause")
+        for k, (a, b) in enumerate(spans):
+            clause = step.text[a:b].removeprefix("I see ").rstrip(";.")
+            flawed = step.flaw in ("all", clause) or (step.flaw == "end" and k == len(spans) - 1)
+            out.append((offset + a, offset + b, not flawed))
+        offset += len(step.text) + 1  # the joining space
+    return out
 
 
 # -- samples ---------------------------------------------------------------------------------------------
@@ -323,7 +350,8 @@ class SyntheticHardPairs(SyntheticHard):
     """``data=synthetic_hard_pairs`` (``stage=reward_model``, ``stage=mpo``): for each question, chosen = its sound
     chain, rejected = the same question's chain with one flaw (drawn by the ``flaws`` shares, renormalised) —
     both end in the right answer, so the pair teaches the reward model to judge the steps, not the answer.
-    ``meta["flaw"]`` names the rejected chain's flaw."""
+    ``meta["flaw"]`` names the rejected chain's flaw; ``meta["chosen_steps"]`` / ``meta["rejected_steps"]`` label
+    each sentence of either chain ``[start, end, 1 sound | 0 flawed]`` (``stage.objective=process``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -337,5 +365,11 @@ class SyntheticHardPairs(SyntheticHard):
         kind = pick_flaw(u, {k: self.flaws[k] for k in self.kinds}) if u < total else self.kinds[-1]
         sound, flawed = self.item(i, force_flaw="none"), self.item(i, force_flaw=kind)
         s = self._sample(i, sound)
-        s.meta.update(flaw=kind, chosen=completion(sound.chain, s.answer), rejected=completion(flawed.chain, s.answer))
+        s.meta.update(
+            flaw=kind,
+            chosen=completion(sound.chain, s.answer),
+            rejected=completion(flawed.chain, s.answer),
+            chosen_steps=[[a, b, int(ok)] for a, b, ok in step_labels(sound.steps)],
+            rejected_steps=[[a, b, int(ok)] for a, b, ok in step_labels(flawed.steps)],
+        )
         return s

@@ -4,7 +4,14 @@ plus a linear head on the last token's final hidden state (``stage.head.pool=las
 completion token, pooled by a soft minimum (``stage.head.pool=softmin``: −τ·log Σ exp(−s_t/τ) over the
 completion's tokens, τ = ``stage.head.temperature``). The soft minimum lets one bad step sink a chain without the
 last token's state having to carry it: a chain that reaches the right answer by a wrong step is judged where the
-step is.
+step is. ``stage.head.pool=steps`` pools the same way over the chain's step ends only (one per sentence, or per
+clause with ``stage.head.step_unit=clause``: :mod:`r1v.data.steps`).
+
+``stage.objective`` picks the training signal: ``pairwise`` (the default) is Bradley-Terry on the pooled chain
+scores; ``process`` trains the head per step — binary cross-entropy at each step's end token against the step
+labels the pair data carries (``meta["chosen_steps"]``/``["rejected_steps"]``, as ``data=synthetic_hard_pairs``
+writes them) — and needs ``stage.head.pool=steps``, so a chain scores as its soft-worst step
+(:mod:`r1v.rl.process`).
 
 The run folder is the reward model: ``final/trainable.safetensors`` (trained parts and the head) with
 the run's ``config.yaml``. Point the ``reward_model`` reward at it (``rewards.reward_model.path=runs/rm``)
@@ -23,12 +30,15 @@ from torch import nn
 from r1v.core.interfaces import Sample
 from r1v.data.audio import audio_batch, audio_inputs
 from r1v.data.collate import PairCollator, check_pairs
+from r1v.data.steps import UNITS
 from r1v.rl.grpo import completion_rows
 from r1v.rl.preference import bradley_terry_loss
+from r1v.rl.process import process_loss, step_batch, step_softmin
 from r1v.stages.base import LightningStage
 
 HEAD = "reward_head"
-POOLS = ("last", "softmin")
+POOLS = ("last", "softmin", "steps")
+OBJECTIVES = ("pairwise", "process")
 
 
 def head_knobs(stage: Mapping[str, Any] | None) -> tuple[str, float]:
@@ -42,6 +52,30 @@ def head_knobs(stage: Mapping[str, Any] | None) -> tuple[str, float]:
     if temperature <= 0:
         raise ConfigError(f"stage.head.temperature: {temperature:g} must be > 0")
     return pool, temperature
+
+
+def step_unit(stage: Mapping[str, Any] | None) -> str:
+    """``stage.head.step_unit`` (where ``pool=steps`` and the process objective read step scores), checked."""
+    from r1v.core.errors import ConfigError
+
+    unit = str(dict((stage or {}).get("head") or {}).get("step_unit", "sentence"))
+    if unit not in UNITS:
+        raise ConfigError(f"stage.head.step_unit: '{unit}' is not one of {', '.join(UNITS)}")
+    return unit
+
+
+def objective_knob(stage: Mapping[str, Any] | None) -> str:
+    """``stage.objective``, checked against the pool it needs: one line naming the knob and what is allowed."""
+    from r1v.core.errors import ConfigError
+
+    objective = str((stage or {}).get("objective", "pairwise"))
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"stage.objective: '{objective}' is not one of {', '.join(OBJECTIVES)}")
+    pool = head_knobs(stage)[0]
+    if objective == "process" and pool != "steps":
+        raise ConfigError(f"stage.head.pool: '{pool}' with stage.objective=process; the process objective scores a "
+                          "chain by its steps: set stage.head.pool=steps")  # fmt: skip
+    return objective
 
 
 def add_head(model: nn.Module) -> list[str]:
@@ -59,25 +93,49 @@ def add_head(model: nn.Module) -> list[str]:
     return [f"{HEAD}.weight", f"{HEAD}.bias"]
 
 
-def scores(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-           pixel_values: torch.Tensor | None, completion_mask: torch.Tensor | None = None, pool: str = "last",
-           temperature: float = 1.0, **media: Any) -> torch.Tensor:  # fmt: skip
-    """``[B]`` scalar scores (rows laid out as :func:`r1v.rl.grpo.completion_rows`: left-padded prompts,
-    right-padded completions): the head on each row's last real token (``pool="last"``) or the soft minimum of
-    the head over the completion's tokens (``pool="softmin"``; needs ``completion_mask`` ``[B, T]``)."""
+def _hidden(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+            pixel_values: torch.Tensor | None, **media: Any) -> torch.Tensor:  # fmt: skip
     embeds = model.embed(input_ids, pixel_values, **media)  # [B, L, D] (media: audio_features/audio_frames)
     position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    hidden = model.backbone.base_model(inputs_embeds=embeds, attention_mask=attention_mask,
-                                       position_ids=position_ids).last_hidden_state  # fmt: skip
+    return model.backbone.base_model(inputs_embeds=embeds, attention_mask=attention_mask,
+                                     position_ids=position_ids).last_hidden_state  # fmt: skip
+
+
+def token_scores(model: nn.Module, hidden: torch.Tensor, width: int) -> torch.Tensor:
+    """``[B, width]``: the head on each completion token (the completions fill the last ``width`` columns)."""
     head = model.reward_head
+    return head(hidden[:, -width:].to(head.weight.dtype)).squeeze(-1).float()
+
+
+def scores(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+           pixel_values: torch.Tensor | None, completion_mask: torch.Tensor | None = None, pool: str = "last",
+           temperature: float = 1.0, step_mask: torch.Tensor | None = None, **media: Any) -> torch.Tensor:  # fmt: skip
+    """``[B]`` scalar scores (rows laid out as :func:`r1v.rl.grpo.completion_rows`: left-padded prompts,
+    right-padded completions): the head on each row's last real token (``pool="last"``), the soft minimum of
+    the head over the completion's tokens (``pool="softmin"``; needs ``completion_mask`` ``[B, T]``) or over its
+    step-end tokens (``pool="steps"``; needs ``step_mask`` ``[B, T]``, :func:`r1v.rl.process.step_batch`)."""
+    hidden = _hidden(model, input_ids, attention_mask, pixel_values, **media)
+    head = model.reward_head
+    if pool == "steps":
+        return step_softmin(token_scores(model, hidden, step_mask.shape[1]), step_mask, temperature)
     if pool == "softmin":
-        t = completion_mask.shape[1]  # the completions fill the last T columns
-        s = head(hidden[:, -t:].to(head.weight.dtype)).squeeze(-1).float()  # [B, T]
+        s = token_scores(model, hidden, completion_mask.shape[1])  # [B, T]
         s = s.masked_fill(completion_mask.to(s.device) == 0, float("inf"))  # padding never the minimum
         return -temperature * torch.logsumexp(-s / temperature, dim=1)
     last = attention_mask.shape[1] - 1 - attention_mask.flip(1).argmax(1)  # [B] index of the last 1
     h = hidden[torch.arange(len(last), device=hidden.device), last]  # [B, D]
     return head(h.to(head.weight.dtype)).squeeze(-1).float()
+
+
+def check_step_labels(cfg: Mapping[str, Any], datasets: Mapping[str, Any]) -> None:
+    """Refuse pair data without step labels under ``stage.objective=process``, in one line."""
+    from r1v.core.errors import ConfigError
+
+    for split, ds in datasets.items():
+        if ds is not None and len(ds) and "chosen_steps" not in ds[0].meta:
+            raise ConfigError(f"stage.objective=process: the {split} data '{cfg['data']['name']}' has no step labels "
+                              "(meta chosen_steps/rejected_steps); use data=synthetic_hard_pairs, or "
+                              "stage.objective=pairwise")  # fmt: skip
 
 
 class RewardModelStage(LightningStage):
@@ -86,6 +144,12 @@ class RewardModelStage(LightningStage):
             return
         super().configure_model()
         self.pool, self.temperature = head_knobs(self.stage)
+        self.objective, self.unit = objective_knob(self.stage), step_unit(self.stage)
+        self.flawed_weight = float(self.stage.get("flawed_weight", 1.0))
+        if self.flawed_weight <= 0:
+            from r1v.core.errors import ConfigError
+
+            raise ConfigError(f"stage.flawed_weight: {self.flawed_weight:g} must be > 0")
         self.trainable += add_head(self.model)
         if self.cfg.get("checkpoint"):  # a previous reward-model run: its head too
             from r1v.model.load import load_trainable
@@ -94,12 +158,16 @@ class RewardModelStage(LightningStage):
 
     def attach_data(self, train: Any, val: Any) -> None:
         check_pairs(self.cfg, {"train": train, "val": val})
+        if objective_knob(self.stage) == "process":
+            check_step_labels(self.cfg, {"train": train, "val": val})
         super().attach_data(train, val)
 
     def train_dataloader(self) -> Any:
         return self.resumable_loader(self.datasets["train"], PairCollator(self.processor, self.data_limits()))
 
     def _pair_scores(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.pool == "steps":
+            return self._process(batch)[2:]
         dev = self.device
         px = batch["pixel_values"].to(dev) if batch["pixel_values"] is not None else None
         audio = {k: v.to(dev) for k, v in audio_inputs(batch).items()}  # {} without audio
@@ -116,11 +184,33 @@ class RewardModelStage(LightningStage):
         b = len(batch["samples"])
         return s[:b], s[b:]
 
+    def _process(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor,
+                                                       torch.Tensor]:  # fmt: skip
+        """(process loss, its metrics, chosen and rejected chain scores) of a pair batch, one forward pass."""
+        dev, samples = self.device, batch["samples"]
+        px = batch["pixel_values"].to(dev) if batch["pixel_values"] is not None else None
+        audio = {k: v.to(dev) for k, v in audio_inputs(batch).items()}
+        texts = [s.meta["chosen"] for s in samples] + [s.meta["rejected"] for s in samples]
+        labels = [s.meta.get("chosen_steps") for s in samples] + [s.meta.get("rejected_steps") for s in samples]
+        width = batch["completion_mask"].shape[1]
+        mask, targets = step_batch(self.processor.tokenizer, texts, width, labels, self.unit)
+        hidden = _hidden(self.model, batch["input_ids"].to(dev), batch["attention_mask"].to(dev), px, **audio)
+        tok = token_scores(self.model, hidden, width)  # [2B, T]
+        loss, metrics = process_loss(tok, targets, self.flawed_weight)
+        chain = step_softmin(tok, mask, self.temperature)
+        return loss, metrics, chain[: len(samples)], chain[len(samples) :]
+
+    def _loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if self.objective == "pairwise":
+            return bradley_terry_loss(*self._pair_scores(batch))
+        loss, metrics, chosen, rejected = self._process(batch)
+        return loss, {**bradley_terry_loss(chosen, rejected)[1], **metrics}  # pair metrics of the chain scores too
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         self.begin_batch(batch)
         if batch.get("empty"):
             return self.empty_loss()
-        loss, metrics = bradley_terry_loss(*self._pair_scores(batch))
+        loss, metrics = self._loss(batch)
         n = len(batch["samples"])
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         self.log_dict({f"train/{k}": v for k, v in metrics.items()}, batch_size=n)
@@ -130,7 +220,7 @@ class RewardModelStage(LightningStage):
         batch = PairCollator(self.processor)(samples)
         if batch.get("empty"):
             return
-        loss, metrics = bradley_terry_loss(*self._pair_scores(batch))
+        loss, metrics = self._loss(batch)
         n = len(batch["samples"])
         self.log("val/loss", loss, prog_bar=True, batch_size=n)
         self.log_dict({f"val/{k}": v for k, v in metrics.items()}, batch_size=n)
@@ -150,6 +240,8 @@ class LoadedRewardModel:
         cfg: Mapping[str, Any] = OmegaConf.to_container(OmegaConf.load(Path(run) / "config.yaml"), resolve=True)
         self.model, self.processor = build(cfg["model"], get_registry())
         self.pool, self.temperature = head_knobs(cfg.get("stage"))
+        objective_knob(cfg.get("stage"))  # a process run scores with pool=steps
+        self.unit = step_unit(cfg.get("stage"))
         add_head(self.model)
         load_trainable(self.model, str(trained_weights(Path(run))))
         self.model.to(device).eval()
@@ -164,5 +256,6 @@ class LoadedRewardModel:
         tiles = [e["pixel_values"] for e in encs if e["pixel_values"] is not None]
         px = torch.cat(tiles).to(self.device) if tiles else None
         audio = {k: v.to(self.device) for k, v in audio_inputs(audio_batch(encs)).items()}
+        steps = step_batch(tok, completions, cmask.shape[1], unit=self.unit)[0] if self.pool == "steps" else None
         return scores(self.model, ids.to(self.device), attn.to(self.device), px, cmask, self.pool, self.temperature,
-                      **audio).tolist()  # fmt: skip
+                      steps, **audio).tolist()  # fmt: skip
