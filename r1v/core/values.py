@@ -59,6 +59,7 @@ RANGES: dict[str, str] = {
     "stage.policy_loss.max_len": ">= 1 or null; loss_agg=constant needs it",
     "stage.rollout.temperature": "> 0",
     "stage.head.temperature": "> 0; the reward model's softmin over completion tokens",
+    "stage.flawed_weight": "> 0; the process reward model's loss weight of a flawed step (a sound one weighs 1)",
     "stage.rollout.top_p": "(0, 1]; 1: no nucleus cut",
     "stage.rollout.max_batch_size": ">= 1 or null; null: the whole rollout batch in one pass",
     "stage.rollout.window": ">= 1",
