@@ -1,4 +1,5 @@
-"""What the benchmark scripts share: running ``python -m r1v.train`` quietly in a work folder."""
+"""What the benchmark scripts share: running ``python -m r1v.train`` quietly in a work folder, and reporting
+figures as JSON."""
 
 from __future__ import annotations
 
@@ -35,3 +36,13 @@ def kernel_class(name: str, other: str = "other") -> str:
     """The class of one CUDA kernel, by substrings of its name (see KERNEL_CLASSES)."""
     name = name.lower()
     return next((cls for cls, keys in KERNEL_CLASSES if any(k in name for k in keys)), other)
+
+
+def emit(result: dict, out: Path | None) -> None:
+    """Print a script's figures as JSON and, with ``--out``, write them there too (folders made)."""
+    import json
+
+    print(json.dumps(result, indent=2))
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")

@@ -10,7 +10,6 @@ clause, with ``stage.head.step_unit=clause``) of ``contradicts_image`` ones.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -18,6 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
+from _common import emit  # benchmarks/_common.py
 from flaw_auc import auc  # benchmarks/flaw_auc.py
 
 
@@ -80,10 +80,7 @@ def main() -> None:
         "description (contradicts_image)": round(auc(sound["description"], steps[("contradicts_image",
                                                                                    "description", 0)]), 4),
     }  # fmt: skip
-    print(json.dumps(result, indent=2))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _common import emit  # benchmarks/_common.py
 from flaw_auc import auc, held_out_chains, score_held_out  # benchmarks/flaw_auc.py
 
 
@@ -43,10 +43,7 @@ def main() -> None:
         raw = score_held_out(args.rm, chosen)
         result[name] = {"auc_raw": {k: round(auc(raw["none"], v), 4) for k, v in raw.items() if k != "none"},
                         "mean_raw": {k: round(sum(v) / len(v), 4) for k, v in raw.items()}}  # fmt: skip
-    print(json.dumps(result, indent=2))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":
