@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from r1v.core.errors import ConfigError
 from r1v.core.interfaces import Sample
 from r1v.data.audio import audio_batch, audio_inputs
 from r1v.data.collate import PairCollator, check_pairs
@@ -43,8 +44,6 @@ OBJECTIVES = ("pairwise", "process")
 
 def head_knobs(stage: Mapping[str, Any] | None) -> tuple[str, float]:
     """``stage.head``'s (pool, temperature), checked: one line naming the knob and what is allowed."""
-    from r1v.core.errors import ConfigError
-
     node = dict((stage or {}).get("head") or {})
     pool, temperature = str(node.get("pool", "last")), float(node.get("temperature", 1.0))
     if pool not in POOLS:
@@ -56,8 +55,6 @@ def head_knobs(stage: Mapping[str, Any] | None) -> tuple[str, float]:
 
 def step_unit(stage: Mapping[str, Any] | None) -> str:
     """``stage.head.step_unit`` (where ``pool=steps`` and the process objective read step scores), checked."""
-    from r1v.core.errors import ConfigError
-
     unit = str(dict((stage or {}).get("head") or {}).get("step_unit", "sentence"))
     if unit not in UNITS:
         raise ConfigError(f"stage.head.step_unit: '{unit}' is not one of {', '.join(UNITS)}")
@@ -66,8 +63,6 @@ def step_unit(stage: Mapping[str, Any] | None) -> str:
 
 def objective_knob(stage: Mapping[str, Any] | None) -> str:
     """``stage.objective``, checked against the pool it needs: one line naming the knob and what is allowed."""
-    from r1v.core.errors import ConfigError
-
     objective = str((stage or {}).get("objective", "pairwise"))
     if objective not in OBJECTIVES:
         raise ConfigError(f"stage.objective: '{objective}' is not one of {', '.join(OBJECTIVES)}")
@@ -129,8 +124,6 @@ def scores(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tens
 
 def check_step_labels(cfg: Mapping[str, Any], datasets: Mapping[str, Any]) -> None:
     """Refuse pair data without step labels under ``stage.objective=process``, in one line."""
-    from r1v.core.errors import ConfigError
-
     for split, ds in datasets.items():
         if ds is not None and len(ds) and "chosen_steps" not in ds[0].meta:
             raise ConfigError(f"stage.objective=process: the {split} data '{cfg['data']['name']}' has no step labels "
@@ -147,8 +140,6 @@ class RewardModelStage(LightningStage):
         self.objective, self.unit = objective_knob(self.stage), step_unit(self.stage)
         self.flawed_weight = float(self.stage.get("flawed_weight", 1.0))
         if self.flawed_weight <= 0:
-            from r1v.core.errors import ConfigError
-
             raise ConfigError(f"stage.flawed_weight: {self.flawed_weight:g} must be > 0")
         self.trainable += add_head(self.model)
         if self.cfg.get("checkpoint"):  # a previous reward-model run: its head too
