@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from r1v.model.lora import lora_disabled, lora_names
+from r1v.runtime.kernels import fused_head, fused_logprobs
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int, scale: bool = True, eps: float = 1e-6) -> torch.Tensor:
@@ -62,7 +63,8 @@ def chunked_logprobs(head: torch.nn.Module, h: torch.Tensor, targets: torch.Tens
 
     With gradients each chunk is recomputed in the backward (activation checkpointing): autograd keeps only
     the chunk's hidden states, not its ``[B, chunk, V]`` log-softmax, so the peak is one chunk's logits
-    instead of all of them (what a plain chunked loop still keeps for the backward).
+    instead of all of them (what a plain chunked loop still keeps for the backward). A head marked by
+    ``stage.kernels=liger`` (:func:`r1v.runtime.kernels.apply_kernels`) runs Liger's fused kernel instead.
     """
 
     def one(hc: torch.Tensor, tc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,6 +76,13 @@ def chunked_logprobs(head: torch.nn.Module, h: torch.Tensor, targets: torch.Tens
     # recomputed chunk then reads as an empty placeholder, which the checkpoint's metadata check would take for
     # a different recomputation (its values are the same: ZeRO-3 gathers it again for the backward).
     check = "none" if hasattr(getattr(head, "weight", None), "ds_id") else "default"
+    if fused_head(head, h):  # stage.kernels=liger: Liger's fused linear cross-entropy (r1v.runtime.kernels)
+        logp = fused_logprobs(head, h, targets)
+        if not with_entropy:
+            return logp, None
+        with torch.no_grad():  # a metric only: one more pass over the head, no graph kept
+            return logp, torch.cat([one(h[:, s : s + chunk].detach(), targets[:, s : s + chunk])[1]
+                                    for s in range(0, h.shape[1], chunk)], 1)  # fmt: skip
     out, ent = [], []
     for s in range(0, h.shape[1], chunk):
         args = (h[:, s : s + chunk], targets[:, s : s + chunk])

@@ -46,6 +46,7 @@ from r1v.model.lora import METADATA_KEY, LoraSpec, apply_lora, base_name, lora_l
 from r1v.model.sources import RANDOM_INIT, random_frozen
 from r1v.rl.rewards import RewardRunner
 from r1v.runtime.faults import abort_run, maybe_die, poisoned
+from r1v.runtime.kernels import apply_kernels, check_kernels
 from r1v.runtime.optim import adamw, uses_deepspeed
 from r1v.runtime.perf import Throughput
 from r1v.runtime.steps import DataPosition, StepGuard, grads_finite
@@ -93,6 +94,7 @@ class LightningStage(L.LightningModule):
         self.processor: Processor | None = None
         self.trainable: list[str] = []
         self.lora = LoraSpec.from_node(self.stage.get("lora"))  # stage.lora checked before anything is built
+        self.kernels = check_kernels(self.stage.get("kernels", "none"))  # opt-in Liger kernels, checked early
         self.lora_fresh = True  # LoRA weights start at B = 0 (not continued from checkpoint=): base = start
         self.strict_loading = False  # checkpoints hold trainable weights only
         self.datasets: dict[str, Dataset | None] = {"train": None, "val": None}
@@ -130,6 +132,7 @@ class LightningStage(L.LightningModule):
                 p.requires_grad_(p.requires_grad or ".lora_" in n)
             self.trainable = sorted({*self.trainable, *lora_names(self.model)})
         enable_checkpointing(self.model, self.stage["activation_checkpointing"] or [])
+        apply_kernels(self.model, self.kernels)  # per instance, never Liger's global class patches
         trainer = getattr(self, "_trainer", None)
         if trainer is not None and str(trainer.precision) == "bf16-mixed" and not uses_deepspeed(trainer):
             cast = cast_frozen_parts(self.model, torch.bfloat16)  # DeepSpeed's bf16 casts the whole model itself
