@@ -32,12 +32,15 @@ class VisionLanguageModel(nn.Module):
         return side * side
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(N_tiles, 3, S, S) -> (N_tiles, T, D) backbone-space tokens."""
+        """(N_tiles, 3, S, S) -> (N_tiles, T, D) backbone-space tokens. Repeated tiles are encoded once: GRPO's
+        G completions of a prompt carry its image G times, in the rollout, the reference and the update."""
+        tiles, inverse = distinct_tiles(pixel_values)  # (U, 3, S, S), (N,) or None
         grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.vision.parameters())
         with torch.set_grad_enabled(grad):  # a frozen encoder keeps no activations
             dtype = next(self.vision.parameters()).dtype
-            features = self.vision(pixel_values.to(dtype))  # (N, g, g, C)
-        return self.adapter(features.to(next(self.adapter.parameters()).dtype))  # (N, T, D)
+            features = self.vision(tiles.to(dtype))  # (U, g, g, C)
+        tokens = self.adapter(features.to(next(self.adapter.parameters()).dtype))  # (U, T, D)
+        return tokens if inverse is None else tokens[inverse]  # (N, T, D); the backward sums a tile's repeats
 
     def encode_audio(self, features: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """(N_windows, n_mels, W) log-mel windows and (N_windows,) real mel frames -> (Σ kept tokens, D): each
@@ -165,3 +168,24 @@ def _positions(attention_mask: torch.Tensor | None, position_ids: torch.Tensor |
     if position_ids is None and attention_mask is not None and attention_mask.ndim == 2:
         return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
     return position_ids
+
+
+def distinct_tiles(pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(N, ...) tiles -> (the U distinct ones in first-seen order, (N,) index of each tile among them), or
+    (``pixel_values``, None) when all are distinct. Tiles are grouped by a fingerprint (one dot product each) and
+    the grouping is then checked exactly, so two different tiles are never merged (one host sync per call)."""
+    n = pixel_values.shape[0]
+    if n < 2:
+        return pixel_values, None
+    flat = pixel_values.reshape(n, -1)  # (N, F)
+    weights = torch.arange(1, flat.shape[1] + 1, device=flat.device, dtype=torch.float64).sqrt_()  # distinct scales
+    keys = flat.double() @ weights  # (N,)
+    _, group = torch.unique(keys, return_inverse=True)  # (N,) group of each tile, groups in key order
+    first = torch.full((n,), n, device=flat.device).scatter_reduce_(0, group, torch.arange(n, device=flat.device),
+                                                                    "amin")  # (groups,) padded with n  # fmt: skip
+    u = int((first < n).sum())
+    if u == n or not torch.equal(flat, flat[first[group]]):  # nothing repeated, or a fingerprint collision
+        return pixel_values, None
+    order = first[:u].argsort()  # groups in first-seen order
+    rank = torch.empty_like(order).scatter_(0, order, torch.arange(u, device=flat.device))
+    return pixel_values[first[:u][order]], rank[group]

@@ -359,3 +359,34 @@ def test_bf16_mixed_without_deepspeed_holds_frozen_parts_in_bf16_and_trained_one
     assert dtypes["bf16-mixed"] == {"vision": {torch.bfloat16}, "adapter": {torch.float32},
                                     "backbone": {torch.bfloat16}}  # fmt: skip
     assert dtypes["32-true"] == {"vision": {torch.float32}, "adapter": {torch.float32}, "backbone": {torch.float32}}
+
+
+def test_repeated_tiles_are_encoded_once_with_the_same_tokens_and_gradients(tiny_vlm):
+    """GRPO's G completions repeat their prompt's tiles: the encoder sees each distinct tile once, and the tokens and
+    the adapter's gradients equal those of encoding every copy."""
+    from r1v.model.vlm import distinct_tiles
+
+    model, _ = tiny_vlm
+    torch.manual_seed(0)
+    size = model.vision.image_size if hasattr(model.vision, "image_size") else 64
+    a = torch.randn(3, 3, size, size)
+    px = torch.stack([a[1], a[0], a[1], a[2], a[0], a[1]])  # (6, 3, S, S): 3 distinct
+    seen = []
+    hook = model.vision.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
+    try:
+        tokens = model.encode_images(px)  # (6, T, D)
+        (tokens * torch.linspace(-1, 1, tokens.numel()).view_as(tokens)).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.adapter.named_parameters()}
+        model.zero_grad(set_to_none=True)
+        one_by_one = torch.cat([model.encode_images(t[None]) for t in px])
+        (one_by_one * torch.linspace(-1, 1, tokens.numel()).view_as(tokens)).sum().backward()
+    finally:
+        hook.remove()
+    assert seen[0] == 3 and seen[1:] == [1] * 6
+    torch.testing.assert_close(tokens, one_by_one, rtol=1e-5, atol=1e-5)
+    for n, p in model.adapter.named_parameters():
+        assert (grads[n] - p.grad).norm() <= 1e-5 * p.grad.norm()  # summation order only
+    model.zero_grad(set_to_none=True)
+    assert distinct_tiles(a)[1] is None  # all distinct: nothing gathered
+    _, index = distinct_tiles(px)
+    assert index.tolist() == [0, 1, 0, 2, 1, 0]  # first-seen order
