@@ -7,6 +7,7 @@
 # On one GPU, static_gpu (trainer=gpu: plain Lightning, no DeepSpeed) is the issue-24 candidate against static_z2.
 #   MAX_NEW=512 STEPS=3 HF_NEW=64 bash benchmarks/gpu_grpo_throughput.sh        (results under $OUT)
 #   GPUS=1 RUNS="static_gpu static_z2" STEPS=4 bash benchmarks/gpu_grpo_throughput.sh
+# static_z2_packed / _liger / _both: static_z2 with stage.packing=true (padding-free log-prob passes), stage.kernels=liger, both.
 set -euo pipefail
 out=${OUT:-.}
 src=$(cd "$(dirname "$0")" && pwd)
@@ -31,9 +32,12 @@ for name in $RUNS; do
   case $name in
     static_gpu) run static_gpu trainer=gpu $STATIC stage.max_new_tokens="$MAX_NEW" stage.max_steps="$STEPS" ;;
     static_z2) run static_z2 trainer=deepspeed_z2 $STATIC stage.max_new_tokens="$MAX_NEW" stage.max_steps="$STEPS" ;;
+    static_z2_packed) run static_z2_packed trainer=deepspeed_z2 $STATIC stage.packing=true stage.max_new_tokens="$MAX_NEW" stage.max_steps="$STEPS" ;;
+    static_z2_liger) run static_z2_liger trainer=deepspeed_z2 $STATIC stage.kernels=liger stage.max_new_tokens="$MAX_NEW" stage.max_steps="$STEPS" ;;
+    static_z2_both) run static_z2_both trainer=deepspeed_z2 $STATIC stage.packing=true stage.kernels=liger stage.max_new_tokens="$MAX_NEW" stage.max_steps="$STEPS" ;;
     static_z3) run static_z3 trainer=deepspeed_z3 $STATIC stage.max_new_tokens="$MAX_NEW" stage.max_steps="$STEPS" ;;
     hf_z2) run hf_z2 trainer=deepspeed_z2 stage.max_new_tokens="${HF_NEW:-64}" stage.max_steps=1 ;;
-    *) echo "RUNS: '$name' is not one of static_gpu static_z2 static_z3 hf_z2"; exit 2 ;;
+    *) echo "RUNS: '$name' is not one of static_gpu static_z2 static_z2_packed static_z2_liger static_z2_both static_z3 hf_z2"; exit 2 ;;
   esac
 done
 RUNS="$RUNS" python3 - "$out" <<'PY'

@@ -133,6 +133,14 @@ def old_logprobs(items: list[tuple[Rollout, Sample]], micro: int, logprobs: LogP
             r.old_logp = row[: len(r.completion_ids)].detach().float().cpu()
 
 
+def stored_old_logprobs(mb: list[tuple[Rollout, Sample]], like: torch.Tensor) -> torch.Tensor:
+    """The micro-batch's phase-5 log-probs in the ``[b, T]`` layout of ``like`` (zeros past each completion)."""
+    old = torch.zeros_like(like)
+    for b, (r, _) in enumerate(mb):
+        old[b, : len(r.completion_ids)] = r.old_logp.to(like.device, like.dtype)
+    return old
+
+
 def replay_from_buffer(exp: Experience, ssb: SelectiveSampleBuffer, dataset: Any, target: int) -> None:
     """Phase 6, R1V2's Selective Sample Buffer: this step's completions enter the buffer (those with Â ≠ 0), the
     update keeps only the effective ones, and buffered completions drawn ∝ |Â| fill the batch up to ``target``."""

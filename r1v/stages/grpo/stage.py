@@ -33,6 +33,7 @@ from r1v.data.audio import audio_batch, audio_inputs
 from r1v.data.sampler import mark
 from r1v.generation.choose import choose_engine
 from r1v.rl.grpo import Reference, Rollout, SelectiveSampleBuffer, completion_rows, reference_for, token_logprobs
+from r1v.rl.packed import packed_rows, packed_token_logprobs
 from r1v.rl.rewards import RewardRunner
 from r1v.runtime.faults import maybe_die, poisoned
 from r1v.runtime.steps import grads_finite
@@ -47,6 +48,7 @@ from r1v.stages.grpo.phases import (
     refill,
     replay_from_buffer,
     score,
+    stored_old_logprobs,
     unpadded,
 )
 
@@ -274,8 +276,10 @@ class GRPOStage(LightningStage):
             clips += [clip] if s.audios else []
         dev = self.device
         audio = {k: v.to(dev) for k, v in audio_inputs(audio_batch(clips)).items()}  # {} without audio
+        packed = packed_rows([r.prompt_ids for r, _ in items], [r.completion_ids for r, _ in items]).to(dev) if (
+            self.stage["packing"]) else None  # stage.packing: one padding-free row (r1v/rl/packed.py)  # fmt: skip
         return {"input_ids": ids.to(dev), "attention_mask": attn.to(dev), "completion_mask": cmask.to(dev),
-                "pixel_values": torch.cat(tiles).to(dev) if tiles else None, "T": t,
+                "pixel_values": torch.cat(tiles).to(dev) if tiles else None, "T": t, "packed": packed,
                 "advantages": torch.tensor([r.advantage for r, _ in items], device=dev), **audio}  # fmt: skip
 
     def _micro(self, items: list[tuple[Rollout, Sample]]) -> list[list[tuple[Rollout, Sample]]]:
@@ -283,9 +287,12 @@ class GRPOStage(LightningStage):
         return [items[i : i + n] for i in range(0, len(items), n)]
 
     def _logp(self, batch: dict[str, Any], entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        args = (int(self.stage["logp_chunk"]), entropy)
+        if batch["packed"] is not None:
+            return packed_token_logprobs(self.model, batch["packed"], batch["pixel_values"],
+                                         *batch["completion_mask"].shape, *args, **audio_inputs(batch))  # fmt: skip
         return token_logprobs(self.model, batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
-                              batch["T"], int(self.stage["logp_chunk"]), with_entropy=entropy,
-                              **audio_inputs(batch))  # fmt: skip
+                              batch["T"], *args, **audio_inputs(batch))  # fmt: skip
 
     # -- the step --------------------------------------------------------------------------------
     def training_step(self, batch: list[tuple[int, Sample]], batch_idx: int) -> None:
@@ -346,7 +353,7 @@ class GRPOStage(LightningStage):
             for k, mb in enumerate(micro):
                 batch = self._batch(mb)
                 logp, ent = self._logp(batch, entropy=True)
-                old = self._old(mb, logp) if need_old else logp.detach()
+                old = stored_old_logprobs(mb, logp) if need_old else logp.detach()
                 ref = exp.reference[k] if exp.reference else None
                 loss, m = self.loss_fn(logp, old, ref, batch["advantages"], batch["completion_mask"])
                 share = shares[k]
@@ -401,12 +408,6 @@ class GRPOStage(LightningStage):
             torch.save({"ids": [s.id for _, s in items], "completion_ids": [r.completion_ids for r, _ in items],
                         "logp": rows, "tensors": tensors}, path)  # fmt: skip
             log.info("grpo: log-probs of %d fixed sequences written to %s", len(rows), path)
-
-    def _old(self, mb: list[tuple[Rollout, Sample]], logp: torch.Tensor) -> torch.Tensor:
-        old = torch.zeros_like(logp)
-        for b, (r, _) in enumerate(mb):
-            old[b, : len(r.completion_ids)] = r.old_logp.to(logp.device, logp.dtype)
-        return old
 
     def _log_step(self, exp: Experience, metrics: Mapping[str, list[float]]) -> None:
         parts, rollouts = exp.parts, unpadded(exp.rollouts)
