@@ -365,7 +365,7 @@ def precheck_overrides(overrides: list[str], config: str = "config") -> None:
         try:
             cfg = compose(config, overrides=mine)
         except HydraException as e:
-            raise ConfigError(explain_override(e, mine, groups)) from None
+            raise ConfigError(explain_override(e, mine, groups, config)) from None
         from omegaconf import OmegaConf
 
         missing = sorted(OmegaConf.missing_keys(cfg))

@@ -19,8 +19,9 @@ def node_at(cfg: Mapping[str, Any], dotted: str) -> Mapping[str, Any] | None:
     return node
 
 
-def explain_override(err: Exception, overrides: list[str], groups: list[str]) -> str:
-    """Why Hydra refused one of ``overrides`` (``err``), in one line; Hydra's own message when none is to blame."""
+def explain_override(err: Exception, overrides: list[str], groups: list[str], config: str = "config") -> str:
+    """Why Hydra refused one of ``overrides`` (``err``) of primary config ``config`` (``config``: training,
+    ``recipe``: ``python -m r1v.recipe``), in one line; Hydra's own message when none is to blame."""
     from hydra import compose
 
     msg = str(err)
@@ -32,9 +33,9 @@ def explain_override(err: Exception, overrides: list[str], groups: list[str]) ->
             break
         kept = [x for x in overrides if x.split("=", 1)[0] != key]
         try:
-            base = compose("config", overrides=kept)
+            base = compose(config, overrides=kept)
         except Exception:  # another override is bad too: explain this one against the groups chosen
-            base = compose("config", overrides=[x for x in kept if "." not in x.split("=", 1)[0]])
+            base = compose(config, overrides=[x for x in kept if "." not in x.split("=", 1)[0]])
         parent, _, leaf = key.rpartition(".")
         node = node_at(base, parent) if parent else base
         if node is None:

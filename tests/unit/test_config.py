@@ -256,3 +256,13 @@ def test_a_plugins_own_knobs_need_no_plus(compose):
     with pytest.raises(ConfigError) as e:
         r1v_compose(["stage=grpo", "stage.length.name=fixed", "stage.length.penalty=1.3"])
     assert "'penalty' is not a key of stage.length" in one_line(e)
+
+
+def test_a_recipe_override_error_is_explained_against_the_recipe_config():
+    """``python -m r1v.recipe``'s primary config is ``recipe``: its override errors are one line, not a traceback
+    from composing the training config."""
+    with pytest.raises(ConfigError) as e:
+        precheck_overrides(["recipe=r1v_omni", "recipe.overrides={sft: ['stage.max_steps=500']}"], config="recipe")
+    assert "\n" not in str(e.value)
+    assert "adds keys that recipe.overrides does not have" in str(e.value)
+    assert "++recipe.overrides={sft: ['stage.max_steps=500']}" in str(e.value)
