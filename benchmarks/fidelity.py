@@ -2,7 +2,9 @@
 
 Per seed: the whole ``python -m r1v.recipe recipe=r1v`` (align → re-assemble → AL-CoTD distillation with DRLC →
 SFT → iterative SFT → GRPO, each evaluated on the held-out set), then three controls built from the recipe's own
-stage arguments (recipe.json) so that only the thing under test differs:
+stage arguments (recipe.json) so that only the thing under test differs. ``--recipe r1v_hard`` runs the recipe
+that also trains a process reward model after re-assembly (not evaluated: it is no policy) and lets iterative SFT
+select with it instead of ``chain_rules``; it carries the hard regime itself (data and generation budgets).
 
 * ``sft_extra`` — plain SFT from the SFT stage's weights on the SFT stage's chains for as many steps as the
   iterative rounds took (iterative.json): does iterative SFT's selection matter, or only the extra training?
@@ -20,6 +22,7 @@ across seeds; each comparison decided by the 95% t-interval of the paired differ
 
     python benchmarks/fidelity.py --seeds 0 1 2 3 4 --data synthetic_hard --results benchmarks/results
     python benchmarks/fidelity.py --seeds 0 --quick --out runs/fidelity-quick     # plumbing check, a few minutes
+    python benchmarks/fidelity.py --recipe r1v_hard --seeds 0 1 2 3 4 --results benchmarks/results
 
 Hours on 2 CPU cores (a script, not a test). ``--override STAGE=ARG`` appends ARG to one recipe stage's args.
 """
@@ -47,9 +50,12 @@ ARMS = ("recipe", "sft_extra", "sft_continued", "fixed_penalty")
 # the regime's stages: every stage that reads training questions takes the data option (align and re-assembly
 # keep the default scenes: they stand for R1V's general alignment data)
 DATA_STAGES = ("distill", "iterative_sft", "grpo")
+# recipes that set the hard regime in their own stage args (data, generation budgets): nothing to add for them
+HARD_RECIPES = ("r1v_hard",)
 # fmt: off
 QUICK = {  # a few steps per stage: the plumbing end to end in minutes
     "align": ["stage.max_steps=30", "stage.val_every=30", "stage.val_generate=8"],
+    "reward_model": ["stage.max_steps=5", "stage.val_every=5", "data.n_train=64", "data.n_val=16"],
     "distill": ["distill.limit=48"],
     "sft": ["stage.max_steps=10", "stage.val_every=10", "stage.val_generate=8"],
     "iterative_sft": ["stage.taus=[3]", "stage.lrs=[5e-4]", "distill.limit=32", "stage.errors.pool=16",
@@ -121,7 +127,7 @@ class Seed:
         """``python -m r1v.recipe`` arguments: seed, folder, evaluation, per-stage overrides (quick, data, ...)."""
         p = self.plan
         overrides: dict[str, list[str]] = {s: list(QUICK.get(s, [])) if p["quick"] else [] for s in QUICK}
-        if p["data"] != "synthetic":
+        if p["data"] != "synthetic" and p["recipe"] not in HARD_RECIPES:
             for s in DATA_STAGES:
                 overrides[s].append(f"data={p['data']}")
             for s, budget in HARD_BUDGET.items():
@@ -146,7 +152,8 @@ class Seed:
         evals = {n: stages[n]["eval"] for n in STAGES if n in stages and stages[n].get("eval")}
         rounds = json.loads((self.recipe_dir / "iterative_sft" / "iterative.json").read_text())["rounds"]
         distill = json.loads((self.recipe_dir / "distill" / "distill.json").read_text())
-        return {"evals": evals, "iterative_steps": sum(int(r["steps"]) for r in rounds),
+        rm = {"reward_model": reward_model_facts(self.recipe_dir / "reward_model")} if "reward_model" in stages else {}
+        return {**rm, "evals": evals, "iterative_steps": sum(int(r["steps"]) for r in rounds),
                 "iterative_rounds": [{k: r.get(k) for k in ("round", "tau", "steps", "n_used", "n_rm", "n_wrong")}
                                      for r in rounds],
                 "grpo_steps": grpo_steps(self.recipe_dir / "grpo", stages["grpo"]["args"]),
@@ -220,6 +227,18 @@ class Seed:
         return out
 
 
+def reward_model_facts(run_dir: Path) -> dict[str, Any]:
+    """The recipe's reward model (``--recipe r1v_hard``): its optimizer steps and last held-out pair accuracy."""
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return {}
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    acc = [float(r["val/pair_accuracy"]) for r in rows if r.get("val/pair_accuracy")]
+    steps = {r["step"] for r in rows if r.get("train/loss") and r.get("step")}
+    return {"steps": len(steps), "val_pair_accuracy": acc[-1] if acc else None}
+
+
 def grpo_steps(run_dir: Path, args: list[str]) -> int:
     """Optimizer steps GRPO took: distinct steps logged with a training loss in metrics.csv (else its max_steps)."""
     path = run_dir / "metrics.csv"
@@ -273,7 +292,9 @@ def statistics(results: dict[int, dict[str, dict[str, Any]]]) -> dict[str, Any]:
             comps.append({"question": question, **comp})
     steps = {k: {s: results[s]["recipe"][k] for s in results} for k in ("iterative_steps", "grpo_steps")}
     penalty = {s: results[s]["recipe"]["drlc_penalty_mean"] for s in results}
-    return {"rows": summary, "comparisons": comps, "steps": steps, "drlc_penalty_mean": penalty}
+    out = {"rows": summary, "comparisons": comps, "steps": steps, "drlc_penalty_mean": penalty}
+    rms = {s: results[s]["recipe"]["reward_model"] for s in results if results[s]["recipe"].get("reward_model")}
+    return {**out, "reward_model": rms} if rms else out
 
 
 def main() -> None:
@@ -289,6 +310,8 @@ def main() -> None:
     ap.add_argument("--override", action="append", default=[], metavar="STAGE=ARG",
                     help="append ARG to one recipe stage's args, e.g. grpo=stage.max_steps=200")  # fmt: skip
     a = ap.parse_args()
+    if a.recipe in HARD_RECIPES and a.data != "synthetic_hard":
+        raise SystemExit(f"--recipe {a.recipe} trains on data=synthetic_hard itself; use --data synthetic_hard")
     out = (a.out or Path(f"runs/fidelity-{a.data}{'-quick' if a.quick else ''}")).resolve()
     limit = a.eval_limit or (32 if a.quick else 1000)
     eval_args = [f"max_new_tokens={a.eval_max_new_tokens}", "batch_size=32"]

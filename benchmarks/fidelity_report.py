@@ -79,6 +79,13 @@ def render(data: dict[str, Any], image: str | None = "fidelity.png") -> str:
     for c in data["comparisons"]:
         lines.append(f"| {c['question']} | {fmt_interval(_iv(c['difference']))} | {len(c['seeds'])} | "
                      f"**{c['verdict']}** |")  # fmt: skip
+    rms = data.get("reward_model") or {}
+    if rms:  # --recipe r1v_hard: iterative SFT selected with the recipe's own process reward model
+        acc = ", ".join(f"{v['val_pair_accuracy']:.2f}" if v.get("val_pair_accuracy") is not None else "–"
+                        for v in rms.values())  # fmt: skip
+        steps = "/".join(sorted({str(v["steps"]) for v in rms.values()}))
+        lines += ["", f"Iterative SFT scored its chains with the recipe's process reward model ({steps} steps; "
+                  f"held-out pair accuracy per seed {acc}), quantile-calibrated onto 0–5."]  # fmt: skip
     lines += ["", "A verdict is *better*/*worse* when the paired difference's 95% interval excludes 0 (for lengths: "
               "*shorter* / *longer*); fewer than two seeds give no interval (*not distinguishable*)."]  # fmt: skip
     if image:

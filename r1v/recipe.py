@@ -4,7 +4,8 @@ A recipe (``conf/recipe/*.yaml``) lists stages; each is one ``python -m r1v.trai
 ``args``, started from an earlier stage's output (``from:`` → ``checkpoint=``); ``{name}`` in an argument
 is that earlier stage's run folder (e.g. ``data.train={distill}/distilled.jsonl``). Every stage runs in
 its own process, in ``<recipe folder>/<stage name>/``, and is evaluated afterwards when it produced weights
-(``python -m r1v.eval``, the recipe's ``eval`` node). ``recipe.json`` records the lineage (the resolved
+(``python -m r1v.eval``, the recipe's ``eval`` node) unless the stage says ``eval: false`` (weights that are
+not a policy, such as a reward model's). ``recipe.json`` records the lineage (the resolved
 arguments, checkpoint and data of every stage, its status, times and scores) and makes the recipe
 resumable at stage granularity: ``resume=auto`` skips finished stages and resumes an interrupted one
 from its own checkpoint. ``report.md`` (+ ``plots/``) is the per-stage table and the curves.
@@ -55,6 +56,8 @@ def check_stages(recipe: dict[str, Any]) -> list[dict[str, Any]]:
             raise ConfigError(
                 f"{where}: unknown stage '{plugin}' (known: {', '.join(known)}){did_you_mean(plugin, known)}"
             )
+        if not isinstance(st.get("eval", True), bool):
+            raise ConfigError(f"{where}: eval is true or false (false: the stage's weights are not evaluated)")
         refs = [st["from"]] if st.get("from") else []
         refs += [m for a in st.get("args", []) for m in _PLACEHOLDER.findall(a)]
         for ref in refs:
@@ -137,7 +140,8 @@ def _run_stages(cfg: dict[str, Any], recipe: dict[str, Any], stages: list[dict[s
             tail = (folder / "logs" / f"{name}.log").read_text().strip().splitlines()[-1:]
             raise RunError(f"recipe stage {name} failed (exit {code}): {tail[0] if tail else ''} — full log "
                            f"{folder / 'logs' / (name + '.log')}; fix it and run again with resume=auto")  # fmt: skip
-        rec["eval"] = evaluate_stage(folder / name, recipe.get("eval") or {}, folder / "logs" / f"{name}.log")
+        ev = (recipe.get("eval") or {}) if st.get("eval", True) else {}  # eval: false (e.g. a reward model)
+        rec["eval"] = evaluate_stage(folder / name, ev, folder / "logs" / f"{name}.log")
         rec.update(status="done", finished=time.time())
         write_json_atomic(state_path, state)
     from r1v.reports.recipe import write_report

@@ -76,3 +76,23 @@ def test_grpo_steps(fid, tmp_path):
     (tmp_path / "metrics.csv").write_text("step,train/loss,val/accuracy\n0,,0.1\n1,0.5,\n2,0.4,\n2,,0.3\n")
     assert fid.grpo_steps(tmp_path, ["stage.max_steps=60"]) == 2
     assert fid.grpo_steps(tmp_path / "none", ["stage.max_steps=60", "stage.max_steps=5"]) == 5
+
+
+def test_r1v_hard_recipe_args(fid, tmp_path):
+    """--recipe r1v_hard carries the regime itself (nothing added but --quick's steps); its reward model gets a few
+    quick steps; its RM facts come from metrics.csv and reach the table's note."""
+    args = fid.Seed(0, tmp_path, _plan(recipe="r1v_hard", overrides=[])).recipe_args()
+    assert "recipe=r1v_hard" in args and not any("data=synthetic_hard" in a or "160" in a for a in args)
+    rm = next(a for a in args if a.startswith("+recipe.overrides.reward_model="))
+    assert "'stage.max_steps=5'" in rm and "data=" not in rm
+    full = fid.Seed(0, tmp_path, _plan(recipe="r1v_hard", quick=False, overrides=[])).recipe_args()
+    assert not any(a.startswith("+recipe.overrides.") for a in full)
+    (tmp_path / "metrics.csv").write_text("step,train/loss,val/pair_accuracy\n0,0.9,\n1,0.8,\n1,,0.75\n")
+    facts = fid.reward_model_facts(tmp_path)
+    assert facts == {"steps": 2, "val_pair_accuracy": 0.75} and fid.reward_model_facts(tmp_path / "none") == {}
+    from fidelity_report import render
+
+    data = {"plan": _plan(recipe="r1v_hard"), "seeds": [0], "rows": {}, "comparisons": [],
+            "steps": {"iterative_steps": {0: 3}, "grpo_steps": {0: 2}}, "drlc_penalty_mean": {0: 1.1},
+            "reward_model": {0: facts}}  # fmt: skip
+    assert "process reward model (2 steps; held-out pair accuracy per seed 0.75)" in render(data, image=None)
