@@ -7,7 +7,8 @@ whole process (every model built afterwards, the reference and reward models inc
 - each RMSNorm (a module with ``weight`` and ``variance_epsilon``, as Qwen2's and Llama's): Liger's fused RMSNorm
   in transformers' casting ("llama": the norm in float32, the weight applied in the input dtype);
 - each SwiGLU MLP (``gate_proj``/``up_proj``/``down_proj``, SiLU): the SiLU-and-multiply as one kernel;
-- the LM head, where the training loss and GRPO's log-probs read it (:func:`r1v.rl.grpo.chunked_logprobs`):
+- the LM head, where the training loss and GRPO's log-probs read it (:func:`r1v.rl.grpo.chunked_logprobs`; not
+  under ZeRO-3, whose head weight exists only inside the module's own call):
   Liger's fused linear cross-entropy with ``reduction="none"`` (the per-token log-probs, chunked, the logits
   never held whole, the gradient recomputed in the backward), in place of the chunked head + float32
   log-softmax. With entropies asked for (a GRPO metric), one extra no-grad pass over the head computes them.
@@ -98,8 +99,10 @@ def is_swiglu(module: torch.nn.Module) -> bool:
 
 
 def fused_head(head: torch.nn.Module, h: torch.Tensor) -> bool:
-    """True when ``head``'s log-probs over ``h`` go through Liger's fused linear cross-entropy."""
-    return bool(getattr(head, FUSED_HEAD, False)) and h.is_cuda
+    """True when ``head``'s log-probs over ``h`` go through Liger's fused linear cross-entropy. Not under ZeRO-3:
+    the kernel reads the weight tensor itself, outside the module call where ZeRO-3 gathers its shards."""
+    weight = getattr(head, "weight", None)
+    return bool(getattr(head, FUSED_HEAD, False)) and h.is_cuda and not hasattr(weight, "ds_id")
 
 
 def fused_logprobs(head: torch.nn.Linear, h: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -70,3 +70,18 @@ def test_cpu_logprobs_through_a_marked_head_equal_the_chunked_path():
     assert torch.equal(lp, ref) and torch.equal(ent, ref_ent)
     exact = torch.log_softmax(h @ head.weight.T, -1).gather(2, targets[..., None])[..., 0]
     torch.testing.assert_close(lp, exact)
+
+
+def test_a_zero3_partitioned_head_keeps_the_built_in_path():
+    """ZeRO-3 gathers a weight only inside its module's call; the fused kernel reads the tensor directly."""
+    from types import SimpleNamespace
+
+    from r1v.runtime.kernels import fused_head
+
+    head = torch.nn.Linear(4, 8, bias=False)
+    on_gpu = SimpleNamespace(is_cuda=True)  # all fused_head reads of the hidden states
+    assert not fused_head(head, on_gpu)  # not marked by apply_kernels
+    setattr(head, FUSED_HEAD, True)
+    assert fused_head(head, on_gpu) and not fused_head(head, torch.zeros(1, 2, 4))  # CUDA only
+    head.weight.ds_id = 7  # what DeepSpeed's ZeRO-3 sets on a partitioned parameter
+    assert not fused_head(head, on_gpu)
