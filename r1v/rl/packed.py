@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from r1v.model import varlen
 from r1v.model.varlen import packed_kwargs
 from r1v.rl.grpo import chunked_logprobs
 
@@ -64,6 +65,11 @@ def packed_token_logprobs(model: Any, packed: PackedRows, pixel_values: torch.Te
                           **media: Any) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
     """Log-probs ``[B, T]`` (and entropies) of every completion token, as :func:`r1v.rl.grpo.token_logprobs`
     computes them on padded rows; zero past each completion (where the completion mask is 0)."""
+    attn = getattr(getattr(model.backbone, "config", None), "_attn_implementation", None)
+    if attn != varlen.NAME:  # any other attention would let the packed sequences see each other
+        raise ValueError(f"stage.packing=true needs the backbone's attention to be '{varlen.NAME}' (an SDPA backbone "
+                         f"is switched to it when the stage is set up), but it is '{attn}'; use "
+                         "backbone.attn_implementation=sdpa or stage.packing=false")  # fmt: skip
     kw = {k: v.to(packed.input_ids.device) if isinstance(v, torch.Tensor) else v
           for k, v in packed_kwargs(packed.lengths).items()}  # fmt: skip
     hidden = model.hidden_states(packed.input_ids, None, pixel_values, position_ids=packed.position_ids, **kw,

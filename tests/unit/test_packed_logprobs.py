@@ -3,6 +3,8 @@ entropies and gradients, with images and completions of very different lengths i
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -56,3 +58,11 @@ def test_packed_logprobs_equal_the_padded_rows(registry, compose):
     for n, p in model.named_parameters():
         if p.grad is not None:
             assert (p.grad - grads[n]).norm() <= 1e-4 * grads[n].norm() + 1e-8, n
+
+
+def test_packed_rows_refuse_an_attention_that_would_mix_the_sequences(tiny_vlm):
+    model, _ = tiny_vlm  # its backbone attends with SDPA: packed sequences would see each other
+    with pytest.raises(
+        ValueError, match=re.escape("stage.packing=true needs the backbone's attention to be 'r1v_varlen'")
+    ):
+        packed_token_logprobs(model, packed_rows([[1, 2]], [[3]]), None, 1, 1)
