@@ -1,0 +1,293 @@
+"""Top-p sampling in four launches with fewer sequential passes per row: the split path of the Triton sampler.
+
+:mod:`r1v.generation.triton_topp` (the single-program kernel, kept as ``split=False``) runs one program per
+row and each of its sequential passes over the row costs one SM's L2 latency (≈ 30-35 µs at V = 151,936 on
+an H100): with broad logits ≈ 11 of them (max, Z, ~7 halvings, the listing, the draw), while at B = 64 half
+the SMs idle. Here, with the same ``s = logit * (1/T)``, ``e = exp(s − max)``, rule and key search:
+
+1. ``_chunk_stats`` over a (B, C) grid: per chunk of the row its max ``m_c`` and ``Z_c = Σ exp(s − m_c)``.
+2. ``_search`` per row: merges them (``m = max m_c``, ``Z = Σ Z_c·exp(m_c − m)``, replacing two sequential
+   passes; this ``Z`` is "the" Z of the rule for the whole kernel) and runs the search of the single-program
+   kernel, except that each full-row pass splits ``(lo, hi]`` in four (three interior points: their masses
+   and the counts below them), two bits a pass instead of one; then the same listing and register phase.
+3. ``_race`` over a (B, C) grid: per chunk the best ``e / E`` over kept tokens and its lowest index.
+4. ``_pick`` per row: the best chunk, the lowest index on ties (chunks are in row order) — the token is the
+   ``argmax`` with ties to the lowest index, as in the single-program kernel.
+
+Given the same noise, both paths keep ``{s > thr}`` and draw the same token, except where a float rounding of
+``Z`` or of a mass decides the threshold (the mass above a token within ~1e-6 of ``p·Z``). Everything is a
+fixed-order reduction with no host sync (CUDA-graph capturable, deterministic given the noise). The stats
+count sequential full-row passes: the parallel pre-pass and the parallel draw count one each.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .triton_topp import _KEY_NEG_INF, BLOCK, CAP, NUM_WARPS, _check, _key, _launch, _row, _unkey
+
+CHUNKS = 8  # chunks per row of the parallel passes: B = 64 rows x 8 = 512 programs over an H100's 132 SMs
+PART_BLOCK = 2048  # elements per loop step of the parallel passes
+PART_WARPS = 8
+SEARCH_BLOCK = 4096  # the four-way passes hold 7 (BLOCK,) accumulators: a smaller step than BLOCK's 8192
+
+
+@triton.jit
+def _chunk_stats(logits_ptr, temp_ptr, m_ptr, z_ptr, V, stride_l, CHUNK, NC, BLOCK: tl.constexpr):
+    """Program (row, c): max of s over chunk c and Σ exp(s − that max) (0 for an all ``-inf`` chunk)."""
+    row = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(1)
+    lrow = logits_ptr + row * stride_l
+    inv_t = 1.0 / tl.load(temp_ptr + row)
+    offs = tl.arange(0, BLOCK)
+    first = c * CHUNK
+    mx = tl.full([BLOCK], float("-inf"), tl.float32)
+    for start in range(first, first + CHUNK, BLOCK):
+        mx = tl.maximum(mx, _row(lrow, start + offs, V, inv_t))
+    mc = tl.max(mx, 0)
+    shift = tl.where(mc == float("-inf"), 0.0, mc)  # exp(-inf - 0) = 0, not exp(-inf + inf) = nan
+    acc = tl.zeros([BLOCK], tl.float32)
+    for start in range(first, first + CHUNK, BLOCK):
+        acc += tl.exp(_row(lrow, start + offs, V, inv_t) - shift)
+    tl.store(m_ptr + row * NC + c, mc)
+    tl.store(z_ptr + row * NC + c, tl.sum(acc, 0))
+
+
+@triton.jit
+def _merged_max(m_ptr, row, NC, NCP: tl.constexpr):
+    """The row's max of s from its chunks' maxima (exact: a max does not round)."""
+    c = tl.arange(0, NCP)
+    return tl.max(tl.load(m_ptr + row * NC + c, mask=c < NC, other=float("-inf")), 0)
+
+
+@triton.jit
+def _clamp(t, lo, hi):
+    return tl.minimum(tl.maximum(t, lo + 1), hi - 1)
+
+
+@triton.jit
+def _search(
+    logits_ptr,  # (B, V) float32, unit stride along V
+    temp_ptr,  # (B,) float32
+    top_p_ptr,  # (B,) float32
+    m_ptr,  # (B, NC) float32: chunk maxima of s
+    z_ptr,  # (B, NC) float32: Σ exp(s − chunk max) per chunk
+    cand_ptr,  # (B, CAP) float32 scratch: s of the tokens in (lo, hi]
+    thr_ptr,  # (B,) float32 out: kept iff logit * (1/T) > thr
+    stats_ptr,  # (B, 2) int32 out: sequential full-row passes; 2 if the register phase ran, else 0
+    V,
+    stride_l,
+    NC,
+    NCP: tl.constexpr,  # next power of two ≥ NC
+    BLOCK: tl.constexpr,  # loop step of the listing pass
+    SBLOCK: tl.constexpr,  # loop step of the four-way passes
+    CAP: tl.constexpr,
+    DRAW: tl.constexpr,  # only for the pass count: the race kernels follow
+):
+    row = tl.program_id(0).to(tl.int64)
+    lrow = logits_ptr + row * stride_l
+    inv_t = 1.0 / tl.load(temp_ptr + row)
+    p = tl.load(top_p_ptr + row)
+    neg_inf = float("-inf")
+
+    # 1-2. the chunks' (max, Z) merged: one parallel pass instead of two sequential ones
+    c = tl.arange(0, NCP)
+    mc = tl.load(m_ptr + row * NC + c, mask=c < NC, other=neg_inf)
+    zc = tl.load(z_ptr + row * NC + c, mask=c < NC, other=0.0)
+    m = tl.max(mc, 0)
+    z = tl.sum(zc * tl.exp(mc - m), 0)  # an all -inf chunk: 0 * exp(-inf) = 0
+    goal = p * z
+
+    full = p >= 1.0  # keep everything: no search
+    lo = tl.where(full, _KEY_NEG_INF, _key(m + tl.log(tl.maximum(1.0 - p, 1e-30) * z / (2.0 * V))).to(tl.int64))
+    hi = tl.where(full, _KEY_NEG_INF + 1, _key(m).to(tl.int64))
+    base = z * 0.0  # f(hi): the mass strictly above float(hi)
+    n = V  # tokens in (lo, hi] (an upper bound until the first pass)
+    passes = tl.full([], 1, tl.int32)
+    mode = tl.zeros([], tl.int32)
+
+    # 3. four-way splits over the full row until the candidates (lo, hi] fit in registers
+    soffs = tl.arange(0, SBLOCK)
+    while (hi - lo > 1) & (n > CAP):
+        lo_f = _unkey(lo)
+        hi_f = _unkey(hi)
+        w = hi_f - lo_f
+        wide = w > 1e-3  # value quarters while the interval is wide, key quarters after
+        t1 = _clamp(tl.where(wide, _key(lo_f + 0.25 * w).to(tl.int64), lo + (hi - lo) // 4), lo, hi)
+        t2 = _clamp(tl.where(wide, _key(lo_f + 0.5 * w).to(tl.int64), lo + (hi - lo) // 2), lo, hi)
+        t3 = _clamp(tl.where(wide, _key(lo_f + 0.75 * w).to(tl.int64), hi - (hi - lo) // 4), lo, hi)
+        t1_f = _unkey(t1)
+        t2_f = _unkey(t2)
+        t3_f = _unkey(t3)
+        f1 = tl.zeros([SBLOCK], tl.float32)  # mass above t1, t2, t3
+        f2 = tl.zeros([SBLOCK], tl.float32)
+        f3 = tl.zeros([SBLOCK], tl.float32)
+        n1 = tl.zeros([SBLOCK], tl.int32)  # tokens in (lo, t1], (lo, t2], (lo, t3], (lo, hi]
+        n2 = tl.zeros([SBLOCK], tl.int32)
+        n3 = tl.zeros([SBLOCK], tl.int32)
+        n4 = tl.zeros([SBLOCK], tl.int32)
+        for start in range(0, V, SBLOCK):
+            s = _row(lrow, start + soffs, V, inv_t)
+            e = tl.exp(s - m)
+            f1 += tl.where(s > t1_f, e, 0.0)
+            f2 += tl.where(s > t2_f, e, 0.0)
+            f3 += tl.where(s > t3_f, e, 0.0)
+            inside = (s > lo_f) & (s <= hi_f)
+            n1 += (inside & (s <= t1_f)).to(tl.int32)
+            n2 += (inside & (s <= t2_f)).to(tl.int32)
+            n3 += (inside & (s <= t3_f)).to(tl.int32)
+            n4 += inside.to(tl.int32)
+        m1 = tl.sum(f1, 0)
+        m2 = tl.sum(f2, 0)
+        m3 = tl.sum(f3, 0)
+        c1 = tl.sum(n1, 0)
+        c2 = tl.sum(n2, 0)
+        c3 = tl.sum(n3, 0)
+        c4 = tl.sum(n4, 0)
+        # the first point whose mass is below the goal closes the interval; the one before opens it
+        b1 = m1 < goal
+        b2 = m2 < goal
+        b3 = m3 < goal
+        new_lo = tl.where(b1, lo, tl.where(b2, t1, tl.where(b3, t2, t3)))
+        hi = tl.where(b1, t1, tl.where(b2, t2, tl.where(b3, t3, hi)))
+        lo = new_lo
+        base = tl.where(b1, m1, tl.where(b2, m2, tl.where(b3, m3, base)))
+        n = tl.where(b1, c1, tl.where(b2, c2 - c1, tl.where(b3, c3 - c2, c4 - c3)))
+        passes += 1
+
+    if hi - lo > 1:
+        # 4. the ≤ CAP candidates (lo, hi] to scratch (row order), then the remaining halvings in registers
+        lo_f = _unkey(lo)
+        hi_f = _unkey(hi)
+        offs = tl.arange(0, BLOCK)
+        crow = cand_ptr + row * CAP
+        cnt = tl.zeros([], tl.int32)
+        for start in range(0, V, BLOCK):
+            s = _row(lrow, start + offs, V, inv_t)
+            cand = (s > lo_f) & (s <= hi_f)
+            pos = cnt + tl.cumsum(cand.to(tl.int32), 0) - 1
+            tl.store(crow + pos, s, mask=cand & (pos < CAP))
+            cnt += tl.sum(cand.to(tl.int32), 0)
+        tl.debug_barrier()  # the stores above are read back by other threads of this program
+        k = tl.arange(0, CAP)
+        sc = tl.load(crow + k, mask=k < cnt, other=neg_inf)  # (CAP,) candidates' s
+        ec = tl.exp(sc - m)
+        while hi - lo > 1:
+            mid = lo + (hi - lo) // 2
+            below = base + tl.sum(tl.where(sc > _unkey(mid), ec, 0.0), 0) < goal
+            hi = tl.where(below, mid, hi)
+            lo = tl.where(below, lo, mid)
+        passes += 1
+        mode = tl.full([], 2, tl.int32)
+
+    tl.store(thr_ptr + row, _unkey(lo))
+    if DRAW:
+        passes += 1  # the parallel race
+    tl.store(stats_ptr + 2 * row, passes)
+    tl.store(stats_ptr + 2 * row + 1, mode)
+
+
+@triton.jit
+def _race(logits_ptr, noise_ptr, temp_ptr, m_ptr, thr_ptr, best_ptr, idx_ptr, V, stride_l, stride_n, CHUNK, NC,
+          NCP: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
+    """Program (row, c): the best ``e / E`` over chunk c's kept tokens (-1 if none) and its lowest index."""
+    row = tl.program_id(0).to(tl.int64)
+    c = tl.program_id(1)
+    lrow = logits_ptr + row * stride_l
+    nrow = noise_ptr + row * stride_n
+    inv_t = 1.0 / tl.load(temp_ptr + row)
+    m = _merged_max(m_ptr, row, NC, NCP)
+    thr = tl.load(thr_ptr + row)
+    offs = tl.arange(0, BLOCK)
+    first = c * CHUNK
+    best = tl.full([BLOCK], -1.0, tl.float32)
+    bidx = tl.zeros([BLOCK], tl.int32)
+    for start in range(first, first + CHUNK, BLOCK):
+        o = start + offs
+        s = _row(lrow, o, V, inv_t)
+        kept = s > thr
+        noise = tl.load(nrow + o, mask=kept, other=1.0)  # read only where kept
+        r = tl.where(kept, tl.exp(s - m) / noise, -1.0)
+        upd = r > best  # strict: a lane keeps its earlier index on ties
+        best = tl.where(upd, r, best)
+        bidx = tl.where(upd, o, bidx)
+    top = tl.max(best, 0)
+    tl.store(best_ptr + row * NC + c, top)
+    tl.store(idx_ptr + row * NC + c, tl.min(tl.where(best == top, bidx, V), 0))
+
+
+@triton.jit
+def _pick(best_ptr, idx_ptr, token_ptr, NC, NCP: tl.constexpr):
+    """Program row: the token of the best chunk, the lowest index on ties."""
+    row = tl.program_id(0).to(tl.int64)
+    c = tl.arange(0, NCP)
+    best = tl.load(best_ptr + row * NC + c, mask=c < NC, other=-2.0)
+    idx = tl.load(idx_ptr + row * NC + c, mask=c < NC, other=2147483647)
+    tok = tl.min(tl.where(best == tl.max(best, 0), idx, 2147483647), 0)
+    tl.store(token_ptr + row, tok.to(tl.int64))
+
+
+def _launch_split(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, noise: torch.Tensor | None,
+                  block: int = BLOCK, cap: int = CAP, chunks: int = CHUNKS, search_block: int = SEARCH_BLOCK,
+                  part_block: int = PART_BLOCK,
+                  num_warps: int = NUM_WARPS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """The four launches -> ((B,) int64 tokens (undefined without noise), (B,) float32 thresholds, (B, 2) int32
+    stats: sequential full-row passes, and 2 where the (lo, hi] list and the register phase ran, else 0)."""
+    _check(logits, temperature, top_p)
+    b, v = logits.shape
+    dev = logits.device
+    temperature = temperature.to(torch.float32).contiguous()
+    top_p = top_p.to(torch.float32).contiguous()
+    tokens = torch.empty(b, dtype=torch.int64, device=dev)
+    thr = torch.empty(b, dtype=torch.float32, device=dev)
+    stats = torch.empty(b, 2, dtype=torch.int32, device=dev)
+    if b == 0:
+        return tokens, thr, stats
+    pblock = min(part_block, triton.next_power_of_2(triton.cdiv(v, chunks)))
+    chunk = triton.cdiv(triton.cdiv(v, chunks), pblock) * pblock  # whole loop steps per chunk
+    nc = triton.cdiv(v, chunk)
+    ncp = triton.next_power_of_2(nc)
+    m = torch.empty(b, nc, dtype=torch.float32, device=dev)  # (B, NC) scratch, reused by the race
+    z = torch.empty(b, nc, dtype=torch.float32, device=dev)
+    cand = torch.empty(b, cap, dtype=torch.float32, device=dev)  # (B, CAP) scratch
+    _chunk_stats[(b, nc)](logits, temperature, m, z, v, logits.stride(0), chunk, nc, BLOCK=pblock,
+                          num_warps=PART_WARPS)  # fmt: skip
+    draw = noise is not None
+    _search[(b,)](logits, temperature, top_p, m, z, cand, thr, stats, v, logits.stride(0), nc, NCP=ncp,
+                  BLOCK=min(block, triton.next_power_of_2(v)), SBLOCK=min(search_block, triton.next_power_of_2(v)),
+                  CAP=cap, DRAW=draw, num_warps=num_warps)  # fmt: skip
+    if draw:
+        best = torch.empty(b, nc, dtype=torch.float32, device=dev)
+        idx = torch.empty(b, nc, dtype=torch.int32, device=dev)
+        _race[(b, nc)](logits, noise, temperature, m, thr, best, idx, v, logits.stride(0), noise.stride(0), chunk,
+                       nc, NCP=ncp, BLOCK=pblock, num_warps=PART_WARPS)  # fmt: skip
+        _pick[(b,)](best, idx, tokens, nc, NCP=ncp, num_warps=1)
+    return tokens, thr, stats
+
+
+def _check_noise(logits: torch.Tensor, noise: torch.Tensor) -> None:
+    if noise.shape != logits.shape or noise.dtype != torch.float32 or noise.stride(-1) != 1:
+        raise ValueError("triton top-p: noise must be float32 of the logits' shape with unit stride")
+
+
+def top_p_sample(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, noise: torch.Tensor,
+                 split: bool = True, block: int = BLOCK, cap: int = CAP) -> torch.Tensor:  # fmt: skip
+    """(B, V) float32 logits, (B,) temperatures, (B,) top-p, (B, V) Exp(1) noise -> (B,) int64 tokens.
+
+    The token is ``argmax`` over the row's nucleus of ``exp(logit/T − max) / noise`` (ties to the lowest
+    index), as :func:`r1v.generation.triton_topp.top_p_sample` draws it; ``split=False`` runs that
+    single-program kernel. No host synchronisation (CUDA-graph capturable), deterministic given the noise.
+    """
+    _check_noise(logits, noise)
+    launch = _launch_split if split else _launch
+    return launch(logits, temperature, top_p, noise, block=block, cap=cap)[0]
+
+
+def top_p_threshold(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, split: bool = True,
+                    block: int = BLOCK, cap: int = CAP) -> torch.Tensor:  # fmt: skip
+    """(B,) float32 thresholds: token i of row b is kept iff ``logits[b, i] * (1/T[b]) > thr[b]``; ``-inf``
+    where ``top_p ≥ 1``. ``split=False``: the single-program kernel's."""
+    launch = _launch_split if split else _launch
+    return launch(logits, temperature, top_p, None, block=block, cap=cap)[1]
