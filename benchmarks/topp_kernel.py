@@ -1,6 +1,7 @@
 """The Triton top-p sampler's single-program kernel against its split path, side by side (one GPU, seconds).
 
     python benchmarks/topp_kernel.py --out results/topp_kernel_<card>.json      (one GPU, ≈ 20 s)
+    python benchmarks/topp_kernel.py --sweep                                    (+ the split path's loop steps, ≈ 1 min)
     python benchmarks/topp_kernel.py --cpu                                      (interpreter smoke run, small V)
 
 At B = 64, V = 151,936 (Qwen's vocabulary) times ``split=False`` (:mod:`r1v.generation.triton_topp`: one
@@ -12,7 +13,9 @@ pre-pass and draw, four-way search passes) on the same logits and noise, per cas
 - ``peaked``: Zipf-like rows (``−1.1·log rank`` in a random order plus N(0, 0.3²)) at T = 1: a sparse top;
 
 µs per call launched eagerly and replayed from a CUDA graph (what the engine's decode step does), their
-ratio, the mean sequential full-row passes of each path, and whether tokens and thresholds agree.
+ratio, the mean sequential full-row passes of each path, and whether tokens and thresholds agree. ``--sweep``
+adds, per case, the split path's µs (from a CUDA graph) over its loop steps and warps (``SWEEP``): the
+defaults in triton_topp_split.py were chosen without a GPU at hand.
 """
 
 from __future__ import annotations
@@ -79,11 +82,30 @@ def _timings(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tenso
     return out
 
 
+# the split path's knobs swept by --sweep, each setting over the defaults: ways x search step x warps, then the
+# parallel passes' chunks and step
+SWEEP = [{"ways": w, "search_block": sb, "num_warps": nw} for w in (4, 8, 16) for sb in (2048, 4096) for nw in (8, 16)]
+SWEEP += [{"chunks": ch, "part_block": pb} for ch in (4, 8, 16) for pb in (1024, 2048, 4096)]
+
+
+def _sweep(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, noise: torch.Tensor,
+           n: int) -> dict[str, float]:  # fmt: skip
+    """µs per call (CUDA graph) of the split path for each setting of ``SWEEP``."""
+    from r1v.generation.triton_topp_split import _launch_split
+
+    out: dict[str, float] = {}
+    for kw in SWEEP:
+        name = " ".join(f"{k}={v}" for k, v in kw.items())
+        out[name] = _us(lambda kw=kw: _launch_split(logits, temperature, top_p, noise, **kw), n, True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     ap.add_argument("--cpu", action="store_true", help="smoke run under TRITON_INTERPRET=1 with small V")
     ap.add_argument("--n", type=int, default=20, help="calls per timing")
+    ap.add_argument("--sweep", action="store_true", help="also time the split path over SWEEP's settings")
     args = ap.parse_args()
     if args.cpu:
         os.environ["TRITON_INTERPRET"] = "1"  # read when triton is first imported, below
@@ -109,9 +131,11 @@ def main() -> None:
         }
         if not args.cpu:
             row.update(_timings(logits, temperature, top_p, noise, args.n))
+            if args.sweep:
+                row["sweep_us"] = _sweep(logits, temperature, top_p, noise, args.n)
         name = f"{kind} T={t} p={p}"
         result[name] = row
-        times = ", ".join(f"{k} {row[k]:.1f}" for k in row if "_us_" in k or k.startswith("ratio"))
+        times = ", ".join(f"{k} {row[k]:.2f}" for k in row if "_us_" in k or k.startswith("ratio"))
         print(f"{name}: passes {row['passes_old']:.1f} -> {row['passes_new']:.1f}, same tokens "
               f"{row['same_tokens']}/{b}, thresholds {row['same_thresholds']}/{b}" + (f"; {times}" if times else ""),
               file=sys.stderr)  # fmt: skip

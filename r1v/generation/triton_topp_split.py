@@ -8,8 +8,9 @@ the SMs idle. Here, with the same ``s = logit * (1/T)``, ``e = exp(s − max)``,
 1. ``_chunk_stats`` over a (B, C) grid: per chunk of the row its max ``m_c`` and ``Z_c = Σ exp(s − m_c)``.
 2. ``_search`` per row: merges them (``m = max m_c``, ``Z = Σ Z_c·exp(m_c − m)``, replacing two sequential
    passes; this ``Z`` is "the" Z of the rule for the whole kernel) and runs the search of the single-program
-   kernel, except that each full-row pass splits ``(lo, hi]`` in four (three interior points: their masses
-   and the counts below them), two bits a pass instead of one; then the same listing and register phase.
+   kernel, except that each full-row pass splits ``(lo, hi]`` in ``WAYS`` = 4 (three interior points: their
+   masses and the counts below them), two bits a pass instead of one; then the same listing and register
+   phase. (Each element costs ``WAYS`` compares and adds in one SM: 8 ways may turn a pass compute-bound.)
 3. ``_race`` over a (B, C) grid: per chunk the best ``e / E`` over kept tokens and its lowest index.
 4. ``_pick`` per row: the best chunk, the lowest index on ties (chunks are in row order) — the token is the
    ``argmax`` with ties to the lowest index, as in the single-program kernel.
@@ -31,7 +32,8 @@ from .triton_topp import _KEY_NEG_INF, BLOCK, CAP, NUM_WARPS, _check, _key, _lau
 CHUNKS = 8  # chunks per row of the parallel passes: B = 64 rows x 8 = 512 programs over an H100's 132 SMs
 PART_BLOCK = 2048  # elements per loop step of the parallel passes
 PART_WARPS = 8
-SEARCH_BLOCK = 4096  # the four-way passes hold 7 (BLOCK,) accumulators: a smaller step than BLOCK's 8192
+WAYS = 4  # 2 bits a search pass; each element costs WAYS compares and adds, in one SM
+SEARCH_BLOCK = 4096  # the search passes hold 2 x WAYS accumulators per element: a smaller step than BLOCK's 8192
 
 
 @triton.jit
@@ -63,11 +65,6 @@ def _merged_max(m_ptr, row, NC, NCP: tl.constexpr):
 
 
 @triton.jit
-def _clamp(t, lo, hi):
-    return tl.minimum(tl.maximum(t, lo + 1), hi - 1)
-
-
-@triton.jit
 def _search(
     logits_ptr,  # (B, V) float32, unit stride along V
     temp_ptr,  # (B,) float32
@@ -82,7 +79,8 @@ def _search(
     NC,
     NCP: tl.constexpr,  # next power of two ≥ NC
     BLOCK: tl.constexpr,  # loop step of the listing pass
-    SBLOCK: tl.constexpr,  # loop step of the four-way passes
+    SBLOCK: tl.constexpr,  # loop step of the WAYS-way passes
+    WAYS: tl.constexpr,  # sub-intervals per search pass (a power of two): log2(WAYS) bits a pass
     CAP: tl.constexpr,
     DRAW: tl.constexpr,  # only for the pass count: the race kernels follow
 ):
@@ -108,53 +106,34 @@ def _search(
     passes = tl.full([], 1, tl.int32)
     mode = tl.zeros([], tl.int32)
 
-    # 3. four-way splits over the full row until the candidates (lo, hi] fit in registers
+    # 3. WAYS-way splits over the full row until the candidates (lo, hi] fit in registers: per pass the mass
+    # above WAYS - 1 interior points t_1 < ... and the tokens in (lo, t_k], held as (WAYS, SBLOCK) accumulators
+    k = tl.arange(0, WAYS) + 1  # t_k for k = 1..WAYS, t_WAYS = hi
     soffs = tl.arange(0, SBLOCK)
     while (hi - lo > 1) & (n > CAP):
         lo_f = _unkey(lo)
-        hi_f = _unkey(hi)
-        w = hi_f - lo_f
-        wide = w > 1e-3  # value quarters while the interval is wide, key quarters after
-        t1 = _clamp(tl.where(wide, _key(lo_f + 0.25 * w).to(tl.int64), lo + (hi - lo) // 4), lo, hi)
-        t2 = _clamp(tl.where(wide, _key(lo_f + 0.5 * w).to(tl.int64), lo + (hi - lo) // 2), lo, hi)
-        t3 = _clamp(tl.where(wide, _key(lo_f + 0.75 * w).to(tl.int64), hi - (hi - lo) // 4), lo, hi)
-        t1_f = _unkey(t1)
-        t2_f = _unkey(t2)
-        t3_f = _unkey(t3)
-        f1 = tl.zeros([SBLOCK], tl.float32)  # mass above t1, t2, t3
-        f2 = tl.zeros([SBLOCK], tl.float32)
-        f3 = tl.zeros([SBLOCK], tl.float32)
-        n1 = tl.zeros([SBLOCK], tl.int32)  # tokens in (lo, t1], (lo, t2], (lo, t3], (lo, hi]
-        n2 = tl.zeros([SBLOCK], tl.int32)
-        n3 = tl.zeros([SBLOCK], tl.int32)
-        n4 = tl.zeros([SBLOCK], tl.int32)
+        w = _unkey(hi) - lo_f
+        vt = _key(lo_f + (k.to(tl.float32) / WAYS) * w).to(tl.int64)  # value points while the interval is wide
+        t = tl.where(w > 1e-3, vt, lo + (hi - lo) * k // WAYS)  # key points after
+        t = tl.where(k == WAYS, hi, tl.minimum(tl.maximum(t, lo + 1), hi - 1))
+        t_f = _unkey(t)[:, None]  # (WAYS, 1)
+        mass = tl.zeros([WAYS, SBLOCK], tl.float32)
+        cnt = tl.zeros([WAYS, SBLOCK], tl.int32)
         for start in range(0, V, SBLOCK):
-            s = _row(lrow, start + soffs, V, inv_t)
-            e = tl.exp(s - m)
-            f1 += tl.where(s > t1_f, e, 0.0)
-            f2 += tl.where(s > t2_f, e, 0.0)
-            f3 += tl.where(s > t3_f, e, 0.0)
-            inside = (s > lo_f) & (s <= hi_f)
-            n1 += (inside & (s <= t1_f)).to(tl.int32)
-            n2 += (inside & (s <= t2_f)).to(tl.int32)
-            n3 += (inside & (s <= t3_f)).to(tl.int32)
-            n4 += inside.to(tl.int32)
-        m1 = tl.sum(f1, 0)
-        m2 = tl.sum(f2, 0)
-        m3 = tl.sum(f3, 0)
-        c1 = tl.sum(n1, 0)
-        c2 = tl.sum(n2, 0)
-        c3 = tl.sum(n3, 0)
-        c4 = tl.sum(n4, 0)
-        # the first point whose mass is below the goal closes the interval; the one before opens it
-        b1 = m1 < goal
-        b2 = m2 < goal
-        b3 = m3 < goal
-        new_lo = tl.where(b1, lo, tl.where(b2, t1, tl.where(b3, t2, t3)))
-        hi = tl.where(b1, t1, tl.where(b2, t2, tl.where(b3, t3, hi)))
-        lo = new_lo
-        base = tl.where(b1, m1, tl.where(b2, m2, tl.where(b3, m3, base)))
-        n = tl.where(b1, c1, tl.where(b2, c2 - c1, tl.where(b3, c3 - c2, c4 - c3)))
+            s = _row(lrow, start + soffs, V, inv_t)[None, :]  # (1, SBLOCK)
+            above = s > t_f
+            mass += tl.where(above, tl.exp(s - m), 0.0)
+            cnt += ((s > lo_f) & ~above).to(tl.int32)
+        f = tl.sum(mass, 1)  # (WAYS,) f(t_k)
+        c = tl.sum(cnt, 1)  # (WAYS,) tokens in (lo, t_k]
+        # the first point whose mass is below the goal closes the interval, the one before opens it (f(hi) <
+        # goal already: the last point is always below; its mass stays ``base`` as found)
+        j = tl.min(tl.where((f < goal) | (k == WAYS), k, WAYS), 0)
+        prev = k == j - 1
+        lo = tl.where(j == 1, lo, tl.sum(tl.where(prev, t, 0), 0))
+        hi = tl.sum(tl.where(k == j, t, 0), 0)
+        base = tl.where(j == WAYS, base, tl.sum(tl.where(k == j, f, 0.0), 0))
+        n = tl.sum(tl.where(k == j, c, 0), 0) - tl.sum(tl.where(prev, c, 0), 0)
         passes += 1
 
     if hi - lo > 1:
@@ -231,11 +210,13 @@ def _pick(best_ptr, idx_ptr, token_ptr, NC, NCP: tl.constexpr):
 
 def _launch_split(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, noise: torch.Tensor | None,
                   block: int = BLOCK, cap: int = CAP, chunks: int = CHUNKS, search_block: int = SEARCH_BLOCK,
-                  part_block: int = PART_BLOCK,
+                  part_block: int = PART_BLOCK, ways: int = WAYS,
                   num_warps: int = NUM_WARPS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """The four launches -> ((B,) int64 tokens (undefined without noise), (B,) float32 thresholds, (B, 2) int32
     stats: sequential full-row passes, and 2 where the (lo, hi] list and the register phase ran, else 0)."""
     _check(logits, temperature, top_p)
+    if ways < 2 or ways & (ways - 1):
+        raise ValueError(f"triton top-p: ways must be a power of two ≥ 2, got {ways}")
     b, v = logits.shape
     dev = logits.device
     temperature = temperature.to(torch.float32).contiguous()
@@ -257,7 +238,7 @@ def _launch_split(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.
     draw = noise is not None
     _search[(b,)](logits, temperature, top_p, m, z, cand, thr, stats, v, logits.stride(0), nc, NCP=ncp,
                   BLOCK=min(block, triton.next_power_of_2(v)), SBLOCK=min(search_block, triton.next_power_of_2(v)),
-                  CAP=cap, DRAW=draw, num_warps=num_warps)  # fmt: skip
+                  WAYS=ways, CAP=cap, DRAW=draw, num_warps=num_warps)  # fmt: skip
     if draw:
         best = torch.empty(b, nc, dtype=torch.float32, device=dev)
         idx = torch.empty(b, nc, dtype=torch.int32, device=dev)
