@@ -33,7 +33,9 @@ CHUNKS = 8  # chunks per row of the parallel passes: B = 64 rows x 8 = 512 progr
 PART_BLOCK = 2048  # elements per loop step of the parallel passes
 PART_WARPS = 8
 WAYS = 4  # 2 bits a search pass; each element costs WAYS compares and adds, in one SM
-SEARCH_BLOCK = 4096  # the search passes hold 2 x WAYS accumulators per element: a smaller step than BLOCK's 8192
+# the search passes hold (WAYS, step) mass and count accumulators: ptxas (sm_90, 16 warps) fits WAYS x step ≤ 16384
+# in registers (124 of 128 at 4 x 4096) and spills above, so the step defaults to SEARCH_ELEMS // WAYS
+SEARCH_ELEMS = 16384
 
 
 @triton.jit
@@ -91,9 +93,9 @@ def _search(
     neg_inf = float("-inf")
 
     # 1-2. the chunks' (max, Z) merged: one parallel pass instead of two sequential ones
-    c = tl.arange(0, NCP)
-    mc = tl.load(m_ptr + row * NC + c, mask=c < NC, other=neg_inf)
-    zc = tl.load(z_ptr + row * NC + c, mask=c < NC, other=0.0)
+    ch = tl.arange(0, NCP)
+    mc = tl.load(m_ptr + row * NC + ch, mask=ch < NC, other=neg_inf)
+    zc = tl.load(z_ptr + row * NC + ch, mask=ch < NC, other=0.0)
     m = tl.max(mc, 0)
     z = tl.sum(zc * tl.exp(mc - m), 0)  # an all -inf chunk: 0 * exp(-inf) = 0
     goal = p * z
@@ -108,6 +110,7 @@ def _search(
 
     # 3. WAYS-way splits over the full row until the candidates (lo, hi] fit in registers: per pass the mass
     # above WAYS - 1 interior points t_1 < ... and the tokens in (lo, t_k], held as (WAYS, SBLOCK) accumulators
+    # (names differ from the later phase's: compiled Triton wants one type per name across loops and branches)
     k = tl.arange(0, WAYS) + 1  # t_k for k = 1..WAYS, t_WAYS = hi
     soffs = tl.arange(0, SBLOCK)
     while (hi - lo > 1) & (n > CAP):
@@ -118,14 +121,14 @@ def _search(
         t = tl.where(k == WAYS, hi, tl.minimum(tl.maximum(t, lo + 1), hi - 1))
         t_f = _unkey(t)[:, None]  # (WAYS, 1)
         mass = tl.zeros([WAYS, SBLOCK], tl.float32)
-        cnt = tl.zeros([WAYS, SBLOCK], tl.int32)
+        ncnt = tl.zeros([WAYS, SBLOCK], tl.int32)
         for start in range(0, V, SBLOCK):
             s = _row(lrow, start + soffs, V, inv_t)[None, :]  # (1, SBLOCK)
             above = s > t_f
             mass += tl.where(above, tl.exp(s - m), 0.0)
-            cnt += ((s > lo_f) & ~above).to(tl.int32)
+            ncnt += ((s > lo_f) & ~above).to(tl.int32)
         f = tl.sum(mass, 1)  # (WAYS,) f(t_k)
-        c = tl.sum(cnt, 1)  # (WAYS,) tokens in (lo, t_k]
+        nk = tl.sum(ncnt, 1)  # (WAYS,) tokens in (lo, t_k]
         # the first point whose mass is below the goal closes the interval, the one before opens it (f(hi) <
         # goal already: the last point is always below; its mass stays ``base`` as found)
         j = tl.min(tl.where((f < goal) | (k == WAYS), k, WAYS), 0)
@@ -133,7 +136,7 @@ def _search(
         lo = tl.where(j == 1, lo, tl.sum(tl.where(prev, t, 0), 0))
         hi = tl.sum(tl.where(k == j, t, 0), 0)
         base = tl.where(j == WAYS, base, tl.sum(tl.where(k == j, f, 0.0), 0))
-        n = tl.sum(tl.where(k == j, c, 0), 0) - tl.sum(tl.where(prev, c, 0), 0)
+        n = tl.sum(tl.where(k == j, nk, 0), 0) - tl.sum(tl.where(prev, nk, 0), 0)
         passes += 1
 
     if hi - lo > 1:
@@ -150,8 +153,8 @@ def _search(
             tl.store(crow + pos, s, mask=cand & (pos < CAP))
             cnt += tl.sum(cand.to(tl.int32), 0)
         tl.debug_barrier()  # the stores above are read back by other threads of this program
-        k = tl.arange(0, CAP)
-        sc = tl.load(crow + k, mask=k < cnt, other=neg_inf)  # (CAP,) candidates' s
+        slot = tl.arange(0, CAP)
+        sc = tl.load(crow + slot, mask=slot < cnt, other=neg_inf)  # (CAP,) candidates' s
         ec = tl.exp(sc - m)
         while hi - lo > 1:
             mid = lo + (hi - lo) // 2
@@ -209,7 +212,7 @@ def _pick(best_ptr, idx_ptr, token_ptr, NC, NCP: tl.constexpr):
 
 
 def _launch_split(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, noise: torch.Tensor | None,
-                  block: int = BLOCK, cap: int = CAP, chunks: int = CHUNKS, search_block: int = SEARCH_BLOCK,
+                  block: int = BLOCK, cap: int = CAP, chunks: int = CHUNKS, search_block: int | None = None,
                   part_block: int = PART_BLOCK, ways: int = WAYS,
                   num_warps: int = NUM_WARPS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """The four launches -> ((B,) int64 tokens (undefined without noise), (B,) float32 thresholds, (B, 2) int32
@@ -236,8 +239,9 @@ def _launch_split(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.
     _chunk_stats[(b, nc)](logits, temperature, m, z, v, logits.stride(0), chunk, nc, BLOCK=pblock,
                           num_warps=PART_WARPS)  # fmt: skip
     draw = noise is not None
+    sblock = min(search_block or SEARCH_ELEMS // ways, triton.next_power_of_2(v))
     _search[(b,)](logits, temperature, top_p, m, z, cand, thr, stats, v, logits.stride(0), nc, NCP=ncp,
-                  BLOCK=min(block, triton.next_power_of_2(v)), SBLOCK=min(search_block, triton.next_power_of_2(v)),
+                  BLOCK=min(block, triton.next_power_of_2(v)), SBLOCK=sblock,
                   WAYS=ways, CAP=cap, DRAW=draw, num_warps=num_warps)  # fmt: skip
     if draw:
         best = torch.empty(b, nc, dtype=torch.float32, device=dev)

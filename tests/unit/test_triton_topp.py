@@ -172,6 +172,50 @@ def test_interp_split_against_the_sort(topp, split):
                        topp.top_p_threshold(logits, temperature, top_p, block=512, cap=64))  # fmt: skip
 
 
+def _ptx_for_hopper(fn, ints: tuple[str, ...], pointers: dict[str, str], constexprs: dict, num_warps: int) -> str:
+    """PTX of a kernel compiled for sm_90 from its source (no GPU needed): arguments are fp32 pointers unless named."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    sig = {
+        a: "constexpr" if a in constexprs else "i32" if a in ints else pointers.get(a, "*fp32") for a in fn.arg_names
+    }
+    src = ASTSource(fn=fn, signature=sig, constexprs=constexprs)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps}).asm["ptx"]
+
+
+def test_split_kernels_compile_for_hopper(tmp_path):
+    """The interpreter does not type-check as the compiler does (one type per name across loops and branches): the
+    split path's kernels compile for sm_90 here, and ptxas fits the search's accumulators without spills."""
+    if INTERPRETED:
+        pytest.skip("compiled kernels: the process without the interpreter")
+    pytest.importorskip("triton")
+    import os
+    import subprocess
+
+    import triton
+
+    from r1v.generation import triton_topp_split as split
+
+    ints = ("V", "stride_l", "stride_n", "CHUNK", "NC")
+    ptrs = {"idx_ptr": "*i32", "token_ptr": "*i64", "stats_ptr": "*i32"}
+    sblock = split.SEARCH_ELEMS // split.WAYS
+    search = {"NCP": 8, "BLOCK": split.BLOCK, "SBLOCK": sblock, "WAYS": split.WAYS, "CAP": split.CAP, "DRAW": True}
+    _ptx_for_hopper(split._chunk_stats, ints, ptrs, {"BLOCK": split.PART_BLOCK}, split.PART_WARPS)
+    _ptx_for_hopper(split._race, ints, ptrs, {"NCP": 8, "BLOCK": split.PART_BLOCK}, split.PART_WARPS)
+    _ptx_for_hopper(split._pick, ints, ptrs, {"NCP": 8}, 1)
+    ptx = _ptx_for_hopper(split._search, ints, ptrs, search, split.NUM_WARPS)
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    if not os.path.exists(ptxas):
+        return
+    src, out = tmp_path / "search.ptx", tmp_path / "search.cubin"
+    src.write_text(ptx)
+    cmd = [ptxas, "-v", "--gpu-name", "sm_90a", str(src), "-o", str(out)]
+    info = subprocess.run(cmd, capture_output=True, text=True, check=True).stderr
+    assert "0 bytes spill stores" in info, info
+
+
 def test_interp_choose_with_triton_draws_what_the_sort_draws(topp):
     """``top_p_method="triton"`` takes the race noise from torch like the sort: one seed, the same tokens."""
     logits, temperature, top_p = _rows(400, seed=1)
