@@ -83,11 +83,12 @@ def _timings(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tenso
 
 
 # the split path's knobs swept by --sweep, each setting over the defaults: ways x search step x warps, then the
-# parallel passes' chunks and step
+# parallel passes' chunks and step, then the register phase's candidates
 # (WAYS x step above 16384 spills registers at 16 warps: left out)
 SWEEP = [{"ways": w, "search_block": sb, "num_warps": nw} for w in (2, 4, 8, 16) for sb in (1024, 2048, 4096)
          for nw in (8, 16) if w * sb <= 16384]  # fmt: skip
 SWEEP += [{"chunks": ch, "part_block": pb} for ch in (4, 8, 16) for pb in (1024, 2048, 4096)]
+SWEEP += [{"cap": cap} for cap in (4096, 16384)]
 
 
 def _sweep(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, noise: torch.Tensor,

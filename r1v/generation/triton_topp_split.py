@@ -10,7 +10,8 @@ the SMs idle. Here, with the same ``s = logit * (1/T)``, ``e = exp(s − max)``,
    passes; this ``Z`` is "the" Z of the rule for the whole kernel) and runs the search of the single-program
    kernel, except that each full-row pass splits ``(lo, hi]`` in ``WAYS`` = 4 (three interior points: their
    masses and the counts below them), two bits a pass instead of one; then the same listing and register
-   phase. (Each element costs ``WAYS`` compares and adds in one SM: 8 ways may turn a pass compute-bound.)
+   phase, with up to ``SPLIT_CAP`` = 8192 candidates. (Each element costs ``WAYS`` compares and adds in one
+   SM: more ways may turn a pass compute-bound; ``benchmarks/topp_kernel.py --sweep`` times them.)
 3. ``_race`` over a (B, C) grid: per chunk the best ``e / E`` over kept tokens and its lowest index.
 4. ``_pick`` per row: the best chunk, the lowest index on ties (chunks are in row order) — the token is the
    ``argmax`` with ties to the lowest index, as in the single-program kernel.
@@ -18,7 +19,9 @@ the SMs idle. Here, with the same ``s = logit * (1/T)``, ``e = exp(s − max)``,
 Given the same noise, both paths keep ``{s > thr}`` and draw the same token, except where a float rounding of
 ``Z`` or of a mass decides the threshold (the mass above a token within ~1e-6 of ``p·Z``). Everything is a
 fixed-order reduction with no host sync (CUDA-graph capturable, deterministic given the noise). The stats
-count sequential full-row passes: the parallel pre-pass and the parallel draw count one each.
+count sequential full-row passes: the parallel pre-pass and the parallel draw count one each. At B = 64,
+V = 151,936 with broad logits: 11 for the single-program kernel, 6 here (tests/unit/test_triton_topp.py).
+Not yet timed on a GPU: ``python benchmarks/topp_kernel.py`` prints both paths side by side.
 """
 
 from __future__ import annotations
@@ -36,6 +39,10 @@ WAYS = 4  # 2 bits a search pass; each element costs WAYS compares and adds, in 
 # the search passes hold (WAYS, step) mass and count accumulators: ptxas (sm_90, 16 warps) fits WAYS x step ≤ 16384
 # in registers (124 of 128 at 4 x 4096) and spills above, so the step defaults to SEARCH_ELEMS // WAYS
 SEARCH_ELEMS = 16384
+# candidates of the register phase: twice the single-program kernel's CAP, so broad rows list theirs one search pass
+# sooner (11 -> 6 sequential passes at V = 151,936, not 7); ptxas fits it (126 registers, no spills on sm_90) and
+# the register halvings only reduce 16 instead of 8 values a thread
+SPLIT_CAP = 8192
 
 
 @triton.jit
@@ -212,7 +219,7 @@ def _pick(best_ptr, idx_ptr, token_ptr, NC, NCP: tl.constexpr):
 
 
 def _launch_split(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, noise: torch.Tensor | None,
-                  block: int = BLOCK, cap: int = CAP, chunks: int = CHUNKS, search_block: int | None = None,
+                  block: int = BLOCK, cap: int = SPLIT_CAP, chunks: int = CHUNKS, search_block: int | None = None,
                   part_block: int = PART_BLOCK, ways: int = WAYS,
                   num_warps: int = NUM_WARPS) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """The four launches -> ((B,) int64 tokens (undefined without noise), (B,) float32 thresholds, (B, 2) int32
@@ -258,7 +265,7 @@ def _check_noise(logits: torch.Tensor, noise: torch.Tensor) -> None:
 
 
 def top_p_sample(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, noise: torch.Tensor,
-                 split: bool = True, block: int = BLOCK, cap: int = CAP) -> torch.Tensor:  # fmt: skip
+                 split: bool = True, block: int = BLOCK, cap: int | None = None) -> torch.Tensor:  # fmt: skip
     """(B, V) float32 logits, (B,) temperatures, (B,) top-p, (B, V) Exp(1) noise -> (B,) int64 tokens.
 
     The token is ``argmax`` over the row's nucleus of ``exp(logit/T − max) / noise`` (ties to the lowest
@@ -267,12 +274,12 @@ def top_p_sample(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.T
     """
     _check_noise(logits, noise)
     launch = _launch_split if split else _launch
-    return launch(logits, temperature, top_p, noise, block=block, cap=cap)[0]
+    return launch(logits, temperature, top_p, noise, block=block, cap=cap or (SPLIT_CAP if split else CAP))[0]
 
 
 def top_p_threshold(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor, split: bool = True,
-                    block: int = BLOCK, cap: int = CAP) -> torch.Tensor:  # fmt: skip
+                    block: int = BLOCK, cap: int | None = None) -> torch.Tensor:  # fmt: skip
     """(B,) float32 thresholds: token i of row b is kept iff ``logits[b, i] * (1/T[b]) > thr[b]``; ``-inf``
     where ``top_p ≥ 1``. ``split=False``: the single-program kernel's."""
     launch = _launch_split if split else _launch
-    return launch(logits, temperature, top_p, None, block=block, cap=cap)[1]
+    return launch(logits, temperature, top_p, None, block=block, cap=cap or (SPLIT_CAP if split else CAP))[1]

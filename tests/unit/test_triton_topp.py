@@ -152,6 +152,20 @@ def test_interp_split_path_equals_the_single_program_kernel(topp, split, seed, w
         assert torch.equal(again, split._launch_split(logits, temperature, top_p, noise, block=512, cap=cap)[0])
 
 
+def test_interp_split_pass_count_at_qwens_vocabulary(topp, split):
+    """V = 151,936, two rows of a random-weights model's logits at T = 0.6 (the decode-step case): the single-program
+    kernel makes 11 sequential passes over the row (max, Z, 7 halvings, the listing, the draw), the split path 6
+    (pre-pass, 3 four-way passes, the listing of up to 8192 candidates, the draw), with the same draw."""
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(2, 151_936, generator=g) * 0.78
+    temperature, top_p = torch.full((2,), 0.6), torch.tensor([0.9, 0.95])
+    noise = torch.empty_like(logits).exponential_()
+    tok_old, thr_old, stats_old = topp._launch(logits, temperature, top_p, noise)
+    tok_new, thr_new, stats_new = split._launch_split(logits, temperature, top_p, noise)
+    assert stats_old[:, 0].tolist() == [11, 11] and stats_new[:, 0].tolist() == [6, 6]
+    assert torch.equal(tok_new, tok_old) and torch.equal(thr_new, thr_old)
+
+
 def test_interp_split_against_the_sort(topp, split):
     """The split path on the 16 rows of several spreads: the sort's nucleus (but next to p), the reference draw."""
     logits, temperature, top_p = _rows(3000, seed=3)
@@ -201,7 +215,14 @@ def test_split_kernels_compile_for_hopper(tmp_path):
     ints = ("V", "stride_l", "stride_n", "CHUNK", "NC")
     ptrs = {"idx_ptr": "*i32", "token_ptr": "*i64", "stats_ptr": "*i32"}
     sblock = split.SEARCH_ELEMS // split.WAYS
-    search = {"NCP": 8, "BLOCK": split.BLOCK, "SBLOCK": sblock, "WAYS": split.WAYS, "CAP": split.CAP, "DRAW": True}
+    search = {
+        "NCP": 8,
+        "BLOCK": split.BLOCK,
+        "SBLOCK": sblock,
+        "WAYS": split.WAYS,
+        "CAP": split.SPLIT_CAP,
+        "DRAW": True,
+    }
     _ptx_for_hopper(split._chunk_stats, ints, ptrs, {"BLOCK": split.PART_BLOCK}, split.PART_WARPS)
     _ptx_for_hopper(split._race, ints, ptrs, {"NCP": 8, "BLOCK": split.PART_BLOCK}, split.PART_WARPS)
     _ptx_for_hopper(split._pick, ints, ptrs, {"NCP": 8}, 1)
