@@ -8,10 +8,10 @@ probability ``p_i`` — instead of ``torch.multinomial``, which synchronises wit
 cannot live in a CUDA graph.
 
 Top-p methods (``top_p_method``): ``sort`` (:func:`top_p_filter`, transformers' rule verbatim), ``bisect``
-(:func:`top_p_bisect`, torch ops), ``triton`` (:mod:`r1v.generation.triton_topp`: temperature, top-p and
-the draw in one kernel; CUDA only, needs triton, imported lazily) and ``auto`` (``triton`` for CUDA logits
-when triton imports, else ``sort``). All use the same noise from torch's RNG, so a seed gives the same
-tokens whichever method runs (up to float ties at the nucleus boundary and in the race).
+(:func:`top_p_bisect`, torch ops), ``triton`` (:mod:`r1v.generation.triton_topp_split`: temperature, top-p
+and the draw in Triton kernels with no host sync; CUDA only, needs triton, imported lazily) and ``auto``
+(``triton`` for CUDA logits when triton imports, else ``sort``). All use the same noise from torch's RNG, so
+a seed gives the same tokens whichever method runs (up to float ties at the nucleus boundary and in the race).
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ def draw(logits: torch.Tensor, seen: torch.Tensor | None, penalty: torch.Tensor 
         return logits.argmax(-1)
     method = resolve_top_p_method(top_p_method, logits.device) if top_p is not None else None
     if method == "triton":
-        from .triton_topp import top_p_sample  # lazy: triton is optional
+        from .triton_topp_split import top_p_sample  # lazy: triton is optional
 
         logits = logits.float().contiguous()  # (B, V), a no-op for the engine's float32 logits
         race = torch.empty_like(logits).exponential_()  # (B, V), the same draws as the torch path below

@@ -28,6 +28,9 @@ on broad random logits, ~0.2 ms on Zipf-like ones, against 1.5-1.6 ms for the so
 leaves half the H200's 132 SMs idle at B = 64 and each pass is bound by one SM's L2 latency, so the
 pass count is what costs. A row whose candidates never fit (thousands of tied logits at the threshold)
 ends by halvings over the row alone (at most ~60 passes).
+:mod:`r1v.generation.triton_topp_split` (what ``top_p_method=triton`` runs) cuts those passes: a parallel
+(row, chunk) pre-pass for steps 1-2, four-way search passes, a parallel draw; this single-program kernel stays
+as its ``split=False`` and the reference its tests compare against.
 Rows with ``p ≥ 1`` keep every token (no search). Everything is a fixed-order reduction: the result is
 deterministic given the noise. Importing this module needs triton; :mod:`r1v.generation.sampling`
 imports it lazily. Under ``TRITON_INTERPRET=1`` (set before triton is first imported) it runs on CPU

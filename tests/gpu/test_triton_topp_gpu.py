@@ -1,4 +1,5 @@
-"""GPU: the Triton top-p sampler (r1v/generation/triton_topp.py) at Qwen's vocabulary against the torch sort."""
+"""GPU: the Triton top-p sampler at Qwen's vocabulary against the torch sort: the single-program kernel
+(r1v/generation/triton_topp.py, ``split=False``) and the split path (r1v/generation/triton_topp_split.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from r1v.generation.sampling import draw, top_p_filter
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 triton_topp = pytest.importorskip("r1v.generation.triton_topp", reason="needs triton")
+from r1v.generation import triton_topp_split  # noqa: E402 (after the skip where triton is missing)
 
 B, V = 64, 151_936
 
@@ -34,11 +36,12 @@ def _above(scaled: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(probs).scatter_(1, order, ranked.cumsum(-1) - ranked)
 
 
+@pytest.mark.parametrize("split", [False, True])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_kept_set_and_tokens_equal_the_sort(seed):
+def test_kept_set_and_tokens_equal_the_sort(seed, split):
     logits, temperature, top_p = _case(seed)
     scaled = logits / temperature[:, None]  # (B, V)
-    thr = triton_topp.top_p_threshold(logits, temperature, top_p)  # (B,)
+    thr = triton_topp_split.top_p_threshold(logits, temperature, top_p, split=split)  # (B,)
     ours = logits * (1 / temperature)[:, None] > thr[:, None]  # (B, V) kept
     # the rule in float64: kept iff the mass above is below p (up to float32 summation error)
     above, p = _above(scaled), top_p.double()[:, None]
@@ -50,13 +53,52 @@ def test_kept_set_and_tokens_equal_the_sort(seed):
     rows = top_p < 0.999
     assert differ[rows].any(-1).sum() <= 4 and bool(((above - p).abs() < 1e-5)[differ & rows[:, None]].all())
     noise = torch.empty_like(logits).exponential_()
-    tokens = triton_topp.top_p_sample(logits, temperature, top_p, noise)
+    tokens = triton_topp_split.top_p_sample(logits, temperature, top_p, noise, split=split)
     expected = (ref.softmax(-1) / noise).argmax(-1)
     same = (tokens == expected) | differ.any(-1)
     assert bool(same.all()), (~same).nonzero().flatten().tolist()
     assert bool(ours.gather(1, tokens[:, None]).all())
-    again = triton_topp.top_p_sample(logits, temperature, top_p, noise)
+    again = triton_topp_split.top_p_sample(logits, temperature, top_p, noise, split=split)
     assert torch.equal(tokens, again)  # deterministic given the noise
+
+
+def _broad(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A random-weights model's logits, N(0, 0.78²), at T = 0.6: many search passes; p from 0.5 to 1."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    logits = torch.randn(B, V, device="cuda", generator=g) * 0.78
+    top_p = torch.tensor([0.5, 0.8, 0.9, 0.95, 0.99, 0.999, 1e-6, 1.0], device="cuda").repeat(B // 8)
+    return logits, torch.full((B,), 0.6, device="cuda"), top_p
+
+
+@pytest.mark.parametrize("case", ["lm", "broad"])
+def test_split_path_equals_the_single_program_kernel(case):
+    """Same noise: the same thresholds and tokens (but where a rounding of Z decides, next to p), in fewer
+    sequential passes over the row; against the sort at B = 64, V = 151,936."""
+    logits, temperature, top_p = _case(7) if case == "lm" else _broad(7)
+    noise = torch.empty_like(logits).exponential_()
+    tok_old, thr_old, stats_old = triton_topp._launch(logits, temperature, top_p, noise)
+    tok_new, thr_new, stats_new = triton_topp_split._launch_split(logits, temperature, top_p, noise)
+    scaled = logits / temperature[:, None]
+    above, p = _above(scaled), top_p.double()[:, None]
+    ours = logits * (1 / temperature)[:, None] > thr_new[:, None]
+    near = (above - p).abs() < 1e-5  # (B, V) tokens whose fate a float rounding may decide
+    boundary = (ours != (logits * (1 / temperature)[:, None] > thr_old[:, None])).any(-1)
+    assert bool(near[boundary].any(-1).all()) if boundary.any() else True
+    # a token at the threshold of a flat row holds ~1e-5 of the mass (~1e-7 at p ≥ 0.99), Z's rounding ~1e-7:
+    # there the two paths may part by a token or a few (on the CPU at B = 16: one row of 8 at p ≤ 0.95)
+    assert int(boundary[top_p <= 0.95].sum()) <= 4 and torch.equal(tok_new[~boundary], tok_old[~boundary])
+    assert bool((above < p + 1e-5)[ours].all()) and bool((above >= p - 1e-5)[~ours].all())
+    ref = top_p_filter(scaled, top_p)
+    keep = top_p <= 0.95  # the float32 cumsum of broad rows drifts by ~1e-6 (see test_kept_set_and_tokens_...)
+    differ = (ours != ~ref.isinf()).any(-1) & keep
+    expected = (ref.softmax(-1) / noise).argmax(-1)
+    assert int(differ.sum()) <= 4 and torch.equal(tok_new[keep & ~differ], expected[keep & ~differ])
+    searched = top_p < 1
+    assert bool((stats_new[searched, 0] < stats_old[searched, 0]).all() if case == "broad" else True), (
+        stats_old[:, 0].tolist(),
+        stats_new[:, 0].tolist(),
+    )
+    assert bool((stats_new[:, 0] <= stats_old[:, 0]).all())
 
 
 def test_draw_is_seeded_like_the_sort():
@@ -74,14 +116,17 @@ def test_captures_in_a_cuda_graph():
     noise = torch.empty_like(logits).exponential_()
     static_logits, static_noise = logits.clone(), noise.clone()
     triton_topp.top_p_sample(static_logits, temperature, top_p, static_noise)  # compile outside the capture
+    triton_topp_split.top_p_sample(static_logits, temperature, top_p, static_noise)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         captured = triton_topp.top_p_sample(static_logits, temperature, top_p, static_noise)
+        split = triton_topp_split.top_p_sample(static_logits, temperature, top_p, static_noise)
     other, _, _ = _case(5)
     static_logits.copy_(other)
     static_noise.exponential_()
     graph.replay()
     assert torch.equal(captured, triton_topp.top_p_sample(other, temperature, top_p, static_noise))
+    assert torch.equal(split, triton_topp_split.top_p_sample(other, temperature, top_p, static_noise))
 
     sampled = torch.cuda.CUDAGraph()  # the whole draw, noise generation included
     draw(static_logits, None, None, temperature, top_p, False, "triton")
@@ -114,6 +159,7 @@ def _times(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor)
              for m in ("sort", "bisect", "triton")}  # fmt: skip
     noise = torch.empty_like(logits).exponential_()
     times["kernel only"] = _ms(lambda: triton_topp.top_p_sample(logits, temperature, top_p, noise))
+    times["split kernels"] = _ms(lambda: triton_topp_split.top_p_sample(logits, temperature, top_p, noise))
     return times
 
 

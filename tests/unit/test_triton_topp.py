@@ -1,4 +1,5 @@
-"""The Triton top-p sampler (r1v/generation/triton_topp.py) on the CPU, through triton's interpreter.
+"""The Triton top-p sampler (r1v/generation/triton_topp.py and its split path, triton_topp_split.py) on the CPU,
+through triton's interpreter.
 
 Triton reads ``TRITON_INTERPRET`` when a kernel is decorated, its own library functions included, so the
 kernel tests need it set before triton is first imported: ``test_kernels_under_the_interpreter`` runs
@@ -33,6 +34,14 @@ def topp():
     from r1v.generation import triton_topp
 
     return triton_topp
+
+
+@pytest.fixture(scope="module")
+def split(topp):
+    """r1v.generation.triton_topp_split with interpreted kernels."""
+    from r1v.generation import triton_topp_split
+
+    return triton_topp_split
 
 
 def _rows(v: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -96,6 +105,136 @@ def test_interp_ties_masked_tokens_and_one_row(topp):
     assert int(tokens[2]) == int((ref.softmax(-1) / noise[2:]).argmax())
     one = topp.top_p_sample(logits[2:], temperature[2:], top_p[2:], noise[2:], block=128, cap=16)
     assert one.shape == (1,) and int(one) == int(tokens[2])
+
+
+def _varied(v: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(8, v) rows: broad Gaussian (a random-weights model's logits at T = 0.6), Zipf-like, peaked, a -inf tail
+    (whole chunks of it), tied logits at the threshold; p from 1e-6 to 1."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(8, v, generator=g) * 0.78
+    ranks = torch.rand(2, v, generator=g).argsort(-1).float() + 1
+    logits[2:4] = -1.1 * ranks.log() + 0.3 * torch.randn(2, v, generator=g)  # Zipf-like
+    logits[4, 11] += 30.0  # one token holds nearly all the mass
+    logits[5, v // 3 :] = float("-inf")
+    logits[6] = torch.randint(0, 4, (v,), generator=g).float()  # ~v/4 tokens tied at each value
+    temperature = torch.tensor([0.6, 0.6, 1.0, 0.7, 1.0, 0.6, 1.0, 0.6])
+    top_p = torch.tensor([0.9, 0.95, 0.9, 1.0, 0.5, 0.9, 0.6, 1e-6])
+    return logits, temperature, top_p
+
+
+@pytest.mark.parametrize(("seed", "ways"), [(0, 4), (1, 4), (2, 8), (3, 2)])
+def test_interp_split_path_equals_the_single_program_kernel(topp, split, seed, ways):
+    """The same noise: the same thresholds and tokens as ``split=False`` (both sides with the same loop step, so
+    their masses add in the same order; only Z is summed otherwise, by chunks), in fewer sequential passes;
+    2 ways are the single-program kernel's halvings (only the pre-pass saves one)."""
+    logits, temperature, top_p = _varied(4096, seed)
+    noise = torch.empty_like(logits).exponential_()
+    for cap in (4096, 16):
+        tok_old, thr_old, stats_old = topp._launch(logits, temperature, top_p, noise, block=512, cap=cap)
+        tok_new, thr_new, stats_new = split._launch_split(logits, temperature, top_p, noise, block=512, cap=cap,
+                                                          search_block=512, part_block=256, ways=ways)  # fmt: skip
+        # a float rounding of Z may move the threshold only where the mass above a token is p·Z to ~1e-6
+        scaled = logits / temperature[:, None]
+        near = ((_above(scaled) - top_p.double()[:, None]).abs() < 1e-6).any(-1)
+        same = thr_old == thr_new
+        assert bool(near[~same].all()) and int((~same).sum()) <= 1, (thr_old, thr_new)
+        assert torch.equal(tok_new[same], tok_old[same]) and torch.equal(stats_new[:, 1], stats_old[:, 1])
+        kept = logits * (1 / temperature)[:, None] > thr_new[:, None]
+        assert bool(kept.gather(1, tok_new[:, None]).all()) and bool(kept[top_p >= 1].all())
+        assert int(kept[7].sum()) == 1 and int(tok_new[4]) == 11 and int(tok_new[5]) < 4096 // 3
+        searched = stats_old[:, 0] > 4  # rows whose search made passes over the row
+        assert bool((stats_new[:, 0] <= stats_old[:, 0]).all()) and bool(
+            (stats_new[searched, 0] < stats_old[searched, 0]).all()
+        )
+        if cap == 16 and ways >= 4:  # broad rows: ~8 halvings become ~4 four-way passes (~3 eight-way)
+            assert float(stats_old[:2, 0].float().mean() - stats_new[:2, 0].float().mean()) >= 4, (stats_old, stats_new)
+        again = split.top_p_sample(logits, temperature, top_p, noise, block=512, cap=cap)
+        assert torch.equal(again, split._launch_split(logits, temperature, top_p, noise, block=512, cap=cap)[0])
+
+
+def test_interp_split_pass_count_at_qwens_vocabulary(topp, split):
+    """V = 151,936, two rows of a random-weights model's logits at T = 0.6 (the decode-step case): the single-program
+    kernel makes 11 sequential passes over the row (max, Z, 7 halvings, the listing, the draw), the split path 6
+    (pre-pass, 3 four-way passes, the listing of up to 8192 candidates, the draw), with the same draw."""
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(2, 151_936, generator=g) * 0.78
+    temperature, top_p = torch.full((2,), 0.6), torch.tensor([0.9, 0.95])
+    noise = torch.empty_like(logits).exponential_()
+    tok_old, thr_old, stats_old = topp._launch(logits, temperature, top_p, noise)
+    tok_new, thr_new, stats_new = split._launch_split(logits, temperature, top_p, noise)
+    assert stats_old[:, 0].tolist() == [11, 11] and stats_new[:, 0].tolist() == [6, 6]
+    assert torch.equal(tok_new, tok_old) and torch.equal(thr_new, thr_old)
+
+
+def test_interp_split_against_the_sort(topp, split):
+    """The split path on the 16 rows of several spreads: the sort's nucleus (but next to p), the reference draw."""
+    logits, temperature, top_p = _rows(3000, seed=3)
+    noise = torch.empty_like(logits).exponential_()
+    tokens, thr, _ = split._launch_split(logits, temperature, top_p, noise, block=512, cap=64, search_block=512,
+                                         part_block=256, chunks=5)  # fmt: skip
+    scaled = logits / temperature[:, None]
+    ref = top_p_filter(scaled, top_p)
+    ours = logits * (1 / temperature)[:, None] > thr[:, None]
+    differ = ours != ~ref.isinf()
+    near = ((_above(scaled) - top_p.double()[:, None]).abs() < 1e-6)[differ]
+    assert bool(near.all()) and differ.any(-1).sum() <= 2
+    expected = (ref.softmax(-1) / noise).argmax(-1)
+    assert torch.equal(tokens[~differ.any(-1)], expected[~differ.any(-1)])
+    default_steps = split._launch_split(logits, temperature, top_p, None, block=512, cap=64)[1]
+    assert torch.equal(split.top_p_threshold(logits, temperature, top_p, block=512, cap=64), default_steps)
+    assert torch.equal(split.top_p_threshold(logits, temperature, top_p, split=False, block=512, cap=64),
+                       topp.top_p_threshold(logits, temperature, top_p, block=512, cap=64))  # fmt: skip
+
+
+def _ptx_for_hopper(fn, ints: tuple[str, ...], pointers: dict[str, str], constexprs: dict, num_warps: int) -> str:
+    """PTX of a kernel compiled for sm_90 from its source (no GPU needed): arguments are fp32 pointers unless named."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    sig = {
+        a: "constexpr" if a in constexprs else "i32" if a in ints else pointers.get(a, "*fp32") for a in fn.arg_names
+    }
+    src = ASTSource(fn=fn, signature=sig, constexprs=constexprs)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps}).asm["ptx"]
+
+
+def test_split_kernels_compile_for_hopper(tmp_path):
+    """The interpreter does not type-check as the compiler does (one type per name across loops and branches): the
+    split path's kernels compile for sm_90 here, and ptxas fits the search's accumulators without spills."""
+    if INTERPRETED:
+        pytest.skip("compiled kernels: the process without the interpreter")
+    pytest.importorskip("triton")
+    import os
+    import subprocess
+
+    import triton
+
+    from r1v.generation import triton_topp_split as split
+
+    ints = ("V", "stride_l", "stride_n", "CHUNK", "NC")
+    ptrs = {"idx_ptr": "*i32", "token_ptr": "*i64", "stats_ptr": "*i32"}
+    sblock = split.SEARCH_ELEMS // split.WAYS
+    search = {
+        "NCP": 8,
+        "BLOCK": split.BLOCK,
+        "SBLOCK": sblock,
+        "WAYS": split.WAYS,
+        "CAP": split.SPLIT_CAP,
+        "DRAW": True,
+    }
+    _ptx_for_hopper(split._chunk_stats, ints, ptrs, {"BLOCK": split.PART_BLOCK}, split.PART_WARPS)
+    _ptx_for_hopper(split._race, ints, ptrs, {"NCP": 8, "BLOCK": split.PART_BLOCK}, split.PART_WARPS)
+    _ptx_for_hopper(split._pick, ints, ptrs, {"NCP": 8}, 1)
+    ptx = _ptx_for_hopper(split._search, ints, ptrs, search, split.NUM_WARPS)
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    if not os.path.exists(ptxas):
+        return
+    src, out = tmp_path / "search.ptx", tmp_path / "search.cubin"
+    src.write_text(ptx)
+    cmd = [ptxas, "-v", "--gpu-name", "sm_90a", str(src), "-o", str(out)]
+    info = subprocess.run(cmd, capture_output=True, text=True, check=True).stderr
+    assert "0 bytes spill stores" in info, info
 
 
 def test_interp_choose_with_triton_draws_what_the_sort_draws(topp):
