@@ -94,8 +94,9 @@ class StaticEngine:
         if top_p_method not in TOP_P_METHODS:
             raise ValueError(f"rollout 'static': top_p_method '{top_p_method}' is not one of "
                              f"{', '.join(TOP_P_METHODS)}")  # fmt: skip
-        if top_p_method == "triton" and not triton_available():
-            raise ValueError("rollout 'static': top_p_method 'triton' needs triton, which does not import here")
+        if top_p_method in ("triton", "triton_split") and not triton_available():
+            raise ValueError(f"rollout 'static': top_p_method '{top_p_method}' needs triton, which does not import "
+                             "here")  # fmt: skip
         self.top_p_method = top_p_method
         if attention not in ATTENTION:
             raise ValueError(f"rollout 'static': attention '{attention}' is not one of {', '.join(ATTENTION)}")

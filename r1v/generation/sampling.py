@@ -8,9 +8,11 @@ probability ``p_i`` — instead of ``torch.multinomial``, which synchronises wit
 cannot live in a CUDA graph.
 
 Top-p methods (``top_p_method``): ``sort`` (:func:`top_p_filter`, transformers' rule verbatim), ``bisect``
-(:func:`top_p_bisect`, torch ops), ``triton`` (:mod:`r1v.generation.triton_topp_split`: temperature, top-p
-and the draw in Triton kernels with no host sync; CUDA only, needs triton, imported lazily) and ``auto``
-(``triton`` for CUDA logits when triton imports, else ``sort``). All use the same noise from torch's RNG, so
+(:func:`top_p_bisect`, torch ops), ``triton`` (:mod:`r1v.generation.triton_topp`: temperature, top-p and
+the draw in one kernel, one program per row; CUDA only, needs triton, imported lazily), ``triton_split``
+(:mod:`r1v.generation.triton_topp_split`: the same rule in fewer sequential passes over each row, the max, Z
+and the draw spread over several programs per row; opt-in until timed on a GPU: benchmarks/topp_kernel.py) and
+``auto`` (``triton`` for CUDA logits when triton imports, else ``sort``). All use the same noise from torch's RNG, so
 a seed gives the same tokens whichever method runs (up to float ties at the nucleus boundary and in the race).
 """
 
@@ -23,7 +25,8 @@ from typing import Literal
 
 import torch
 
-TopPMethod = Literal["auto", "sort", "bisect", "triton"]  # the annotation composition checks knobs against
+# the annotation composition checks knobs against
+TopPMethod = Literal["auto", "sort", "bisect", "triton", "triton_split"]
 TOP_P_METHODS: tuple[str, ...] = typing.get_args(TopPMethod)
 
 
@@ -132,12 +135,12 @@ def draw(logits: torch.Tensor, seen: torch.Tensor | None, penalty: torch.Tensor 
     if greedy:
         return logits.argmax(-1)
     method = resolve_top_p_method(top_p_method, logits.device) if top_p is not None else None
-    if method == "triton":
+    if method in ("triton", "triton_split"):
         from .triton_topp_split import top_p_sample  # lazy: triton is optional
 
         logits = logits.float().contiguous()  # (B, V), a no-op for the engine's float32 logits
         race = torch.empty_like(logits).exponential_()  # (B, V), the same draws as the torch path below
-        return top_p_sample(logits, temperature, top_p, race)
+        return top_p_sample(logits, temperature, top_p, race, split=method == "triton_split")
     logits = logits / temperature[:, None]
     if top_p is not None:
         logits = top_p_bisect(logits, top_p) if method == "bisect" else top_p_filter(logits, top_p)
