@@ -46,6 +46,7 @@ VARIANTS = {
     "split-K triton attention": {"attention": "triton"},
     "split-K triton attention + split-K GEMMs": {"attention": "triton", "split_k": True},
     "split-K triton attention + whole-step compile": {"attention": "triton", "compile_scope": "step"},
+    "split-K triton attention + split top-p": {"attention": "triton", "top_p_method": "triton_split"},
     # measured 4.5x slower on an H100 (13.8 vs 3.1 ms per step, 2026-12-06): kept to re-check on other torch versions
     "split-K triton attention + max-autotune GEMMs": {"attention": "triton", "compile_mode": "max-autotune"},
 }
