@@ -72,6 +72,32 @@ def _row(lrow, o, V, inv_t):
 
 
 @triton.jit
+def _refine(lrow, crow, V, inv_t, lo, hi, base, goal, m, BLOCK: tl.constexpr, CAP: tl.constexpr):
+    """Step 4: the ≤ CAP candidates in (lo, hi] to the row's scratch ``crow`` (row order), then the remaining
+    halvings on them in registers; returns the final ``lo`` (the kept set is ``{s > float(lo)}``)."""
+    lo_f = _unkey(lo)
+    hi_f = _unkey(hi)
+    offs = tl.arange(0, BLOCK)
+    cnt = tl.zeros([], tl.int32)
+    for start in range(0, V, BLOCK):
+        s = _row(lrow, start + offs, V, inv_t)
+        cand = (s > lo_f) & (s <= hi_f)
+        pos = cnt + tl.cumsum(cand.to(tl.int32), 0) - 1
+        tl.store(crow + pos, s, mask=cand & (pos < CAP))
+        cnt += tl.sum(cand.to(tl.int32), 0)
+    tl.debug_barrier()  # the stores above are read back by other threads of this program
+    c = tl.arange(0, CAP)
+    sc = tl.load(crow + c, mask=c < cnt, other=float("-inf"))  # (CAP,) candidates' s
+    ec = tl.exp(sc - m)
+    while hi - lo > 1:
+        mid = lo + (hi - lo) // 2
+        below = base + tl.sum(tl.where(sc > _unkey(mid), ec, 0.0), 0) < goal
+        hi = tl.where(below, mid, hi)
+        lo = tl.where(below, lo, mid)
+    return lo
+
+
+@triton.jit
 def _top_p_kernel(
     logits_ptr,  # (B, V) float32, unit stride along V
     noise_ptr,  # (B, V) float32 Exp(1) draws (unused when not DRAW)
@@ -142,25 +168,7 @@ def _top_p_kernel(
 
     if hi - lo > 1:
         # 4. the ≤ CAP candidates (lo, hi] to scratch (row order), then the remaining halvings in registers
-        lo_f = _unkey(lo)
-        hi_f = _unkey(hi)
-        crow = cand_ptr + row * CAP
-        cnt = tl.zeros([], tl.int32)
-        for start in range(0, V, BLOCK):
-            s = _row(lrow, start + offs, V, inv_t)
-            cand = (s > lo_f) & (s <= hi_f)
-            pos = cnt + tl.cumsum(cand.to(tl.int32), 0) - 1
-            tl.store(crow + pos, s, mask=cand & (pos < CAP))
-            cnt += tl.sum(cand.to(tl.int32), 0)
-        tl.debug_barrier()  # the stores above are read back by other threads of this program
-        c = tl.arange(0, CAP)
-        sc = tl.load(crow + c, mask=c < cnt, other=neg_inf)  # (CAP,) candidates' s
-        ec = tl.exp(sc - m)
-        while hi - lo > 1:
-            mid = lo + (hi - lo) // 2
-            below = base + tl.sum(tl.where(sc > _unkey(mid), ec, 0.0), 0) < goal
-            hi = tl.where(below, mid, hi)
-            lo = tl.where(below, lo, mid)
+        lo = _refine(lrow, cand_ptr + row * CAP, V, inv_t, lo, hi, base, goal, m, BLOCK, CAP)
         passes += 1
         mode = tl.full([], 2, tl.int32)
 

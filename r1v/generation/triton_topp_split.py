@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_topp import _KEY_NEG_INF, BLOCK, CAP, NUM_WARPS, _check, _key, _launch, _row, _unkey
+from .triton_topp import _KEY_NEG_INF, BLOCK, CAP, NUM_WARPS, _check, _key, _launch, _refine, _row, _unkey
 
 CHUNKS = 8  # chunks per row of the parallel passes: B = 64 rows x 8 = 512 programs over an H100's 132 SMs
 PART_BLOCK = 2048  # elements per loop step of the parallel passes
@@ -148,26 +148,7 @@ def _search(
 
     if hi - lo > 1:
         # 4. the ≤ CAP candidates (lo, hi] to scratch (row order), then the remaining halvings in registers
-        lo_f = _unkey(lo)
-        hi_f = _unkey(hi)
-        offs = tl.arange(0, BLOCK)
-        crow = cand_ptr + row * CAP
-        cnt = tl.zeros([], tl.int32)
-        for start in range(0, V, BLOCK):
-            s = _row(lrow, start + offs, V, inv_t)
-            cand = (s > lo_f) & (s <= hi_f)
-            pos = cnt + tl.cumsum(cand.to(tl.int32), 0) - 1
-            tl.store(crow + pos, s, mask=cand & (pos < CAP))
-            cnt += tl.sum(cand.to(tl.int32), 0)
-        tl.debug_barrier()  # the stores above are read back by other threads of this program
-        slot = tl.arange(0, CAP)
-        sc = tl.load(crow + slot, mask=slot < cnt, other=neg_inf)  # (CAP,) candidates' s
-        ec = tl.exp(sc - m)
-        while hi - lo > 1:
-            mid = lo + (hi - lo) // 2
-            below = base + tl.sum(tl.where(sc > _unkey(mid), ec, 0.0), 0) < goal
-            hi = tl.where(below, mid, hi)
-            lo = tl.where(below, lo, mid)
+        lo = _refine(lrow, cand_ptr + row * CAP, V, inv_t, lo, hi, base, goal, m, BLOCK, CAP)
         passes += 1
         mode = tl.full([], 2, tl.int32)
 
