@@ -40,6 +40,7 @@ RANGES: dict[str, str] = {
     "stage.gradient_clip_val": ">= 0 or null; 0 or null: no clipping",
     "stage.clip_grad_norm": ">= 0 or null; 0 or null: no clipping",
     "stage.loss_chunk_tokens": ">= 0; 0: transformers' loss over the full logits",
+    "stage.text_teacher": ">= 0; 0: off (the answer's loss only)",
     "stage.pack_max_tokens": ">= 1",
     "stage.logp_chunk": ">= 1",
     "stage.max_nonfinite": ">= 1; non-finite steps in a row before the run stops",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -73,17 +73,21 @@ class Collator:
 
     The length is checked here, on the one encoding the batch needs, not when rows are read: no row is tokenized
     twice, start-up stays flat however large the data, and every dataset (synthetic, JSONL, a plugin's) is covered.
+
+    ``teacher=True`` (``stage.text_teacher``) also encodes each sample's text view (:meth:`text_twins`).
     """
 
     def __init__(self, processor: Processor, target: str | None, padding_side: str = "right",
                  pack_max_tokens: int | None = None, attn: str = "sdpa",
-                 limits: Limits | None = None) -> None:  # fmt: skip
+                 limits: Limits | None = None, teacher: bool = False) -> None:  # fmt: skip
+        if teacher and (pack_max_tokens or padding_side != "right"):
+            raise ConfigError("stage.text_teacher needs padded, right-aligned rows: set stage.packing=false")
         self.processor, self.target, self.padding_side = processor, target, padding_side
         self.pack_max_tokens, self.attn = pack_max_tokens, attn  # packing: rows of up to this many tokens
-        self.limits = limits
+        self.limits, self.teacher = limits, teacher
 
     def __call__(self, samples: list[Sample]) -> dict[str, Any]:
-        screen, encoded = _Screen(self.limits), []
+        screen, encoded, kept = _Screen(self.limits), [], []
         for s in samples:
             if is_pad(s):  # a repeat that only keeps the ranks in step (not a skipped sample)
                 continue
@@ -97,6 +101,7 @@ class Collator:
                 continue
             if not screen.too_long(s, len(e["input_ids"])):
                 encoded.append(e)
+                kept.append(s)
         if not encoded:
             return {**screen.counts(), "empty": True}
         if self.pack_max_tokens:
@@ -106,7 +111,41 @@ class Collator:
         batch.update(screen.counts())
         if torch.is_tensor(batch.get("labels")):  # the tokens the loss averages over (SFTStage.token_weight)
             batch["loss_tokens"] = int((batch["labels"][:, 1:] != -100).sum())
+        if self.teacher:
+            batch.update(self.text_twins(kept, encoded))
         return batch
+
+    def text_twins(self, samples: list[Sample], encoded: list[dict[str, Any]]) -> dict[str, Any]:
+        """The text twins of the samples that carry a text view (``meta["text_view"]``: the question with every
+        medium written out as text, what the substitute LM reads instead of the media) and where each student row
+        lines up with its twin: every position when both have the same length (the text gives one token per
+        media token, as ``synthetic_omni``'s clips do), else their longest common suffix (the question after the
+        last medium, and the answer). Returns ``teacher`` (the twins' ``input_ids`` and ``attention_mask``, right
+        padded), ``teacher_src`` and ``teacher_dst`` ((N, 2) row and position pairs, student and twin), and
+        ``teacher_missing`` (samples without a usable view), or only the last when no sample has one."""
+        twins, src, dst, missing = [], [], [], 0
+        for row, (s, e) in enumerate(zip(samples, encoded, strict=True)):
+            view = s.meta.get("text_view")
+            text_only = dict(images=[], image_paths=[], audios=[], audio_paths=[], videos=[], video_paths=[])
+            try:
+                twin = view and self.processor.encode(replace(s, question=view, **text_only), self.target)
+            except (ValueError, OSError):
+                twin = None
+            if not twin:
+                missing += 1
+                continue
+            a, b = e["input_ids"], twin["input_ids"]
+            k = len(a)  # positions compared, counted from each row's end
+            if len(a) != len(b):
+                k = next((j for j in range(min(len(a), len(b))) if a[-1 - j] != b[-1 - j]), min(len(a), len(b)))
+            src += [(row, p) for p in range(len(a) - k, len(a))]
+            dst += [(len(twins), p) for p in range(len(b) - k, len(b))]
+            twins.append(twin)
+        if not twins:
+            return {"teacher_missing": missing}
+        t = self.processor.collate(twins, "right")
+        pairs = {"teacher_src": torch.tensor(src), "teacher_dst": torch.tensor(dst), "teacher_missing": missing}
+        return {"teacher": {"input_ids": t["input_ids"], "attention_mask": t["attention_mask"]}, **pairs}
 
 
 class PairCollator:

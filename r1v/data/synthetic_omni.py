@@ -203,9 +203,11 @@ def generate(index: int, split: str = "train", seed: int = 0, image_size: int = 
                f"{'triangle' if t == 1 else 'triangles'}, so {answer}.")  # fmt: skip
     else:
         raise ValueError(f"data.tasks: unknown omni task '{task}' (known: {', '.join(TASKS)})")
-    return Sample(id=f"omni-{split}-{seed}-{index}", question=question, answer=answer, images=images, reasoning=why,
-                  meta={"task": task, "kind": KIND[task], "media_text": media}, audios=audios,
-                  videos=videos)  # fmt: skip
+    sample = Sample(id=f"omni-{split}-{seed}-{index}", question=question, answer=answer, images=images,
+                    reasoning=why, meta={"task": task, "kind": KIND[task], "media_text": media}, audios=audios,
+                    videos=videos)  # fmt: skip
+    sample.meta["text_view"] = described(sample)  # what stage.text_teacher's substitute reads
+    return sample
 
 
 class SyntheticOmni(Dataset):

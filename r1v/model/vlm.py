@@ -136,14 +136,17 @@ class VisionLanguageModel(nn.Module):
         position_ids: torch.Tensor | None = None,
         audio_features: torch.Tensor | None = None,
         audio_frames: torch.Tensor | None = None,
+        all_layers: bool = False,
         **kwargs: Any,
-    ) -> torch.Tensor:
+    ) -> Any:
         """(B, L) ids [+ tiles] -> (B, L, D) the backbone's last hidden states, without the LM head (for losses
-        that run the head in chunks: :func:`r1v.rl.grpo.chunked_logprobs`)."""
+        that run the head in chunks: :func:`r1v.rl.grpo.chunked_logprobs`); ``all_layers``: the embeddings and
+        every layer's output, L + 1 tensors of (B, L, D), the last one the same final-normed states."""
         embeds = self.embed(input_ids, pixel_values, audio_features, audio_frames)
-        base = self.backbone.base_model
-        return base(inputs_embeds=embeds, attention_mask=attention_mask,
-                    position_ids=_positions(attention_mask, position_ids), **kwargs).last_hidden_state  # fmt: skip
+        out = self.backbone.base_model(inputs_embeds=embeds, attention_mask=attention_mask,
+                                       position_ids=_positions(attention_mask, position_ids),
+                                       output_hidden_states=all_layers, **kwargs)  # fmt: skip
+        return out.hidden_states if all_layers else out.last_hidden_state
 
     @torch.no_grad()
     def generate(

@@ -8,7 +8,7 @@ validation answers come from :class:`~r1v.stages.base.LightningStage`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -41,7 +41,13 @@ class SFTStage(LightningStage):
         pack = int(self.stage["pack_max_tokens"]) if self.stage["packing"] else None
         attn = getattr(self.model.backbone.config, "_attn_implementation", "sdpa") or "sdpa"
         limits = self.data_limits()
-        return Collator(self.processor, self.stage["target"], pack_max_tokens=pack, attn=attn, limits=limits)
+        return Collator(self.processor, self.stage["target"], pack_max_tokens=pack, attn=attn, limits=limits,
+                        teacher=self.text_teacher > 0)  # fmt: skip
+
+    @property
+    def text_teacher(self) -> float:
+        """``stage.text_teacher``: weight of the text-teacher term in the loss (0: off; :meth:`teacher_loss`)."""
+        return float(self.stage.get("text_teacher") or 0.0)
 
     # -- steps ---------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
@@ -87,6 +93,8 @@ class SFTStage(LightningStage):
         over the full logits. The two are equal (tests/unit/test_model.py)."""
         kw = {"position_ids": batch.get("position_ids"), **batch.get("attn_kwargs", {}), **audio_inputs(batch)}
         chunk = int(self.stage["loss_chunk_tokens"])
+        if self.text_teacher and "teacher" in batch:
+            return self.teacher_loss(batch, kw, chunk)
         if not chunk:
             return self.model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["labels"],
                               **kw).loss  # fmt: skip
@@ -97,5 +105,37 @@ class SFTStage(LightningStage):
         logp, _ = chunked_logprobs(self.model.backbone.get_output_embeddings(), h, targets, chunk)
         return -logp.mean()
 
+    def teacher_loss(self, batch: dict[str, Any], kw: dict[str, Any], chunk: int) -> torch.Tensor:
+        """The answer's cross-entropy + ``stage.text_teacher`` × how far the LM's states on the media are from its
+        states on the media's text (DiVA-style distillation from the substitute reading the text; Held et al.,
+        2024). The same frozen LM reads each sample's text twin without gradients; at every position where the
+        rows line up (:meth:`r1v.data.collate.Collator.text_twins`) and in every layer, the squared distance
+        between the two hidden states, relative to the twin's squared norm, averaged over the layers. The answer
+        alone is a weak signal for an adapter that must make each media token read as the LM's own token (on the
+        tiny omni clips: 30–44% held-out on the beeps after align, 83% with this term: benchmarks/README.md)."""
+        states = self.model.hidden_states(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
+                                          all_layers=True, **kw)  # fmt: skip  # (layers + 1) × (B, L, D)
+        labels = batch["labels"][:, 1:]  # (B, L-1): position t predicts token t+1
+        keep = labels != -100
+        h, targets = states[-1][:, :-1][keep][None], labels[keep][None]  # (1, N, D), (1, N)
+        logp, _ = chunked_logprobs(self.model.backbone.get_output_embeddings(), h, targets, chunk or h.shape[1])
+        twin = batch["teacher"]
+        with torch.no_grad():
+            ref = self.model.hidden_states(twin["input_ids"], twin["attention_mask"], all_layers=True)
+        match = teacher_distance(states, ref, batch["teacher_src"], batch["teacher_dst"])
+        self.log("train/text_teacher", match.detach(), batch_size=len(batch["ids"]))
+        return -logp.mean() + self.text_teacher * match
+
     def validation_step(self, samples: list[Sample], batch_idx: int) -> None:
         self.validate_answers(samples, batch_idx)
+
+
+def teacher_distance(states: Sequence[torch.Tensor], ref: Sequence[torch.Tensor], src: torch.Tensor,
+                     dst: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """Mean over the layers (``states[1:]``: the embeddings are not compared) of Σ‖student − twin‖² / Σ‖twin‖² at
+    the aligned positions: ``src`` / ``dst`` (N, 2) row and position pairs into the student's and the twin's
+    (B, L, D) states. 0 when the media read exactly as their text."""
+    (rs, ps), (rt, pt) = src.T, dst.T
+    terms = [(s[rs, ps].float() - r[rt, pt].float()).pow(2).sum() / r[rt, pt].float().pow(2).sum().clamp_min(1e-12)
+             for s, r in zip(states[1:], ref[1:], strict=True)]  # fmt: skip
+    return torch.stack(terms).mean()

@@ -122,14 +122,14 @@ def _varied(v: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     return logits, temperature, top_p
 
 
-@pytest.mark.parametrize(("seed", "ways"), [(0, 4), (3, 2)])  # 8 ways: the GPU test and the sweep
-def test_interp_split_path_equals_the_single_program_kernel(topp, split, seed, ways):
+@pytest.mark.parametrize(("seed", "ways", "caps"), [(0, 4, (4096, 16)), (3, 2, (16,))])  # 8 ways: the GPU test
+def test_interp_split_path_equals_the_single_program_kernel(topp, split, seed, ways, caps):
     """The same noise: the same thresholds and tokens as ``split=False`` (both sides with the same loop step, so
     their masses add in the same order; only Z is summed otherwise, by chunks), in fewer sequential passes;
     2 ways are the single-program kernel's halvings (only the pre-pass saves one)."""
     logits, temperature, top_p = _varied(4096, seed)
     noise = torch.empty_like(logits).exponential_()
-    for cap in (4096, 16):
+    for cap in caps:
         tok_old, thr_old, stats_old = topp._launch(logits, temperature, top_p, noise, block=512, cap=cap)
         tok_new, thr_new, stats_new = split._launch_split(logits, temperature, top_p, noise, block=512, cap=cap,
                                                           search_block=512, part_block=256, ways=ways)  # fmt: skip
@@ -148,8 +148,8 @@ def test_interp_split_path_equals_the_single_program_kernel(topp, split, seed, w
         )
         if cap == 16 and ways >= 4:  # broad rows: ~8 halvings become ~4 four-way passes (~3 eight-way)
             assert float(stats_old[:2, 0].float().mean() - stats_new[:2, 0].float().mean()) >= 4, (stats_old, stats_new)
-        again = split.top_p_sample(logits, temperature, top_p, noise, block=512, cap=cap)
-        assert torch.equal(again, split._launch_split(logits, temperature, top_p, noise, block=512, cap=cap)[0])
+    again = split.top_p_sample(logits, temperature, top_p, noise, block=512, cap=16)  # the defaults' other knobs
+    assert torch.equal(again, split._launch_split(logits, temperature, top_p, noise, block=512, cap=16)[0])
 
 
 def test_interp_split_pass_count_at_qwens_vocabulary(topp, split):
@@ -260,7 +260,7 @@ def test_interp_draws_follow_the_tempered_nucleus_distribution(topp):
     """Draws (one per row, fresh noise) within 4 sigma of softmax(logits / T) renormalised on the nucleus."""
     torch.manual_seed(0)
     logits = torch.tensor([2.0, 1.5, 1.0, 0.0, -1.0, -3.0])
-    n, t, p = 384, 0.7, 0.9
+    n, t, p = 192, 0.7, 0.9  # the exact draw is checked against the sort's above; this is the distribution
     knobs = Knobs(torch.full((n,), t), torch.full((n,), p), None)
     draws = choose(logits.expand(n, -1).contiguous(), knobs, greedy=False, seen=None, top_p_method="triton")
     assert_follows_nucleus(draws, logits, t, p)
