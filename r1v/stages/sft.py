@@ -67,6 +67,9 @@ class SFTStage(LightningStage):
         self.log("train/answer_tokens", float(n_tokens), reduce_fx="sum", batch_size=len(batch["ids"]))
         self.log("train/skipped_samples", float(self.position.skipped), batch_size=1)
         self.log("train/nonfinite_skipped", float(self.guard.total), batch_size=1)  # cumulative, every step
+        if self.text_teacher:  # rows trained on the answer alone: no text view, or one that cannot be encoded
+            self.log("train/text_teacher_missing", float(batch.get("teacher_missing", 0)), reduce_fx="sum",
+                     batch_size=len(batch["ids"]))  # fmt: skip
         return loss if weight is None else loss * weight
 
     def token_weight(self, batch: dict[str, Any]) -> float | None:

@@ -51,7 +51,11 @@ def test_kept_set_and_tokens_equal_the_sort(seed, split):
     ref = top_p_filter(scaled, top_p)
     differ = ours != ~ref.isinf()
     rows = top_p < 0.999
-    assert differ[rows].any(-1).sum() <= 4 and bool(((above - p).abs() < 1e-5)[differ & rows[:, None]].all())
+    # every differing token within 1e-5 of p in float64 (measured on an H100 at seed 1, p = 0.99: 3 rows for the
+    # single-program kernel, 5 for the split one, one token each, all within 7e-7); the row count guards a broken rule
+    differing = differ & rows[:, None]
+    assert int(differing.any(-1).sum()) <= 8
+    assert bool(((above - p).abs() < 1e-5)[differing].all())
     noise = torch.empty_like(logits).exponential_()
     tokens = triton_topp_split.top_p_sample(logits, temperature, top_p, noise, split=split)
     expected = (ref.softmax(-1) / noise).argmax(-1)

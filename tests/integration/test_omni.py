@@ -50,6 +50,9 @@ def test_the_audio_align_run_lowers_the_loss_and_reaches_most_of_what_the_text_g
     teacher = [float(r["train/text_teacher"]) for r in csv.DictReader((run / "metrics.csv").open())
                if r.get("train/text_teacher")]  # fmt: skip
     assert sum(teacher[-10:]) < 0.2 * sum(teacher[:10]), (teacher[:10], teacher[-10:])
+    missing = [float(r["train/text_teacher_missing"]) for r in csv.DictReader((run / "metrics.csv").open())
+               if r.get("train/text_teacher_missing")]  # fmt: skip
+    assert missing and sum(missing) == 0  # every omni sample carries its text view
     val = [float(r["val/accuracy"]) for r in csv.DictReader((run / "metrics.csv").open()) if r.get("val/accuracy")]
     assert val[-1] >= 0.8 * text["all"], (val, text)
 
