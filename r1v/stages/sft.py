@@ -96,7 +96,7 @@ class SFTStage(LightningStage):
         over the full logits. The two are equal (tests/unit/test_model.py)."""
         kw = {"position_ids": batch.get("position_ids"), **batch.get("attn_kwargs", {}), **audio_inputs(batch)}
         chunk = int(self.stage["loss_chunk_tokens"])
-        if self.text_teacher and "teacher" in batch:
+        if "teacher" in batch and self.text_teacher:  # the collator adds twins only when the teacher is on
             return self.teacher_loss(batch, kw, chunk)
         if not chunk:
             return self.model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["labels"],
