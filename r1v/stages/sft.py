@@ -114,8 +114,9 @@ class SFTStage(LightningStage):
         2024). The same frozen LM reads each sample's text twin without gradients; at every position where the
         rows line up (:meth:`r1v.data.collate.Collator.text_twins`) and in every layer, the squared distance
         between the two hidden states, relative to the twin's squared norm, averaged over the layers. The answer
-        alone is a weak signal for an adapter that must make each media token read as the LM's own token (on the
-        tiny omni clips: 30–44% held-out on the beeps after align, 83% with this term: benchmarks/README.md)."""
+        alone is a weak signal for an adapter that must make each media token read as the LM's own token (the tiny
+        omni clips after align: 28–42% held-out on the beeps, 98% with this term; benchmarks/README.md). With a
+        trainable backbone the twin is read by the current weights: a moving teacher."""
         states = self.model.hidden_states(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
                                           all_layers=True, **kw)  # fmt: skip  # (layers + 1) × (B, L, D)
         labels = batch["labels"][:, 1:]  # (B, L-1): position t predicts token t+1
