@@ -102,11 +102,7 @@ class SFTStage(LightningStage):
             return self.model(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["labels"],
                               **kw).loss  # fmt: skip
         hidden = self.model.hidden_states(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], **kw)
-        labels = batch["labels"][:, 1:]  # (B, L-1): position t predicts token t+1
-        keep = labels != -100
-        h, targets = hidden[:, :-1][keep][None], labels[keep][None]  # (1, N, D), (1, N): answer tokens only
-        logp, _ = chunked_logprobs(self.model.backbone.get_output_embeddings(), h, targets, chunk)
-        return -logp.mean()
+        return answer_nll(self.model.backbone.get_output_embeddings(), hidden, batch["labels"], chunk)
 
     def teacher_loss(self, batch: dict[str, Any], kw: dict[str, Any], chunk: int) -> torch.Tensor:
         """The answer's cross-entropy + ``stage.text_teacher`` × how far the LM's states on the media are from its
@@ -119,19 +115,26 @@ class SFTStage(LightningStage):
         trainable backbone the twin is read by the current weights: a moving teacher."""
         states = self.model.hidden_states(batch["input_ids"], batch["attention_mask"], batch["pixel_values"],
                                           all_layers=True, **kw)  # fmt: skip  # (layers + 1) × (B, L, D)
-        labels = batch["labels"][:, 1:]  # (B, L-1): position t predicts token t+1
-        keep = labels != -100
-        h, targets = states[-1][:, :-1][keep][None], labels[keep][None]  # (1, N, D), (1, N)
-        logp, _ = chunked_logprobs(self.model.backbone.get_output_embeddings(), h, targets, chunk or h.shape[1])
+        nll = answer_nll(self.model.backbone.get_output_embeddings(), states[-1], batch["labels"], chunk)
         twin = batch["teacher"]
         with torch.no_grad():
             ref = self.model.hidden_states(twin["input_ids"], twin["attention_mask"], all_layers=True)
         match = teacher_distance(states, ref, batch["teacher_src"], batch["teacher_dst"])
         self.log("train/text_teacher", match.detach(), batch_size=len(batch["ids"]))
-        return -logp.mean() + self.text_teacher * match
+        return nll + self.text_teacher * match
 
     def validation_step(self, samples: list[Sample], batch_idx: int) -> None:
         self.validate_answers(samples, batch_idx)
+
+
+def answer_nll(head: torch.nn.Module, hidden: torch.Tensor, labels: torch.Tensor, chunk: int) -> torch.Tensor:
+    """(B, L, D) final hidden states and (B, L) labels -> mean negative log-likelihood of the answer tokens, the LM
+    ``head`` run ``chunk`` tokens at a time (0: all at once)."""
+    labels = labels[:, 1:]  # (B, L-1): position t predicts token t+1
+    keep = labels != -100
+    h, targets = hidden[:, :-1][keep][None], labels[keep][None]  # (1, N, D), (1, N): answer tokens only
+    logp, _ = chunked_logprobs(head, h, targets, chunk or h.shape[1])
+    return -logp.mean()
 
 
 def teacher_distance(states: Sequence[torch.Tensor], ref: Sequence[torch.Tensor], src: torch.Tensor,
