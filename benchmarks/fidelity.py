@@ -10,6 +10,9 @@ select with it instead of ``chain_rules``; it carries the hard regime itself (da
   iterative rounds took (iterative.json): does iterative SFT's selection matter, or only the extra training?
 * ``sft_continued`` — plain SFT from the iterative-SFT weights for as many steps as GRPO took: GRPO or just more
   supervised steps?
+* ``iterative_gated`` — iterative SFT from the SFT stage again, its error set gated by the same reward model
+  (``stage.errors.min_score``, GATE): R1V lets every wrong answer in whatever its chain, which at a pool accuracy of
+  10–20% makes the error set most of D_t and lets the flawed chains past the filter; the same steps per round.
 * ``fixed_penalty`` — the distillation again with a fixed repetition penalty equal to DRLC's measured mean
   (distill.json), then the SFT stage on those chains: DRLC against the same average pressure spread evenly
   (held-out accuracy and mean response tokens, plus the distilled chains' mean length).
@@ -46,7 +49,10 @@ from fidelity_stats import BETTER, WORSE, paired, t_interval
 from r1v.runtime.workers import die_with_parent
 
 STAGES = ("align", "reassemble", "sft", "iterative_sft", "grpo")
-ARMS = ("recipe", "sft_extra", "sft_continued", "fixed_penalty")
+ARMS = ("recipe", "sft_extra", "sft_continued", "fixed_penalty", "iterative_gated")
+# iterative_gated: a wrong answer enters D_t only with an RM score ≥ this (0–5, quantile-calibrated: the bottom third
+# of the pool stays out). Chosen once, before any run of the arm; not tuned.
+GATE = 2
 # the regime's stages: every stage that reads training questions takes the data option (align and re-assembly
 # keep the default scenes: they stand for R1V's general alignment data)
 DATA_STAGES = ("distill", "iterative_sft", "grpo")
@@ -210,6 +216,17 @@ class Seed:
                 "chain_tokens": distill["completion_tokens"]["mean"],
                 "penalty_measured": distill["repetition_penalty"]["mean"]}  # fmt: skip
 
+    def iterative_gated(self, rec: dict[str, Any]) -> dict[str, Any]:
+        """Arm: iterative SFT from the SFT stage with the error set gated by the reward model (GATE), each round
+        capped at the recipe's longest round so the training budget matches (epochs repeat a smaller D_t)."""
+        cap = max(int(r["steps"]) for r in rec["iterative_rounds"])
+        args = self.stage_args("iterative_sft", "iterative_gated", checkpoint=self.recipe_dir / "sft",
+                               stage__errors__min_score=GATE, stage__epochs_per_round=4,
+                               stage__max_steps_per_round=cap)  # fmt: skip
+        ev = self.train_and_eval("iterative_gated", args)
+        return {"eval": ev, "min_score": GATE, "rounds": selection_facts(self.controls / "iterative_gated"),
+                "recipe_rounds": selection_facts(self.recipe_dir / "iterative_sft")}  # fmt: skip
+
     def run(self) -> dict[str, dict[str, Any]]:
         """Every arm of this seed, each skipped when its result file exists."""
         out: dict[str, dict[str, Any]] = {}
@@ -225,6 +242,18 @@ class Seed:
                 print(f"seed {self.seed}: {arm} found ({self.results / (arm + '.json')}); skipped", flush=True)
             out[arm] = res
         return out
+
+
+def selection_facts(run_dir: Path) -> list[dict[str, Any]]:
+    """Per round of an iterative-SFT run: its steps and what entered D_t (selection.json): pool accuracy, samples
+    by score and as errors, wrong answers kept out by the gate, and the data set's chains per flaw kind."""
+    steps = {int(r["round"]): r["steps"] for r in json.loads((run_dir / "iterative.json").read_text())["rounds"]}
+    keys = ("n_used", "n_rm", "n_wrong", "n_wrong_below_min_score", "pool", "pool_accuracy", "flaws")
+    out = []
+    for t in sorted(steps):
+        sel = json.loads((run_dir / "rounds" / f"round{t}" / "selection.json").read_text())
+        out.append({"round": t, "tau": sel["tau"], "steps": steps[t], **{k: sel.get(k) for k in keys}})
+    return out
 
 
 def reward_model_facts(run_dir: Path) -> dict[str, Any]:
@@ -258,7 +287,7 @@ def per_seed_values(results: dict[int, dict[str, dict[str, Any]]]) -> dict[str, 
         for stage in STAGES:
             if stage in rec["evals"]:
                 rows.setdefault(stage, {})[seed] = rec["evals"][stage]["pass@1"]
-        for arm in ("sft_extra", "sft_continued", "fixed_penalty"):
+        for arm in ("sft_extra", "sft_continued", "fixed_penalty", "iterative_gated"):
             if arm in arms:
                 rows.setdefault(arm, {})[seed] = arms[arm]["eval"]["pass@1"]
         if "fixed_penalty" in arms and "sft" in rec["evals"]:
@@ -272,6 +301,8 @@ def per_seed_values(results: dict[int, dict[str, dict[str, Any]]]) -> dict[str, 
 
 COMPARISONS = (  # (question, arm row, control row, higher is better)
     ("iterative SFT vs the same steps of plain SFT", "iterative_sft", "sft_extra", True),
+    ("iterative SFT, error set gated by the RM, vs the same steps of plain SFT", "iterative_gated", "sft_extra", True),
+    ("iterative SFT, error set gated by the RM, vs R1V's error set", "iterative_gated", "iterative_sft", True),
     ("GRPO vs the same steps of continued SFT", "grpo", "sft_continued", True),
     ("DRLC vs a fixed penalty at its mean: accuracy after SFT", "sft", "fixed_penalty", True),
     ("DRLC vs fixed: held-out response tokens", "drlc_response_tokens", "fixed_response_tokens", False),
@@ -293,6 +324,10 @@ def statistics(results: dict[int, dict[str, dict[str, Any]]]) -> dict[str, Any]:
     steps = {k: {s: results[s]["recipe"][k] for s in results} for k in ("iterative_steps", "grpo_steps")}
     penalty = {s: results[s]["recipe"]["drlc_penalty_mean"] for s in results}
     out = {"rows": summary, "comparisons": comps, "steps": steps, "drlc_penalty_mean": penalty}
+    gated = {s: {k: results[s]["iterative_gated"][k] for k in ("rounds", "recipe_rounds")}
+             for s in results if "iterative_gated" in results[s]}  # fmt: skip
+    if gated:
+        out["selection"] = gated
     rms = {s: results[s]["recipe"]["reward_model"] for s in results if results[s]["recipe"].get("reward_model")}
     return {**out, "reward_model": rms} if rms else out
 

@@ -17,7 +17,12 @@ PAPER = {"reassemble": 60.2, "sft": 62.5, "iterative_sft": 65.6, "grpo": 69.0}
 PLOTTED = ("reassemble", "sft", "iterative_sft", "grpo")
 LABELS = {"align": "align (substitute LM)", "reassemble": "re-assembly", "sft": "SFT (DRLC chains)",
           "iterative_sft": "iterative SFT", "grpo": "GRPO"}  # fmt: skip
-CONTROL_AT = {"fixed_penalty": "sft", "sft_extra": "iterative_sft", "sft_continued": "grpo"}
+CONTROL_AT = {
+    "fixed_penalty": "sft",
+    "sft_extra": "iterative_sft",
+    "sft_continued": "grpo",
+    "iterative_gated": "iterative_sft",
+}
 
 
 def _iv(row: dict[str, Any]) -> Interval:
@@ -35,7 +40,28 @@ def control_labels(data: dict[str, Any]) -> dict[str, str]:
     return {"sft_extra": f"control: SFT + {steps('iterative_steps')} plain SFT step(s) (= the iterative rounds')",
             "sft_continued": f"control: iterative SFT + {steps('grpo_steps')} SFT step(s) (= GRPO's)",
             "fixed_penalty": f"control: SFT on chains distilled at a fixed P = {'/'.join(map(str, pens))} "
-                             "(DRLC's mean)"}  # fmt: skip
+                             "(DRLC's mean)",
+            "iterative_gated": "arm: iterative SFT with its error set gated by the RM (a wrong answer enters with "
+                               "score ≥ 2)"}  # fmt: skip
+
+
+def selection_table(selection: dict[Any, Any]) -> list[str]:
+    """What entered iterative SFT's rounds, per seed and round: R1V's error set beside the gated one."""
+    if not selection:
+        return []
+    lines = ["", "| seed, round | pool accuracy | D_t: R1V (by score / as errors) | flawed chains in D_t: R1V | "
+             "D_t: gated (wrong kept out) | flawed chains in D_t: gated |", "|---|---|---|---|---|---|"]  # fmt: skip
+
+    def flawed(r: dict[str, Any]) -> str:
+        f = {k: v for k, v in (r.get("flaws") or {}).items() if k != "none"}
+        return f"{sum(f.values())} ({', '.join(f'{k} {v}' for k, v in sorted(f.items()))})" if f else "0"
+
+    for seed, sel in selection.items():
+        for rec, gated in zip(sel["recipe_rounds"], sel["rounds"], strict=False):
+            lines.append(f"| {seed}, {rec['round']} | {rec['pool_accuracy']:.2f} | {rec['n_used']} ({rec['n_rm']} / "
+                         f"{rec['n_wrong']}) | {flawed(rec)} | {gated['n_used']} ({gated['n_wrong_below_min_score']}) "
+                         f"| {flawed(gated)} |")  # fmt: skip
+    return lines
 
 
 def render(data: dict[str, Any], image: str | None = "fidelity.png") -> str:
@@ -79,6 +105,7 @@ def render(data: dict[str, Any], image: str | None = "fidelity.png") -> str:
     for c in data["comparisons"]:
         lines.append(f"| {c['question']} | {fmt_interval(_iv(c['difference']))} | {len(c['seeds'])} | "
                      f"**{c['verdict']}** |")  # fmt: skip
+    lines += selection_table(data.get("selection") or {})
     rms = data.get("reward_model") or {}
     if rms:  # --recipe r1v_hard: iterative SFT selected with the recipe's own process reward model
         acc = ", ".join(f"{v['val_pair_accuracy']:.2f}" if v.get("val_pair_accuracy") is not None else "–"
@@ -114,10 +141,12 @@ def plot(data: dict[str, Any], path: Path) -> bool:
     ax.errorbar([x[s] for s in stages], [rows[s]["mean"] for s in stages], yerr=[half(rows[s]) for s in stages],
                 fmt="o-", capsize=4, label="R1V recipe")  # fmt: skip
     labels = control_labels(data)
-    for arm, marker in (("fixed_penalty", "s"), ("sft_extra", "D"), ("sft_continued", "^")):
+    arms = (("fixed_penalty", "s", 0.12), ("sft_extra", "D", 0.12), ("sft_continued", "^", 0.12),
+            ("iterative_gated", "v", 0.24))  # fmt: skip
+    for arm, marker, dx in arms:
         if arm in rows:
             r = rows[arm]
-            ax.errorbar([x[CONTROL_AT[arm]] + 0.12], [r["mean"]], yerr=[half(r)], fmt=marker, mfc="none", capsize=3,
+            ax.errorbar([x[CONTROL_AT[arm]] + dx], [r["mean"]], yerr=[half(r)], fmt=marker, mfc="none", capsize=3,
                         label=labels[arm].removeprefix("control: "))  # fmt: skip
     ax.set_xticks(range(len(PLOTTED)), [LABELS[s] for s in PLOTTED], fontsize=8)
     ax.set_ylabel(f"held-out pass@1 (%), {data['plan']['benchmark']}")

@@ -79,6 +79,7 @@ RANGES: dict[str, str] = {
     "stage.max_steps_per_round": ">= 1",
     "stage.rm.quantiles": "(0, 1); cut points of the quantile calibration",
     "stage.errors.pool": ">= 1",
+    "stage.errors.min_score": "[0, 5] or null; null: every wrong answer enters, as in R1V",
     "stage.errors.max_new_tokens": ">= 1",
     "stage.errors.batch_size": ">= 1",
     # preference stages

@@ -69,6 +69,19 @@ def check_config(stage: Mapping[str, Any]) -> tuple[list[float], list[float]]:
     return taus, lrs
 
 
+def admission(score: float | None, tau: float, wrong: bool, min_error_score: float | None = None) -> list[str]:
+    """Why a pool sample enters D_t = {RM ≥ τ} ∪ E_{t−1} (empty: it does not).
+
+    ``wrong``: the previous model answered it wrongly. ``min_error_score`` (``stage.errors.min_score``) lets a
+    wrong answer in only with an RM score at least that; None admits every one, as R1V does. A sample the
+    scorer failed on has ``score`` None: it can enter only as an error, and not when a minimum is set.
+    """
+    reasons = [f"rm_score>={tau:g}"] if score is not None and score >= tau else []
+    if wrong and (min_error_score is None or (score is not None and score >= min_error_score)):
+        reasons.append("wrong_in_previous_round")
+    return reasons
+
+
 class IterativeSFT:
     """Runs once, outside Lightning's loop, and fits one Lightning SFT run per round."""
 
@@ -134,8 +147,8 @@ class IterativeSFT:
                 write_json_atomic(run_dir / STATE, state)
                 break
             summary = self._train_round(t, lr, len(selection["indices"]), rdir, train, val, selection, holder)
-            summary.update(round=t, tau=tau, lr=lr, **{k: selection[k] for k in ("n_used", "n_rm", "n_wrong",
-                           "pool_accuracy", "n_no_chain")})  # fmt: skip
+            summary.update(round=t, tau=tau, lr=lr, **{k: selection.get(k) for k in ("n_used", "n_rm", "n_wrong",
+                           "n_wrong_below_min_score", "pool_accuracy", "n_no_chain", "flaws")})  # fmt: skip
             state["rounds"].append(summary)
             write_json_atomic(run_dir / STATE, state)
             log.info("iterative_sft: round %d (τ=%g, lr=%g): %d samples (%d by score, %d wrong before); "
@@ -249,14 +262,14 @@ class IterativeSFT:
             _write_jsonl(rdir / "predictions.jsonl", [{"index": i, **p} for i, p in predictions.items()])
         lineage, used, no_chain = [], [], 0
         flaw_counts: Counter[str] = Counter()
-        n_rm = n_wrong = 0
+        n_rm = n_wrong = n_wrong_out = 0
+        # R1V admits every wrong answer; where the model is wrong on most of the pool that bypasses the filter
+        min_error_score = None if errors.get("min_score") is None else float(errors["min_score"])
         for k, i in enumerate(pool):
             score = scores["score"].get(i)
-            reasons = []
-            if score is not None and score >= tau:
-                reasons.append(f"rm_score>={tau:g}")
-            if i in predictions and not predictions[i]["correct"]:
-                reasons.append("wrong_in_previous_round")
+            wrong = i in predictions and not predictions[i]["correct"]
+            reasons = admission(score, tau, wrong, min_error_score)
+            n_wrong_out += wrong and "wrong_in_previous_round" not in reasons
             if not reasons:
                 continue
             sample = data[k]
@@ -275,7 +288,7 @@ class IterativeSFT:
         _write_jsonl(rdir / "lineage.jsonl", lineage)
         correct = [p["correct"] for p in predictions.values()]
         selection = {"round": t, "tau": tau, "indices": used, "n_used": len(used), "n_rm": n_rm, "n_wrong": n_wrong,
-                     "n_no_chain": no_chain, "pool": len(pool),
+                     "n_wrong_below_min_score": n_wrong_out, "n_no_chain": no_chain, "pool": len(pool),
                      "pool_accuracy": sum(correct) / len(correct) if correct else None,
                      "chains": {str(i): c for i, c in chains.items() if i in set(used)}}  # fmt: skip
         if flaw_counts:  # chains per flaw kind in D_t (none = sound): the evidence that τ filters them

@@ -96,3 +96,34 @@ def test_r1v_hard_recipe_args(fid, tmp_path):
             "steps": {"iterative_steps": {0: 3}, "grpo_steps": {0: 2}}, "drlc_penalty_mean": {0: 1.1},
             "reward_model": {0: facts}}  # fmt: skip
     assert "process reward model (2 steps; held-out pair accuracy per seed 0.75)" in render(data, image=None)
+
+
+def test_gated_arm_args_and_selection_table(fid, tmp_path, monkeypatch):
+    """iterative_gated re-runs the recipe's iterative SFT from the SFT stage with the error set gated and each round
+    capped at the recipe's longest round; its selection facts (read from the rounds' selection.json) reach a table
+    that sets R1V's error set beside the gated one."""
+    seed = fid.Seed(0, tmp_path, _plan())
+    seed.recipe_dir.mkdir(parents=True)
+    it = ["stage=iterative_sft", "stage.errors.pool=512", f"checkpoint={seed.recipe_dir}/sft", "run=iterative_sft"]
+    (seed.recipe_dir / "recipe.json").write_text(json.dumps({"stages": {"iterative_sft": {"args": it}}}))
+    for run, used, flaws, gate in (
+        (seed.recipe_dir / "iterative_sft", 498, {"none": 200, "loop": 50, "wrong_steps": 60}, {}),
+        (seed.controls / "iterative_gated", 339, {"none": 150, "wrong_steps": 51}, {"n_wrong_below_min_score": 159}),
+    ):
+        (run / "rounds" / "round1").mkdir(parents=True)
+        (run / "iterative.json").write_text(json.dumps({"rounds": [{"round": 1, "steps": 32}]}))
+        sel = {"tau": 3.0, "n_used": used, "n_rm": 256, "n_wrong": 444, "pool": 512, "pool_accuracy": 0.133,
+               "flaws": flaws, **gate}  # fmt: skip
+        (run / "rounds" / "round1" / "selection.json").write_text(json.dumps(sel))
+    seen = {}
+    monkeypatch.setattr(seed, "train_and_eval", lambda run, args: seen.setdefault(run, args) and {"pass@1": 12.5})
+    res = seed.iterative_gated({"iterative_rounds": [{"steps": 32}, {"steps": 31}]})
+    args = seen["iterative_gated"]
+    assert f"checkpoint={seed.recipe_dir / 'sft'}" in args and f"stage.errors.min_score={fid.GATE}" in args
+    assert "stage.max_steps_per_round=32" in args and "stage.errors.pool=512" in args and args[-1] == "resume=auto"
+    assert res["eval"] == {"pass@1": 12.5} and res["rounds"][0]["n_wrong_below_min_score"] == 159
+    assert res["recipe_rounds"][0]["n_wrong_below_min_score"] is None and res["recipe_rounds"][0]["steps"] == 32
+    from fidelity_report import selection_table
+
+    row = selection_table({0: res})[-1]
+    assert row == "| 0, 1 | 0.13 | 498 (256 / 444) | 110 (loop 50, wrong_steps 60) | 339 (159) | 51 (wrong_steps 51) |"

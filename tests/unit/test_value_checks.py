@@ -57,6 +57,8 @@ def test_a_bad_value_stops_python_m_r1v_train_with_one_line_before_anything_is_b
     (["stage=grpo", "stage.rollout.top_p=0"], "stage.rollout.top_p=0: must be in (0, 1] (1: no nucleus cut)"),
     (["stage=iterative_sft", "stage.taus=[2,6]"], "stage.taus=[2, 6]: each value must be in [0, 5] (R1V's 0–5 "
                                                   "reward-model scale); 6 is not"),
+    (["stage=iterative_sft", "stage.errors.min_score=7"], "stage.errors.min_score=7: must be in [0, 5] or null "
+                                                          "(null: every wrong answer enters, as in R1V)"),
     (["trainer.num_nodes=0"], "trainer.num_nodes=0: must be >= 1"),
     (["evaluation.every_n_steps=0"], "evaluation.every_n_steps=0: must be >= 1"),
     (["model.vision.select_layer=last"], "model.vision.select_layer='last': expected an integer (vision 'tiny')"),
