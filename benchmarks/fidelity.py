@@ -45,11 +45,13 @@ from typing import Any
 
 from fidelity_report import render, write_outputs  # benchmarks/ (scripts run as python benchmarks/<name>.py)
 from fidelity_stats import BETTER, WORSE, paired, t_interval
+from flaw_auc import auc, held_out_chains, score_held_out
 
 from r1v.runtime.workers import die_with_parent
 
 STAGES = ("align", "reassemble", "sft", "iterative_sft", "grpo")
-ARMS = ("recipe", "sft_extra", "sft_continued", "fixed_penalty", "iterative_gated")
+ARMS = ("recipe", "sft_extra", "sft_continued", "fixed_penalty", "iterative_gated", "rm_auc")
+RM_AUC_QUESTIONS = 300  # held-out questions the recipe's reward model scores (sound + each flaw kind), as flaw_auc.py
 # iterative_gated: a wrong answer enters D_t only with an RM score ≥ this (0–5, quantile-calibrated: the bottom third
 # of the pool stays out). Chosen once, before any run of the arm; not tuned.
 GATE = 2
@@ -227,6 +229,19 @@ class Seed:
         return {"eval": ev, "min_score": GATE, "rounds": selection_facts(self.controls / "iterative_gated"),
                 "recipe_rounds": selection_facts(self.recipe_dir / "iterative_sft")}  # fmt: skip
 
+    def rm_auc(self, rec: dict[str, Any]) -> dict[str, Any]:
+        """The recipe's own reward model as a filter (issue 27's bar: AUC ≥ 0.8): flaw_auc.py's paired held-out
+        chains scored by it; per flaw kind the AUC of sound against flawed (ties half)."""
+        rm_run = self.recipe_dir / "reward_model"
+        if "reward_model" not in rec:
+            return {"skipped": "the recipe trains no reward model"}
+        chains = held_out_chains(RM_AUC_QUESTIONS, self.seed)
+        raw = score_held_out(rm_run, chains)
+        sound = raw.pop("none")
+        aucs = {k: round(auc(sound, v), 4) for k, v in raw.items()}
+        aucs["all"] = round(auc(sound, [x for v in raw.values() for x in v]), 4)
+        return {"questions": RM_AUC_QUESTIONS, "auc": aucs}
+
     def run(self) -> dict[str, dict[str, Any]]:
         """Every arm of this seed, each skipped when its result file exists."""
         out: dict[str, dict[str, Any]] = {}
@@ -328,7 +343,9 @@ def statistics(results: dict[int, dict[str, dict[str, Any]]]) -> dict[str, Any]:
              for s in results if "iterative_gated" in results[s]}  # fmt: skip
     if gated:
         out["selection"] = gated
-    rms = {s: results[s]["recipe"]["reward_model"] for s in results if results[s]["recipe"].get("reward_model")}
+    rms = {s: {**results[s]["recipe"]["reward_model"], **({"auc": results[s]["rm_auc"]["auc"]}
+                                                          if "auc" in results[s].get("rm_auc", {}) else {})}
+           for s in results if results[s]["recipe"].get("reward_model")}  # fmt: skip
     return {**out, "reward_model": rms} if rms else out
 
 

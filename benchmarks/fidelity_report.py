@@ -113,6 +113,12 @@ def render(data: dict[str, Any], image: str | None = "fidelity.png") -> str:
         steps = "/".join(sorted({str(v["steps"]) for v in rms.values()}))
         lines += ["", f"Iterative SFT scored its chains with the recipe's process reward model ({steps} steps; "
                   f"held-out pair accuracy per seed {acc}), quantile-calibrated onto 0–5."]  # fmt: skip
+        aucs = {s: v["auc"] for s, v in rms.items() if v.get("auc")}
+        if aucs:  # issue 27's bar for reading a negative iterative-SFT result: flawed chains filterable at AUC ≥ 0.8
+            kinds = list(next(iter(aucs.values())))
+            lines += ["", "| reward model as a filter: AUC sound vs flawed, held-out chains | "
+                      + " | ".join(f"seed {s}" for s in aucs) + " |", "|---|" + "---|" * len(aucs)]  # fmt: skip
+            lines += [f"| {k} | " + " | ".join(f"{a[k]:.2f}" for a in aucs.values()) + " |" for k in kinds]
     lines += ["", "A verdict is *better*/*worse* when the paired difference's 95% interval excludes 0 (for lengths: "
               "*shorter* / *longer*); fewer than two seeds give no interval (*not distinguishable*)."]  # fmt: skip
     if image:

@@ -90,6 +90,9 @@ def main() -> None:
                     help="the reward model's training signal (process: per-step labels, pool=steps)")  # fmt: skip
     ap.add_argument("--rm-args", nargs="*", default=[], help="more reward-model overrides (data.flaws.loop=0 …)")
     ap.add_argument("--work", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
+    ap.add_argument("--rm-run", type=Path, default=None,
+                    help="score with this trained reward model (a run folder, e.g. a recipe's reward_model "
+                         "stage) instead of training one; --steps, --lr, --objective, --rm-args go unused")  # fmt: skip
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/flaw_auc.json"))
     args = ap.parse_args()
     import numpy as np
@@ -102,19 +105,26 @@ def main() -> None:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         s = f"seed={args.seed}"
-        if not (work / "runs/re/final").exists():
+        rm_run = args.rm_run or work / "runs/rm"
+        if args.rm_run is not None:
+            if not (rm_run / "metrics.csv").is_file():
+                raise SystemExit(f"--rm-run {rm_run}: no metrics.csv there (not a reward_model run folder)")
+            if args.baselines:
+                raise SystemExit("--baselines needs the re-assembled model of a trained run; leave out --rm-run")
+        elif not (work / "runs/re/final").exists():
             train(work, "run=align", s)
             train(work, "stage=reassemble", "model=tiny_reasoner", "checkpoint=runs/align", "run=re", s)
-        objective = ["stage.objective=process", "stage.head.pool=steps"] if args.objective == "process" else []
-        shutil.rmtree(work / "runs/rm", ignore_errors=True)  # a kept work folder: the reward model is retrained
-        train(work, "stage=reward_model", "model=tiny_reasoner", "checkpoint=runs/re", "data=synthetic_hard_pairs",
-              "data.n_val=128", "run=rm", s, f"stage.lr={args.lr}", f"stage.max_steps={args.steps}",
-              f"stage.val_every={args.steps}", "stage.ckpt_every=0", *objective, *args.rm_args)  # fmt: skip
-        rows = list(csv.DictReader((work / "runs/rm/metrics.csv").open()))
+        if args.rm_run is None:
+            objective = ["stage.objective=process", "stage.head.pool=steps"] if args.objective == "process" else []
+            shutil.rmtree(rm_run, ignore_errors=True)  # a kept work folder: the reward model is retrained
+            train(work, "stage=reward_model", "model=tiny_reasoner", "checkpoint=runs/re", "data=synthetic_hard_pairs",
+                  "data.n_val=128", "run=rm", s, f"stage.lr={args.lr}", f"stage.max_steps={args.steps}",
+                  f"stage.val_every={args.steps}", "stage.ckpt_every=0", *objective, *args.rm_args)  # fmt: skip
+        rows = list(csv.DictReader((rm_run / "metrics.csv").open()))
         val_pair_accuracy = [float(r["val/pair_accuracy"]) for r in rows if r.get("val/pair_accuracy")][-1]
         trained_s = time.time() - t0
         chains = held_out_chains(args.n, args.seed)
-        raw = score_held_out(work / "runs/rm", chains)
+        raw = score_held_out(rm_run, chains)
         baselines = baseline_scores(work / "runs/re", chains) if args.baselines else {}
     # The pool iterative SFT would score: each question's chain flawed at the default shares; its quantiles set
     # the 0–5 cut points, applied to every scored chain.
@@ -124,7 +134,8 @@ def main() -> None:
     cuts = [float(np.quantile(pool, q)) for q in (1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6)]  # calibrate's cut points
     scaled = {k: [float(sum(v >= c for c in cuts)) for v in vs] for k, vs in raw.items()}
     result: dict[str, object] = {
-        "seed": args.seed, "objective": args.objective, "rm_args": args.rm_args, "steps": args.steps, "lr": args.lr,
+        "seed": args.seed, "rm_run": str(args.rm_run) if args.rm_run else None,
+        "objective": args.objective, "rm_args": args.rm_args, "steps": args.steps, "lr": args.lr,
         "held_out_questions": args.n,
         "rm_val_pair_accuracy": val_pair_accuracy, "train_s": round(trained_s, 1),
         "auc_raw": {k: round(auc(raw["none"], raw[k]), 4) for k in FLAWS},

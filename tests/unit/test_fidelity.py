@@ -127,3 +127,25 @@ def test_gated_arm_args_and_selection_table(fid, tmp_path, monkeypatch):
 
     row = selection_table({0: res})[-1]
     assert row == "| 0, 1 | 0.13 | 498 (256 / 444) | 110 (loop 50, wrong_steps 60) | 339 (159) | 51 (wrong_steps 51) |"
+
+
+def test_rm_auc_arm_scores_the_recipes_reward_model(fid, tmp_path, monkeypatch):
+    """rm_auc: the recipe's own reward model on paired held-out chains, AUC per flaw kind and over all flawed chains
+    (ties half), reported per seed under the table; a recipe without a reward model is skipped, not failed."""
+    seed = fid.Seed(1, tmp_path, _plan(recipe="r1v_hard"))
+    monkeypatch.setattr(fid, "held_out_chains", lambda n, s: {"n": n, "seed": s})
+    raw = {"none": [3.0, 2.0], "loop": [0.0, -1.0], "wrong_steps": [2.0, 4.0]}
+    seen = []
+    monkeypatch.setattr(fid, "score_held_out", lambda run, chains: seen.append((run, chains)) or dict(raw))
+    res = seed.rm_auc({"reward_model": {"steps": 1000}})
+    assert seen == [(seed.recipe_dir / "reward_model", {"n": fid.RM_AUC_QUESTIONS, "seed": 1})]
+    # wrong_steps: 3>2, 3<4, 2=2 (half), 2<4 → 1.5/4; all: the 4 loop pairs won + 1.5 → 5.5/8
+    assert res["auc"] == {"loop": 1.0, "wrong_steps": 0.375, "all": 0.6875}
+    assert seed.rm_auc({}) == {"skipped": "the recipe trains no reward model"}
+    from fidelity_report import render
+
+    data = {"plan": _plan(recipe="r1v_hard"), "seeds": [1], "rows": {}, "comparisons": [],
+            "steps": {"iterative_steps": {1: 3}, "grpo_steps": {1: 2}}, "drlc_penalty_mean": {1: 1.1},
+            "reward_model": {1: {"steps": 1000, "val_pair_accuracy": 0.7, "auc": res["auc"]}}}  # fmt: skip
+    md = render(data, image=None)
+    assert "| wrong_steps | 0.38 |" in md and "| all | 0.69 |" in md and "| seed 1 |" in md
