@@ -55,6 +55,7 @@ RM_AUC_QUESTIONS = 300  # held-out questions the recipe's reward model scores (s
 # iterative_gated: a wrong answer enters D_t only with an RM score ≥ this (0–5, quantile-calibrated: the bottom third
 # of the pool stays out). Chosen once, before any run of the arm; not tuned.
 GATE = 2
+GRPO_LR = "grpo_lr"  # arm-name prefix of --grpo-lr's GRPO runs
 # the regime's stages: every stage that reads training questions takes the data option (align and re-assembly
 # keep the default scenes: they stand for R1V's general alignment data)
 DATA_STAGES = ("distill", "iterative_sft", "grpo")
@@ -113,8 +114,9 @@ def python_m(module: str, args: list[str], cwd: Path, log: Path) -> None:
 class Seed:
     """One seed's work: its recipe folder, its controls' folder and its result files."""
 
-    def __init__(self, seed: int, out: Path, plan: dict[str, Any]) -> None:
+    def __init__(self, seed: int, out: Path, plan: dict[str, Any], grpo_lrs: tuple[str, ...] = ()) -> None:
         self.seed, self.out, self.plan = seed, out, plan
+        self.arms = (*ARMS, *(f"{GRPO_LR}{lr}" for lr in grpo_lrs))  # --grpo-lr: GRPO again at other learning rates
         self.recipe_dir = out / "runs" / f"s{seed}"
         self.controls = out / "runs" / f"s{seed}-controls"
         self.results = out / "results" / f"s{seed}"
@@ -242,14 +244,25 @@ class Seed:
         aucs["all"] = round(auc(sound, [x for v in raw.values() for x in v]), 4)
         return {"questions": RM_AUC_QUESTIONS, "auc": aucs}
 
+    def grpo_at(self, lr: str) -> dict[str, Any]:
+        """Arm ``grpo_lr<lr>``: the recipe's GRPO stage again from the iterative-SFT weights at another learning
+        rate, every other argument its own (the tuning sweep: compared with continued SFT like the recipe's)."""
+        run = f"{GRPO_LR}{lr}"
+        return {"eval": self.train_and_eval(run, self.stage_args("grpo", run, stage__lr=lr)), "lr": lr}
+
     def run(self) -> dict[str, dict[str, Any]]:
         """Every arm of this seed, each skipped when its result file exists."""
         out: dict[str, dict[str, Any]] = {}
-        for arm in ARMS:
+        for arm in self.arms:
             res = self.result(arm)
             if res is None:
                 start = time.perf_counter()
-                res = self.run_recipe() if arm == "recipe" else getattr(self, arm)(out["recipe"])
+                if arm == "recipe":
+                    res = self.run_recipe()
+                elif arm.startswith(GRPO_LR):
+                    res = self.grpo_at(arm.removeprefix(GRPO_LR))
+                else:
+                    res = getattr(self, arm)(out["recipe"])
                 res["minutes"] = round((time.perf_counter() - start) / 60, 2)
                 write_json(self.results / f"{arm}.json", res)
                 print(f"seed {self.seed}: {arm} done in {res['minutes']} min", flush=True)
@@ -302,7 +315,13 @@ def per_seed_values(results: dict[int, dict[str, dict[str, Any]]]) -> dict[str, 
         for stage in STAGES:
             if stage in rec["evals"]:
                 rows.setdefault(stage, {})[seed] = rec["evals"][stage]["pass@1"]
-        for arm in ("sft_extra", "sft_continued", "fixed_penalty", "iterative_gated"):
+        for arm in (
+            "sft_extra",
+            "sft_continued",
+            "fixed_penalty",
+            "iterative_gated",
+            *sorted(a for a in arms if a.startswith(GRPO_LR)),
+        ):
             if arm in arms:
                 rows.setdefault(arm, {})[seed] = arms[arm]["eval"]["pass@1"]
         if "fixed_penalty" in arms and "sft" in rec["evals"]:
@@ -330,7 +349,10 @@ def statistics(results: dict[int, dict[str, dict[str, Any]]]) -> dict[str, Any]:
     rows = per_seed_values(results)
     summary = {name: {"per_seed": vals, **t_interval(list(vals.values())).as_dict()} for name, vals in rows.items()}
     comps = []
-    for question, arm, control, higher in COMPARISONS:
+    lrs = sorted({a for arms in results.values() for a in arms if a.startswith(GRPO_LR)})
+    extra = [(f"GRPO at lr {a.removeprefix(GRPO_LR)} vs the same steps of continued SFT", a, "sft_continued", True)
+             for a in lrs]  # fmt: skip
+    for question, arm, control, higher in (*COMPARISONS, *extra):
         if arm in rows and control in rows:
             comp = paired(arm, control, rows[arm], rows[control], higher_is_better=higher).as_dict()
             if not higher:  # a length: DRLC is meant to be shorter on easy questions, not "better" per se
@@ -359,6 +381,13 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a few steps per stage: checks the plumbing")
     ap.add_argument("--eval-limit", type=int, default=None, help="held-out questions (default 1000; quick 32)")
     ap.add_argument("--eval-max-new-tokens", type=int, default=256)
+    ap.add_argument(
+        "--grpo-lr",
+        nargs="*",
+        default=[],
+        metavar="LR",
+        help="also GRPO from the iterative-SFT weights at these learning rates (arms grpo_lr<LR>)",
+    )
     ap.add_argument("--override", action="append", default=[], metavar="STAGE=ARG",
                     help="append ARG to one recipe stage's args, e.g. grpo=stage.max_steps=200")  # fmt: skip
     a = ap.parse_args()
@@ -378,7 +407,7 @@ def main() -> None:
     if plan_file.is_file() and json.loads(plan_file.read_text()) != json.loads(json.dumps(plan)):
         raise SystemExit(f"{out} was started with another plan ({plan_file}); use another --out")
     write_json(plan_file, plan)
-    results = {seed: Seed(seed, out, plan).run() for seed in a.seeds}
+    results = {seed: Seed(seed, out, plan, tuple(a.grpo_lr)).run() for seed in a.seeds}
     stats = statistics(results)
     data = {"plan": plan, "seeds": a.seeds, **stats, "per_seed": results}
     md = render(data)

@@ -42,7 +42,9 @@ def control_labels(data: dict[str, Any]) -> dict[str, str]:
             "fixed_penalty": f"control: SFT on chains distilled at a fixed P = {'/'.join(map(str, pens))} "
                              "(DRLC's mean)",
             "iterative_gated": "arm: iterative SFT with its error set gated by the RM (a wrong answer enters with "
-                               "score ≥ 2)"}  # fmt: skip
+                               "score ≥ 2)",
+            **{k: f"arm: GRPO at lr {k.removeprefix('grpo_lr')} (from iterative SFT, GRPO's steps)"
+               for k in sorted(data["rows"]) if k.startswith("grpo_lr")}}  # fmt: skip
 
 
 def selection_table(selection: dict[Any, Any]) -> list[str]:
@@ -147,12 +149,18 @@ def plot(data: dict[str, Any], path: Path) -> bool:
     ax.errorbar([x[s] for s in stages], [rows[s]["mean"] for s in stages], yerr=[half(rows[s]) for s in stages],
                 fmt="o-", capsize=4, label="R1V recipe")  # fmt: skip
     labels = control_labels(data)
-    arms = (("fixed_penalty", "s", 0.12), ("sft_extra", "D", 0.12), ("sft_continued", "^", 0.12),
-            ("iterative_gated", "v", 0.24))  # fmt: skip
+    arms = (
+        ("fixed_penalty", "s", 0.12),
+        ("sft_extra", "D", 0.12),
+        ("sft_continued", "^", 0.12),
+        ("iterative_gated", "v", 0.24),
+        *((k, "P", 0.24 + 0.12 * i) for i, k in enumerate(sorted(r for r in rows if r.startswith("grpo_lr")))),
+    )
     for arm, marker, dx in arms:
         if arm in rows:
             r = rows[arm]
-            ax.errorbar([x[CONTROL_AT[arm]] + dx], [r["mean"]], yerr=[half(r)], fmt=marker, mfc="none", capsize=3,
+            at = x[CONTROL_AT.get(arm, "grpo")] + dx  # --grpo-lr arms beside GRPO
+            ax.errorbar([at], [r["mean"]], yerr=[half(r)], fmt=marker, mfc="none", capsize=3,
                         label=labels[arm].removeprefix("control: "))  # fmt: skip
     ax.set_xticks(range(len(PLOTTED)), [LABELS[s] for s in PLOTTED], fontsize=8)
     ax.set_ylabel(f"held-out pass@1 (%), {data['plan']['benchmark']}")

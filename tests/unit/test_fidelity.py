@@ -149,3 +149,22 @@ def test_rm_auc_arm_scores_the_recipes_reward_model(fid, tmp_path, monkeypatch):
             "reward_model": {1: {"steps": 1000, "val_pair_accuracy": 0.7, "auc": res["auc"]}}}  # fmt: skip
     md = render(data, image=None)
     assert "| wrong_steps | 0.38 |" in md and "| all | 0.69 |" in md and "| seed 1 |" in md
+
+
+def test_grpo_lr_arms_rerun_grpo_from_iterative_sft_and_compare_with_continued_sft(fid, tmp_path, monkeypatch):
+    seed = fid.Seed(0, tmp_path, _plan(), grpo_lrs=("1e-3",))
+    assert seed.arms[-1] == "grpo_lr1e-3" and seed.arms[: len(fid.ARMS)] == fid.ARMS
+    seed.recipe_dir.mkdir(parents=True)
+    grpo = ["stage=grpo", "stage.lr=5e-3", f"checkpoint={seed.recipe_dir}/iterative_sft", "run=grpo"]
+    (seed.recipe_dir / "recipe.json").write_text(json.dumps({"stages": {"grpo": {"args": grpo}}}))
+    seen = {}
+    monkeypatch.setattr(seed, "train_and_eval", lambda run, args: seen.setdefault(run, args) and {"pass@1": 30.0})
+    assert seed.grpo_at("1e-3") == {"eval": {"pass@1": 30.0}, "lr": "1e-3"}
+    args = seen["grpo_lr1e-3"]
+    assert "stage.lr=1e-3" in args and "stage.lr=5e-3" not in args and "run=grpo_lr1e-3" in args
+    assert f"checkpoint={seed.recipe_dir}/iterative_sft" in args
+    arms = {"recipe": {"evals": {}, "drlc_penalty_mean": 1.3, "iterative_steps": 60, "grpo_steps": 60},
+            "sft_continued": {"eval": {"pass@1": 20.0}}}  # fmt: skip
+    results = {s: {**arms, "grpo_lr1e-3": {"eval": {"pass@1": 20.0 + d}}} for s, d in ((0, 5.0), (1, 6.0), (2, 7.0))}
+    comp = next(c for c in fid.statistics(results)["comparisons"] if c["arm"] == "grpo_lr1e-3")
+    assert comp["question"] == "GRPO at lr 1e-3 vs the same steps of continued SFT" and comp["verdict"] == "better"
