@@ -153,7 +153,8 @@ def _is_number(v: Any) -> bool:
 
 def check_range(dotted: str, value: Any, default: Any = None, option: str | None = None) -> None:
     """Raise one line when the setting ``dotted`` has a value outside its :data:`RANGES` entry. Values that are
-    not numbers (or lists of numbers) are left to the type check; a null is allowed when the default is null."""
+    not numbers (or lists of numbers) are left to the type check, except a string where a typed node's default is
+    null (the YAML gives no type there, the range does); a null is allowed when the default is null."""
     if dotted == "stage.lora":
         check_lora(value)
         return
@@ -164,6 +165,8 @@ def check_range(dotted: str, value: Any, default: Any = None, option: str | None
         if default is None or allows(spec, None):
             return
         raise ConfigError(f"{dotted}=null: must be {say(spec)} (null is not allowed here)")
+    if isinstance(value, str) and default is None and option:  # a typed node's null default: its range is its type
+        raise ConfigError(f"{dotted}={value!r}: must be {say(spec)}")
     if isinstance(value, list | tuple):
         bad = [v for v in value if _is_number(v) and not allows(spec, v)]
         if bad:

@@ -59,6 +59,9 @@ def test_a_bad_value_stops_python_m_r1v_train_with_one_line_before_anything_is_b
                                                   "reward-model scale); 6 is not"),
     (["stage=iterative_sft", "stage.errors.min_score=7"], "stage.errors.min_score=7: must be in [0, 5] or null "
                                                           "(null: every wrong answer enters, as in R1V)"),
+    (["stage=iterative_sft", "stage.errors.min_score=abc"], "stage.errors.min_score='abc': must be in [0, 5] or "
+                                                            "null (null: every wrong answer enters, as in R1V)"),
+    (["stage=iterative_sft", "stage.errors.pool=all"], "stage.errors.pool='all': must be >= 1"),
     (["trainer.num_nodes=0"], "trainer.num_nodes=0: must be >= 1"),
     (["evaluation.every_n_steps=0"], "evaluation.every_n_steps=0: must be >= 1"),
     (["model.vision.select_layer=last"], "model.vision.select_layer='last': expected an integer (vision 'tiny')"),
