@@ -45,7 +45,7 @@ from typing import Any
 
 from fidelity_report import render, write_outputs  # benchmarks/ (scripts run as python benchmarks/<name>.py)
 from fidelity_stats import BETTER, WORSE, paired, t_interval
-from flaw_auc import auc, held_out_chains, score_held_out
+from flaw_auc import flaw_aucs, held_out_chains, score_held_out
 
 from r1v.runtime.workers import die_with_parent
 
@@ -237,12 +237,8 @@ class Seed:
         rm_run = self.recipe_dir / "reward_model"
         if "reward_model" not in rec:
             return {"skipped": "the recipe trains no reward model"}
-        chains = held_out_chains(RM_AUC_QUESTIONS, self.seed)
-        raw = score_held_out(rm_run, chains)
-        sound = raw.pop("none")
-        aucs = {k: round(auc(sound, v), 4) for k, v in raw.items()}
-        aucs["all"] = round(auc(sound, [x for v in raw.values() for x in v]), 4)
-        return {"questions": RM_AUC_QUESTIONS, "auc": aucs}
+        raw = score_held_out(rm_run, held_out_chains(RM_AUC_QUESTIONS, self.seed))
+        return {"questions": RM_AUC_QUESTIONS, "auc": flaw_aucs(raw)}
 
     def grpo_at(self, lr: str) -> dict[str, Any]:
         """Arm ``grpo_lr<lr>``: the recipe's GRPO stage again from the iterative-SFT weights at another learning
@@ -371,6 +367,17 @@ def statistics(results: dict[int, dict[str, dict[str, Any]]]) -> dict[str, Any]:
     return {**out, "reward_model": rms} if rms else out
 
 
+def learning_rate(text: str) -> str:
+    """``--grpo-lr``'s values: a positive number, kept as written (it names the arm, ``grpo_lr<text>``)."""
+    try:
+        ok = float(text) > 0
+    except ValueError:
+        ok = False
+    if not ok:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive learning rate (e.g. 1e-3)")
+    return text
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -381,13 +388,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="a few steps per stage: checks the plumbing")
     ap.add_argument("--eval-limit", type=int, default=None, help="held-out questions (default 1000; quick 32)")
     ap.add_argument("--eval-max-new-tokens", type=int, default=256)
-    ap.add_argument(
-        "--grpo-lr",
-        nargs="*",
-        default=[],
-        metavar="LR",
-        help="also GRPO from the iterative-SFT weights at these learning rates (arms grpo_lr<LR>)",
-    )
+    ap.add_argument("--grpo-lr", nargs="*", default=[], metavar="LR", type=learning_rate,
+                    help="also GRPO from the iterative-SFT weights at these lrs (arms grpo_lr<LR>)")  # fmt: skip
     ap.add_argument("--override", action="append", default=[], metavar="STAGE=ARG",
                     help="append ARG to one recipe stage's args, e.g. grpo=stage.max_steps=200")  # fmt: skip
     a = ap.parse_args()

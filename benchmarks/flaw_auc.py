@@ -43,6 +43,14 @@ def auc(pos: list[float], neg: list[float]) -> float:
     return wins / (len(pos) * len(neg))
 
 
+def flaw_aucs(scores: dict[str, list[float]]) -> dict[str, float]:
+    """Scores per kind (``none``: the sound chains) -> the AUC of sound against each flaw kind and against all
+    flawed chains together (``all``), rounded to 4 places."""
+    sound, flawed = scores["none"], {k: v for k, v in scores.items() if k != "none"}
+    aucs = {k: round(auc(sound, v), 4) for k, v in flawed.items()}
+    return {**aucs, "all": round(auc(sound, [x for v in flawed.values() for x in v]), 4)}
+
+
 def held_out_chains(n: int, seed: int) -> dict[str, list]:
     """``n`` held-out questions (the ``test`` split), each as its sound chain (``none``) and once per flaw kind."""
     from r1v.data.synthetic_hard import FLAWS, SyntheticHard
@@ -138,17 +146,12 @@ def main() -> None:
         "objective": args.objective, "rm_args": args.rm_args, "steps": args.steps, "lr": args.lr,
         "held_out_questions": args.n,
         "rm_val_pair_accuracy": val_pair_accuracy, "train_s": round(trained_s, 1),
-        "auc_raw": {k: round(auc(raw["none"], raw[k]), 4) for k in FLAWS},
-        "auc_0_5": {k: round(auc(scaled["none"], scaled[k]), 4) for k in FLAWS},
+        "auc_raw": flaw_aucs(raw), "auc_0_5": flaw_aucs(scaled),
         "mean_raw": {k: round(sum(v) / len(v), 4) for k, v in raw.items()},
         "kept_at_tau": {str(tau): {k: round(sum(pool_scaled[i] >= tau for i in range(args.n) if kinds[i] == k) /
                                             max(1, kinds.count(k)), 3) for k in ("none", *FLAWS)}
                         for tau in (2, 3, 4, 5)},
     }  # fmt: skip
-    flawed = [v for k in FLAWS for v in raw[k]]
-    result["auc_raw"]["all"] = round(auc(raw["none"], flawed), 4)  # type: ignore[index]
-    flawed_scaled = [v for k in FLAWS for v in scaled[k]]
-    result["auc_0_5"]["all"] = round(auc(scaled["none"], flawed_scaled), 4)  # type: ignore[index]
     result["baselines_auc"] = {name: {k: round(auc(b["none"], b[k]), 4) for k in FLAWS}
                                for name, b in baselines.items()}  # fmt: skip
     result["wall_s"] = round(time.time() - t0, 1)

@@ -41,19 +41,21 @@ def test_the_audio_align_run_lowers_the_loss_and_reaches_most_of_what_the_text_g
     from r1v.data.synthetic_omni import described, generate
     from r1v.evaluation.described import described_accuracy
 
-    run = omni_align / "runs" / "align"
-    losses = [float(r["train/loss"]) for r in csv.DictReader((run / "metrics.csv").open()) if r.get("train/loss")]
+    rows = list(csv.DictReader((omni_align / "runs" / "align" / "metrics.csv").open()))
+
+    def column(key: str) -> list[float]:
+        return [float(r[key]) for r in rows if r.get(key)]
+
+    losses = column("train/loss")
     assert sum(losses[-10:]) / 10 < 0.6 * sum(losses[:10]) / 10, (losses[:10], losses[-10:])
     samples = [generate(i, "val", tasks=AUDIO_TASKS) for i in range(96)]
     text = described_accuracy(registry.build("backbone", "tiny_instruct_omni"), samples, described)
     assert text["beeps"] >= 0.9 and text["all"] >= 0.6, text
-    teacher = [float(r["train/text_teacher"]) for r in csv.DictReader((run / "metrics.csv").open())
-               if r.get("train/text_teacher")]  # fmt: skip
+    teacher = column("train/text_teacher")
     assert sum(teacher[-10:]) < 0.2 * sum(teacher[:10]), (teacher[:10], teacher[-10:])
-    missing = [float(r["train/text_teacher_missing"]) for r in csv.DictReader((run / "metrics.csv").open())
-               if r.get("train/text_teacher_missing")]  # fmt: skip
+    missing = column("train/text_teacher_missing")
     assert missing and sum(missing) == 0  # every omni sample carries its text view
-    val = [float(r["val/accuracy"]) for r in csv.DictReader((run / "metrics.csv").open()) if r.get("val/accuracy")]
+    val = column("val/accuracy")
     assert val[-1] >= 0.8 * text["all"], (val, text)
 
 

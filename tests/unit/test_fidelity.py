@@ -168,3 +168,12 @@ def test_grpo_lr_arms_rerun_grpo_from_iterative_sft_and_compare_with_continued_s
     results = {s: {**arms, "grpo_lr1e-3": {"eval": {"pass@1": 20.0 + d}}} for s, d in ((0, 5.0), (1, 6.0), (2, 7.0))}
     comp = next(c for c in fid.statistics(results)["comparisons"] if c["arm"] == "grpo_lr1e-3")
     assert comp["question"] == "GRPO at lr 1e-3 vs the same steps of continued SFT" and comp["verdict"] == "better"
+
+
+def test_grpo_lr_values_are_positive_numbers_kept_as_written(fid):
+    import argparse
+
+    assert fid.learning_rate("1e-3") == "1e-3"  # the arm is named grpo_lr1e-3, as written
+    for bad in ("abc", "0", "-1e-3"):
+        with pytest.raises(argparse.ArgumentTypeError, match="not a positive learning rate"):
+            fid.learning_rate(bad)
